@@ -1,0 +1,39 @@
+"""Data: readers (built-in phantom, image folders, NIfTI, TFDS), preprocessing, cache,
+splits, balanced batches and on-device augmentation. Knows nothing of models.
+
+Typical use by a training stage:
+
+    ds = data.load_imageset(config.data)                      # ImageSet, cached on disk
+    split = data.split_indices(ds, **config.data.split)      # stratified, duplicate-aware
+    data.save_split(workdir / "split.json", ds, split)
+    train = ds.subset(split["train"])
+    sampler = data.BalancedSampler(train.labels, batch_size, seed)
+    x, y = sampler.batch(step, train.images)                  # host arrays
+    x = augment_from_config(rng, x, config.data.augment)      # jitted, on device
+
+Augmentation lives in `jax_mri_ldm.data.augment` (`from jax_mri_ldm.data.augment import
+augment, augment_from_config`); it is not re-exported here so that importing the readers and
+running the data doctor does not import JAX (and the function does not shadow its module).
+"""
+
+from __future__ import annotations
+
+from jax_mri_ldm.data.batches import BalancedSampler, eval_batches
+from jax_mri_ldm.data.config import get_data_config
+from jax_mri_ldm.data.sources import load_imageset, load_imageset_with_report, resolve_source
+from jax_mri_ldm.data.splits import load_split, save_split, split_indices
+from jax_mri_ldm.data.types import DataError, ImageSet
+
+__all__ = [
+    "BalancedSampler",
+    "DataError",
+    "ImageSet",
+    "eval_batches",
+    "get_data_config",
+    "load_imageset",
+    "load_imageset_with_report",
+    "load_split",
+    "resolve_source",
+    "save_split",
+    "split_indices",
+]

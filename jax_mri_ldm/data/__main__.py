@@ -1,0 +1,220 @@
+"""The data doctor: `python -m jax_mri_ldm.data --path=DIR` summarises a dataset.
+
+Prints the images found and loaded per class, the file modes and sizes seen, exact-duplicate
+groups, the files skipped and why, then, as its LAST line, one JSON object with at least
+`num_images`, `classes` (name -> count) and `skipped` (count), plus `duplicate_groups`,
+`redundant_files`, `unique_images`, `sizes`, `modes`, `skipped_files`, `fingerprint`, ...
+
+It loads the data exactly as training does (same readers, preprocessing and cache), so a
+dataset the doctor accepts is one training accepts. Bad input prints one message on stderr
+and exits with code 2.
+
+Examples:
+  python -m jax_mri_ldm.data --path=../shared/data/brain_tumor_yes_no
+  python -m jax_mri_ldm.data --builtin --image_size=64
+  python -m jax_mri_ldm.data --path=volumes.csv --slice_range=40:120
+  python -m jax_mri_ldm.data --path=IMAGES --build_tfds=~/tfds --image_size=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm.data.config import get_data_config
+from jax_mri_ldm.data.sources import SOURCES, load_imageset_with_report
+from jax_mri_ldm.data.types import DataError, ImageSet
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m jax_mri_ldm.data",
+        description="Summarise a dataset as jax_mri_ldm's training would load it.",
+    )
+    p.add_argument("--path", default="", help="image folder, NIfTI CSV or TFDS data_dir")
+    p.add_argument("--builtin", action="store_true", help="use the built-in phantom set")
+    p.add_argument("--source", default="auto", choices=SOURCES, help="config.data.source")
+    p.add_argument("--image_size", type=int, default=256, help="config.data.image_size")
+    p.add_argument("--class_map", default="", help="config.data.class_map, e.g. 'neg=0,pos=1'")
+    p.add_argument("--cache_dir", default="", help="config.data.cache_dir")
+    p.add_argument("--no_cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--num_normal", type=int, default=None, help="built-in set: normal count")
+    p.add_argument("--num_tumour", type=int, default=None, help="built-in set: tumour count")
+    p.add_argument("--seed", type=int, default=None, help="built-in set: generator seed")
+    p.add_argument("--slice_range", default=None, help="NIfTI: axial slices 'a:b'")
+    p.add_argument("--slice_fraction", type=float, default=None, help="NIfTI: central fraction")
+    p.add_argument("--min_foreground", type=float, default=None, help="NIfTI: skip emptier")
+    p.add_argument(
+        "--build_tfds",
+        default="",
+        metavar="DATA_DIR",
+        help="also build the TFDS 'brain_mri' dataset from --path (an image folder) there",
+    )
+    p.add_argument("--show", type=int, default=30, help="max entries listed per section")
+    return p.parse_args(argv)
+
+
+def _data_config(args: argparse.Namespace) -> Any:
+    cfg = get_data_config()
+    if args.builtin:
+        if args.path:
+            raise ValueError("--builtin and --path exclude each other; give one of them")
+        cfg.source = "builtin"
+    else:
+        cfg.source = args.source
+    cfg.path = args.path
+    cfg.image_size = args.image_size
+    cfg.class_map = args.class_map
+    cfg.cache_dir = args.cache_dir
+    for key in ("num_normal", "num_tumour", "seed"):
+        if getattr(args, key) is not None:
+            setattr(cfg.builtin, key, getattr(args, key))
+    for key in ("slice_range", "slice_fraction", "min_foreground"):
+        if getattr(args, key) is not None:
+            setattr(cfg.nifti, key, getattr(args, key))
+    return cfg
+
+
+def _duplicate_groups(ds: ImageSet) -> list[list[str]]:
+    by_group: dict[int, list[str]] = collections.defaultdict(list)
+    for gid, i in zip(ds.groups.tolist(), ds.ids, strict=True):
+        by_group[gid].append(i)
+    return [v for v in by_group.values() if len(v) > 1]
+
+
+def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
+    """Prints the human-readable part and returns the JSON summary."""
+    print(f"Dataset: {cfg.path or '(built-in phantom)'}")
+    print(f"Source: {report['source']}   image size: {cfg.image_size}x{cfg.image_size}")
+    counts = ds.counts()
+    print(f"Images loaded: {len(ds)}  (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+
+    files = report.get("files") or {}
+    out: dict[str, Any] = {}
+    if files:
+        found = collections.Counter(i.split("/", 1)[0] for i in files)
+        loaded = collections.Counter(i.split("/", 1)[0] for i in ds.ids)
+        label_of = {i.split("/", 1)[0]: int(lab) for i, lab in zip(ds.ids, ds.labels, strict=True)}
+        print("Image files per class directory (found -> loaded):")
+        for d in sorted(found):
+            cname = ds.class_names[label_of[d]] if d in label_of else "?"
+            print(f"  {d:<14} -> {cname:<8} {found[d]:>5} -> {loaded.get(d, 0)}")
+        modes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        sizes = []
+        for i, meta in files.items():
+            if meta is None:
+                continue
+            modes[i.split("/", 1)[0]][meta["mode"]] += 1
+            sizes.append(tuple(meta["size"]))
+        print("Modes seen:")
+        for d in sorted(modes):
+            print(f"  {d}: " + ", ".join(f"{m} {n}" for m, n in sorted(modes[d].items())))
+        if sizes:
+            w = np.array([s[0] for s in sizes])
+            h = np.array([s[1] for s in sizes])
+            common = collections.Counter(sizes).most_common(8)
+            print(
+                f"Sizes (W x H): {len(set(sizes))} distinct; width min/median/max "
+                f"{w.min()}/{int(np.median(w))}/{w.max()}, height {h.min()}/"
+                f"{int(np.median(h))}/{h.max()}"
+            )
+            print("  most common: " + ", ".join(f"{a}x{b} ({n})" for (a, b), n in common))
+            out["sizes"] = {
+                "distinct": len(set(sizes)),
+                "width": [int(w.min()), int(np.median(w)), int(w.max())],
+                "height": [int(h.min()), int(np.median(h)), int(h.max())],
+                "most_common": [[f"{a}x{b}", n] for (a, b), n in common],
+            }
+        out["modes"] = {d: dict(c) for d, c in sorted(modes.items())}
+        out["files_found"] = dict(sorted(found.items()))
+
+    dups = _duplicate_groups(ds)
+    redundant = sum(len(g) - 1 for g in dups)
+    print(
+        f"Duplicates (identical source bytes, kept in one split): {len(dups)} groups, "
+        f"{redundant} redundant, {len(np.unique(ds.groups))} unique"
+    )
+    label_by_id = dict(zip(ds.ids, ds.labels.tolist(), strict=True))
+    conflicts = [g for g in dups if len({label_by_id[i] for i in g}) > 1]
+    for g in dups[:show]:
+        print("  " + " = ".join(g))
+    if len(dups) > show:
+        print(f"  ... and {len(dups) - show} more groups")
+    for g in conflicts:
+        print("  WARNING: identical files with different labels: " + ", ".join(g))
+
+    print(f"Skipped: {len(ds.skipped)}")
+    for i, reason in ds.skipped[:show]:
+        print(f"  {i}: {reason}")
+    if len(ds.skipped) > show:
+        print(f"  ... and {len(ds.skipped) - show} more")
+    reasons = collections.Counter(r.split(" (")[0] for _, r in ds.skipped)
+
+    means = {
+        c: round(float(ds.images[ds.labels == k].mean()), 4)
+        for k, c in enumerate(ds.class_names)
+        if np.any(ds.labels == k)
+    }
+    print(f"Mean intensity per class after preprocessing: {means}")
+    cache = "hit" if report.get("cache_hit") else ("written" if report.get("cache_path") else "off")
+    print(f"Cache: {cache} {report.get('cache_path') or ''}  ({report['seconds']:.2f} s)")
+
+    out.update(
+        {
+            "source": report["source"],
+            "path": str(cfg.path),
+            "image_size": int(cfg.image_size),
+            "num_images": len(ds),
+            "classes": counts,
+            "skipped": len(ds.skipped),
+            "skip_reasons": dict(reasons),
+            "skipped_files": [list(s) for s in ds.skipped],
+            "duplicate_groups": len(dups),
+            "redundant_files": redundant,
+            "unique_images": int(len(np.unique(ds.groups))),
+            "conflicting_duplicates": len(conflicts),
+            "mean_intensity": means,
+            "fingerprint": ds.fingerprint,
+            "cache_hit": bool(report.get("cache_hit")),
+            "seconds": round(float(report["seconds"]), 3),
+        }
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the doctor; returns the process exit code (0 ok, 2 bad input)."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    try:
+        cfg = _data_config(args)
+        ds, report = load_imageset_with_report(cfg, use_cache=not args.no_cache)
+        summary = _summary(ds, report, cfg, args.show)
+        if args.build_tfds:
+            if report["source"] != "folder":
+                raise ValueError("--build_tfds needs --path to be an image folder")
+            from jax_mri_ldm.data import tfds_builder
+
+            builder = tfds_builder.build(
+                cfg.path, args.build_tfds, image_size=cfg.image_size, class_map=cfg.class_map
+            )
+            n = builder.info.splits["train"].num_examples
+            print(f"TFDS: built {builder.name}/{builder.builder_config.name} ({n} examples) in")
+            print(f"  {builder.data_dir}")
+            summary["tfds_dir"] = str(builder.data_dir)
+            summary["tfds_examples"] = int(n)
+    except (DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""`load_imageset(config.data)`: pick the reader, preprocess, and cache the arrays on disk.
+
+Sources (`config.data.source`):
+- `builtin`: the procedural phantom set (`phantom.generate`), sizes from `config.data.builtin`.
+- `folder`: `<path>/<class_dir>/<images>` (see `folders.py`).
+- `nifti`: `path` is a CSV of NIfTI volumes and labels (see `nifti.py`).
+- `tfds`: `path` is a TFDS data_dir holding a prepared `config.data.tfds_name` dataset
+  (see `tfds_builder.py`), read through TFDS's array_record data source, without TensorFlow.
+- `auto` (default): `builtin` when `path` is empty; `nifti` when `path` is a `.csv` file;
+  `tfds` when `path` is a directory holding `<tfds_name>/.../dataset_info.json`; `folder`
+  for any other directory.
+
+Cache: `builtin`, `folder` and `nifti` results are stored as `.npz` in `config.data.cache_dir`
+(default `$XDG_CACHE_HOME/jax_mri_ldm`, else `~/.cache/jax_mri_ldm`), named after a
+fingerprint of the inputs: SHA-256 of every source file's bytes (hashing reads the files but
+decodes none; ~10 MB takes milliseconds) plus the reader/preprocessing versions and every
+setting that changes the arrays. For `builtin` the fingerprint covers the generator's source
+code (`phantom.py` bytes), counts, seed and size. A cache file is written to a temporary name
+in the same directory and renamed into place, so an interrupted run never leaves a half-written
+file; an unreadable cache file is ignored and rebuilt; an unwritable cache directory only costs
+the speed-up (warning). The TFDS source is not cached again: it already is preprocessed
+arrays on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.data import preprocess
+from jax_mri_ldm.data.folders import groups_from_keys
+from jax_mri_ldm.data.types import DataError, ImageSet
+
+log = logging.getLogger(__name__)
+
+SOURCES: tuple[str, ...] = ("auto", "builtin", "folder", "nifti", "tfds")
+CACHE_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/jax_mri_ldm`, or `~/.cache/jax_mri_ldm` when XDG_CACHE_HOME is unset."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jax_mri_ldm"
+
+
+def cache_dir_for(data_cfg: Any) -> Path:
+    """The cache directory `config.data.cache_dir` names ('' -> `default_cache_dir()`)."""
+    d = str(data_cfg.cache_dir or "").strip()
+    return Path(d).expanduser() if d else default_cache_dir()
+
+
+def _is_tfds_data_dir(path: Path, name: str) -> bool:
+    ds_dir = path / name
+    if not ds_dir.is_dir():
+        return False
+    return any(ds_dir.glob("*/*/dataset_info.json")) or any(ds_dir.glob("*/dataset_info.json"))
+
+
+def resolve_source(data_cfg: Any) -> str:
+    """Returns the concrete source for `config.data` ('auto' resolved; see module docstring).
+
+    Args:
+      data_cfg: the `config.data` ConfigDict.
+
+    Returns:
+      One of 'builtin', 'folder', 'nifti', 'tfds'.
+
+    Raises:
+      ValueError: unknown `config.data.source`.
+      DataError: 'auto' with a path that does not exist or is an unsupported file.
+    """
+    source = str(data_cfg.source).strip().lower()
+    if source not in SOURCES:
+        raise ValueError(
+            f"config.data.source={data_cfg.source!r} is not a known source; valid values: "
+            f"{', '.join(SOURCES)}"
+        )
+    if source != "auto":
+        return source
+    path_str = str(data_cfg.path or "").strip()
+    if not path_str:
+        return "builtin"
+    path = Path(path_str).expanduser()
+    if path.is_dir():
+        return "tfds" if _is_tfds_data_dir(path, data_cfg.tfds_name) else "folder"
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "nifti"
+        raise DataError(
+            f"config.data.path={path_str!r} is a file but not a .csv: give an image-folder "
+            f"root, a NIfTI CSV (path,label) or a TFDS data_dir (or set config.data.source)."
+        )
+    raise DataError(
+        f"config.data.path={path_str!r}: directory does not exist. Point --config.data.path "
+        f"at a folder laid out as <root>/<class>/<image files> (e.g. no/ and yes/), a NIfTI "
+        f"CSV, or a TFDS data_dir; or leave it empty to use the built-in set."
+    )
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cache_path(cache_dir: Path, source: str, size: int, fingerprint: str) -> Path:
+    return cache_dir / f"{source}-{size}px-{fingerprint[:24]}.npz"
+
+
+def _read_cache(path: Path, fingerprint: str) -> tuple[ImageSet, dict] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                return None
+            meta = json.loads(str(z["meta"]))
+            ds = ImageSet(
+                images=z["images"],
+                labels=z["labels"].astype(np.int32),
+                class_names=tuple(str(c) for c in z["class_names"]),
+                ids=[str(i) for i in z["ids"]],
+                groups=z["groups"].astype(np.int64),
+                fingerprint=fingerprint,
+                skipped=[(str(a), str(b)) for a, b in json.loads(str(z["skipped"]))],
+            )
+    except Exception as e:  # any unreadable/partial/foreign file: rebuild
+        log.warning("Ignoring unreadable cache file %s (%s); rebuilding it", path, e)
+        return None
+    n = len(ds.ids)
+    if ds.images.shape[0] != n or ds.labels.shape != (n,) or ds.groups.shape != (n,):
+        log.warning("Ignoring inconsistent cache file %s; rebuilding it", path)
+        return None
+    return ds, meta
+
+
+def _write_cache(path: Path, ds: ImageSet, meta: dict) -> bool:
+    """Atomically writes the npz (temp file in the same directory + os.replace)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    except OSError as e:
+        log.warning("Not caching preprocessed arrays (cannot write %s: %s)", path.parent, e)
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                images=ds.images,
+                labels=ds.labels,
+                groups=ds.groups,
+                ids=np.asarray(ds.ids, dtype=np.str_),
+                class_names=np.asarray(ds.class_names, dtype=np.str_),
+                fingerprint=np.asarray(ds.fingerprint),
+                skipped=np.asarray(json.dumps(ds.skipped)),
+                meta=np.asarray(json.dumps(meta)),
+                cache_format=np.asarray(CACHE_FORMAT_VERSION),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        log.warning("Not caching preprocessed arrays (write to %s failed: %s)", path, e)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _builtin_fingerprint(data_cfg: Any, size: int) -> str:
+    from jax_mri_ldm.data import phantom  # lazy: only the built-in source needs it
+
+    b = data_cfg.builtin
+    payload = {
+        "reader": "builtin",
+        "generator_version": getattr(phantom, "GENERATOR_VERSION", None),
+        # The generator's own source: any change to phantom.py invalidates cached sets.
+        "generator_sha256": hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest(),
+        "num_normal": int(b.num_normal),
+        "num_tumour": int(b.num_tumour),
+        "seed": int(b.seed),
+        "image_size": int(size),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _load_builtin(data_cfg: Any, size: int, fingerprint: str) -> tuple[ImageSet, dict]:
+    from jax_mri_ldm.data import phantom
+
+    b = data_cfg.builtin
+    images, labels = phantom.generate(
+        num_normal=int(b.num_normal), num_tumour=int(b.num_tumour), size=size, seed=int(b.seed)
+    )
+    n = labels.shape[0]
+    ds = ImageSet(
+        images=np.asarray(images, np.float32),  # (N, S, S, 1), already min-max normalised
+        labels=np.asarray(labels, np.int32),
+        class_names=tuple(CLASS_NAMES),
+        ids=[f"builtin/{i:06d}" for i in range(n)],
+        groups=np.arange(n, dtype=np.int64),  # generated images are all distinct draws
+        fingerprint=fingerprint,
+    )
+    return ds, {}
+
+
+def _read_tfds(data_cfg: Any, size: int) -> tuple[ImageSet, dict]:
+    import tensorflow_datasets as tfds  # lazy: heavy import
+
+    root = Path(str(data_cfg.path)).expanduser()
+    name = str(data_cfg.tfds_name)
+    ds_dir = root / name
+    dirs = sorted({p.parent for p in ds_dir.glob("*/*/dataset_info.json")})
+    dirs += sorted({p.parent for p in ds_dir.glob("*/dataset_info.json")})
+    if not dirs:
+        raise DataError(
+            f"config.data.path={str(root)!r}: no prepared TFDS dataset {name!r} "
+            f"(expected {ds_dir}/<config>/<version>/dataset_info.json). Build one with "
+            f"`python -m jax_mri_ldm.data --path=IMAGE_FOLDER --build_tfds={root} "
+            f"--image_size={size}`."
+        )
+    candidates = []
+    for d in dirs:
+        b = tfds.builder_from_directory(str(d))
+        shape = tuple(b.info.features["image"].shape)
+        candidates.append((d, b, shape))
+    exact = [c for c in candidates if c[2][:2] == (size, size)]
+    if exact:
+        # Prefer the default class map config ('<size>px'), then the newest version.
+        exact.sort(key=lambda c: (c[0].parent.name == f"{size}px", c[0].name))
+        d, builder, shape = exact[-1]
+    else:
+        d, builder, shape = max(candidates, key=lambda c: (c[2][0], c[0].name))
+        log.warning(
+            "TFDS %s has no %dpx config (found %s); resizing %s to %dx%d. Build the exact size "
+            "with --build_tfds --image_size=%d for the paper's preprocessing.",
+            name,
+            size,
+            sorted({c[2] for c in candidates}),
+            d,
+            size,
+            size,
+            size,
+        )
+    images, labels, ids, keys = [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    info_hash = hashlib.sha256((d / "dataset_info.json").read_bytes())
+    for split in sorted(builder.info.splits.keys()):
+        source = builder.as_data_source(split=split)
+        n = len(source)
+        for start in range(0, n, 256):
+            for j, ex in enumerate(source.__getitems__(list(range(start, min(n, start + 256))))):
+                ex_id = ex.get("id", f"{split}/{start + j:06d}")
+                ex_id = ex_id.decode() if isinstance(ex_id, bytes) else str(ex_id)
+                img = np.asarray(ex["image"])
+                if img.ndim == 3 and img.shape[-1] == 3:
+                    img = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+                elif img.ndim == 3:
+                    img = img[..., 0]
+                try:
+                    arr = preprocess.preprocess_array(img.astype(np.float32), size)
+                except preprocess.RejectedImage as err:
+                    skipped.append((ex_id, str(err)))
+                    continue
+                key = ex.get("sha256")
+                key = key.decode() if isinstance(key, bytes) else key
+                images.append(arr)
+                labels.append(int(ex["label"]))
+                ids.append(ex_id)
+                keys.append(key or hashlib.sha256(np.asarray(ex["image"]).tobytes()).hexdigest())
+    if not images:
+        raise DataError(f"{d}: the TFDS dataset holds no usable examples")
+    order = np.argsort(np.asarray(ids), kind="stable")  # TFDS stores examples hash-shuffled
+    ids = [ids[i] for i in order]
+    keys = [keys[i] for i in order]
+    fp = hashlib.sha256()
+    fp.update(info_hash.digest())
+    fp.update(json.dumps([ids, keys, size, preprocess.PREPROCESS_VERSION]).encode())
+    class_names = tuple(CLASS_NAMES)
+    feat = builder.info.features["label"]
+    if hasattr(feat, "names") and len(feat.names) > len(CLASS_NAMES):
+        class_names = tuple(feat.names)
+    ds = ImageSet(
+        images=np.stack(images)[order].astype(np.float32),
+        labels=np.asarray(labels, np.int32)[order],
+        class_names=class_names,
+        ids=ids,
+        groups=groups_from_keys(keys),
+        fingerprint=fp.hexdigest(),
+        skipped=skipped,
+    )
+    return ds, {"tfds_dir": str(d), "stored_shape": list(shape)}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple[ImageSet, dict]:
+    """Like `load_imageset`, also returning a report for the data doctor.
+
+    Args:
+      data_cfg: the `config.data` ConfigDict.
+      use_cache: read/write the on-disk cache (False: always decode, write nothing).
+
+    Returns:
+      (ImageSet, report). The report holds 'source', 'cache_path' (or None), 'cache_hit',
+      'seconds', and for folders 'files': id -> {'mode', 'size': [w, h]} of each decoded file.
+
+    Raises:
+      ValueError: bad config values (named).
+      DataError: bad input files (named, with what to do).
+    """
+    t0 = time.perf_counter()
+    source = resolve_source(data_cfg)
+    size = int(data_cfg.image_size)
+    if size < preprocess.MIN_SIDE:
+        raise ValueError(
+            f"config.data.image_size={size} is too small (minimum {preprocess.MIN_SIDE})"
+        )
+    report: dict[str, Any] = {"source": source, "cache_path": None, "cache_hit": False}
+    if source == "tfds":
+        ds, extra = _read_tfds(data_cfg, size)
+        report.update(extra)
+        report["seconds"] = time.perf_counter() - t0
+        return ds, report
+
+    path = str(data_cfg.path or "").strip()
+    if source == "builtin":
+        fingerprint = _builtin_fingerprint(data_cfg, size)
+
+        def build() -> tuple[ImageSet, dict]:
+            return _load_builtin(data_cfg, size, fingerprint)
+
+    elif source == "folder":
+        from jax_mri_ldm.data import folders
+
+        scan = folders.scan_folder(path, str(data_cfg.class_map or ""))
+        fingerprint = scan.fingerprint(size)
+
+        def build() -> tuple[ImageSet, dict]:
+            files: dict[str, Any] = {}
+
+            def on_file(entry, img):
+                files[entry.id] = (
+                    None if img is None else {"mode": img.mode, "size": list(img.size)}
+                )
+
+            return folders.load_scan(scan, size, on_file=on_file), {"files": files}
+
+    elif source == "nifti":
+        from jax_mri_ldm.data import nifti
+
+        nscan = nifti.scan_csv(
+            path,
+            slice_range=str(data_cfg.nifti.slice_range or ""),
+            slice_fraction=float(data_cfg.nifti.slice_fraction),
+            min_foreground=float(data_cfg.nifti.min_foreground),
+            class_map=str(data_cfg.class_map or ""),
+        )
+        fingerprint = nscan.fingerprint(size)
+
+        def build() -> tuple[ImageSet, dict]:
+            return nifti.load_scan(nscan, size), {}
+
+    else:  # pragma: no cover - resolve_source only returns the names above
+        raise AssertionError(source)
+
+    cpath = _cache_path(cache_dir_for(data_cfg), source, size, fingerprint) if use_cache else None
+    cached = _read_cache(cpath, fingerprint) if cpath is not None else None
+    if cached is not None:
+        ds, meta = cached
+        report.update(meta)
+        report.update(cache_path=str(cpath), cache_hit=True)
+    else:
+        ds, meta = build()
+        report.update(meta)
+        if cpath is not None and _write_cache(cpath, ds, meta):
+            report["cache_path"] = str(cpath)
+    report["seconds"] = time.perf_counter() - t0
+    return ds, report
+
+
+def load_imageset(data_cfg: Any, *, use_cache: bool = True) -> ImageSet:
+    """Loads the dataset `config.data` describes, preprocessed, from cache when possible.
+
+    Args:
+      data_cfg: the `config.data` ConfigDict (`get_data_config()` fields).
+      use_cache: read/write the on-disk cache.
+
+    Returns:
+      ImageSet: images (N, S, S, 1) float32 in [0, 1], labels (N,) int32, ids, duplicate
+      groups, fingerprint and the skipped files with reasons.
+
+    Raises:
+      ValueError: unknown `config.data.source` or another bad setting (named).
+      DataError: bad input files (named, with what to do).
+    """
+    return load_imageset_with_report(data_cfg, use_cache=use_cache)[0]

@@ -1,0 +1,153 @@
+"""Stratified, duplicate-aware train/val/test splits, saved as JSON lists of image ids.
+
+`split_indices` works on duplicate groups, not images: every image of a group (identical
+source bytes, or all slices of one NIfTI volume) lands in the same split, so no exact copy
+of a training image is ever scored as test data. Within each class (a group's class is the
+majority label of its members) the groups are shuffled with `default_rng([seed, class])` and
+dealt out greedily to whichever split is furthest below its target image count. Before that,
+each split with a positive fraction is given one group of the class when the class has enough
+groups, so every split holds at least one image per class whenever that is possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jax_mri_ldm.data.types import DataError, ImageSet
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+def split_indices(
+    ds: ImageSet, train: float = 0.8, val: float = 0.1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Splits `ds` into train/val/test, stratified by label, keeping duplicate groups whole.
+
+    Args:
+      ds: the dataset (its `labels` and `groups` are used).
+      train: fraction of each class for training (config.data.split.train), in (0, 1].
+      val: fraction for validation (config.data.split.val); test gets 1 - train - val.
+      seed: shuffling seed (config.data.split.seed).
+
+    Returns:
+      {'train', 'val', 'test'} -> sorted int64 index arrays that partition range(len(ds)).
+
+    Raises:
+      ValueError: fractions out of range (named by their config option).
+    """
+    if not 0.0 < train <= 1.0:
+        raise ValueError(f"config.data.split.train={train} must be in (0, 1]")
+    if not 0.0 <= val < 1.0:
+        raise ValueError(f"config.data.split.val={val} must be in [0, 1)")
+    if train + val > 1.0 + 1e-9:
+        raise ValueError(
+            f"config.data.split.train + config.data.split.val = {train + val:g} exceeds 1"
+        )
+    fracs = {"train": train, "val": val, "test": max(0.0, 1.0 - train - val)}
+    active = [s for s in SPLIT_NAMES if fracs[s] > 1e-9]
+    labels = np.asarray(ds.labels)
+    groups = np.asarray(ds.groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    # A group's class: majority label of its members (ties -> smaller label id).
+    group_label = np.array([np.bincount(labels[m]).argmax() for m in members], np.int64)
+
+    out: dict[str, list[np.ndarray]] = {s: [] for s in SPLIT_NAMES}
+    for c in np.unique(group_label):
+        gids = np.flatnonzero(group_label == c)
+        gids = gids[np.random.default_rng([seed, int(c)]).permutation(len(gids))]
+        sizes = {int(g): len(members[g]) for g in gids}
+        n_c = sum(sizes.values())
+        target = {s: fracs[s] * n_c for s in SPLIT_NAMES}
+        count = dict.fromkeys(SPLIT_NAMES, 0)
+        pending = [int(g) for g in gids]
+        if len(pending) >= len(active):
+            # Reserve one group per split, smallest groups first for the small splits so one
+            # big duplicate cluster does not blow up val/test.
+            for s in sorted(active, key=lambda s: fracs[s]):
+                g = min(pending, key=lambda g: sizes[g])
+                pending.remove(g)
+                out[s].append(members[g])
+                count[s] += sizes[g]
+        for g in pending:
+            s = max(active, key=lambda s: (target[s] - count[s], -SPLIT_NAMES.index(s)))
+            out[s].append(members[g])
+            count[s] += sizes[g]
+    return {
+        s: np.sort(np.concatenate(out[s])).astype(np.int64) if out[s] else np.zeros((0,), np.int64)
+        for s in SPLIT_NAMES
+    }
+
+
+def save_split(path: str | Path, ds: ImageSet, split: dict[str, np.ndarray]) -> None:
+    """Writes the split as JSON (ids per split plus counts), atomically.
+
+    Args:
+      path: output file, e.g. <workdir>/split.json.
+      ds: the dataset the indices refer to.
+      split: name -> index array, from `split_indices`.
+    """
+    path = Path(path)
+    payload = {
+        "format": 1,
+        "fingerprint": ds.fingerprint,
+        "num_images": len(ds),
+        "class_names": list(ds.class_names),
+        "counts": {
+            name: {
+                c: int(np.sum(ds.labels[np.asarray(idx, np.int64)] == i))
+                for i, c in enumerate(ds.class_names)
+            }
+            for name, idx in split.items()
+        },
+        "ids": {name: [ds.ids[int(i)] for i in idx] for name, idx in split.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_split(
+    path: str | Path, ds: ImageSet | None = None
+) -> dict[str, list[str]] | dict[str, np.ndarray]:
+    """Reads a split written by `save_split`.
+
+    Args:
+      path: the JSON file.
+      ds: optional dataset; when given, ids are mapped back to indices into it.
+
+    Returns:
+      name -> list of ids when `ds` is None; otherwise name -> sorted int64 indices into `ds`.
+
+    Raises:
+      DataError: unreadable file, or ids missing from `ds` (the data changed since the split
+        was written).
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+        ids = {str(k): [str(i) for i in v] for k, v in payload["ids"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: cannot read split file ({e})") from e
+    if ds is None:
+        return ids
+    index = {i: n for n, i in enumerate(ds.ids)}
+    missing = [i for v in ids.values() for i in v if i not in index]
+    if missing:
+        raise DataError(
+            f"{path}: {len(missing)} id(s) of the saved split are not in the loaded dataset "
+            f"(e.g. {missing[:3]}); the data changed since the split was written. Use the "
+            f"same data, or start a new run directory."
+        )
+    return {k: np.sort(np.asarray([index[i] for i in v], np.int64)) for k, v in ids.items()}
