@@ -1,0 +1,101 @@
+"""What a user watches: JSON-lines metrics, TensorBoard event files and a tqdm bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import tqdm
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        return value.item()
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+class MetricWriter:
+    """Appends `{"step", "split", ...}` records to `<workdir>/metrics.jsonl` and TensorBoard.
+
+    Only process 0 writes; other processes get a writer whose methods do nothing.
+
+    Args:
+      workdir: the run directory.
+      enabled: False on non-zero processes.
+      tensorboard: also write TensorBoard event files under `<workdir>/tb`.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter  # local: heavy import, optional
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+
+    def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        """Writes one record; non-finite floats are kept as strings in JSON ('nan')."""
+        if not self.enabled:
+            return
+        record: dict[str, Any] = {"step": int(step), "split": split, "time": time.time()}
+        for key, value in metrics.items():
+            value = _to_python(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
+            record[key] = value
+            if self._tb is not None and isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{split}/{key}", value, int(step))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Reads `<workdir>/metrics.jsonl` (optionally one split), keeping the last record per step.
+
+    A resumed run re-logs nothing twice in practice, but if it did (a crash between logging and
+    checkpointing), the later record for a step wins.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            if split is None or rec.get("split") == split:
+                by_key[(rec.get("split", ""), rec["step"])] = rec
+    return sorted(by_key.values(), key=lambda r: (r["step"], r.get("split", "")))
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> tqdm.tqdm:
+    """A tqdm bar over steps; disabled (but still usable) on non-zero processes."""
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not enabled,
+        file=sys.stderr,
+        mininterval=1.0,
+    )

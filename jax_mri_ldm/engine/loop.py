@@ -1,0 +1,488 @@
+"""The one training loop: mesh, sharding, the jitted step, checkpoints, evaluation hooks.
+
+Both stages call `run(config, workdir, task)`; a stage supplies a `Task` (how to initialise
+parameters, its pure loss, how to fetch the batch of a step, and host-side evaluation and
+finalisation hooks). Everything else — the optimiser, EMA, data parallelism over all devices,
+resumption, Ctrl-C handling, non-finite checks and logging — lives here once.
+
+Determinism contract: the batch of step `s` is `task.get_batch(s)` (a pure function of the data
+seed and `s`), and the step's randomness is `fold_in(state.rng, s)` inside the jitted step, so a
+run resumed from a checkpoint at step k reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.engine import logging as log_lib
+from jax_mri_ldm.engine.state import (
+    TrainState,
+    ema_decay_at,
+    ema_update,
+    make_lr_schedule,
+    make_optimizer,
+)
+
+PyTree = Any
+Batch = dict[str, np.ndarray]
+LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+# Config keys that may change between a run and its resumption (they do not change what the
+# already-trained steps computed). Everything else must match the checkpoint.
+_RESUMABLE_PREFIXES = (
+    "train.num_epochs",
+    "train.num_steps",
+    "train.eval_every_epochs",
+    "train.checkpoint_every_epochs",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+    "train.progress_bar",
+    "train.eval_num_images",
+    "train.eval_sample_steps",
+    "data.cache_dir",
+    "vae_workdir",
+    "eval",
+)
+
+
+@dataclasses.dataclass
+class Task:
+    """What a training stage plugs into the engine.
+
+    Attributes:
+      name: stage name, used in logs ("vae", "ldm").
+      init_params: rng -> parameter pytree.
+      loss_fn: pure, jittable (params, batch, rng) -> (scalar loss, metrics dict of scalars).
+      get_batch: (step, process_index, process_count) -> this process's share of the global
+        batch of that step, as a dict of host numpy arrays with leading batch axis.
+      global_batch_size: examples per step over all processes and devices.
+      steps_per_epoch: optimiser steps in one epoch.
+      evaluate: optional host hook (state, workdir) -> metrics logged under split "val".
+      finalize: optional host hook (state, workdir) -> extra metadata stored with the final
+        checkpoint (e.g. the VAE's latent scale factor).
+      metadata: static run metadata stored with every checkpoint (dataset fingerprint, ...).
+    """
+
+    name: str
+    init_params: Callable[[jax.Array], PyTree]
+    loss_fn: LossFn
+    get_batch: Callable[[int, int, int], Batch]
+    global_batch_size: int
+    steps_per_epoch: int
+    evaluate: Callable[[TrainState, str], dict[str, Any]] | None = None
+    finalize: Callable[[TrainState, str], dict[str, Any]] | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `run` returns."""
+
+    state: TrainState
+    interrupted: bool
+    final_meta: dict[str, Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step produces a NaN/Inf loss; the last good checkpoint is left intact."""
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    loss_fn: LossFn,
+    ema_decay: float,
+    ema_warmup: bool,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser update plus the EMA update, as a pure function.
+
+    Args:
+      state: current train state (donated by the caller's jit).
+      batch: the global batch, sharded over the mesh's `data` axis.
+      rng: the run's base key; this step uses `fold_in(rng, state.step)`.
+      loss_fn: the stage's loss.
+      ema_decay: EMA decay (e.g. 0.999).
+      ema_warmup: use min(decay, (1+s)/(10+s)).
+
+    Returns:
+      (new state, metrics) where metrics hold the loss, gradient norm and the stage's metrics.
+    """
+    step_rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, batch, step_rng), has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema_params = ema_update(state.ema_params, params, decay)
+    metrics = dict(metrics)
+    metrics["loss"] = loss
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+    )
+    return new_state, metrics
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """Multi-host entry: calls `jax.distributed.initialize` when asked to.
+
+    With no arguments nothing happens (single process). On a cluster that JAX can auto-detect
+    (TPU pods, SLURM), pass `coordinator_address="auto"`.
+    """
+    if not coordinator_address:
+        return
+    if coordinator_address == "auto":
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named `data` over every device of every process."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(global_batch_size: int, option: str = "config.train.batch_size") -> None:
+    """Raises a clear error unless the global batch divides over devices and processes."""
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    if global_batch_size <= 0 or global_batch_size % n_dev or global_batch_size % n_proc:
+        raise ValueError(
+            f"{option}={global_batch_size} must be a positive multiple of the number of devices "
+            f"({n_dev}) and processes ({n_proc}); e.g. use "
+            f"{max(n_dev, n_proc) * max(1, round(global_batch_size / max(n_dev, n_proc)))}."
+        )
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh, global_batch_size: int) -> dict:
+    """Assembles each process's host batch into global arrays sharded on `data`."""
+    sharding = NamedSharding(mesh, P("data"))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        global_shape = (global_batch_size,) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+    """Places every leaf fully replicated on the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def flatten_config(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """Flattens a (nested) config into {"a.b.c": value}, lists as tuples."""
+    items = config.to_dict() if hasattr(config, "to_dict") else config
+    flat: dict[str, Any] = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-safe dict of the config (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def check_resume_compatible(
+    saved: dict[str, Any], current: ml_collections.ConfigDict, workdir: str
+):
+    """Raises ValueError listing every setting that differs from the checkpoint's config."""
+    a = flatten_config(saved)
+    b = flatten_config(config_to_json(current))
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in _RESUMABLE_PREFIXES):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(
+                f"  {key}: checkpoint={a.get(key, '<absent>')!r} now={b.get(key, '<absent>')!r}"
+            )
+    if diffs:
+        raise ValueError(
+            f"cannot resume the run in --workdir={workdir}: its checkpoint was trained with a "
+            "different config:\n" + "\n".join(diffs) + "\nUse a new --workdir, or drop the "
+            "overrides that change these values."
+        )
+
+
+def ensure_writable_workdir(workdir: str) -> None:
+    """Creates `workdir` or raises a clear error naming it."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"--workdir={workdir} is not writable ({e.strerror}); choose a directory you can "
+            "write to."
+        ) from e
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes JSON to `path` through a temporary file and a rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _InterruptFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop; a second one aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to abort).", flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """config.train.num_steps if positive, else num_epochs * steps_per_epoch."""
+    if int(config.train.get("num_steps", 0)) > 0:
+        return int(config.train.num_steps)
+    return int(config.train.num_epochs) * steps_per_epoch
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResult:
+    """Trains `task` to `total_steps`, resuming from `<workdir>/checkpoints` when present.
+
+    Args:
+      config: the stage config (train, optim sections are read here).
+      workdir: run directory (checkpoints, metrics.jsonl, tb/, figures/).
+      task: the stage.
+
+    Returns:
+      RunResult with the final state (params replicated on the mesh), whether the run was
+      interrupted by Ctrl-C, and the final checkpoint's metadata.
+
+    Raises:
+      NonFiniteLossError: a step produced a NaN/Inf loss (no checkpoint is written for it).
+      ValueError: bad batch size, unwritable workdir or a config that conflicts with the
+        checkpoint being resumed.
+    """
+    ensure_writable_workdir(workdir)
+    is_main = jax.process_index() == 0
+    check_batch_size(task.global_batch_size)
+    mesh = make_mesh()
+    steps_per_epoch = task.steps_per_epoch
+    num_steps = total_steps(config, steps_per_epoch)
+    tx = make_optimizer(config.optim, num_steps)
+    lr_schedule = make_lr_schedule(config.optim, num_steps)
+
+    base_rng = jax.random.PRNGKey(int(config.seed))
+    init_rng, state_rng = jax.random.split(base_rng)
+    params = jax.jit(task.init_params)(init_rng)
+    state = TrainState.create(params, tx, state_rng)
+    state = replicate(state, mesh)
+
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    config_json = config_to_json(config)
+    meta = {
+        "stage": task.name,
+        "config": config_json,
+        "versions": ckpt_lib.package_versions(),
+        "steps_per_epoch": steps_per_epoch,
+        "global_batch_size": task.global_batch_size,
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        **task.metadata,
+    }
+    start_step = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        saved_meta = checkpointer.restore_meta(latest)
+        if saved_meta.get("stage") != task.name:
+            raise ValueError(
+                f"--workdir={workdir} holds a {saved_meta.get('stage')!r} run, not {task.name!r}; "
+                "use another --workdir."
+            )
+        check_resume_compatible(saved_meta["config"], config, workdir)
+        for key in ("dataset_fingerprint",):
+            if key in saved_meta and key in meta and saved_meta[key] != meta[key]:
+                raise ValueError(
+                    f"cannot resume the run in --workdir={workdir}: the dataset changed "
+                    f"({key} {saved_meta[key]} -> {meta[key]}). Use a new --workdir."
+                )
+        items, saved_meta = checkpointer.restore(state.checkpoint_items(), latest)
+        state = state.replace_items(items)
+        start_step = int(jax.device_get(state.step))
+        if is_main:
+            print(f"Resuming {task.name} from step {start_step} ({checkpointer.directory}).")
+        if saved_meta.get("final") and start_step >= num_steps:
+            if is_main:
+                print(f"{task.name}: already complete at step {start_step}; nothing to train.")
+            checkpointer.close()
+            return RunResult(state=state, interrupted=False, final_meta=saved_meta)
+    if is_main:
+        write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+
+    writer = log_lib.MetricWriter(
+        workdir, enabled=is_main, tensorboard=bool(config.train.tensorboard)
+    )
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            loss_fn=task.loss_fn,
+            ema_decay=float(config.optim.ema_decay),
+            ema_warmup=bool(config.optim.ema_warmup),
+        ),
+        donate_argnums=(0,),
+    )
+    eval_every = max(1, int(config.train.eval_every_epochs)) * steps_per_epoch
+    ckpt_every = max(1, int(config.train.checkpoint_every_epochs)) * steps_per_epoch
+    log_every = max(1, int(config.train.log_every_steps))
+    bar = log_lib.progress_bar(
+        num_steps, start_step, task.name, enabled=is_main and bool(config.train.progress_bar)
+    )
+
+    interrupted = False
+    window: list[dict[str, float]] = []
+    window_start = time.perf_counter()
+    step = start_step
+    # A separate buffer: `state` (holding its own copy of the key) is donated to each step.
+    run_rng = jnp.array(jax.device_get(state.rng))
+    try:
+        with _InterruptFlag() as flag:
+            while step < num_steps:
+                host_batch = task.get_batch(step, jax.process_index(), jax.process_count())
+                batch = shard_batch(host_batch, mesh, task.global_batch_size)
+                state, metrics = step_fn(state, batch, run_rng)
+                metrics = jax.device_get(metrics)  # one small host sync per step
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    last = checkpointer.latest_step()
+                    raise NonFiniteLossError(
+                        f"{task.name}: non-finite loss ({loss}) at step {step} (epoch "
+                        f"{step // steps_per_epoch + 1}); nothing was saved for it. The last good "
+                        f"checkpoint is step {last} in {checkpointer.directory}. Try a lower "
+                        "config.optim.learning_rate or set config.optim.grad_clip_norm."
+                    )
+                step += 1
+                window.append({k: float(v) for k, v in metrics.items()})
+                bar.update(1)
+                if step % log_every == 0 or step == num_steps:
+                    elapsed = time.perf_counter() - window_start
+                    summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    summary["images_per_sec"] = len(window) * task.global_batch_size / elapsed
+                    summary["epoch"] = step / steps_per_epoch
+                    summary["learning_rate"] = float(lr_schedule(step - 1))
+                    writer.write(step, "train", summary)
+                    bar.set_postfix(
+                        epoch=f"{math.ceil(step / steps_per_epoch)}",
+                        loss=f"{summary['loss']:.4f}",
+                        img_s=f"{summary['images_per_sec']:.1f}",
+                    )
+                    window, window_start = [], time.perf_counter()
+                if step == num_steps:
+                    break
+                if flag.requested:
+                    interrupted = True
+                    break
+                if task.evaluate is not None and step % eval_every == 0:
+                    writer.write(step, "val", task.evaluate(state, workdir))
+                if step % ckpt_every == 0:
+                    checkpointer.save(step, state.checkpoint_items(), {**meta, "final": False})
+    finally:
+        bar.close()
+
+    if interrupted:
+        checkpointer.save(step, state.checkpoint_items(), {**meta, "final": False})
+        if is_main:
+            print(
+                f"Saved step {step} to {checkpointer.directory}; rerun the same command to resume."
+            )
+        writer.close()
+        checkpointer.close()
+        return RunResult(state=state, interrupted=True, final_meta=meta)
+
+    if task.evaluate is not None:
+        writer.write(step, "val", task.evaluate(state, workdir))
+    final_meta = {**meta, "final": True}
+    if task.finalize is not None:
+        final_meta.update(task.finalize(state, workdir))
+    if checkpointer.latest_step() == step:
+        checkpointer.delete(step)
+    checkpointer.save(step, state.checkpoint_items(), final_meta)
+    if is_main:
+        write_json_atomic(os.path.join(workdir, "run.json"), final_meta)
+    writer.close()
+    checkpointer.close()
+    return RunResult(state=state, interrupted=False, final_meta=final_meta)
+
+
+def unreplicate_to_host(tree: PyTree) -> PyTree:
+    """Fetches a replicated pytree as host numpy arrays."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+__all__ = [
+    "NonFiniteLossError",
+    "RunResult",
+    "Task",
+    "check_batch_size",
+    "initialize_distributed",
+    "make_mesh",
+    "replicate",
+    "run",
+    "shard_batch",
+    "train_step",
+]
