@@ -1,0 +1,486 @@
+"""Samplers for a trained diffusion model: DDPM, DDIM and DPM-Solver++(2M), with guidance.
+
+Everything here is a pure function of a model callable ``model_fn(x, t, y) -> output`` (what
+``output`` is, ``'eps'``, ``'v'`` or ``'x0'``, is given by ``prediction=``). Each sampler is a
+single ``jax.lax.scan`` over its steps inside one ``jax.jit``: no Python loop over timesteps, no
+host sync inside, one compile per (batch) shape.
+
+Timestep indices follow `jax_mri_ldm.diffusion` (index ``t`` in ``{0..T-1}`` is the paper's step
+``t + 1``). A sampler visits a strictly decreasing list of ``S`` indices
+``timesteps[0] > ... > timesteps[S-1]`` (see `timesteps_for`), calls the network once per index
+and, after the last call, returns its ``x_0`` estimate (the step to "index -1", the clean data,
+where ``alpha_bar = 1``). So ``steps`` is exactly the number of (batched) network calls.
+
+Classifier-free guidance (Ho & Salimans 2022), convention ``w = guidance_scale``::
+
+    eps = eps_uncond + w * (eps_cond - eps_uncond)
+
+``w = 1`` is the plain conditional model, ``w = 0`` the unconditional one, ``w > 1`` amplifies
+the class. The conditional and null-class halves go through the network in ONE batched call of
+``2B`` rows per step. When ``w`` is exactly 1 (or 0) only one half is evaluated. The
+combination is applied to the raw model output; since ``eps`` (and ``x_0``) is an affine
+function of the output at fixed ``x_t`` and the weights ``(1 - w, w)`` sum to one, this is
+identical to guiding the ``eps`` prediction, also for v-prediction, and avoids dividing by
+``sqrt(alpha_bar)`` at the noisiest step.
+
+RNG contract: ``init_rng, step_rng = jax.random.split(rng)``; the starting noise is
+``jax.random.normal(init_rng, shape)`` and the noise injected after the ``i``-th network call
+(``i = 0`` at ``timesteps[0]``) is ``jax.random.normal(jax.random.fold_in(step_rng, i), shape)``.
+Hence the same ``rng`` (and batch shape) gives bit-identical samples, and DDPM and DDIM with
+``eta = 1`` over all ``T`` steps consume identical noise. Samples depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_mri_ldm.diffusion import PREDICTIONS, Schedule, x0_eps_from_output
+
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
+SPACINGS: tuple[str, ...] = ("uniform", "leading", "trailing", "quadratic", "logSNR")
+DDPM_VARIANCES: tuple[str, ...] = ("fixed_small", "fixed_large")
+
+ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+
+def _strictly_decreasing(ts: np.ndarray, num_timesteps: int) -> np.ndarray:
+    """Nudges collisions apart so ``ts`` (ascending on input) is strictly increasing in
+    ``[0, T-1]``, then returns it descending. Needs ``len(ts) <= T``."""
+    ts = np.clip(np.asarray(ts, dtype=np.int64), 0, num_timesteps - 1)
+    ts = np.sort(ts)
+    for i in range(1, ts.size):  # push duplicates up ...
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    ts[-1] = min(ts[-1], num_timesteps - 1)
+    for i in range(ts.size - 2, -1, -1):  # ... and back down if they ran past T-1
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    return ts[::-1].astype(np.int32)
+
+
+def timesteps_for(
+    sampler: str,
+    steps: int | None,
+    num_timesteps: int,
+    spacing: str = "uniform",
+    *,
+    schedule: Schedule | None = None,
+) -> np.ndarray:
+    """The strictly decreasing timestep indices a sampler visits (one network call each).
+
+    Spacings (``S = steps``, ``T = num_timesteps``):
+      - ``'uniform'``: ``round(linspace(T-1, 0, S))``: starts at the noisiest index and ends
+        at 0 (the "linspace" spacing of Lin et al. 2024, table 2).
+      - ``'leading'``: ``arange(S) * (T // S)``, the DDIM paper's spacing (starts below T-1).
+      - ``'trailing'``: ``round(T - arange(S) * T / S) - 1``: starts at T-1, ends at ``T/S-1``.
+      - ``'quadratic'``: ``round(linspace(0, sqrt(T-1), S) ** 2)``: dense near the data end.
+        The DDIM paper's CIFAR-10 variant stops at ``0.8 T``, which suits the linear schedule
+        (``abar[0.8T] ~ 1.5e-3``) but not the cosine one (``abar[0.8T] ~ 0.09``, far from
+        noise), so this one spans the whole range.
+      - ``'logSNR'``: the indices whose ``lambda = log(alpha / sigma)`` is nearest to ``S``
+        points uniform in lambda between ``lambda[T-1]`` and ``lambda[0]`` (DPM-Solver's
+        ``logSNR`` spacing; needs ``schedule``).
+    Rounding collisions (e.g. 'quadratic' near 0, 'logSNR' at the clipped last cosine step) are
+    nudged to neighbouring indices so exactly ``S`` distinct indices come back.
+
+    ``'ddpm'`` always visits all ``T`` indices (``steps`` must be None or ``T``; for fewer
+    stochastic steps use ``'ddim'`` with ``eta = 1``). ``steps = None`` means ``T`` for every
+    sampler.
+
+    Args:
+      sampler: one of `SAMPLERS`.
+      steps: number of network calls ``S`` in ``[1, T]``, or None for ``T``.
+      num_timesteps: ``T``.
+      spacing: one of `SPACINGS` (ignored for ``'ddpm'``).
+      schedule: the schedule; needed for ``'logSNR'`` only (must be concrete, not traced).
+
+    Returns:
+      ``(S,)`` int32 array, strictly decreasing, in ``[0, T-1]``.
+
+    Raises:
+      ValueError: unknown sampler or spacing, ``steps`` out of range, or ``'logSNR'`` without
+        a schedule.
+    """
+    T = int(num_timesteps)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {SPACINGS}")
+    S = T if steps is None else int(steps)
+    if sampler == "ddpm":
+        if S != T:
+            raise ValueError(
+                f"sampler 'ddpm' runs all {T} steps but steps={steps}; use sampler='ddim' with "
+                "eta=1.0 for fewer ancestral steps"
+            )
+        return np.arange(T - 1, -1, -1, dtype=np.int32)
+    if not 1 <= S <= T:
+        raise ValueError(f"steps must be in [1, {T}] (num_timesteps), got {steps}")
+    if S == T:
+        return np.arange(T - 1, -1, -1, dtype=np.int32)
+    if spacing == "uniform":
+        ts = np.round(np.linspace(0, T - 1, S))
+        if S == 1:
+            ts = np.array([T - 1])
+    elif spacing == "leading":
+        ts = np.arange(S) * (T // S)
+    elif spacing == "trailing":
+        ts = np.round(T - np.arange(S) * T / S) - 1
+    elif spacing == "quadratic":
+        ts = np.round(np.linspace(0.0, np.sqrt(T - 1), S) ** 2)
+    else:  # logSNR
+        if schedule is None:
+            raise ValueError("timestep spacing 'logSNR' needs the schedule (schedule=...)")
+        if schedule.num_timesteps != T:
+            raise ValueError(f"schedule has {schedule.num_timesteps} steps, expected {T}")
+        try:
+            a = np.asarray(schedule.sqrt_alphas_cumprod, np.float64)
+            s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64)
+        except jax.errors.TracerArrayConversionError as e:
+            raise ValueError(
+                "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
+            ) from e
+        lam = np.log(a) - np.log(s)  # (T,) decreasing in t
+        targets = np.linspace(lam[-1], lam[0], S)  # (S,)
+        ts = np.argmin(np.abs(lam[None, :] - targets[:, None]), axis=1)
+    return _strictly_decreasing(ts, T)
+
+
+def _guided_output(
+    model_fn: ModelFn,
+    x: jax.Array,
+    t: jax.Array,
+    labels: jax.Array | None,
+    guidance_scale: float,
+    null_label: int | None,
+) -> jax.Array:
+    """One (batched) network call with classifier-free guidance on the raw output. ``(B, ...)``
+
+    The output is cast to ``x.dtype`` (e.g. a bfloat16 network still integrates in float32).
+    """
+    if labels is None:
+        return model_fn(x, t, None).astype(x.dtype)
+    if guidance_scale == 1.0:
+        return model_fn(x, t, labels).astype(x.dtype)
+    null = jnp.full_like(labels, null_label)
+    if guidance_scale == 0.0:
+        return model_fn(x, t, null).astype(x.dtype)
+    batch = x.shape[0]
+    out = model_fn(
+        jnp.concatenate([x, x], axis=0),  # (2B, ...)
+        jnp.concatenate([t, t], axis=0),  # (2B,)
+        jnp.concatenate([labels, null], axis=0),  # (2B,): conditional half, then null half
+    ).astype(x.dtype)
+    cond, uncond = out[:batch], out[batch:]
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def _sample_impl(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    labels: jax.Array | None,
+    rng: jax.Array,
+    *,
+    shape: tuple[int, ...],
+    sampler: str,
+    timesteps: tuple[int, ...],
+    guidance_scale: float,
+    null_label: int | None,
+    eta: float,
+    prediction: str,
+    clip_x0: float | None,
+    variance: str,
+) -> jax.Array:
+    """Traceable body shared by `sample` and `make_sample_fn` (all config static)."""
+    batch = shape[0]
+    # The state is integrated in the schedule's dtype: float32 normally (float64 only for a
+    # schedule built under jax_enable_x64, used to check the float32 rounding error).
+    dtype = schedule.sqrt_alphas_cumprod.dtype
+    init_rng, step_rng = jax.random.split(rng)
+    x_init = jax.random.normal(init_rng, shape, dtype=dtype)  # (B, ...) x at timesteps[0]
+    if labels is not None:
+        labels = jnp.asarray(labels, jnp.int32)
+    n = len(timesteps)
+    ts = jnp.asarray(timesteps, jnp.int32)  # (S,)
+    ts_next = jnp.asarray(list(timesteps[1:]) + [-1], jnp.int32)  # (S,) -1 = clean data
+    idx = jnp.arange(n, dtype=jnp.int32)  # (S,)
+    is_final = ts_next < 0
+    safe_next = jnp.maximum(ts_next, 0)
+
+    # Per-step scalars, gathered once outside the loop. "next" at index -1 is the clean data:
+    # alpha = 1, sigma = 0.
+    a_t = schedule.sqrt_alphas_cumprod[ts]  # (S,)
+    s_t = schedule.sqrt_one_minus_alphas_cumprod[ts]
+    a_n = jnp.where(is_final, 1.0, schedule.sqrt_alphas_cumprod[safe_next])
+    s_n = jnp.where(is_final, 0.0, schedule.sqrt_one_minus_alphas_cumprod[safe_next])
+
+    def bcast(c: jax.Array) -> jax.Array:  # scalar -> (1, ..., 1) against (B, ...)
+        return jnp.reshape(c, (1,) * len(shape))
+
+    def predict(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        t_vec = jnp.full((batch,), t, jnp.int32)  # (B,)
+        out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
+        x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
+        if clip_x0 is not None:
+            x0 = jnp.clip(x0, -clip_x0, clip_x0)
+            # Re-derive eps from the clipped x0 so the DDIM direction stays consistent.
+            a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
+            eps = (x - a * x0) / s
+        return x0, eps
+
+    def noise(i: jax.Array) -> jax.Array:
+        return jax.random.normal(jax.random.fold_in(step_rng, i), shape, dtype=dtype)
+
+    if sampler == "ddpm":
+        if variance == "fixed_small":
+            var = schedule.posterior_variance[ts]  # beta_tilde; exactly 0 at t = 0
+        else:
+            # "fixed large" (sigma^2 = beta_t), with beta_tilde_1 at t = 0 as in Nichol &
+            # Dhariwal's code; masked below since no noise is added on the last step.
+            large = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
+            var = large[ts]
+        std = jnp.where(ts == 0, 0.0, jnp.sqrt(var))  # (S,)
+        coef1 = schedule.posterior_mean_coef1[ts]
+        coef2 = schedule.posterior_mean_coef2[ts]
+
+        def step(x, xs):
+            i, t, c1, c2, sd = xs
+            x0, _ = predict(x, t)
+            x = bcast(c1) * x0 + bcast(c2) * x + bcast(sd) * noise(i)
+            return x, None
+
+        x, _ = jax.lax.scan(step, x_init, (idx, ts, coef1, coef2, std))
+        return x
+
+    if sampler == "ddim":
+        abar_t, abar_n = a_t**2, a_n**2
+        # Song et al. eq. 16: sigma = eta * sqrt((1 - abar_n) / (1 - abar_t)) *
+        # sqrt(1 - abar_t / abar_n). It is 0 on the final step, where 1 - abar_n = 0.
+        sig = eta * (s_n / s_t) * jnp.sqrt(jnp.maximum(1.0 - abar_t / abar_n, 0.0))  # (S,)
+        dir_coef = jnp.sqrt(jnp.maximum(s_n**2 - sig**2, 0.0))  # sqrt(1 - abar_n - sigma^2)
+
+        def step(x, xs):
+            i, t, an, dc, sg = xs
+            x0, eps = predict(x, t)
+            x = bcast(an) * x0 + bcast(dc) * eps
+            if eta > 0.0:
+                x = x + bcast(sg) * noise(i)
+            return x, None
+
+        x, _ = jax.lax.scan(step, x_init, (idx, ts, a_n, dir_coef, sig))
+        return x
+
+    # dpmpp_2m: Lu et al. 2022 (DPM-Solver++ 2M, Alg. 2), data prediction, in lambda =
+    # log(alpha / sigma). x_next = (s_n / s_t) x - a_n * expm1(-h) * D with h = lam_n - lam_t,
+    # D = x0 (first order: first step) or (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h.
+    # The last step goes to sigma = 0 (lambda = inf), where the update is exactly x0: a
+    # first-order final step ("lower_order_final").
+    lam_t = jnp.log(a_t) - jnp.log(s_t)  # (S,)
+    lam_n = jnp.log(a_n) - jnp.log(jnp.where(is_final, 1.0, s_n))  # finite placeholder at end
+    h = lam_n - lam_t  # (S,)
+    h_prev = jnp.concatenate([jnp.ones((1,), h.dtype), h[:-1]])
+    second = (idx > 0) & ~is_final
+    w_prev = jnp.where(second, -0.5 * h / h_prev, 0.0)  # -1/(2r)
+    w_cur = 1.0 - w_prev
+    c_x = jnp.where(is_final, 0.0, s_n / s_t)
+    c_d = jnp.where(is_final, 1.0, -a_n * jnp.expm1(-h))
+
+    def step(carry, xs):
+        x, x0_prev = carry
+        t, cx, cd, wc, wp = xs
+        x0, _ = predict(x, t)
+        d = bcast(wc) * x0 + bcast(wp) * x0_prev
+        return (bcast(cx) * x + bcast(cd) * d, x0), None
+
+    (x, _), _ = jax.lax.scan(step, (x_init, jnp.zeros_like(x_init)), (ts, c_x, c_d, w_cur, w_prev))
+    return x
+
+
+_STATIC = (
+    "shape",
+    "sampler",
+    "timesteps",
+    "guidance_scale",
+    "null_label",
+    "eta",
+    "prediction",
+    "clip_x0",
+    "variance",
+)
+_sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=_STATIC)
+
+
+def _check_config(
+    sampler: str,
+    guidance_scale: float,
+    null_label: int | None,
+    eta: float,
+    prediction: str,
+    variance: str,
+    conditional: bool,
+) -> None:
+    """Raises ValueError for an inconsistent sampling configuration."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown ddpm variance {variance!r}; choose one of {DDPM_VARIANCES}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise ValueError(f"guidance_scale must be a Python number, got {type(guidance_scale)}")
+    if eta < 0.0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if conditional and guidance_scale != 1.0 and null_label is None:
+        raise ValueError("guidance_scale != 1 needs null_label (the unconditional class id)")
+
+
+def sample(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    *,
+    shape: tuple[int, ...],
+    labels: jax.Array | None,
+    rng: jax.Array,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    prediction: str = "eps",
+    clip_x0: float | None = None,
+    variance: str = "fixed_small",
+) -> jax.Array:
+    """Draws samples (latents) from a diffusion model.
+
+    Compiled once per (``model_fn`` object, shape, config): ``model_fn`` is a static argument,
+    so pass the same callable to reuse the compile. To jit once and vary the parameters use
+    `make_sample_fn` instead of a closure over them.
+
+    Args:
+      model_fn: ``model_fn(x, t, y) -> output``; ``x: (N, ...)`` float32, ``t: (N,)`` int32,
+        ``y: (N,)`` int32 or None; ``N`` is ``B`` or ``2B`` (guidance).
+      schedule: the training schedule.
+      shape: full sample shape ``(B, ...)``.
+      labels: ``(B,)`` class ids, or None for an unconditional model.
+      rng: PRNG key (see the module docstring for the RNG contract).
+      sampler: ``'ddpm'`` (ancestral, all T steps), ``'ddim'`` or ``'dpmpp_2m'``.
+      steps: network calls (None = T); see `timesteps_for`.
+      guidance_scale: ``w``; 1 = conditional, 0 = unconditional (module docstring).
+      null_label: the unconditional class id (needed when ``w != 1``).
+      eta: DDIM stochasticity: 0 = deterministic DDIM, 1 = DDPM-like ancestral noise.
+      spacing: timestep spacing for ddim / dpmpp_2m, one of `SPACINGS`. For ``'dpmpp_2m'``
+        with the cosine schedule prefer ``'logSNR'`` at <= 25 steps: time-uniform steps end
+        with one long step (e.g. index 111 -> 0 at 10 steps) that the second-order
+        extrapolation overshoots. On the Gaussian toy of the tests (exact model) the sample
+        std error was 2% (logSNR) vs 6% (uniform) at 25 steps and 1.5% vs 28% at 10 steps.
+      prediction: what the model outputs: ``'eps'``, ``'v'`` or ``'x0'``.
+      clip_x0: clip the ``x_0`` estimate to ``[-clip_x0, clip_x0]`` every step (None = off, the
+        right choice for unbounded latents; 1.0 for pixels in [-1, 1]).
+      variance: DDPM reverse variance: ``'fixed_small'`` (``beta_tilde``, the posterior
+        variance; default) or ``'fixed_large'`` (``beta_t``), Ho et al. sec. 3.2.
+
+    Returns:
+      ``(B, ...)`` float32 samples.
+
+    Raises:
+      ValueError: bad configuration, or ``labels`` not matching ``shape[0]``.
+    """
+    conditional = labels is not None
+    _check_config(sampler, guidance_scale, null_label, eta, prediction, variance, conditional)
+    if conditional and tuple(jnp.shape(labels)) != (shape[0],):
+        raise ValueError(f"labels shape {jnp.shape(labels)} must be (B,) with B = shape[0]")
+    ts = timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
+    return _sample_jit(
+        model_fn,
+        schedule,
+        labels,
+        rng,
+        shape=tuple(int(d) for d in shape),
+        sampler=sampler,
+        timesteps=tuple(int(t) for t in ts),
+        guidance_scale=float(guidance_scale),
+        null_label=None if null_label is None else int(null_label),
+        eta=float(eta),
+        prediction=prediction,
+        clip_x0=None if clip_x0 is None else float(clip_x0),
+        variance=variance,
+    )
+
+
+def make_sample_fn(
+    apply_fn: ApplyFn,
+    schedule: Schedule,
+    latent_shape: tuple[int, ...],
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    prediction: str = "eps",
+    clip_x0: float | None = None,
+    variance: str = "fixed_small",
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """Builds a jitted ``fn(params, labels, rng) -> (B, *latent_shape)`` sampler.
+
+    ``params`` is an argument of the compiled function (not a closed-over constant), so new
+    parameter values (e.g. each EMA checkpoint) reuse the compile; it compiles once per batch
+    size ``B = labels.shape[0]``. Other arguments are as in `sample`.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, t, y) -> output`` (e.g. a wrapper over
+        ``UNet().apply({'params': p}, x, t, y)``).
+      schedule: the training schedule (a small constant of the compiled function).
+      latent_shape: per-example latent shape, without the batch axis (e.g. ``(32, 32, 8)``).
+      sampler: see `sample`.
+      steps: see `sample`.
+      guidance_scale: see `sample`.
+      null_label: see `sample`.
+      eta: see `sample`.
+      spacing: see `sample`.
+      prediction: see `sample`.
+      clip_x0: see `sample`.
+      variance: see `sample`.
+
+    Returns:
+      ``fn(params, labels, rng)``; ``labels`` is ``(B,)`` int (for an unconditional model pass
+      any ids and ``guidance_scale=1``).
+
+    Raises:
+      ValueError: bad configuration.
+    """
+    _check_config(sampler, guidance_scale, null_label, eta, prediction, variance, True)
+    ts = tuple(
+        int(t)
+        for t in timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
+    )
+    latent_shape = tuple(int(d) for d in latent_shape)
+    config = dict(
+        sampler=sampler,
+        timesteps=ts,
+        guidance_scale=float(guidance_scale),
+        null_label=None if null_label is None else int(null_label),
+        eta=float(eta),
+        prediction=prediction,
+        clip_x0=None if clip_x0 is None else float(clip_x0),
+        variance=variance,
+    )
+
+    def fn(params: Any, labels: jax.Array, rng: jax.Array) -> jax.Array:
+        model_fn = functools.partial(apply_fn, params)
+        shape = (labels.shape[0],) + latent_shape
+        return _sample_impl(model_fn, schedule, labels, rng, shape=shape, **config)
+
+    return jax.jit(fn)
+
+
+make_sampler = make_sample_fn
+"""Alias of `make_sample_fn`."""
