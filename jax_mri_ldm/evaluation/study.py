@@ -1,0 +1,521 @@
+"""Downstream study: does adding synthetic slices help a normal-vs-tumour classifier?
+
+A small CNN (models/classifier.py) is trained per arm and per seed and scored on the same real
+test split:
+
+* ``real``      all real training images;
+* ``real+syn``  all real training images plus ``n_per_class`` synthetic images per class;
+* ``syn``       ``n_per_class`` synthetic images per class only;
+* ``half+syn``  a stratified half of the real training images plus the synthetic images;
+* ``half``      that same half alone.
+
+Within a seed every arm shares the classifier initialisation, the synthetic subset and the half
+split, so arm differences are paired; across seeds all three are redrawn. ``half`` vs
+``half+syn`` vs ``real`` answers "how much real data is the synthetic set worth": the share of
+the half -> all-real gap that adding synthetic images recovers.
+
+Training is deliberately plain: Adam, cross-entropy, class-balanced batches (each batch holds the
+classes in equal numbers, drawn with replacement), random horizontal flips, a fixed number of
+steps and the final parameters (no early stopping, which would need a validation split carved
+out of tiny data). Images are resized to ``input_size`` once up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.evaluation import metrics
+from jax_mri_ldm.models.classifier import ClassifierCNN
+
+ARMS: tuple[str, ...] = ("real", "real+syn", "syn", "half+syn", "half")
+"""Every arm downstream_study knows, in the order it reports them."""
+
+ARM_DESCRIPTIONS: dict[str, str] = {
+    "real": "all real training images",
+    "real+syn": "all real training images + n_per_class synthetic images per class",
+    "syn": "n_per_class synthetic images per class only",
+    "half+syn": "stratified half of the real training images + the synthetic images",
+    "half": "the same stratified half of the real training images alone",
+}
+
+METRIC_NAMES: tuple[str, ...] = ("accuracy", "auc", "sensitivity", "specificity")
+
+# (arm, baseline) pairs reported as paired per-seed differences.
+_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("real+syn", "real"),
+    ("syn", "real"),
+    ("half+syn", "half"),
+    ("half+syn", "real"),
+    ("half", "real"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedClassifier:
+    """A classifier module together with its trained parameters.
+
+    Attributes:
+      model: the ClassifierCNN definition (hashable; carries input_size and widths).
+      params: its flax parameter tree.
+    """
+
+    model: ClassifierCNN
+    params: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Training and inference
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step_fn(model: ClassifierCNN, lr: float, augment: bool) -> tuple[Callable, Any]:
+    """Jitted train step and optimiser for one (model, lr, augment); cached so that repeated
+    training runs (seeds, arms) reuse one compilation."""
+    tx = optax.adam(lr)
+
+    def step(params, opt_state, x, y, key):
+        # x: (B, s, s, C), y: (B,)
+        flip_key, drop_key = jax.random.split(key)
+        if augment:
+            flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0],))
+            x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": drop_key})
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return params, opt_state, loss, acc
+
+    return jax.jit(step), tx
+
+
+@functools.lru_cache(maxsize=32)
+def _apply_fn(model: ClassifierCNN) -> Callable:
+    """Jitted eval forward returning (probabilities, features); cached per model."""
+
+    def apply(params, x):
+        logits, feats = model.apply({"params": params}, x, train=False, return_features=True)
+        return jax.nn.softmax(logits, axis=-1), feats
+
+    return jax.jit(apply)
+
+
+def _check_dataset(name: str, images, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels).astype(np.int32).ravel()
+    if images.ndim != 4:
+        raise ValueError(f"{name} images must be (N, H, W, C); got shape {images.shape}.")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{name}: {images.shape[0]} images but {labels.shape[0]} labels; pass matching arrays."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} labels must be in [0, {num_classes}); got {np.unique(labels)}.")
+    return images, labels
+
+
+def train_classifier(
+    train_images,
+    train_labels,
+    *,
+    seed: int = 0,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    augment: bool = True,
+    val: tuple | None = None,
+    input_size: int | None = 64,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    num_classes: int = 2,
+    dropout_rate: float = 0.0,
+    log_every: int = 25,
+    eval_every: int | None = None,
+) -> tuple[TrainedClassifier, dict]:
+    """Trains a ClassifierCNN with Adam on class-balanced, randomly flipped batches.
+
+    Args:
+      train_images: (N, H, W, C) images in [0, 1].
+      train_labels: (N,) integer labels in [0, num_classes); every class must occur.
+      seed: seeds the initialisation, batch sampling, flips and dropout.
+      steps: number of optimisation steps.
+      batch_size: images per step (classes in equal numbers, up to rounding).
+      lr: Adam learning rate.
+      augment: random horizontal flips.
+      val: optional (images, labels) evaluated every `eval_every` steps and at the end
+        (binary metrics; needs num_classes == 2).
+      input_size: side length the model works at (images are resized once up front).
+      widths: channels per downsampling block.
+      num_classes: number of classes.
+      dropout_rate: dropout on pooled features during training.
+      log_every: record the mean loss / batch accuracy every this many steps.
+      eval_every: validation period in steps; None = only at the end.
+
+    Returns:
+      (classifier, history) where history has lists 'step', 'loss', 'batch_accuracy' (means over
+      each logging interval) and 'val' (dicts with 'step' and the binary metrics).
+    """
+    images, labels = _check_dataset("train", train_images, train_labels, num_classes)
+    if steps < 1 or batch_size < num_classes:
+        raise ValueError(f"need steps >= 1, batch_size >= num_classes; got {steps}, {batch_size}.")
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    missing = [c for c, m in enumerate(members) if m.size == 0]
+    if missing:
+        raise ValueError(
+            f"train_labels has no examples of class(es) {missing}; balanced sampling needs "
+            "every class."
+        )
+    if val is not None:
+        val_images, val_labels = _check_dataset("val", val[0], val[1], num_classes)
+        val_images = metrics.resize_images(val_images, input_size)
+    images = metrics.resize_images(images, input_size)  # (N, s, s, C), once
+
+    model = ClassifierCNN(
+        num_classes=num_classes,
+        widths=tuple(int(w) for w in widths),
+        input_size=input_size,
+        dropout_rate=float(dropout_rate),
+    )
+    step_fn, tx = _train_step_fn(model, float(lr), bool(augment))
+    key = jax.random.PRNGKey(seed)
+    init_key, step_key = jax.random.split(key)
+    params = model.init(init_key, jnp.asarray(images[:1]))["params"]
+    opt_state = tx.init(params)
+    rng = np.random.default_rng(seed)
+    # Class of each batch slot: equal numbers per class (remainder rotates with the step).
+    slot_classes = np.arange(batch_size) % num_classes
+
+    history: dict[str, list] = {"step": [], "loss": [], "batch_accuracy": [], "val": []}
+    loss_acc, acc_acc, count = 0.0, 0.0, 0
+    for step in range(1, steps + 1):
+        cls = (slot_classes + step) % num_classes
+        idx = np.array([members[c][rng.integers(members[c].size)] for c in cls])
+        params, opt_state, loss, acc = step_fn(
+            params,
+            opt_state,
+            jnp.asarray(images[idx]),
+            jnp.asarray(labels[idx]),
+            jax.random.fold_in(step_key, step),
+        )
+        loss_acc += float(loss)
+        acc_acc += float(acc)
+        count += 1
+        if step % log_every == 0 or step == steps:
+            history["step"].append(step)
+            history["loss"].append(loss_acc / count)
+            history["batch_accuracy"].append(acc_acc / count)
+            loss_acc, acc_acc, count = 0.0, 0.0, 0
+        if val is not None and (
+            step == steps or (eval_every is not None and step % eval_every == 0)
+        ):
+            scores = evaluate_classifier(TrainedClassifier(model, params), val_images, val_labels)
+            history["val"].append({"step": step, **scores})
+    return TrainedClassifier(model, params), history
+
+
+def _forward(clf: TrainedClassifier, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C); got shape {images.shape}.")
+    images = metrics.resize_images(images, clf.model.input_size)
+    fn = _apply_fn(clf.model)
+    n = images.shape[0]
+    size = min(batch_size, max(n, 1))
+    probs, feats = [], []
+    for start in range(0, n, size):
+        chunk = images[start : start + size]
+        m = chunk.shape[0]
+        if m < size:  # pad so every call has one compiled shape
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - m, axis=0)])
+        p, f = fn(clf.params, jnp.asarray(chunk))
+        probs.append(np.asarray(p)[:m])
+        feats.append(np.asarray(f)[:m])
+    d = clf.model.widths[-1]
+    if not probs:
+        return np.zeros((0, clf.model.num_classes), np.float32), np.zeros((0, d), np.float32)
+    return np.concatenate(probs), np.concatenate(feats)
+
+
+def predict_proba(clf: TrainedClassifier, images, batch_size: int = 128) -> np.ndarray:
+    """Class probabilities.
+
+    Args:
+      clf: a trained classifier.
+      images: (N, H, W, C) images in [0, 1].
+      batch_size: images per jitted call.
+
+    Returns:
+      (N, num_classes) float32 softmax probabilities.
+    """
+    return _forward(clf, images, batch_size)[0]
+
+
+def extract_features(clf: TrainedClassifier, images, batch_size: int = 128) -> np.ndarray:
+    """Pooled penultimate features, the input to the domain FID / KID.
+
+    Args:
+      clf: a trained classifier.
+      images: (N, H, W, C) images in [0, 1].
+      batch_size: images per jitted call.
+
+    Returns:
+      (N, D) float32 features, D = widths[-1].
+    """
+    return _forward(clf, images, batch_size)[1]
+
+
+def evaluate_classifier(
+    clf: TrainedClassifier, images, labels, threshold: float = 0.5
+) -> dict[str, float]:
+    """Binary metrics of a two-class classifier (class 1 = tumour = positive).
+
+    Args:
+      clf: a trained classifier with num_classes == 2.
+      images: (N, H, W, C) images in [0, 1].
+      labels: (N,) 0/1 labels.
+      threshold: P(tumour) at or above which a slice is called tumour.
+
+    Returns:
+      dict with 'accuracy', 'auc', 'sensitivity', 'specificity' (nan when undefined).
+    """
+    if clf.model.num_classes != 2:
+        raise ValueError("evaluate_classifier reports binary metrics; num_classes must be 2.")
+    probs = predict_proba(clf, images)
+    return metrics.binary_metrics(labels, probs[:, 1], threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(x):
+    """Recursively converts numpy scalars to Python and non-finite floats to None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    return {name: int(np.sum(labels == i)) for i, name in enumerate(CLASS_NAMES)}
+
+
+def _summarise(values: Sequence[float], confidence: float) -> dict:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "half_width": None, "n": 0}
+    mean, half = metrics.mean_ci(v, confidence)
+    return {"mean": mean, "half_width": half, "n": int(v.size)}
+
+
+def _arm_data(
+    arm: str,
+    real: tuple[np.ndarray, np.ndarray],
+    half_idx: np.ndarray,
+    syn: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, real labels used, synthetic labels used) for one arm."""
+    parts, real_used, syn_used = [], np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if arm in ("real", "real+syn"):
+        parts.append(real)
+        real_used = real[1]
+    elif arm in ("half", "half+syn"):
+        parts.append((real[0][half_idx], real[1][half_idx]))
+        real_used = real[1][half_idx]
+    if arm in ("real+syn", "syn", "half+syn"):
+        parts.append(syn)
+        syn_used = syn[1]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return images, labels, real_used, syn_used
+
+
+def downstream_study(
+    real_train: tuple,
+    real_test: tuple,
+    synthetic: tuple | None,
+    *,
+    n_per_class: int,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    arms: Sequence[str] = ARMS,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    input_size: int | None = 64,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    augment: bool = True,
+    half_fraction: float = 0.5,
+    confidence: float = 0.95,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Trains one classifier per (arm, seed) and scores it on the real test split.
+
+    Args:
+      real_train: (images (N, H, W, C), labels (N,)) real training split, labels 0/1.
+      real_test: (images, labels) real test split used to score every arm.
+      synthetic: (images, labels) pool of synthetic images; each seed draws n_per_class per
+        class from it without replacement. May be None if no arm uses synthetic images.
+      n_per_class: synthetic images per class added in the '+syn' arms and used by 'syn'.
+      seeds: one run per seed and arm (classifier init, synthetic subset, half split).
+      arms: subset of ARMS to run.
+      steps: training steps per run (same for every arm, so arms differ only in data).
+      batch_size: images per step.
+      lr: Adam learning rate.
+      input_size: classifier working resolution.
+      widths: classifier channels per block.
+      augment: random horizontal flips.
+      half_fraction: share of each real class kept in the 'half' arms.
+      confidence: level of the Student-t intervals over seeds.
+      progress: optional callback receiving one line per finished run.
+
+    Returns:
+      JSON-able dict (non-finite numbers become None):
+        'config': the settings above;
+        'data': class counts of real_train, real_test and synthetic;
+        'arms': {arm: {'description', 'train_counts': {'real': {...}, 'synthetic': {...}},
+                 'per_seed': [{'seed', 'accuracy', 'auc', 'sensitivity', 'specificity',
+                 'final_loss'}], 'summary': {metric: {'mean', 'half_width', 'n'}}}};
+        'comparisons': {'A - B': {metric: {'mean', 'half_width', 'n'}}} paired over seeds, for
+                 every (A, B) in real+syn-real, syn-real, half+syn-half, half+syn-real,
+                 half-real whose arms were both run;
+        'real_data_equivalence': {metric: {'half', 'half+syn', 'real', 'gap_recovered'}} where
+                 gap_recovered = (half+syn - half) / (real - half) on seed means (None when the
+                 gap is below 1e-6): 1 means the synthetic set made up for the missing half.
+    """
+    arms = tuple(arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"unknown arms {unknown}; choose from {ARMS}.")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"arms contains duplicates: {arms}.")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("downstream_study needs at least one seed.")
+    if not 0.0 < half_fraction < 1.0:
+        raise ValueError(f"half_fraction must be in (0, 1); got {half_fraction}.")
+    num_classes = len(CLASS_NAMES)
+
+    # Resize everything once; train_classifier and predict_proba then skip resizing.
+    tr_x, tr_y = _check_dataset("real_train", *real_train, num_classes)
+    te_x, te_y = _check_dataset("real_test", *real_test, num_classes)
+    tr_x, te_x = metrics.resize_images(tr_x, input_size), metrics.resize_images(te_x, input_size)
+    uses_syn = any("syn" in a for a in arms)
+    syn_members = None
+    if uses_syn:
+        if synthetic is None:
+            raise ValueError(f"arms {arms} use synthetic images but synthetic is None.")
+        sy_x, sy_y = _check_dataset("synthetic", *synthetic, num_classes)
+        sy_x = metrics.resize_images(sy_x, input_size)
+        if sy_x.shape[1:] != tr_x.shape[1:]:
+            raise ValueError(f"synthetic image shape {sy_x.shape[1:]} != real {tr_x.shape[1:]}.")
+        syn_members = [np.flatnonzero(sy_y == c) for c in range(num_classes)]
+        short = {CLASS_NAMES[c]: m.size for c, m in enumerate(syn_members) if m.size < n_per_class}
+        if n_per_class < 1 or short:
+            raise ValueError(
+                f"n_per_class={n_per_class} needs that many synthetic images per class; "
+                f"available: {short or 'n_per_class must be >= 1'}. Generate more or lower it."
+            )
+    real_members = [np.flatnonzero(tr_y == c) for c in range(num_classes)]
+    empty = [CLASS_NAMES[c] for c, m in enumerate(real_members) if m.size == 0]
+    if empty:
+        raise ValueError(f"real_train has no {empty} images; every class is needed.")
+
+    train_kw = dict(steps=steps, batch_size=batch_size, lr=lr, augment=augment)
+    train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=num_classes)
+    per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        half_idx = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(m, max(1, round(half_fraction * m.size)), replace=False)
+                    for m in real_members
+                ]
+            )
+        )
+        syn = None
+        if uses_syn:
+            pick = np.concatenate([rng.choice(m, n_per_class, replace=False) for m in syn_members])
+            syn = (sy_x[pick], sy_y[pick])
+        for arm in arms:
+            x, y, real_used, syn_used = _arm_data(arm, (tr_x, tr_y), half_idx, syn)
+            clf, hist = train_classifier(x, y, seed=seed, **train_kw)
+            scores = evaluate_classifier(clf, te_x, te_y)
+            per_arm[arm]["per_seed"].append(
+                {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
+            )
+            per_arm[arm]["train_counts"] = {
+                "real": _counts(real_used),
+                "synthetic": _counts(syn_used),
+            }
+            if progress is not None:
+                line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
+                progress(f"seed {seed} arm {arm}: {line}")
+
+    for arm in arms:
+        runs = per_arm[arm]["per_seed"]
+        per_arm[arm]["description"] = ARM_DESCRIPTIONS[arm]
+        per_arm[arm]["summary"] = {
+            m: _summarise([r[m] for r in runs], confidence) for m in METRIC_NAMES
+        }
+
+    comparisons = {}
+    for a, b in _COMPARISONS:
+        if a in per_arm and b in per_arm:
+            pairs = list(zip(per_arm[a]["per_seed"], per_arm[b]["per_seed"], strict=True))
+            comparisons[f"{a} - {b}"] = {
+                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in METRIC_NAMES
+            }
+
+    equivalence = {}
+    if all(a in per_arm for a in ("half", "half+syn", "real")):
+        for m in METRIC_NAMES:
+            means = {a: per_arm[a]["summary"][m]["mean"] for a in ("half", "half+syn", "real")}
+            gap = None
+            if None not in means.values() and abs(means["real"] - means["half"]) >= 1e-6:
+                gap = (means["half+syn"] - means["half"]) / (means["real"] - means["half"])
+            equivalence[m] = {**means, "gap_recovered": gap}
+
+    return _jsonable(
+        {
+            "config": {
+                "n_per_class": n_per_class,
+                "seeds": list(seeds),
+                "arms": list(arms),
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
+                "half_fraction": half_fraction,
+                "confidence": confidence,
+                "class_names": list(CLASS_NAMES),
+            },
+            "data": {
+                "real_train": _counts(tr_y),
+                "real_test": _counts(te_y),
+                "synthetic": _counts(sy_y) if uses_syn else None,
+            },
+            "arms": {a: per_arm[a] for a in arms},
+            "comparisons": comparisons,
+            "real_data_equivalence": equivalence,
+        }
+    )

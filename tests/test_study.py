@@ -1,0 +1,157 @@
+"""Tests for models/classifier.py and evaluation/study.py on tiny toy data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_mri_ldm.evaluation import metrics, study
+from jax_mri_ldm.models.classifier import ClassifierCNN
+
+# One tiny configuration everywhere, so the cached jitted train step compiles once per session.
+TINY = dict(batch_size=16, lr=2e-3, input_size=32, widths=(8, 16))
+
+
+def _toy(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Dim noise (label 0) vs dim noise plus a bright 8x8 square at a random place (label 1)."""
+    rng = np.random.default_rng(seed)
+    x = 0.2 * rng.random((n, size, size, 1)).astype(np.float32)
+    y = (np.arange(n) % 2).astype(np.int32)
+    for i in np.flatnonzero(y == 1):
+        r, c = rng.integers(1, size - 9, 2)
+        x[i, r : r + 8, c : c + 8] = 0.9
+    return x, y
+
+
+def test_classifier_shapes_and_resize():
+    model = ClassifierCNN(widths=(8, 16), input_size=32)
+    x = jnp.asarray(_toy(3, 0, size=48)[0])  # resized 48 -> 32 inside
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+    apply = jax.jit(model.apply, static_argnames=("return_features",))
+    logits, feats = apply({"params": params}, x, return_features=True)
+    assert logits.shape == (3, 2) and feats.shape == (3, 16)
+    assert np.all(np.isfinite(np.asarray(logits)))
+    # The same parameters work at another input size (global pooling), and resizing is skipped
+    # when the input already has input_size.
+    small = jax.image.resize(x, (3, 32, 32, 1), "linear", antialias=True)
+    np.testing.assert_allclose(model.apply({"params": params}, small), logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="B, H, W, C"):
+        model.apply({"params": params}, x[0])
+
+
+def test_train_classifier_separates_toy():
+    tx, ty = _toy(64, seed=1)
+    vx, vy = _toy(64, seed=2)
+    clf, hist = study.train_classifier(tx, ty, seed=0, steps=40, val=(vx, vy), log_every=10, **TINY)
+    assert hist["step"] == [10, 20, 30, 40]
+    assert hist["loss"][-1] < hist["loss"][0]
+    final = hist["val"][-1]
+    assert final["step"] == 40
+    assert final["accuracy"] >= 0.9 and final["auc"] >= 0.95
+    scores = study.evaluate_classifier(clf, vx, vy)
+    assert scores == pytest.approx({k: v for k, v in final.items() if k != "step"})
+    probs = study.predict_proba(clf, vx[:5])
+    assert probs.shape == (5, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    feats = study.extract_features(clf, vx)
+    assert feats.shape == (64, 16)
+    # Features of the two classes differ in distribution: domain FID between classes is well
+    # above the FID between two halves of the same class.
+    neg, pos = feats[vy == 0], feats[vy == 1]
+    assert metrics.fid(neg, pos) > 5 * metrics.fid(neg[:16], neg[16:])
+
+
+def test_train_classifier_rejects_missing_class():
+    tx, ty = _toy(8, seed=3)
+    with pytest.raises(ValueError, match="no examples of class"):
+        study.train_classifier(tx, np.zeros_like(ty), steps=1, **TINY)
+    with pytest.raises(ValueError, match="labels"):
+        study.train_classifier(tx, ty[:4], steps=1, **TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_study() -> dict:
+    real_train, real_test, syn = _toy(32, seed=4), _toy(32, seed=5), _toy(24, seed=6)
+    return study.downstream_study(
+        real_train, real_test, syn, n_per_class=6, seeds=(0, 1), steps=20, **TINY
+    )
+
+
+def test_downstream_study_runs_every_arm(tiny_study):
+    res = tiny_study
+    json.dumps(res, allow_nan=False)  # plain, strict JSON
+    assert list(res["arms"]) == list(study.ARMS)
+    counts = {a: res["arms"][a]["train_counts"] for a in study.ARMS}
+    assert counts["real"] == {
+        "real": {"normal": 16, "tumour": 16},
+        "synthetic": {"normal": 0, "tumour": 0},
+    }
+    assert counts["real+syn"]["synthetic"] == {"normal": 6, "tumour": 6}
+    assert counts["syn"]["real"] == {"normal": 0, "tumour": 0}
+    assert counts["half"]["real"] == {"normal": 8, "tumour": 8}
+    assert counts["half+syn"] == {
+        "real": {"normal": 8, "tumour": 8},
+        "synthetic": {"normal": 6, "tumour": 6},
+    }
+    for arm in study.ARMS:
+        runs = res["arms"][arm]["per_seed"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            for m in study.METRIC_NAMES:
+                assert math.isfinite(r[m]) and 0.0 <= r[m] <= 1.0
+        for m in study.METRIC_NAMES:
+            summ = res["arms"][arm]["summary"][m]
+            mean, half = metrics.mean_ci([r[m] for r in runs], 0.95)
+            assert summ["n"] == 2
+            assert summ["mean"] == pytest.approx(mean) and summ["half_width"] == pytest.approx(half)
+    assert set(res["comparisons"]) == {
+        "real+syn - real",
+        "syn - real",
+        "half+syn - half",
+        "half+syn - real",
+        "half - real",
+    }
+    diff = res["comparisons"]["half+syn - half"]["auc"]["mean"]
+    pairs = zip(res["arms"]["half+syn"]["per_seed"], res["arms"]["half"]["per_seed"], strict=True)
+    want = np.mean([a["auc"] - b["auc"] for a, b in pairs])
+    assert diff == pytest.approx(want)
+    assert set(res["real_data_equivalence"]) == set(study.METRIC_NAMES)
+    assert res["data"]["synthetic"] == {"normal": 12, "tumour": 12}
+
+
+def test_downstream_study_ci_shrinks_with_more_seeds():
+    # A weak signal and very short training make the per-seed scores vary; the Student-t
+    # interval over 4 seeds must be narrower than over the first 2 of them.
+    rng = np.random.default_rng(7)
+    x = rng.random((48, 32, 32, 1)).astype(np.float32)
+    y = (np.arange(48) % 2).astype(np.int32)
+    x[y == 1] = np.clip(x[y == 1] + 0.05, 0, 1)
+    train, test = (x[:32], y[:32]), (x[32:], y[32:])
+    res = study.downstream_study(
+        train, test, None, n_per_class=1, seeds=(0, 1, 2, 3), arms=("real",), steps=3, **TINY
+    )
+    aucs = [r["auc"] for r in res["arms"]["real"]["per_seed"]]
+    assert len(set(aucs)) > 1  # the seeds really differ
+    h2 = metrics.mean_ci(aucs[:2])[1]
+    h4 = res["arms"]["real"]["summary"]["auc"]["half_width"]
+    assert h4 == pytest.approx(metrics.mean_ci(aucs)[1])
+    assert res["comparisons"] == {} and res["real_data_equivalence"] == {}
+    assert h4 < h2
+
+
+def test_downstream_study_input_errors():
+    real, syn = _toy(16, seed=8), _toy(8, seed=9)
+    with pytest.raises(ValueError, match="unknown arms"):
+        study.downstream_study(real, real, syn, n_per_class=2, arms=("real", "gan"), **TINY)
+    with pytest.raises(ValueError, match="n_per_class=5"):
+        study.downstream_study(real, real, syn, n_per_class=5, **TINY)
+    with pytest.raises(ValueError, match="real_train has no"):
+        only_normal = (real[0][real[1] == 0], real[1][real[1] == 0])
+        study.downstream_study(only_normal, real, syn, n_per_class=2, **TINY)
+    with pytest.raises(ValueError, match="synthetic is None"):
+        study.downstream_study(real, real, None, n_per_class=2, arms=("syn",), **TINY)
