@@ -158,6 +158,9 @@ def initialize_distributed(
     """
     if not coordinator_address:
         return
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        # CPU-only processes need a collectives backend for cross-process all-reduces.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address == "auto":
         jax.distributed.initialize()
     else:

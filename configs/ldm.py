@@ -1,0 +1,95 @@
+"""Stage 2 config: class-conditional latent DDPM (cosine schedule, T=1000, CFG p=0.1, EMA).
+
+Usage: `python train.py --config=configs/ldm.py[:preset] --config.vae_workdir=runs/vae
+--workdir=runs/ldm`. Presets: `paper` (default, 100 epochs), `demo`, `tiny`. The data set, its
+split and the image size come from the VAE run (its config.json/split.json), so both stages
+always see the same training images.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the latent-diffusion config for preset `arg` ('paper' | 'demo' | 'tiny')."""
+    preset = arg or "paper"
+    c = ml_collections.ConfigDict()
+    c.stage = "ldm"  # which trainer train.py calls
+    c.preset = preset  # name of the preset this config came from
+    c.seed = 0  # parameter init and the run's RNG stream
+    c.vae_workdir = "runs/vae"  # finished stage-1 run whose frozen encoder/decoder we use
+
+    c.latents = ml_collections.ConfigDict()
+    c.latents.flip = True  # also encode mirrored slices: exact random-flip augmentation
+    c.latents.sample_posterior = True  # z ~ q(z|x) each step (False: use the posterior mean)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.channels = (64, 128, 256)  # UNet widths per resolution level (32, 16, 8)
+    c.model.num_res_blocks = 2  # residual blocks per level
+    c.model.attn_resolutions = (16,)  # extra self-attention at these feature sizes (+ bottleneck)
+    c.model.num_heads = 4  # attention heads
+    c.model.dropout = 0.0  # dropout inside residual blocks
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.schedule = "cosine"  # cosine (paper, Nichol & Dhariwal) | linear
+    c.diffusion.num_timesteps = 1000  # T (paper: 1000)
+    c.diffusion.prediction = "eps"  # eps (paper) | v | x0
+    c.diffusion.p_uncond = 0.1  # label -> null class probability, for CFG (paper: 0.1)
+    c.diffusion.loss_weighting = "none"  # none (paper) | min_snr
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 3e-4  # Adam learning rate (paper does not state it)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.0  # > 0 switches to AdamW
+    c.optim.schedule = "constant"  # constant | cosine (paper's future work)
+    c.optim.warmup_steps = 100  # linear warmup steps
+    c.optim.min_lr_ratio = 0.0  # cosine: final lr = learning_rate * min_lr_ratio
+    c.optim.grad_clip_norm = 1.0  # global-norm gradient clipping (0 = off)
+    # 100 epochs x 20 steps = 2000 updates: a 0.995 EMA averages the last ~200 of them.
+    c.optim.ema_decay = 0.995  # EMA decay; EMA weights are used for sampling (paper)
+    c.optim.ema_warmup = True  # EMA decay min(decay, (1+s)/(10+s))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 16  # global batch, balanced 8 normal + 8 tumour (paper)
+    c.train.num_epochs = 100  # paper: 100
+    c.train.num_steps = 0  # > 0 overrides num_epochs
+    c.train.eval_every_epochs = 25  # sample grids + loss curve every this many epochs
+    c.train.checkpoint_every_epochs = 10  # periodic checkpoints
+    c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
+    c.train.log_every_steps = 10  # metrics.jsonl / TensorBoard cadence
+    c.train.progress_bar = True  # tqdm bar on stderr
+    c.train.tensorboard = True  # TensorBoard event files under <workdir>/tb
+    c.train.eval_num_images = 8  # samples per class in the periodic grid
+    c.train.eval_sampler = "ddim"  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
+    c.train.eval_sample_steps = 50  # its number of steps
+    c.train.eval_guidance_scale = 3.0  # its guidance scale w (1 = plain conditional)
+
+    if preset == "paper":
+        pass
+    elif preset == "demo":
+        c.model.channels = (64, 128, 128)
+        c.model.attn_resolutions = ()
+        c.train.num_epochs = 60
+        c.train.eval_every_epochs = 30
+        c.train.checkpoint_every_epochs = 10
+    elif preset == "tiny":
+        c.model.channels = (16, 32)
+        c.model.num_res_blocks = 1
+        c.model.attn_resolutions = ()
+        c.model.num_heads = 2
+        c.diffusion.num_timesteps = 100
+        c.train.batch_size = 4
+        c.train.num_epochs = 4
+        c.train.eval_every_epochs = 2
+        c.train.checkpoint_every_epochs = 2
+        c.train.log_every_steps = 2
+        c.train.eval_num_images = 2
+        c.train.eval_sample_steps = 5
+        c.optim.warmup_steps = 0
+    else:
+        raise ValueError(f"unknown preset {preset!r} for configs/ldm.py; use paper, demo or tiny.")
+    return c

@@ -1,0 +1,288 @@
+"""Stage 1: train the paper's VAE with the shared engine; `train_and_evaluate(config, workdir)`.
+
+The run directory ends up self-describing:
+  config.json, split.json, metrics.jsonl, tb/, figures/ (reconstructions, loss curve),
+  checkpoints/<step>/ (state + metadata incl. the latent scale factor) and run.json.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jax_mri_ldm import data as data_lib
+from jax_mri_ldm import plots
+from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.engine import logging as log_lib
+from jax_mri_ldm.engine import loop
+from jax_mri_ldm.engine.state import TrainState
+from jax_mri_ldm.evaluation import metrics as metrics_lib
+from jax_mri_ldm.losses import from_model_space, to_model_space, vae_loss
+from jax_mri_ldm.models.vae import VAE
+
+# The paper's VAE loss curve (Sec. VI-B): epoch -> loss, for the loss-curve figure.
+PAPER_VAE_LOSS = ((1, 0.21), (10, 0.05), (25, 0.03), (50, 0.027))
+
+
+def build_model(model_cfg: ml_collections.ConfigDict) -> VAE:
+    """The VAE described by `config.model`."""
+    return VAE(
+        features=tuple(model_cfg.features),
+        latent_channels=int(model_cfg.latent_channels),
+        dtype=jnp.dtype(model_cfg.dtype),
+    )
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
+    """Loads the dataset, makes (or re-reads) the split and writes it into the workdir.
+
+    Returns:
+      (ImageSet of everything, {"train"|"val"|"test": indices}).
+    """
+    ds = data_lib.load_imageset(config.data)
+    split_path = os.path.join(workdir, "split.json") if workdir else None
+    split = data_lib.split_indices(
+        ds, train=config.data.split.train, val=config.data.split.val, seed=config.data.split.seed
+    )
+    if split_path and jax.process_index() == 0:
+        data_lib.save_split(split_path, ds, split)
+    return ds, split
+
+
+def batched_apply(fn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Applies jitted `fn(images_batch) -> array or tuple of arrays` over fixed-size batches.
+
+    The last batch is padded (one compile for all batches) and padding rows are dropped.
+
+    Returns:
+      Tuple of arrays concatenated over all N images.
+    """
+    outs: list[list[np.ndarray]] = []
+    for x, _, mask in data_lib.eval_batches(images, np.zeros(len(images), np.int32), batch_size):
+        result = fn(jnp.asarray(x))
+        result = result if isinstance(result, tuple) else (result,)
+        if not outs:
+            outs = [[] for _ in result]
+        for acc, r in zip(outs, result, strict=True):
+            acc.append(np.asarray(r)[mask])
+    return tuple(np.concatenate(acc) for acc in outs)
+
+
+def make_encode_fn(model: VAE, params: Any):
+    """Jitted images01 (B, H, W, 1) -> posterior (mean, logvar), each (B, h, w, c)."""
+
+    @jax.jit
+    def encode(params, images01):
+        return model.apply({"params": params}, to_model_space(images01), method=VAE.encode)
+
+    return lambda images01: encode(params, images01)  # params stay an argument, not a constant
+
+
+def make_reconstruct_fn(model: VAE):
+    """Jitted (params, images01) -> posterior-mean reconstructions in [0, 1]."""
+
+    @jax.jit
+    def reconstruct(params, images01):
+        mean, _ = model.apply({"params": params}, to_model_space(images01), method=VAE.encode)
+        return from_model_space(model.apply({"params": params}, mean, method=VAE.decode))
+
+    return reconstruct
+
+
+def reconstruction_metrics(
+    reconstruct, params: Any, images: np.ndarray, batch_size: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """PSNR / SSIM of reconstructions of `images` (N, H, W, 1) in [0, 1].
+
+    Args:
+      reconstruct: from `make_reconstruct_fn` (compiled once per run).
+      params: VAE parameters.
+      images: (N, H, W, 1) in [0, 1].
+      batch_size: evaluation batch size.
+
+    Returns:
+      ({"psnr", "ssim"} means over the images, reconstructions (N, H, W, 1)).
+    """
+    (recon,) = batched_apply(lambda x: reconstruct(params, x), images, batch_size)
+    psnr = np.asarray(metrics_lib.psnr(jnp.asarray(images), jnp.asarray(recon)))
+    ssim = np.asarray(metrics_lib.ssim(jnp.asarray(images), jnp.asarray(recon)))
+    return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}, recon
+
+
+def save_loss_curve(workdir: str, steps_per_epoch: int) -> str:
+    """Per-epoch mean training loss beside the paper's reported values (paper Fig. 4, left)."""
+    records = log_lib.read_metrics(workdir, "train")
+    if not records:
+        return ""
+    epochs = [r["epoch"] for r in records]
+    losses = [r["loss"] for r in records]
+    return plots.save_loss_curve(
+        epochs,
+        losses,
+        os.path.join(workdir, "figures", "vae_loss_curve.png"),
+        title="VAE training loss (L1 + beta KL)",
+        reference={"paper (Fig. 4 left)": tuple(zip(*PAPER_VAE_LOSS, strict=True))},
+        logy=True,
+    )
+
+
+def latent_statistics(model: VAE, params: Any, images: np.ndarray, batch_size: int, seed: int):
+    """Encodes `images`; returns (means, logvars, std of one posterior sample per image)."""
+    mean, logvar = batched_apply(make_encode_fn(model, params), images, batch_size)
+    rng = np.random.default_rng(seed)
+    z = mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape).astype(np.float32)
+    return mean, logvar, float(np.std(z))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.RunResult:
+    """Trains the VAE on `config.data`, evaluating and checkpointing into `workdir`.
+
+    Args:
+      config: a configs/vae.py config.
+      workdir: run directory; an existing run there is resumed.
+
+    Returns:
+      The engine's RunResult (final metadata holds `latent_scale_factor`).
+    """
+    loop.ensure_writable_workdir(workdir)
+    ds, split = prepare_data(config, workdir)
+    train_set, val_set, test_set = (ds.subset(split[k]) for k in ("train", "val", "test"))
+    model = build_model(config.model)
+    size = int(config.data.image_size)
+    if size % 8:
+        raise ValueError(
+            f"config.data.image_size={size} must be a multiple of 8 (three 2x downsamplings)."
+        )
+    batch_size = int(config.train.batch_size)
+    sampler = data_lib.BalancedSampler(train_set.labels, batch_size, seed=int(config.seed))
+    aug_cfg = config.data.augment
+
+    def init_params(rng):
+        x = jnp.zeros((1, size, size, 1), jnp.float32)
+        return model.init({"params": rng, "latent": rng}, x)["params"]
+
+    def loss_fn(params, batch, rng):
+        aug_rng, latent_rng = jax.random.split(rng)
+        images = data_lib.augment_from_config(aug_rng, batch["image"], aug_cfg)
+        x = to_model_space(images)  # (B, H, W, 1) in [-1, 1]
+        x_hat, mean, logvar = model.apply({"params": params}, x, rngs={"latent": latent_rng})
+        return vae_loss(
+            x, x_hat, mean, logvar, beta=config.loss.beta, kl_reduction=config.loss.kl_reduction
+        )
+
+    def get_batch(step, process_index, process_count):
+        idx = sampler.indices(step, process_index, process_count)
+        return {"image": train_set.images[idx], "label": train_set.labels[idx]}
+
+    n_fig = min(int(config.train.eval_num_images), len(val_set))
+    reconstruct = make_reconstruct_fn(model)
+
+    def evaluate(state: TrainState, workdir: str) -> dict[str, Any]:
+        step = int(jax.device_get(state.step))
+        scores, recon = reconstruction_metrics(
+            reconstruct, loop.unreplicate_to_host(state.params), val_set.images, batch_size
+        )
+        if jax.process_index() == 0:
+            plots.save_reconstruction_figure(
+                val_set.images[:n_fig],
+                recon[:n_fig],
+                os.path.join(workdir, "figures", f"vae_recon_step{step:06d}.png"),
+                title=f"validation, step {step}: PSNR {scores['psnr']:.2f} dB, "
+                f"SSIM {scores['ssim']:.3f}",
+            )
+            save_loss_curve(workdir, sampler.steps_per_epoch)
+        return scores
+
+    def finalize(state: TrainState, workdir: str) -> dict[str, Any]:
+        params = loop.unreplicate_to_host(state.params)
+        _, _, z_std = latent_statistics(
+            model, params, train_set.images, batch_size, seed=int(config.seed)
+        )
+        test_scores, recon = reconstruction_metrics(
+            reconstruct, params, test_set.images, batch_size
+        )
+        if jax.process_index() == 0:
+            plots.save_reconstruction_figure(
+                test_set.images[:n_fig],
+                recon[:n_fig],
+                os.path.join(workdir, "figures", "vae_recon_test.png"),
+                title=f"test split: PSNR {test_scores['psnr']:.2f} dB, "
+                f"SSIM {test_scores['ssim']:.3f}",
+            )
+            log_lib.MetricWriter(workdir, tensorboard=False).write(
+                int(jax.device_get(state.step)), "test", test_scores
+            )
+        return {
+            "latent_scale_factor": 1.0 / max(z_std, 1e-8),
+            "latent_std": z_std,
+            "latent_shape": [size // 8, size // 8, int(config.model.latent_channels)],
+            "inference_params": "params",
+            "test_metrics": test_scores,
+        }
+
+    task = loop.Task(
+        name="vae",
+        init_params=init_params,
+        loss_fn=loss_fn,
+        get_batch=get_batch,
+        global_batch_size=batch_size,
+        steps_per_epoch=sampler.steps_per_epoch,
+        evaluate=evaluate,
+        finalize=finalize,
+        metadata={
+            "dataset_fingerprint": ds.fingerprint,
+            "class_names": list(ds.class_names),
+            "num_train": len(train_set),
+            "image_size": size,
+        },
+    )
+    return loop.run(config, workdir, task)
+
+
+def load_vae(workdir: str) -> tuple[VAE, Any, dict[str, Any]]:
+    """Loads a finished VAE run for inference.
+
+    Args:
+      workdir: a stage-1 run directory.
+
+    Returns:
+      (model, params (host arrays), final metadata incl. latent_scale_factor and config).
+
+    Raises:
+      ValueError: no finished VAE run in `workdir` (message says what to run).
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(
+            f"no VAE run in {workdir!r} (no checkpoints/ there); train one first with "
+            f"`python train.py --config=configs/vae.py --workdir={workdir}`."
+        )
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    try:
+        if checkpointer.latest_step() is None:
+            raise ValueError(f"{workdir!r} holds no checkpoint yet; finish the VAE training first.")
+        meta = checkpointer.restore_meta()
+        if meta.get("stage") != "vae":
+            raise ValueError(
+                f"{workdir!r} holds a {meta.get('stage')!r} run, not a VAE; point "
+                "--config.vae_workdir at the stage-1 run directory."
+            )
+        if not meta.get("final"):
+            raise ValueError(
+                f"the VAE run in {workdir!r} is not finished (latest step "
+                f"{checkpointer.latest_step()}); rerun its train.py command to complete it."
+            )
+        items, meta = checkpointer.restore_raw()
+    finally:
+        checkpointer.close()
+    model = build_model(ml_collections.ConfigDict(meta["config"]["model"]))
+    params = (
+        items["params"]
+        if meta.get("inference_params", "params") == "params"
+        else items["ema_params"]
+    )
+    return model, params, meta

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny end-to-end runs (built once per test module that asks for them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "brain_tumor_yes_no"
+
+
+def load_config(name: str, preset: str = "tiny"):
+    """`configs/<name>.py:get_config(preset)`."""
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def tiny_vae_config(tmp: Path):
+    c = load_config("vae", "tiny")
+    c.data.cache_dir = str(tmp / "cache")
+    c.train.progress_bar = False
+    return c
+
+
+def tiny_ldm_config(vae_dir: Path):
+    c = load_config("ldm", "tiny")
+    c.vae_workdir = str(vae_dir)
+    c.train.progress_bar = False
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A finished tiny VAE run and a finished tiny LDM run on the built-in data."""
+    from jax_mri_ldm import train_ldm, train_vae
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    vae_dir, ldm_dir = root / "vae", root / "ldm"
+    vae_cfg = tiny_vae_config(root)
+    vae_result = train_vae.train_and_evaluate(vae_cfg, str(vae_dir))
+    ldm_cfg = tiny_ldm_config(vae_dir)
+    ldm_result = train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))
+    return {
+        "root": root,
+        "vae_dir": vae_dir,
+        "ldm_dir": ldm_dir,
+        "vae_cfg": vae_cfg,
+        "ldm_cfg": ldm_cfg,
+        "vae_result": vae_result,
+        "ldm_result": ldm_result,
+    }
+
+
+def env_for_subprocess(**extra) -> dict[str, str]:
+    """Environment for CLI subprocesses (repo importable, quiet progress)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env

@@ -1,0 +1,79 @@
+"""Multi-host data parallelism: 2 processes on localhost (gloo CPU collectives) train the tiny VAE
+for a few steps and must agree with each other and with one process driving 2 devices."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, env_for_subprocess
+
+SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+from jax_mri_ldm.engine import loop
+pid, nproc, addr = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if nproc > 1:
+    loop.initialize_distributed(addr, nproc, pid)
+import jax
+from pathlib import Path
+from conftest import tiny_vae_config
+from jax_mri_ldm import train_vae
+root = Path({root!r})
+cfg = tiny_vae_config(root)
+cfg.train.batch_size = 4
+cfg.train.num_steps = 3
+cfg.train.eval_every_epochs = 1000
+cfg.train.checkpoint_every_epochs = 1000
+cfg.train.tensorboard = False
+res = train_vae.train_and_evaluate(cfg, str(root / "run"))
+params = loop.unreplicate_to_host(res.state.params)
+leaves = jax.tree.leaves(params)
+print(json.dumps({{"pid": pid, "processes": jax.process_count(), "devices": jax.device_count(),
+                   "sums": [float(abs(x).sum()) for x in leaves]}}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(root, nproc: int, devices_per_process: int):
+    script = SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root))
+    env = env_for_subprocess(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
+    )
+    addr = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(pid), str(nproc), addr],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for pid in range(nproc)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
+    two = _launch(tmp_path / "multi", nproc=2, devices_per_process=1)
+    assert [o["processes"] for o in two] == [2, 2] and two[0]["devices"] == 2
+    np.testing.assert_allclose(two[0]["sums"], two[1]["sums"], rtol=0, atol=0)
+    (single,) = _launch(tmp_path / "single", nproc=1, devices_per_process=2)
+    assert single["devices"] == 2
+    np.testing.assert_allclose(two[0]["sums"], single["sums"], rtol=1e-5)

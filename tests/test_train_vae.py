@@ -1,0 +1,157 @@
+"""Stage 1 end to end on the tiny preset, the CLI's error paths and multi-device equality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, env_for_subprocess, tiny_vae_config
+from jax_mri_ldm import train_vae
+from jax_mri_ldm.engine.logging import read_metrics
+
+
+def test_tiny_vae_run_is_complete(tiny_runs):
+    vae_dir = tiny_runs["vae_dir"]
+    meta = json.loads((vae_dir / "run.json").read_text())
+    assert meta["final"] and meta["stage"] == "vae"
+    assert 0.05 < meta["latent_std"] < 50 and meta["latent_scale_factor"] == pytest.approx(
+        1 / meta["latent_std"]
+    )
+    assert meta["latent_shape"] == [4, 4, 8]  # 32 px / 8, 8 latent channels
+    split = json.loads((vae_dir / "split.json").read_text())
+    assert set(split) >= {"train", "val", "test"}
+    val = read_metrics(str(vae_dir), "val")
+    assert val and all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in val)
+    assert read_metrics(str(vae_dir), "test")
+    figures = {p.name for p in (vae_dir / "figures").iterdir()}
+    assert "vae_loss_curve.png" in figures and "vae_recon_test.png" in figures
+    assert any(name.startswith("vae_recon_step") for name in figures)
+    train = read_metrics(str(vae_dir), "train")
+    assert train[-1]["loss"] < train[0]["loss"]
+
+
+def test_load_vae_roundtrip(tiny_runs):
+    import jax
+    import jax.numpy as jnp
+
+    from jax_mri_ldm.models.vae import VAE
+
+    model, params, meta = train_vae.load_vae(str(tiny_runs["vae_dir"]))
+    assert meta["final"]
+    trained = jax.device_get(tiny_runs["vae_result"].state.params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    mean, logvar = model.apply({"params": params}, jnp.zeros((2, 32, 32, 1)), method=VAE.encode)
+    assert mean.shape == logvar.shape == (2, 4, 4, 8)
+
+
+def test_load_vae_errors(tmp_path, tiny_runs):
+    with pytest.raises(ValueError, match="no VAE run"):
+        train_vae.load_vae(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="not a VAE"):
+        train_vae.load_vae(str(tiny_runs["ldm_dir"]))
+
+
+def test_vae_overfits_a_tiny_batch(tmp_path):
+    """The loss on a fixed 4-image batch drops by half within 60 steps (no augmentation)."""
+    cfg = tiny_vae_config(tmp_path)
+    cfg.data.builtin.num_normal = 4
+    cfg.data.builtin.num_tumour = 4
+    cfg.data.split.train = 0.5
+    cfg.data.split.val = 0.25
+    cfg.data.augment.enabled = False
+    cfg.train.num_steps = 60
+    cfg.train.eval_every_epochs = 1000
+    cfg.train.checkpoint_every_epochs = 1000
+    cfg.train.log_every_steps = 10
+    cfg.train.tensorboard = False
+    train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))
+    losses = [r["loss"] for r in read_metrics(str(tmp_path / "run"), "train")]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _train_cli(*args, tmp_path):
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config=configs/vae.py:tiny",
+            *args,
+            f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.train.progress_bar=False",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env_for_subprocess(),
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.train.batch_size=3"], "batch_size"),
+        (["--config.data.source=zip"], "config.data.source"),
+        (["--config.data.path=/nonexistent/mri"], "/nonexistent/mri"),
+    ],
+)
+def test_cli_bad_config_exits_2(args, message, tmp_path):
+    proc = _train_cli(*args, f"--workdir={tmp_path / 'run'}", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_unwritable_workdir_exits_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _train_cli(f"--workdir={blocker / 'run'}", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import jax
+from conftest import tiny_vae_config
+from jax_mri_ldm import train_vae
+from jax_mri_ldm.engine.logging import read_metrics
+from pathlib import Path
+root = Path({root!r})
+cfg = tiny_vae_config(root)
+cfg.train.batch_size = 8
+cfg.train.num_steps = 4
+cfg.train.log_every_steps = 1
+cfg.train.eval_every_epochs = 1000
+cfg.train.checkpoint_every_epochs = 1000
+cfg.train.tensorboard = False
+res = train_vae.train_and_evaluate(cfg, str(root / "run"))
+losses = [r["loss"] for r in read_metrics(str(root / "run"), "train")]
+total = float(sum(abs(x).sum() for x in jax.tree.leaves(res.state.params)))
+print(json.dumps({{"devices": jax.device_count(), "losses": losses, "param_sum": total}}))
+"""
+
+
+def _run_devices(n: int, root):
+    script = MULTI_DEVICE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root))
+    env = env_for_subprocess(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_one_device_equals_eight_devices(tmp_path):
+    one = _run_devices(1, tmp_path / "one")
+    eight = _run_devices(8, tmp_path / "eight")
+    assert one["devices"] == 1 and eight["devices"] == 8
+    np.testing.assert_allclose(one["losses"], eight["losses"], rtol=2e-4)
+    assert one["param_sum"] == pytest.approx(eight["param_sum"], rel=1e-4)
