@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attn_resolutions = (16,)  # extra self-attention at these feature sizes (+ bottleneck)
     c.model.num_heads = 4  # attention heads
     c.model.dropout = 0.0  # dropout inside residual blocks
+    c.model.norm_groups = 32  # GroupNorm groups (must divide every width)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     c.diffusion = ml_collections.ConfigDict()
@@ -81,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.num_res_blocks = 1
         c.model.attn_resolutions = ()
         c.model.num_heads = 2
+        c.model.norm_groups = 8
         c.diffusion.num_timesteps = 100
         c.train.batch_size = 4
         c.train.num_epochs = 4

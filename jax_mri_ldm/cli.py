@@ -32,7 +32,11 @@ def run_training(
     Returns:
       Process exit status: 0 done, 2 bad input, 130 interrupted (checkpoint saved).
     """
+    from absl import logging as absl_logging
+
     from jax_mri_ldm.engine import loop
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
 
     stage = config.get("stage", None)
     workdir = workdir or f"runs/{stage}"

@@ -57,6 +57,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> UNet:
         num_heads=int(model_cfg.num_heads),
         num_classes=num_classes,
         dropout=float(model_cfg.dropout),
+        norm_groups=int(model_cfg.get("norm_groups", 32)),
         dtype=jnp.dtype(model_cfg.dtype),
     )
 

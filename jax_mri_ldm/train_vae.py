@@ -17,6 +17,7 @@ import numpy as np
 
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm import plots
+from jax_mri_ldm.data.augment import augment_from_config
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
@@ -168,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
 
     def loss_fn(params, batch, rng):
         aug_rng, latent_rng = jax.random.split(rng)
-        images = data_lib.augment_from_config(aug_rng, batch["image"], aug_cfg)
+        images = augment_from_config(aug_rng, batch["image"], aug_cfg)
         x = to_model_space(images)  # (B, H, W, 1) in [-1, 1]
         x_hat, mean, logvar = model.apply({"params": params}, x, rngs={"latent": latent_rng})
         return vae_loss(

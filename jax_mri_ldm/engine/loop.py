@@ -399,13 +399,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
 
     interrupted = False
     window: list[dict[str, float]] = []
-    window_start = time.perf_counter()
+    window_seconds = 0.0  # time spent in training steps only (not evaluation / checkpoints)
     step = start_step
     # A separate buffer: `state` (holding its own copy of the key) is donated to each step.
     run_rng = jnp.array(jax.device_get(state.rng))
     try:
         with _InterruptFlag() as flag:
             while step < num_steps:
+                t_step = time.perf_counter()
                 host_batch = task.get_batch(step, jax.process_index(), jax.process_count())
                 batch = shard_batch(host_batch, mesh, task.global_batch_size)
                 state, metrics = step_fn(state, batch, run_rng)
@@ -420,12 +421,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
                         "config.optim.learning_rate or set config.optim.grad_clip_norm."
                     )
                 step += 1
+                window_seconds += time.perf_counter() - t_step
                 window.append({k: float(v) for k, v in metrics.items()})
                 bar.update(1)
                 if step % log_every == 0 or step == num_steps:
-                    elapsed = time.perf_counter() - window_start
                     summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    summary["images_per_sec"] = len(window) * task.global_batch_size / elapsed
+                    summary["images_per_sec"] = (
+                        len(window) * task.global_batch_size / max(window_seconds, 1e-9)
+                    )
                     summary["epoch"] = step / steps_per_epoch
                     summary["learning_rate"] = float(lr_schedule(step - 1))
                     writer.write(step, "train", summary)
@@ -434,7 +437,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
                         loss=f"{summary['loss']:.4f}",
                         img_s=f"{summary['images_per_sec']:.1f}",
                     )
-                    window, window_start = [], time.perf_counter()
+                    window, window_seconds = [], 0.0
                 if step == num_steps:
                     break
                 if flag.requested:
