@@ -14,10 +14,11 @@ symmetry comes from building most fields from |x| in the head frame, with a smal
 part. Each subject draws its own head size, aspect, position, tilt, cortical folding, ventricle
 size, slice level and contrast (T1-, T2- or FLAIR-like weighting with per-tissue jitter).
 
-Tumour slices add one or two lesions (log-uniform radius, so small ones are common) with an
-irregular outline, an enhancing rim, a heterogeneous necrotic/solid core and finger-like oedema
-that spreads mostly through white matter, plus mass effect: the brain's inner structures are
-sampled through a smooth radial warp that pushes sulci and ventricles away from each lesion.
+Tumour slices add one or two lesions (log-uniform radius, 8-26 % of the head half-length, so
+small ones are common but still span several pixels at 64x64) with an irregular outline, an
+enhancing rim, a heterogeneous necrotic/solid core and finger-like oedema that spreads mostly
+through white matter, plus mass effect: the brain's inner structures are sampled through a smooth
+radial warp that pushes sulci and ventricles away from each lesion.
 
 Acquisition: a mild point-spread blur, a smooth multiplicative bias field (quadratic polynomial),
 Rician noise (magnitude of the signal plus complex Gaussian noise), then per-image min-max
@@ -26,13 +27,17 @@ normalisation to [0, 1] as in the paper's preprocessing.
 Determinism: the k-th image of class c is drawn from `np.random.default_rng([seed, c, k])`, so it
 is byte-identical however many images of either class are generated; `generate` only interleaves
 the classes with a permutation drawn from `np.random.default_rng([seed, 2, n_normal, n_tumour])`,
-keeping each class in its own order.
+keeping each class in its own order. (Bytes are reproducible on one platform; float32 `cos` may
+differ in the last bit between CPU instruction sets or NumPy builds.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+# Bumped whenever the generator's output for a given (seed, size) changes; data caches key on it.
+GENERATOR_VERSION = 1
 
 # Tissue intensity tables (before per-subject jitter) for the three weightings we imitate.
 # Keys: fat (scalp), bone, marrow (diploe), csf, gm, wm, deep (deep grey), oedema,
@@ -45,10 +50,10 @@ _CONTRASTS: dict[str, dict[str, float]] = {
         "csf": 0.12,
         "gm": 0.45,
         "wm": 0.64,
-        "deep": 0.52,
-        "oedema": 0.36,
-        "solid": 0.72,
-        "rim": 0.92,
+        "deep": 0.57,
+        "oedema": 0.48,
+        "solid": 0.86,
+        "rim": 0.96,
         "necrosis": 0.16,
     },
     "t2": {  # T2: bright CSF, GM brighter than WM, bright oedema and necrosis
@@ -78,8 +83,9 @@ _CONTRASTS: dict[str, dict[str, float]] = {
         "necrosis": 0.35,
     },
 }
+# Drawn with equal shares: with fewer T1 slices a small classifier learns the T1 lesion look
+# (enhancing rim, darker oedema) much more slowly than the bright T2/FLAIR oedema.
 _CONTRAST_NAMES = ("t1", "t2", "flair")
-_CONTRAST_PROBS = (0.3, 0.45, 0.25)
 
 
 def _ramp(x: np.ndarray, width: float) -> np.ndarray:
@@ -141,7 +147,7 @@ def _ellipse(
 
 def _contrast(rng: np.random.Generator) -> dict[str, float]:
     """Draws one subject's tissue intensities: a weighting family plus per-tissue jitter."""
-    name = _CONTRAST_NAMES[rng.choice(3, p=_CONTRAST_PROBS)]
+    name = _CONTRAST_NAMES[rng.integers(3)]
     other = _CONTRAST_NAMES[rng.integers(3)]
     blend = rng.uniform(0.0, 0.25)  # a little of another weighting (sequence parameters vary)
     base, alt = _CONTRASTS[name], _CONTRASTS[other]
@@ -191,7 +197,7 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
     # ---- head outline: ellipse, wider at the back (egg shape), with a few smooth harmonics.
     aspect = rng.uniform(0.74, 0.86)  # width / length
     egg = rng.uniform(0.0, 0.12)
-    harm_amp = rng.normal(0.0, 0.012, size=4).tolist()
+    harm_amp = (rng.normal(0.0, 0.012, size=4) / np.arange(1, 5)).tolist()  # m = 2..5
     harm_ph = rng.uniform(0.0, 2.0 * np.pi, size=4).tolist()
 
     def head_radius(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +230,7 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
                 lx, ly = rng.uniform(-0.62, 0.62), rng.uniform(-0.72, 0.72)
                 if (lx / (aspect * 0.8)) ** 2 + (ly / 0.8) ** 2 < 0.78**2:
                     break
-            radius = float(np.exp(rng.uniform(np.log(0.075), np.log(0.25))))
+            radius = float(np.exp(rng.uniform(np.log(0.1), np.log(0.26))))
             if n_les == 2:
                 radius *= 0.8
             lesions.append(
@@ -233,16 +239,19 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
                     "r": radius,
                     "harm": (rng.normal(0.0, 0.09, size=4) / np.sqrt(np.arange(2, 6))).tolist(),
                     "harm_ph": rng.uniform(0.0, 2.0 * np.pi, size=4).tolist(),
-                    "necrosis": rng.uniform(0.0, 0.75),  # core fraction that is necrotic
-                    "rim_w": rng.uniform(0.12, 0.3),  # rim thickness as a fraction of radius
-                    "oedema": rng.uniform(1.3, 2.6),  # oedema extent as a multiple of radius
+                    "necrosis": rng.uniform(0.0, 0.6),  # core fraction that is necrotic
+                    "rim_w": rng.uniform(0.18, 0.35),  # rim thickness as a fraction of radius
+                    # Oedema extent as a multiple of the radius; small lesions (metastases)
+                    # often carry disproportionate oedema, hence the additive part.
+                    "oedema": rng.uniform(1.4, 2.4) + rng.uniform(0.04, 0.1) / radius,
                     "oedema_amp": rng.uniform(0.7, 1.0),
-                    "push": rng.uniform(0.25, 0.5),  # mass effect strength
+                    "push": rng.uniform(0.3, 0.6),  # mass effect strength
                 }
             )
 
     # ---- mass effect: inverse radial warp q = p - (p - c) g(|p - c|), fading to zero near the
-    # skull so the head outline stays put. g stays below 1/2, so the warp is monotone.
+    # skull so the head outline stays put. A Gaussian g with peak `push` < 1 keeps r (1 - g(r))
+    # increasing, so the warp folds nothing over.
     x, y = x0.copy(), y0.copy()
     fade = np.clip((depth0 - brain_surf) / 0.12, 0.0, 1.0)
     for les in lesions:
@@ -330,21 +339,21 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
     vent = _ramp(1.0 - f_vent, 2.5 * px / w0)
 
     # ---- per-subject contrast and tissue composition (painter's order with soft masks).
-    I = _contrast(rng)  # noqa: N806 (tissue intensity table)
+    tis = _contrast(rng)  # tissue -> intensity for this subject
     wm_texture = 1.0 + 0.04 * _fourier_field(rng, x, y, 10, (10.0, 25.0), (0.0, 25.0))[0]
 
     img = np.zeros_like(x)  # (H, W) background
     head = _ramp(depth0, px)
-    img = img + head * I["fat"]
+    img = img + head * tis["fat"]
     bone = _ramp(depth0 - t_scalp, px)
-    img = img + bone * (I["bone"] - img)
+    img = img + bone * (tis["bone"] - img)
     marrow = _ramp(0.25 * t_bone - np.abs(depth0 - t_scalp - 0.5 * t_bone), px)
-    img = img + 0.6 * marrow * (I["marrow"] - img)
+    img = img + 0.6 * marrow * (tis["marrow"] - img)
     intracranial = _ramp(depth0 - t_scalp - t_bone, px)
-    brain_tissue = I["gm"] * gm_frac + I["wm"] * wm_texture * (1.0 - gm_frac)
-    brain_tissue = brain_tissue + deep * (I["deep"] - brain_tissue)
-    brain_tissue = brain_tissue + csf_frac * (I["csf"] - brain_tissue)
-    brain_tissue = brain_tissue + vent * (I["csf"] - brain_tissue)
+    brain_tissue = tis["gm"] * gm_frac + tis["wm"] * wm_texture * (1.0 - gm_frac)
+    brain_tissue = brain_tissue + deep * (tis["deep"] - brain_tissue)
+    brain_tissue = brain_tissue + csf_frac * (tis["csf"] - brain_tissue)
+    brain_tissue = brain_tissue + vent * (tis["csf"] - brain_tissue)
     img = img + intracranial * (brain_tissue - img)
     wm_frac = (1.0 - gm_frac) * (1.0 - csf_frac) * (1.0 - vent) * (d > 0)
 
@@ -366,16 +375,16 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
         qe = q / (les["oedema"] * (1.0 + 0.18 * fingers))
         oed = np.clip((1.0 - qe) / 0.35, 0.0, 1.0) ** 0.7
         oed = les["oedema_amp"] * oed * (0.35 + 0.65 * wm_frac) * brain_mask
-        img = img + oed * (I["oedema"] - img)
+        img = img + oed * (tis["oedema"] - img)
 
         # Core: viable tumour with a noisy texture, necrotic patches inside, enhancing rim.
         tex = _fourier_field(rng, x0 / les["r"], y0 / les["r"], 12, (4.0, 9.0), (0.0, 9.0))[0]
         necro = _ramp(les["necrosis"] * (1.0 - les["rim_w"]) - q + 0.08 * tex, 2.0 * edge)
-        core_val = I["solid"] * (1.0 + 0.12 * tex)
-        core_val = core_val + necro * (I["necrosis"] * (1.0 + 0.08 * tex) - core_val)
+        core_val = tis["solid"] * (1.0 + 0.12 * tex)
+        core_val = core_val + necro * (tis["necrosis"] * (1.0 + 0.08 * tex) - core_val)
         rim = _ramp(q - (1.0 - les["rim_w"]), 2.0 * edge) * (1.0 - necro)
-        rim_strength = rng.uniform(0.4, 1.0)
-        core_val = core_val + rim_strength * rim * (I["rim"] - core_val)
+        rim_strength = rng.uniform(0.7, 1.0)
+        core_val = core_val + rim_strength * rim * (tis["rim"] - core_val)
         inside = _ramp(1.0 - q, 1.5 * edge) * brain_mask
         img = img + inside * (core_val - img)
 
@@ -422,9 +431,7 @@ def generate(
         )
     if seed < 0:
         raise ValueError(f"phantom seed must be >= 0, got {seed}")
-    labels = np.concatenate(
-        [np.zeros(num_normal, np.int32), np.ones(num_tumour, np.int32)]
-    )  # (N,)
+    labels = np.concatenate([np.zeros(num_normal, np.int32), np.ones(num_tumour, np.int32)])  # (N,)
     labels = np.random.default_rng([seed, 2, num_normal, num_tumour]).permutation(labels)
     images = np.empty((labels.shape[0], size, size, 1), np.float32)  # (N, H, W, 1)
     counts = [0, 0]

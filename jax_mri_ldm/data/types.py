@@ -55,6 +55,4 @@ class ImageSet:
 
     def counts(self) -> dict[str, int]:
         """Class name -> number of images."""
-        return {
-            name: int(np.sum(self.labels == i)) for i, name in enumerate(self.class_names)
-        }
+        return {name: int(np.sum(self.labels == i)) for i, name in enumerate(self.class_names)}
