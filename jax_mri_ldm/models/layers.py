@@ -1,0 +1,474 @@
+"""Building blocks shared by the VAE and the UNet, written for speed on XLA:CPU.
+
+Layout is NHWC throughout. Parameters are float32; every module takes a compute ``dtype``
+(float32 by default, bfloat16 as an option) and normalisation statistics are always taken in
+float32.
+
+Why the re-formulations below exist: XLA:CPU lowers a stride-2 transposed convolution (and the
+input-gradient of a stride-2 convolution, which is the same operation) to a convolution over a
+zero-dilated input. Three quarters of that input is zeros, and the CPU emitter does not skip
+them, so a naive ``nn.ConvTranspose`` VAE trains ~10x slower than PyTorch on the same CPU.
+Both the paper's 4x4 stride-2 layers can be rewritten *exactly* (same function, same parameter
+tensor, same parameter count) as dense stride-1 convolutions on a re-arranged tensor:
+
+* ``Conv4x4S2`` (PyTorch ``Conv2d(k=4, s=2, p=1)``): pad by 1, space-to-depth by 2, then a
+  2x2 VALID convolution whose (2, 2, 4*Cin, Cout) kernel is a pure permutation of the stored
+  (4, 4, Cin, Cout) kernel.
+* ``ConvTranspose4x4S2`` (PyTorch ``ConvTranspose2d(k=4, s=2, p=1)``): pad by 1, a 2x2 VALID
+  convolution to 4*Cout channels (one group per output phase; again a pure permutation of the
+  stored 4x4 kernel), then interleave the four phases (a shifted depth-to-space).
+
+Both keep the 4x4 kernel as *the* parameter so checkpoints, parameter counts and semantics
+match PyTorch's layers one to one; the re-packing is a transpose that XLA folds into the
+convolution. ``reference_*`` functions give the textbook formulation for the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def space_to_depth(x: Array, block: int = 2) -> Array:
+    """Moves ``block x block`` spatial patches into channels.
+
+    Args:
+      x: (B, H, W, C) with H and W divisible by ``block``.
+      block: patch size.
+
+    Returns:
+      (B, H/block, W/block, block*block*C), channel index = (row_in_patch, col_in_patch, c).
+    """
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // block, block, w // block, block, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, H/b, W/b, b, b, C)
+    return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x: Array, block: int = 2) -> Array:
+    """Inverse of :func:`space_to_depth`.
+
+    Args:
+      x: (B, H, W, block*block*C), channel index = (row_in_patch, col_in_patch, c).
+      block: patch size.
+
+    Returns:
+      (B, H*block, W*block, C).
+    """
+    b, h, w, c4 = x.shape
+    c = c4 // (block * block)
+    x = x.reshape(b, h, w, block, block, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, H, b, W, b, C)
+    return x.reshape(b, h * block, w * block, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel re-packing (pure permutations of the stored 4x4 kernel).
+# ---------------------------------------------------------------------------------------------
+
+
+def pack_conv4x4s2_kernel(kernel: Array) -> Array:
+    """Re-packs a stride-2 4x4 conv kernel for the space-to-depth formulation.
+
+    Output row ``m`` of ``Conv2d(k=4, s=2, p=1)`` reads padded rows ``2m .. 2m+3``, i.e. the
+    space-to-depth blocks ``m`` and ``m+1``; tap ``k = 2t + r`` sits in block offset ``t`` at
+    in-block row ``r``.
+
+    Args:
+      kernel: (4, 4, Cin, Cout) cross-correlation kernel (PyTorch ``w.permute(2, 3, 1, 0)``).
+
+    Returns:
+      (2, 2, 4*Cin, Cout) kernel for a 2x2 VALID conv over ``space_to_depth(pad(x, 1))``.
+    """
+    _, _, cin, cout = kernel.shape
+    k = kernel.reshape(2, 2, 2, 2, cin, cout)  # (t, r, u, s, c, o)
+    k = k.transpose(0, 2, 1, 3, 4, 5)  # (t, u, r, s, c, o)
+    return k.reshape(2, 2, 4 * cin, cout)
+
+
+def pack_conv_transpose4x4s2_kernel(kernel: Array) -> Array:
+    """Re-packs a stride-2 4x4 transposed-conv kernel into a 2x2 sub-pixel conv kernel.
+
+    With PyTorch's padding 1, output row ``2m + a`` receives input rows ``m - 1 + a`` and
+    ``m + a`` through taps ``3 - a`` and ``1 - a``. A 2x2 VALID conv over the input padded by
+    one computes, at position ``j``, ``x[j-1] W[0] + x[j] W[1]``; so phase ``a`` is that conv
+    at ``j = m + a`` with ``W[t] = K[3 - a - 2t]``.
+
+    Args:
+      kernel: (4, 4, Cin, Cout) transposed-conv ("scatter") kernel: input pixel ``i`` adds
+        ``x[i] * K[k]`` to output pixel ``2i - 1 + k`` (PyTorch ``w.permute(2, 3, 0, 1)``).
+
+    Returns:
+      (2, 2, Cin, 4*Cout) kernel; output channel index = (a, b, o) for output phase (a, b).
+    """
+    _, _, cin, cout = kernel.shape
+    # Flip both spatial axes, then split each into (t, a): flipped index 2t + a = 3 - (..).
+    k = kernel[::-1, ::-1].reshape(2, 2, 2, 2, cin, cout)  # (t, a, u, b, c, o)
+    k = k.transpose(0, 2, 4, 1, 3, 5)  # (t, u, c, a, b, o)
+    return k.reshape(2, 2, cin, 4 * cout)
+
+
+def pack_conv_transpose4x4s2_kernel_3x3(kernel: Array) -> Array:
+    """Re-packs the 4x4 transposed-conv kernel into a zero-padded 3x3 sub-pixel kernel.
+
+    Alternative to :func:`pack_conv_transpose4x4s2_kernel` (kept for benchmarks): a SAME 3x3
+    conv to 4*Cout channels followed by a plain depth-to-space. It does 9/4 the FLOPs of the
+    2x2 form because 5 of every 9 taps are zeros.
+
+    Args:
+      kernel: (4, 4, Cin, Cout) transposed-conv kernel (see above).
+
+    Returns:
+      (3, 3, Cin, 4*Cout) kernel; output channel index = (a, b, o).
+    """
+    _, _, cin, cout = kernel.shape
+    k2 = pack_conv_transpose4x4s2_kernel(kernel).reshape(2, 2, cin, 2, 2, cout)
+    k3 = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
+    for a in range(2):
+        for b in range(2):
+            # Phase (a, b) of the 2x2 form reads padded offsets (a, b) .. (a+1, b+1).
+            k3 = k3.at[a : a + 2, b : b + 2, :, a, b, :].set(k2[:, :, :, a, b, :])
+    return k3.reshape(3, 3, cin, 4 * cout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional forms.
+# ---------------------------------------------------------------------------------------------
+
+
+def _xla_conv(x: Array, kernel: Array, padding: Any, **kw: Any) -> Array:
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=padding, dimension_numbers=_DN, **kw
+    )
+
+
+def conv2d(x: Array, kernel: Array, padding: int = 0, impl: str = "auto") -> Array:
+    """Stride-1 2-D cross-correlation (no bias) in NHWC with symmetric zero padding.
+
+    ``impl="im2col"`` gathers the kh*kw shifted views into channels and does one matmul.
+    On XLA:CPU this trains faster than ``lax.conv_general_dilated``: XLA's kernel-gradient
+    convolution (a correlation of the input with the output gradient) runs far below matmul
+    speed, whereas every gradient of the im2col form is a matmul plus cheap slicing.
+
+    Args:
+      x: (B, H, W, Cin).
+      kernel: (kh, kw, Cin, Cout).
+      padding: zeros added on every spatial side (``(k - 1) // 2`` gives SAME for odd k).
+      impl: ``"im2col"``, ``"xla"`` (``lax.conv_general_dilated``) or ``"auto"`` (im2col
+        unless the output is much narrower than the patch, kh*kw*Cin > 64*Cout).
+
+    Returns:
+      (B, H + 2*padding - kh + 1, W + 2*padding - kw + 1, Cout).
+    """
+    kh, kw, cin, cout = kernel.shape
+    if impl == "auto":
+        # The im2col tensor is kh*kw*Cin/Cout times the output: for narrow outputs (the VAE's
+        # 32 -> 1 channel 3x3 conv at 256x256: 288x) building it costs far more than the conv.
+        impl = "im2col" if kh * kw * cin <= 64 * cout else "xla"
+    if impl == "xla":
+        return _xla_conv(x, kernel, ((padding, padding), (padding, padding)))
+    if impl != "im2col":
+        raise ValueError(f"conv2d: unknown impl {impl!r}; use 'auto', 'im2col' or 'xla'.")
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    if kh == kw == 1:
+        patches = x
+    else:
+        # (B, Ho, Wo, kh*kw*Cin), channel index = (i, j, c) to match kernel.reshape below.
+        taps = [x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]
+        patches = jnp.concatenate(taps, axis=-1)
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def conv4x4s2(x: Array, kernel: Array, impl: str = "s2d", conv_impl: str = "auto") -> Array:
+    """PyTorch ``Conv2d(k=4, s=2, p=1)`` (no bias) in NHWC.
+
+    Args:
+      x: (B, H, W, Cin), H and W even.
+      kernel: (4, 4, Cin, Cout) cross-correlation kernel.
+      impl: ``"s2d"`` (space-to-depth + 2x2 stride-1 conv) or ``"strided"`` (XLA strided
+        conv; its input gradient is a dilated conv, slow on XLA:CPU).
+      conv_impl: lowering of the inner stride-1 conv for ``"s2d"`` (see :func:`conv2d`).
+
+    Returns:
+      (B, H/2, W/2, Cout).
+    """
+    if impl == "strided":
+        return lax.conv_general_dilated(
+            x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN
+        )
+    if impl != "s2d":
+        raise ValueError(f"conv4x4s2: unknown impl {impl!r}; use 's2d' or 'strided'.")
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, Cin)
+    return conv2d(space_to_depth(xp), pack_conv4x4s2_kernel(kernel), 0, conv_impl)
+
+
+def conv_transpose4x4s2(
+    x: Array, kernel: Array, impl: str = "subpixel2", conv_impl: str = "auto"
+) -> Array:
+    """PyTorch ``ConvTranspose2d(k=4, s=2, p=1)`` (no bias) in NHWC.
+
+    Args:
+      x: (B, H, W, Cin).
+      kernel: (4, 4, Cin, Cout) transposed-conv kernel (PyTorch ``w.permute(2, 3, 0, 1)``).
+      impl: ``"subpixel2"`` (2x2 conv to 4*Cout + shifted interleave; fastest),
+        ``"subpixel3"`` (zero-padded 3x3 conv + depth-to-space) or ``"dilated"`` (the
+        reference lhs-dilated convolution, very slow on XLA:CPU).
+      conv_impl: lowering of the inner stride-1 conv for the sub-pixel forms.
+
+    Returns:
+      (B, 2H, 2W, Cout).
+    """
+    if impl == "dilated":
+        return reference_conv_transpose4x4s2(x, kernel)
+    b, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    if impl == "subpixel3":
+        y = conv2d(x, pack_conv_transpose4x4s2_kernel_3x3(kernel), 1, conv_impl)
+        return depth_to_space(y)  # (B, 2H, 2W, Cout)
+    if impl != "subpixel2":
+        raise ValueError(
+            f"conv_transpose4x4s2: unknown impl {impl!r}; use 'subpixel2', 'subpixel3' or "
+            "'dilated'."
+        )
+    y = conv2d(x, pack_conv_transpose4x4s2_kernel(kernel), 1, conv_impl)  # (B, H+1, W+1, 4C)
+    y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
+    # Phase (a, b) lives at offset (a, b) of the (H+1, W+1) grid.
+    rows = []
+    for a in range(2):
+        cols = [y[:, a : a + h, bb : bb + w, a, bb, :] for bb in range(2)]
+        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, Cout)
+    z = jnp.stack(rows, axis=2)  # (B, H, 2, W, 2, Cout)
+    return z.reshape(b, 2 * h, 2 * w, cout)
+
+
+# Nearest-neighbour x2 upsampling followed by a 3x3 SAME conv equals a 4x4 stride-2 transposed
+# conv whose taps are sums of the 3x3 taps (per axis: K4 = _UP_MIX @ K3, rows are K4 taps
+# 0..3). Running it as one saves 9/4 of the FLOPs and never builds the 4x larger tensor.
+_UP_MIX = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample_conv3x3_kernel(kernel3: Array) -> Array:
+    """Maps a 3x3 conv kernel to the transposed-conv kernel of "nearest x2 then conv".
+
+    Args:
+      kernel3: (3, 3, Cin, Cout) kernel of the conv applied after nearest upsampling.
+
+    Returns:
+      (4, 4, Cin, Cout) kernel for :func:`conv_transpose4x4s2` computing the same function.
+    """
+    mix = jnp.asarray(_UP_MIX, kernel3.dtype)
+    return jnp.einsum("ai,bj,ijco->abco", mix, mix, kernel3)
+
+
+def upsample_nearest_conv3x3(x: Array, kernel3: Array, conv_impl: str = "auto") -> Array:
+    """Nearest-neighbour x2 upsampling followed by a 3x3 SAME conv (no bias), fused.
+
+    Args:
+      x: (B, H, W, Cin).
+      kernel3: (3, 3, Cin, Cout).
+      conv_impl: lowering of the inner stride-1 conv (see :func:`conv2d`).
+
+    Returns:
+      (B, 2H, 2W, Cout).
+    """
+    return conv_transpose4x4s2(x, upsample_conv3x3_kernel(kernel3), "subpixel2", conv_impl)
+
+
+def conv3x3s2(x: Array, kernel3: Array, conv_impl: str = "auto") -> Array:
+    """PyTorch ``Conv2d(k=3, s=2, p=1)`` (no bias), via the 4x4 space-to-depth path.
+
+    Output row ``m`` reads input rows ``2m-1 .. 2m+1``, exactly a 4x4 stride-2 padding-1
+    conv whose fourth tap row and column are zero.
+
+    Args:
+      x: (B, H, W, Cin), H and W even.
+      kernel3: (3, 3, Cin, Cout).
+      conv_impl: lowering of the inner stride-1 conv (see :func:`conv2d`).
+
+    Returns:
+      (B, H/2, W/2, Cout).
+    """
+    kernel4 = jnp.pad(kernel3, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    return conv4x4s2(x, kernel4, "s2d", conv_impl)
+
+
+def reference_conv4x4s2(x: Array, kernel: Array) -> Array:
+    """Textbook ``Conv2d(k=4, s=2, p=1)``: a strided cross-correlation (test reference)."""
+    return conv4x4s2(x, kernel, impl="strided")
+
+
+def reference_conv_transpose4x4s2(x: Array, kernel: Array) -> Array:
+    """Textbook ``ConvTranspose2d(k=4, s=2, p=1)`` (test reference).
+
+    A transposed conv with stride s, kernel k and padding p is a stride-1 correlation over the
+    input dilated by s (``lhs_dilation``), padded by ``k - 1 - p = 2`` on each side, with the
+    spatially flipped kernel. Output size ``(H - 1) * 2 - 2 + 4 = 2H``.
+    """
+    return _xla_conv(x, kernel[::-1, ::-1], ((2, 2), (2, 2)), lhs_dilation=(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules.
+# ---------------------------------------------------------------------------------------------
+
+
+class Conv(nn.Module):
+    """Stride-1 conv with symmetric zero padding (SAME for odd kernels), HWIO kernel.
+
+    Same parameters as ``nn.Conv(features, (k, k), padding="SAME")`` (``kernel`` of shape
+    (k, k, Cin, Cout) and ``bias``), lowered through :func:`conv2d` for speed on XLA:CPU.
+
+    Attributes:
+      features: output channels.
+      kernel_size: square kernel size (odd).
+      use_bias: add a bias.
+      impl: ``"auto"`` (default), ``"im2col"`` or ``"xla"`` (see :func:`conv2d`).
+      kernel_init: kernel initialiser.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    kernel_size: int = 3
+    use_bias: bool = True
+    impl: str = "auto"
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x (B, H, W, Cin). Returns: (B, H, W, features)."""
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel, (k - 1) // 2, self.impl)
+        return y if bias is None else y + bias
+
+
+class Conv4x4S2(nn.Module):
+    """``Conv2d(k=4, s=2, p=1)`` with PyTorch semantics, halving H and W.
+
+    Attributes:
+      features: output channels.
+      impl: ``"s2d"`` (default, fast) or ``"strided"``; both compute the same function.
+      conv_impl: lowering of the inner stride-1 conv (``"auto"``, ``"im2col"`` or ``"xla"``).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    impl: str = "s2d"
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x (B, H, W, Cin). Returns: (B, H/2, W/2, features)."""
+        cin = x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (4, 4, cin, self.features),
+            self.param_dtype,
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return conv4x4s2(x, kernel, self.impl, self.conv_impl) + bias
+
+
+class ConvTranspose4x4S2(nn.Module):
+    """``ConvTranspose2d(k=4, s=2, p=1)`` with PyTorch semantics, doubling H and W.
+
+    The stored ``kernel`` is the (4, 4, Cin, Cout) transposed-conv kernel (16*Cin*Cout
+    weights + Cout biases, exactly PyTorch's count); it is re-packed at call time.
+
+    Attributes:
+      features: output channels.
+      impl: ``"subpixel2"`` (default, fast), ``"subpixel3"`` or ``"dilated"``.
+      conv_impl: lowering of the inner stride-1 conv (``"auto"``, ``"im2col"`` or ``"xla"``).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    impl: str = "subpixel2"
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x (B, H, W, Cin). Returns: (B, 2H, 2W, features)."""
+        cin = x.shape[-1]
+        # Each output pixel sees 2x2 input taps, so the effective fan-in is 4*Cin, not the
+        # 16*Cin that lecun_normal would infer from the 4x4 shape: scale the variance by 4.
+        init = nn.initializers.variance_scaling(4.0, "fan_in", "truncated_normal")
+        kernel = self.param("kernel", init, (4, 4, cin, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return conv_transpose4x4s2(x, kernel, self.impl, self.conv_impl) + bias
+
+
+class GroupNorm(nn.Module):
+    """Group normalisation over (H, W, C/G) per sample, with per-channel scale and bias.
+
+    ``num_groups=1`` is layer normalisation over the whole (H, W, C) feature map (Ba et al.'s
+    layer norm for a conv layer, PyTorch ``GroupNorm(1, C)``). Statistics are float32 and
+    come from one fused pass (mean and mean of squares); the normalisation is then one
+    multiply-add per element that XLA fuses with the following activation. This layout
+    (reduce over the (B, H, W, G, C/G) view, broadcast (B, 1, 1, C) factors) measured ~4x
+    faster fwd+bwd on XLA:CPU than folding everything into per-(B, G) affine factors first.
+
+    Attributes:
+      num_groups: number of channel groups (must divide C).
+      epsilon: added to the variance.
+      dtype: output dtype.
+      param_dtype: parameter dtype.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x (B, H, W, C). Returns: (B, H, W, C) in ``dtype``."""
+        b, h, w, c = x.shape
+        g = self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups.")
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        xg = xf.reshape(b, h, w, g, c // g)
+        mean = jnp.mean(xg, axis=(1, 2, 4))  # (B, G)
+        mean_sq = jnp.mean(jnp.square(xg), axis=(1, 2, 4))  # (B, G)
+        # E[x^2] - E[x]^2 can dip below zero by rounding; clamp before rsqrt.
+        inv = lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+        mean = jnp.repeat(mean, c // g, axis=-1)[:, None, None]  # (B, 1, 1, C)
+        inv = jnp.repeat(inv, c // g, axis=-1)[:, None, None]  # (B, 1, 1, C)
+        y = (xf - mean) * (inv * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
