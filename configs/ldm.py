@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_epochs = 100  # paper: 100
     c.train.num_steps = 0  # > 0 overrides num_epochs
     c.train.eval_every_epochs = 25  # sample grids + loss curve every this many epochs
+    c.train.eval_at_end = True  # also evaluate after the last step
     c.train.checkpoint_every_epochs = 10  # periodic checkpoints
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
     c.train.log_every_steps = 10  # metrics.jsonl / TensorBoard cadence

@@ -11,6 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "brain_tumor_yes_no"
 
+# Tests compile the same tiny programs many times (each run, each resume, each CLI
+# subprocess); a persistent compilation cache shared by all of them saves most of that time.
+JAX_CACHE = REPO / ".pytest_cache" / "jax_compilation_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 def load_config(name: str, preset: str = "tiny"):
     """`configs/<name>.py:get_config(preset)`."""

@@ -30,6 +30,7 @@ cfg.train.batch_size = 4
 cfg.train.num_steps = 3
 cfg.train.eval_every_epochs = 1000
 cfg.train.checkpoint_every_epochs = 1000
+cfg.train.eval_at_end = False
 cfg.train.tensorboard = False
 res = train_vae.train_and_evaluate(cfg, str(root / "run"))
 params = loop.unreplicate_to_host(res.state.params)

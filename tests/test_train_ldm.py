@@ -76,6 +76,7 @@ def test_ldm_resume_equals_straight(tiny_runs, tmp_path):
         c.train.num_steps = steps
         c.train.eval_every_epochs = 1000
         c.train.checkpoint_every_epochs = 1000
+        c.train.eval_at_end = False
         c.train.tensorboard = False
         return c
 

@@ -67,6 +67,8 @@ def test_vae_overfits_a_tiny_batch(tmp_path):
     cfg.train.num_steps = 60
     cfg.train.eval_every_epochs = 1000
     cfg.train.checkpoint_every_epochs = 1000
+    cfg.train.eval_at_end = False
+cfg.train.eval_at_end = False
     cfg.train.log_every_steps = 10
     cfg.train.tensorboard = False
     train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))
@@ -130,6 +132,7 @@ cfg.train.num_steps = 4
 cfg.train.log_every_steps = 1
 cfg.train.eval_every_epochs = 1000
 cfg.train.checkpoint_every_epochs = 1000
+cfg.train.eval_at_end = False
 cfg.train.tensorboard = False
 res = train_vae.train_and_evaluate(cfg, str(root / "run"))
 losses = [r["loss"] for r in read_metrics(str(root / "run"), "train")]

@@ -56,6 +56,7 @@ _RESUMABLE_PREFIXES = (
     "train.progress_bar",
     "train.eval_num_images",
     "train.eval_sample_steps",
+    "train.eval_at_end",
     "data.cache_dir",
     "vae_workdir",
     "eval",
@@ -460,7 +461,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
         checkpointer.close()
         return RunResult(state=state, interrupted=True, final_meta=meta)
 
-    if task.evaluate is not None:
+    if task.evaluate is not None and bool(config.train.get("eval_at_end", True)):
         writer.write(step, "val", task.evaluate(state, workdir))
     final_meta = {**meta, "final": True}
     if task.finalize is not None:
