@@ -68,7 +68,6 @@ def test_vae_overfits_a_tiny_batch(tmp_path):
     cfg.train.eval_every_epochs = 1000
     cfg.train.checkpoint_every_epochs = 1000
     cfg.train.eval_at_end = False
-cfg.train.eval_at_end = False
     cfg.train.log_every_steps = 10
     cfg.train.tensorboard = False
     train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))

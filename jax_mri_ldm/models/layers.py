@@ -206,9 +206,7 @@ def conv4x4s2(x: Array, kernel: Array, impl: str = "s2d", conv_impl: str = "auto
       (B, H/2, W/2, Cout).
     """
     if impl == "strided":
-        return lax.conv_general_dilated(
-            x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN
-        )
+        return lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN)
     if impl != "s2d":
         raise ValueError(f"conv4x4s2: unknown impl {impl!r}; use 's2d' or 'strided'.")
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, Cin)

@@ -270,10 +270,8 @@ class UNet(nn.Module):
                 size *= 2
 
         h = nn.silu(GroupNorm(self.norm_groups, name="norm_out", **kw)(h))
-        out_init = (
-            nn.initializers.zeros if self.zero_init_out else nn.initializers.lecun_normal()
+        out_init = nn.initializers.zeros if self.zero_init_out else nn.initializers.lecun_normal()
+        h = Conv(x.shape[-1], 3, impl=self.conv_impl, kernel_init=out_init, name="conv_out", **kw)(
+            h
         )
-        h = Conv(
-            x.shape[-1], 3, impl=self.conv_impl, kernel_init=out_init, name="conv_out", **kw
-        )(h)
         return h.astype(jnp.float32)
