@@ -23,7 +23,9 @@ def test_tiny_vae_run_is_complete(tiny_runs):
     )
     assert meta["latent_shape"] == [4, 4, 8]  # 32 px / 8, 8 latent channels
     split = json.loads((vae_dir / "split.json").read_text())
-    assert set(split) >= {"train", "val", "test"}
+    assert set(split["ids"]) == {"train", "val", "test"}
+    ids = [i for k in ("train", "val", "test") for i in split["ids"][k]]
+    assert len(ids) == len(set(ids)) == 24  # 12 + 12 tiny images, each in one split
     val = read_metrics(str(vae_dir), "val")
     assert val and all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in val)
     assert read_metrics(str(vae_dir), "test")
