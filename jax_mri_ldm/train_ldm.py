@@ -314,25 +314,14 @@ class LoadedLDM:
 
     def __init__(self, workdir: str, step: int | None = None):
         """Loads `<workdir>`; raises ValueError with a clear message if it is not an LDM run."""
-        if not os.path.isdir(workdir):
+        meta = ckpt_lib.read_run_meta(workdir, step)
+        if meta.get("stage") != "ldm":
             raise ValueError(
-                f"--workdir={workdir} does not exist; train a model first (see README) or pass "
-                "the directory of a finished `configs/ldm.py` run."
-            )
-        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-            raise ValueError(
-                f"--workdir={workdir} holds no checkpoints; it is not a training run directory."
+                f"--workdir={workdir} is a {meta.get('stage')!r} run, not a diffusion run; "
+                "sample from the workdir of `train.py --config=configs/ldm.py`."
             )
         checkpointer = ckpt_lib.Checkpointer(workdir)
         try:
-            if checkpointer.latest_step() is None:
-                raise ValueError(f"--workdir={workdir} holds no finished checkpoint yet.")
-            meta = checkpointer.restore_meta(step)
-            if meta.get("stage") != "ldm":
-                raise ValueError(
-                    f"--workdir={workdir} is a {meta.get('stage')!r} run, not a diffusion run; "
-                    "sample from the workdir of `train.py --config=configs/ldm.py`."
-                )
             items, meta = checkpointer.restore_raw(step)
         finally:
             checkpointer.close()

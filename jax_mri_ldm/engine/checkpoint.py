@@ -117,3 +117,34 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def read_run_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
+    """Metadata of a run directory's checkpoint, with clear errors for what is not a run.
+
+    Args:
+      workdir: a run directory (what train.py wrote).
+      step: checkpoint step; default the latest.
+
+    Returns:
+      The checkpoint's metadata (config, stage, ...).
+
+    Raises:
+      ValueError: the directory is missing, has no checkpoints, or no complete one.
+    """
+    if not os.path.isdir(workdir):
+        raise ValueError(
+            f"--workdir={workdir} does not exist; train a model first (see README) or pass "
+            "the directory of a finished training run."
+        )
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(
+            f"--workdir={workdir} holds no checkpoints; it is not a training run directory."
+        )
+    checkpointer = Checkpointer(workdir)
+    try:
+        if checkpointer.latest_step() is None:
+            raise ValueError(f"--workdir={workdir} holds no finished checkpoint yet.")
+        return checkpointer.restore_meta(step)
+    finally:
+        checkpointer.close()

@@ -1044,22 +1044,7 @@ def machine_info() -> dict[str, Any]:
 
 def _check_ldm_workdir(workdir: str) -> None:
     """Cheap checks with messages phrased for evaluation (before loading any arrays)."""
-    if not os.path.isdir(workdir):
-        raise ValueError(
-            f"--workdir={workdir} does not exist; pass the directory of a finished "
-            "`train.py --config=configs/ldm.py` run."
-        )
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(
-            f"--workdir={workdir} holds no checkpoints; it is not a training run directory."
-        )
-    checkpointer = ckpt_lib.Checkpointer(workdir)
-    try:
-        if checkpointer.latest_step() is None:
-            raise ValueError(f"--workdir={workdir} holds no finished checkpoint yet.")
-        stage = checkpointer.restore_meta().get("stage")
-    finally:
-        checkpointer.close()
+    stage = ckpt_lib.read_run_meta(workdir).get("stage")
     if stage != "ldm":
         raise ValueError(
             f"--workdir={workdir} is a {stage!r} run, not a diffusion run; evaluate the workdir "
