@@ -19,6 +19,12 @@ Large XLA:CPU temporaries are mmap-ed and page-faulted afresh on every step with
 (~20% of the VAE step); ``--jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` re-runs
 the script with jemalloc preloaded and page decay off, for both frameworks alike.
 
+On a shared, loaded machine PyTorch's two OpenMP threads can collapse (measured: UNet 1.5
+img/s with 2 threads vs 9.1 with 1 thread under the same load), which flatters JAX. For an
+apples-to-apples number pin both to one core:
+``taskset -c 0 python bench/compare.py --threads 1
+--xla_flags="--xla_cpu_experimental_xnn_fusion_type=dot --xla_cpu_multi_thread_eigen=false"``.
+
 Usage::
 
   python bench/compare.py                   # both networks, batch 16, fp32
@@ -36,7 +42,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Measured on the 2-core Sapphire Rapids dev box (see models/layers.py): XNNPACK for dots.
+# XNNPACK for dots: up to ~2x on single im2col conv layers on the 2-core dev box; within noise
+# for whole train steps under shared load. Pass --xla_flags= for XLA's defaults.
 DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_xnn_fusion_type=dot"
 
 

@@ -25,9 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.latents.sample_posterior = True  # z ~ q(z|x) each step (False: use the posterior mean)
 
     c.model = ml_collections.ConfigDict()
-    c.model.channels = (64, 128, 256)  # UNet widths per resolution level (32, 16, 8)
+    # (32, 64, 128): 3.6 M parameters, 11.6-14.8 img/s training on a loaded 2-core CPU, i.e.
+    # the paper's 100 epochs on 320 images in ~40 min; (64, 128, 256) (14.4 M) runs at ~5 img/s.
+    c.model.channels = (32, 64, 128)  # UNet widths per resolution level (32, 16, 8)
     c.model.num_res_blocks = 2  # residual blocks per level
-    c.model.attn_resolutions = (16,)  # extra self-attention at these feature sizes (+ bottleneck)
+    c.model.attn_resolutions = ()  # extra self-attention at these feature sizes (+ bottleneck)
     c.model.num_heads = 4  # attention heads
     c.model.dropout = 0.0  # dropout inside residual blocks
     c.model.norm_groups = 32  # GroupNorm groups (must divide every width)
