@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, env_for_subprocess
+from conftest import REPO, env_for_subprocess, tiny_vae_config
+from jax_mri_ldm.data import load_imageset
 
 SCRIPT = r"""
 import json, sys
@@ -47,6 +48,9 @@ def _free_port() -> int:
 
 
 def _launch(root, nproc: int, devices_per_process: int):
+    # Build the data cache first: the processes then reach their first collective within
+    # seconds of each other (gloo gives up on a peer after 30 s).
+    load_imageset(tiny_vae_config(root).data)
     script = SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root))
     env = env_for_subprocess(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
