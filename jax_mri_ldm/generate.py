@@ -135,6 +135,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
         null_label=run.null_label,
         spacing=req.spacing or DEFAULT_SPACING[req.sampler],
         prediction=run.config.diffusion.prediction,
+        clip_x0=run.x0_clip,
     )
     decode = run.decode_fn()
     label_sharding = NamedSharding(mesh, P("data"))

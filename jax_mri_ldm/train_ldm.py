@@ -195,6 +195,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         workdir, vae, vae_params, vae_meta, train_set, bool(config.latents.flip), batch_size
     )  # (N, V, h, w, c)
     labels = train_set.labels.astype(np.int32)
+    # Samplers clip their x0 estimate to the range of the (scaled) training latents, as
+    # pixel-space DDPMs clip to [-1, 1]: with the cosine schedule sqrt(alpha_bar) at the
+    # noisiest step is 5e-5, so a small error in the predicted noise there becomes a huge x0
+    # estimate that the next steps cannot undo (measured: sample std ~2600 instead of ~1).
+    x0_clip = float(np.abs(mean).max() * latent_scale)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
     unet = build_model(config.model, num_classes)
     sampler = data_lib.BalancedSampler(labels, batch_size, seed=int(config.seed))
@@ -253,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         guidance_scale=float(config.train.eval_guidance_scale),
         null_label=null_label,
         prediction=config.diffusion.prediction,
+        clip_x0=x0_clip,
     )
     steps_per_epoch = sampler.steps_per_epoch
 
@@ -296,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             "num_train": len(train_set),
             "latent_shape": list(latent_shape),
             "latent_scale_factor": latent_scale,
+            "x0_clip": x0_clip,
             "image_size": int(vae_config.data.image_size),
             "vae": {
                 "file": VAE_PARAMS_FILE,
@@ -333,6 +340,7 @@ class LoadedLDM:
         self.null_label = int(meta["null_label"])
         self.latent_shape = tuple(meta["latent_shape"])
         self.latent_scale = float(meta["latent_scale_factor"])
+        self.x0_clip = float(meta["x0_clip"]) if meta.get("x0_clip") else None
         self.image_size = int(meta["image_size"])
         sched = meta.get("schedule")
         self.schedule = (

@@ -23,6 +23,9 @@ def test_tiny_ldm_run_is_self_describing(tiny_runs):
     assert meta["schedule"]["kind"] == "cosine" and meta["schedule"]["num_timesteps"] == 100
     vae_meta = json.loads((tiny_runs["vae_dir"] / "run.json").read_text())
     assert meta["latent_scale_factor"] == pytest.approx(vae_meta["latent_scale_factor"])
+    assert 0 < meta["x0_clip"] < 100  # sampler clips x0 to the scaled-latent range
+    val = read_metrics(str(ldm_dir), "val")
+    assert val and all(abs(r["sample_latent_std"]) < meta["x0_clip"] * 2 for r in val)
     assert (ldm_dir / "vae_params.msgpack").exists()
     assert list(ldm_dir.glob("latents_*.npz"))
     figures = {p.name for p in (ldm_dir / "figures").iterdir()}

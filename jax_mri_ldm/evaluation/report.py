@@ -656,6 +656,7 @@ class SyntheticImages:
             null_label=self.run.null_label,
             spacing=spec.spacing,
             prediction=self.run.config.diffusion.prediction,
+            clip_x0=self.run.x0_clip,
         )
         labels = jnp.zeros((b,), jnp.int32)
         lowered = fn.lower(self.params, labels, jax.random.PRNGKey(0))
