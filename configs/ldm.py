@@ -23,6 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.latents = ml_collections.ConfigDict()
     c.latents.flip = True  # also encode mirrored slices: exact random-flip augmentation
     c.latents.sample_posterior = True  # z ~ q(z|x) each step (False: use the posterior mean)
+    c.latents.normalize = (
+        "channel"  # 'channel': standardise each latent channel; 'global': VAE scale
+    )
+    c.latents.x0_clip_percentile = 0.5  # samplers clip x0 to [p, 100-p] latent percentiles (<0 off)
 
     c.model = ml_collections.ConfigDict()
     # (32, 64, 128): 3.6 M parameters, 11.6-14.8 img/s training on a loaded 2-core CPU, i.e.

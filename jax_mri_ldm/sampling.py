@@ -49,6 +49,8 @@ DDPM_VARIANCES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+# None, a symmetric bound c, or per-channel (lo, hi) bounds; see `normalize_clip`.
+ClipX0 = float | tuple[tuple[float, ...], tuple[float, ...]] | None
 
 
 def _strictly_decreasing(ts: np.ndarray, num_timesteps: int) -> np.ndarray:
@@ -194,7 +196,7 @@ def _sample_impl(
     null_label: int | None,
     eta: float,
     prediction: str,
-    clip_x0: float | None,
+    clip_x0: ClipX0,
     variance: str,
 ) -> jax.Array:
     """Traceable body shared by `sample` and `make_sample_fn` (all config static)."""
@@ -228,7 +230,8 @@ def _sample_impl(
         out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
         x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
         if clip_x0 is not None:
-            x0 = jnp.clip(x0, -clip_x0, clip_x0)
+            lo, hi = _clip_bounds(clip_x0, dtype)
+            x0 = jnp.clip(x0, lo, hi)
             # Re-derive eps from the clipped x0 so the DDIM direction stays consistent.
             a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
             eps = (x - a * x0) / s
@@ -316,6 +319,46 @@ _STATIC = (
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=_STATIC)
 
 
+def _clip_bounds(clip_x0: float | tuple, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """``(lo, hi)`` that broadcast against ``(B, ..., C)`` from a static clip setting."""
+    if isinstance(clip_x0, tuple):
+        return jnp.asarray(clip_x0[0], dtype), jnp.asarray(clip_x0[1], dtype)  # (C,) each
+    return jnp.asarray(-clip_x0, dtype), jnp.asarray(clip_x0, dtype)
+
+
+def normalize_clip(clip_x0: Any) -> ClipX0:
+    """Canonical, hashable form of a clip setting (the samplers take it as a static argument).
+
+    Args:
+      clip_x0: None (no clipping); a positive number ``c`` (clip to ``[-c, c]``); or a pair
+        ``(lo, hi)`` of per-channel bound sequences of equal length ``C`` (clip channel ``k``
+        of the last axis to ``[lo[k], hi[k]]``).
+
+    Returns:
+      None, a float, or a pair of float tuples.
+
+    Raises:
+      ValueError: a malformed setting.
+    """
+    if clip_x0 is None:
+        return None
+    if isinstance(clip_x0, numbers.Real) and not isinstance(clip_x0, bool):
+        if not clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be > 0, got {clip_x0}")
+        return float(clip_x0)
+    try:
+        lo, hi = clip_x0
+        lo = tuple(float(v) for v in np.ravel(lo))
+        hi = tuple(float(v) for v in np.ravel(hi))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"clip_x0 must be None, a number or a (lo, hi) pair, got {clip_x0!r}"
+        ) from e
+    if len(lo) != len(hi) or not lo or any(a >= b for a, b in zip(lo, hi, strict=True)):
+        raise ValueError("clip_x0 (lo, hi) must have equal non-zero lengths with lo < hi")
+    return lo, hi
+
+
 def _check_config(
     sampler: str,
     guidance_scale: float,
@@ -354,7 +397,7 @@ def sample(
     eta: float = 0.0,
     spacing: str = "uniform",
     prediction: str = "eps",
-    clip_x0: float | None = None,
+    clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
 ) -> jax.Array:
     """Draws samples (latents) from a diffusion model.
@@ -381,8 +424,10 @@ def sample(
         extrapolation overshoots. On the Gaussian toy of the tests (exact model) the sample
         std error was 2% (logSNR) vs 6% (uniform) at 25 steps and 1.5% vs 28% at 10 steps.
       prediction: what the model outputs: ``'eps'``, ``'v'`` or ``'x0'``.
-      clip_x0: clip the ``x_0`` estimate to ``[-clip_x0, clip_x0]`` every step (None = off, the
-        right choice for unbounded latents; 1.0 for pixels in [-1, 1]).
+      clip_x0: clip the ``x_0`` estimate every step: None = off; a number ``c`` clips to
+        ``[-c, c]`` (1.0 for pixels in [-1, 1]); a pair ``(lo, hi)`` of per-channel bounds
+        clips channel ``k`` (last axis) to ``[lo[k], hi[k]]`` (what the LDM uses: the range of
+        its standardised training latents; see `jax_mri_ldm.train_ldm`).
       variance: DDPM reverse variance: ``'fixed_small'`` (``beta_tilde``, the posterior
         variance; default) or ``'fixed_large'`` (``beta_t``), Ho et al. sec. 3.2.
 
@@ -409,7 +454,7 @@ def sample(
         null_label=None if null_label is None else int(null_label),
         eta=float(eta),
         prediction=prediction,
-        clip_x0=None if clip_x0 is None else float(clip_x0),
+        clip_x0=normalize_clip(clip_x0),
         variance=variance,
     )
 
@@ -426,7 +471,7 @@ def make_sample_fn(
     eta: float = 0.0,
     spacing: str = "uniform",
     prediction: str = "eps",
-    clip_x0: float | None = None,
+    clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Builds a jitted ``fn(params, labels, rng) -> (B, *latent_shape)`` sampler.
@@ -470,7 +515,7 @@ def make_sample_fn(
         null_label=None if null_label is None else int(null_label),
         eta=float(eta),
         prediction=prediction,
-        clip_x0=None if clip_x0 is None else float(clip_x0),
+        clip_x0=normalize_clip(clip_x0),
         variance=variance,
     )
 

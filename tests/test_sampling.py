@@ -373,6 +373,33 @@ def test_clip_x0(sch) -> None:
         assert np.all(np.abs(np.asarray(x)) <= 1.0 + 1e-6)
 
 
+def test_per_channel_clip_x0(sch) -> None:
+    # Channel 0 lives near +3, channel 1 near -3: per-channel bounds keep each in its own range.
+    model = gaussian_model(sch, mu=np.array([3.0, -3.0], np.float32))
+    lo, hi = (2.5, -3.2), (3.2, -2.8)
+    for sampler, steps in (("ddpm", None), ("ddim", 20), ("dpmpp_2m", 10)):
+        x = np.asarray(
+            S.sample(
+                model,
+                sch,
+                shape=(256, 2),
+                labels=None,
+                rng=jax.random.key(13),
+                sampler=sampler,
+                steps=steps,
+                clip_x0=(lo, hi),
+            )
+        )
+        assert np.all(x >= np.array(lo) - 1e-5) and np.all(x <= np.array(hi) + 1e-5)
+        assert abs(x[:, 0].mean() - 3.0) < 0.15 and abs(x[:, 1].mean() + 3.0) < 0.15
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, ((1.0,), (0.5,)), ((0.0, 1.0), (1.0,)), "x"])
+def test_bad_clip_x0_is_rejected(bad) -> None:
+    with pytest.raises(ValueError, match="clip_x0"):
+        S.normalize_clip(bad)
+
+
 def test_timesteps_for(sch) -> None:
     for spacing in S.SPACINGS:
         for steps in (1, 2, 10, 50, 999, 1000):

@@ -23,9 +23,23 @@ def test_tiny_ldm_run_is_self_describing(tiny_runs):
     assert meta["schedule"]["kind"] == "cosine" and meta["schedule"]["num_timesteps"] == 100
     vae_meta = json.loads((tiny_runs["vae_dir"] / "run.json").read_text())
     assert meta["latent_scale_factor"] == pytest.approx(vae_meta["latent_scale_factor"])
-    assert 0 < meta["x0_clip"] < 100  # sampler clips x0 to the scaled-latent range
+    # Per-channel standardisation: shift/scale reproduce the cached latents' moments.
+    assert meta["latent_normalize"] == "channel"
+    shift, scale = np.asarray(meta["latent_shift"]), np.asarray(meta["latent_scale"])
+    assert shift.shape == scale.shape == (8,) and np.all(scale > 0)
+    with np.load(next(ldm_dir.glob("latents_*.npz"))) as f:
+        m, lv = f["mean"], f["logvar"]
+    z = ((m - shift) * scale).reshape(-1, 8)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    var = z.var(0) + (np.exp(lv) * scale**2).reshape(-1, 8).mean(0)  # + posterior spread
+    np.testing.assert_allclose(var, 1.0, rtol=1e-3)
+    lo, hi = (np.asarray(b) for b in meta["x0_clip"])  # sampler's per-channel x0 bounds
+    zm = ((m - shift) * scale).reshape(-1, 8)  # the bounds are percentiles of the means
+    assert lo.shape == hi.shape == (8,)
+    np.testing.assert_allclose(lo, np.percentile(zm, 0.5, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hi, np.percentile(zm, 99.5, axis=0), rtol=1e-5, atol=1e-6)
     val = read_metrics(str(ldm_dir), "val")
-    assert val and all(abs(r["sample_latent_std"]) < meta["x0_clip"] * 2 for r in val)
+    assert val and all(abs(r["sample_latent_std"]) < 2 * max(-lo.min(), hi.max()) for r in val)
     assert (ldm_dir / "vae_params.msgpack").exists()
     assert list(ldm_dir.glob("latents_*.npz"))
     figures = {p.name for p in (ldm_dir / "figures").iterdir()}
