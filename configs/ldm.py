@@ -79,10 +79,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "paper":
         pass
     elif preset == "demo":
+        # 8x16x16 latents of the 128 px demo VAE; 1000 updates, ~6 min on 2 quiet cores.
         c.model.channels = (64, 128, 128)
         c.model.attn_resolutions = ()
-        c.train.num_epochs = 60
-        c.train.eval_every_epochs = 30
+        c.train.num_epochs = 50
+        c.train.eval_every_epochs = 25
         c.train.checkpoint_every_epochs = 10
     elif preset == "tiny":
         c.model.channels = (16, 32)

@@ -195,6 +195,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # dominate, hence few images per setting and a short downstream study.
     "demo": dict(
         num_synthetic_per_class=32,
+        guidance_scales=(0.0, 1.0, 3.0, 5.0),  # every w is one more sampler compile
         sweep_per_class=8,
         sampler_per_class=4,
         ddpm_per_class=2,
