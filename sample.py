@@ -17,7 +17,8 @@ flags.DEFINE_string("label", "1", "Class id or name (0=normal, 1=tumour), or 'al
 flags.DEFINE_integer("num_samples", 16, "Number of images.")
 flags.DEFINE_integer("batch_size", 16, "Images per sampler call (rounded up to the devices).")
 flags.DEFINE_float("guidance_scale", 3.0, "Classifier-free guidance w (1 = plain conditional).")
-flags.DEFINE_enum("sampler", "dpmpp_2m", ["ddpm", "ddim", "dpmpp_2m"], "Sampler.")
+flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "dpmpp_2m"], "Sampler.")
+flags.DEFINE_float("eta", 1.0, "DDIM noise: 1 = ancestral (default, robust), 0 = deterministic.")
 flags.DEFINE_integer("steps", None, "Sampler steps (default: ddpm all T, ddim 50, dpmpp_2m 25).")
 flags.DEFINE_enum(
     "spacing",
@@ -46,6 +47,7 @@ def main(argv):
         sampler=FLAGS.sampler,
         steps=FLAGS.steps,
         spacing=FLAGS.spacing,
+        eta=FLAGS.eta,
         seed=FLAGS.seed,
         out=FLAGS.out,
         format=FLAGS.format,

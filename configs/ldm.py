@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_num_images = 8  # samples per class in the periodic grid
     c.train.eval_sampler = "ddim"  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
     c.train.eval_sample_steps = 50  # its number of steps
+    c.train.eval_eta = 1.0  # DDIM noise for the grids: 1 = ancestral (robust), 0 = deterministic
     c.train.eval_guidance_scale = 3.0  # its guidance scale w (1 = plain conditional)
 
     if preset == "paper":

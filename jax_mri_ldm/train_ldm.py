@@ -343,6 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         sampler=config.train.eval_sampler,
         steps=None if config.train.eval_sampler == "ddpm" else int(config.train.eval_sample_steps),
         spacing=DEFAULT_SPACING[config.train.eval_sampler],
+        eta=float(config.train.get("eval_eta", 0.0))
+        if config.train.eval_sampler == "ddim"
+        else 0.0,
         guidance_scale=float(config.train.eval_guidance_scale),
         null_label=null_label,
         prediction=config.diffusion.prediction,

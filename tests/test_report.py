@@ -117,7 +117,8 @@ def test_report_metrics_have_sane_values(tiny_report, tiny_runs):
     assert [row["guidance"] for row in sweep["rows"]] == list(s.guidance_scales)
     assert sweep["chosen"] in s.guidance_scales and r["main_set"]["guidance"] == sweep["chosen"]
     rows = r["samplers"]["rows"]
-    assert [row["sampler"] for row in rows] == ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m"]
+    assert [row["sampler"] for row in rows] == ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m"]
+    assert [row["eta"] for row in rows][1:3] == [0.0, 1.0]
     assert rows[0]["steps"] == 100  # the tiny LDM's T: DDPM runs the full chain
     assert all(row["seconds_per_image"] > 0 for row in rows)
     assert r["timings_seconds"]["total"] > 0

@@ -101,17 +101,20 @@ class SamplerSpec:
       steps: network calls; None = all T of the schedule (what DDPM always does).
       spacing: timestep spacing (see sampling.timesteps_for).
       guidance: classifier-free guidance scale w.
+      eta: DDIM stochasticity (0 deterministic, 1 ancestral); ignored by the other samplers.
     """
 
     sampler: str
     steps: int | None
     spacing: str
     guidance: float
+    eta: float = 0.0
 
     def name(self, num_timesteps: int) -> str:
-        """Human label, e.g. 'DPM-Solver++(2M) 25'."""
+        """Human label, e.g. 'DPM-Solver++(2M) 25' or 'DDIM 50 η=1'."""
         pretty = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}[self.sampler]
-        return f"{pretty} {self.steps or num_timesteps}"
+        eta = f" η={self.eta:g}" if self.sampler == "ddim" else ""
+        return f"{pretty} {self.steps or num_timesteps}{eta}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +134,8 @@ class ReportSettings:
       sweep_per_class: images per class for each w of the sweep.
       fidelity_tolerance: sweep rule: a w qualifies when its class fidelity is at least the
         classifier's accuracy on real test images minus this.
-      samplers: (sampler, steps or None for T, spacing) rows of the sampler table (at main w).
+      samplers: (sampler, steps or None for T, spacing, eta) rows of the sampler table (at
+        main w); eta is DDIM's stochasticity (a 3-tuple means eta = 0).
       sampler_per_class: images per class per sampler row (except DDPM).
       ddpm_per_class: images per class for DDPM (about T network calls per image).
       classifier_steps: training steps of the domain classifier.
@@ -156,18 +160,20 @@ class ReportSettings:
     num_synthetic_per_class: int = 200
     batch_size: int = 16
     seed: int = 0
-    sampler: str = "dpmpp_2m"
-    steps: int | None = 25
-    spacing: str = "logSNR"
+    sampler: str = "ddim"
+    steps: int | None = 50
+    spacing: str = "uniform"
+    eta: float = 1.0
     guidance_scale: float | None = None
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)
     sweep_per_class: int = 32
     fidelity_tolerance: float = 0.05
-    samplers: tuple[tuple[str, int | None, str], ...] = (
-        ("ddpm", None, "uniform"),
-        ("ddim", 50, "uniform"),
-        ("dpmpp_2m", 25, "logSNR"),
-        ("dpmpp_2m", 10, "logSNR"),
+    samplers: tuple[tuple, ...] = (
+        ("ddpm", None, "uniform", 0.0),
+        ("ddim", 50, "uniform", 0.0),
+        ("ddim", 50, "uniform", 1.0),
+        ("dpmpp_2m", 25, "logSNR", 0.0),
+        ("dpmpp_2m", 10, "logSNR", 0.0),
     )
     sampler_per_class: int = 32
     ddpm_per_class: int = 4
@@ -656,6 +662,7 @@ class SyntheticImages:
             guidance_scale=float(spec.guidance),
             null_label=self.run.null_label,
             spacing=spec.spacing,
+            eta=float(spec.eta) if spec.sampler == "ddim" else 0.0,
             prediction=self.run.config.diffusion.prediction,
             clip_x0=self.run.x0_clip,
         )
@@ -1500,7 +1507,7 @@ def write_report(
     main_steps = s.steps if s.sampler != "ddpm" else None
 
     def spec_for(w: float, sampler: str = s.sampler, steps=main_steps, spacing=s.spacing):
-        return SamplerSpec(sampler, steps, spacing, float(w))
+        return SamplerSpec(sampler, steps, spacing, float(w), float(s.eta))
 
     def ref_fid_same_n(n_per_class: Sequence[int]) -> float | None:
         idx = _per_class_subset(tr.labels, n_per_class, seed=1)
@@ -1740,8 +1747,11 @@ def write_report(
     # ---- 10. sampler table -----------------------------------------------------------------------
     sampler_rows = []
     sampler_fig_rows = []
-    for sampler_name, steps, spacing in s.samplers:
-        spec = SamplerSpec(sampler_name, None if sampler_name == "ddpm" else steps, spacing, main_w)
+    for sampler_name, steps, spacing, *rest in s.samplers:
+        eta = float(rest[0]) if rest else 0.0
+        spec = SamplerSpec(
+            sampler_name, None if sampler_name == "ddpm" else steps, spacing, main_w, eta
+        )
         n = s.ddpm_per_class if sampler_name == "ddpm" else s.sampler_per_class
         x, y = gen.generate(spec, n)
         i = len(sampler_rows)
@@ -1761,6 +1771,7 @@ def write_report(
                 "sampler": sampler_name,
                 "steps": spec.steps or T,
                 "spacing": spacing,
+                "eta": spec.eta,
                 "guidance": main_w,
                 "images_per_class": n,
                 "real_fid_same_n": ref_fid_same_n([n] * K),
@@ -1866,7 +1877,7 @@ def write_report(
         nulls.null("settings.guidance_scale", "not set: the guidance sweep chose w (main_set)")
     if s.steps is None:
         nulls.null("settings.steps", "None = all T steps of the schedule")
-    for i, (_, steps, _) in enumerate(s.samplers):
+    for i, (_, steps, *_) in enumerate(s.samplers):
         if steps is None:
             nulls.null(f"settings.samplers.{i}.1", "None = all T steps of the schedule")
     report = _clean(report)
