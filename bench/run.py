@@ -469,11 +469,10 @@ class Bench:
         """Engine train step of the VAE (configs/vae.py) vs torch eager / compile."""
         import jax.numpy as jnp
 
-        from jax_mri_ldm.data.augment import augment_from_config
         from jax_mri_ldm.engine import loop
         from jax_mri_ldm.engine.state import TrainState, make_optimizer
-        from jax_mri_ldm.losses import to_model_space, vae_loss
         from jax_mri_ldm.train_vae import build_model
+        from jax_mri_ldm.train_vae import make_loss_fn as make_vae_loss_fn
 
         jax, np, cfg, b = self.jax, self.np, self.vae_cfg, self.batch
         size = int(cfg.data.image_size)
@@ -488,20 +487,7 @@ class Bench:
             ]
         )(key)
         n_params = int(sum(p.size for p in jax.tree.leaves(params)))
-        aug_cfg = cfg.data.augment
-
-        def loss_fn(p, batch, r):  # as train_vae.train_and_evaluate's loss
-            aug_rng, latent_rng = jax.random.split(r)
-            x = to_model_space(augment_from_config(aug_rng, batch["image"], aug_cfg))
-            x_hat, mean, logvar = model.apply({"params": p}, x, rngs={"latent": latent_rng})
-            return vae_loss(
-                x,
-                x_hat,
-                mean,
-                logvar,
-                beta=float(cfg.loss.beta),
-                kl_reduction=cfg.loss.kl_reduction,
-            )
+        loss_fn = make_vae_loss_fn(model, cfg)  # the training loss itself
 
         tx = make_optimizer(cfg.optim, 1000)
         step = jax.jit(
@@ -622,10 +608,10 @@ class Bench:
         """(compiled engine train step, fresh state) of the UNet at compute ``dtype``."""
         import jax.numpy as jnp
 
-        from jax_mri_ldm import diffusion
         from jax_mri_ldm.engine import loop
         from jax_mri_ldm.engine.state import TrainState, make_optimizer
         from jax_mri_ldm.train_ldm import build_model
+        from jax_mri_ldm.train_ldm import make_loss_fn as make_ldm_loss_fn
 
         jax, cfg, c = self.jax, self.ldm_cfg, self.unet_ctx()
         key = jax.random.PRNGKey(self.args.seed + 2)
@@ -640,34 +626,9 @@ class Bench:
         mcfg.dtype = dtype
         unet = build_model(mcfg, c["num_classes"])
         schedule, null = c["schedule"], c["num_classes"]
-        sample_posterior = bool(cfg.latents.sample_posterior)
-        dropout = float(cfg.model.dropout) > 0
 
-        def loss_fn(p, batch, r):  # as train_ldm.train_and_evaluate's loss (identity norm.)
-            view_rng, z_rng, drop_rng, loss_rng = jax.random.split(r, 4)
-            m, lv = batch["mean"], batch["logvar"]  # (B, V, h, w, c)
-            view = jax.random.randint(view_rng, (m.shape[0],), 0, m.shape[1])  # random flip
-            m = jnp.take_along_axis(m, view[:, None, None, None, None], axis=1)[:, 0]
-            lv = jnp.take_along_axis(lv, view[:, None, None, None, None], axis=1)[:, 0]
-            z = m + jnp.exp(0.5 * lv) * jax.random.normal(z_rng, m.shape) if sample_posterior else m
-
-            def model_fn(x_t, t, y):
-                return unet.apply(
-                    {"params": p}, x_t, t, y, train=dropout, rngs={"dropout": drop_rng}
-                )
-
-            loss, aux = diffusion.diffusion_loss(
-                model_fn,
-                schedule,
-                z,
-                batch["label"],
-                loss_rng,
-                prediction=cfg.diffusion.prediction,
-                p_uncond=float(cfg.diffusion.p_uncond),
-                null_label=null,
-                loss_weighting=cfg.diffusion.loss_weighting,
-            )
-            return loss, {"drop_frac": aux["drop_frac"]}
+        # The training loss itself, with the identity normalisation (synthetic unit latents).
+        loss_fn = make_ldm_loss_fn(unet, schedule, cfg, null)
 
         step = jax.jit(
             functools.partial(

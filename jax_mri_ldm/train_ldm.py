@@ -238,6 +238,70 @@ def make_apply_fn(unet: UNet):
     return apply_fn
 
 
+def make_loss_fn(
+    unet: UNet,
+    schedule: diffusion.Schedule,
+    config: ml_collections.ConfigDict,
+    null_label: int,
+    shift: Any = 0.0,
+    scale: Any = 1.0,
+):
+    """The stage-2 training loss ``loss_fn(params, batch, rng) -> (loss, metrics)``.
+
+    Per example: picks a random cached view (original or mirrored slice), draws
+    ``z ~ q(z|x)`` (or takes the mean, ``config.latents.sample_posterior``), normalises it with
+    ``(z - shift) * scale`` and returns the diffusion loss of `jax_mri_ldm.diffusion` with
+    classifier-free label dropout. Shared by training and ``bench/run.py``.
+
+    Args:
+      unet: the UNet.
+      schedule: the noise schedule.
+      config: a configs/ldm.py config (``latents``, ``model.dropout``, ``diffusion``).
+      null_label: the unconditional class id.
+      shift: ``(C,)`` or scalar latent shift (see `latent_normalization`).
+      scale: ``(C,)`` or scalar latent scale.
+
+    Returns:
+      ``loss_fn`` for `jax_mri_ldm.engine.loop.train_step`; ``batch`` has ``"mean"`` and
+      ``"logvar"`` ``(B, V, h, w, c)`` and ``"label"`` ``(B,)``.
+    """
+    shift = jnp.asarray(shift, jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
+    sample_posterior = bool(config.latents.sample_posterior)
+    dropout = float(config.model.dropout) > 0
+
+    def loss_fn(params, batch, rng):
+        view_rng, z_rng, drop_rng, loss_rng = jax.random.split(rng, 4)
+        m, lv = batch["mean"], batch["logvar"]  # (B, V, h, w, c)
+        view = jax.random.randint(view_rng, (m.shape[0],), 0, m.shape[1])  # random flip
+        m = jnp.take_along_axis(m, view[:, None, None, None, None], axis=1)[:, 0]
+        lv = jnp.take_along_axis(lv, view[:, None, None, None, None], axis=1)[:, 0]
+        z = m
+        if sample_posterior:
+            z = m + jnp.exp(0.5 * lv) * jax.random.normal(z_rng, m.shape)
+        z = (z - shift) * scale  # (B, h, w, c), ~zero mean, unit variance
+
+        def model_fn(x_t, t, y):
+            return unet.apply(
+                {"params": params}, x_t, t, y, train=dropout, rngs={"dropout": drop_rng}
+            )
+
+        loss, aux = diffusion.diffusion_loss(
+            model_fn,
+            schedule,
+            z,
+            batch["label"],
+            loss_rng,
+            prediction=config.diffusion.prediction,
+            p_uncond=float(config.diffusion.p_uncond),
+            null_label=null_label,
+            loss_weighting=config.diffusion.loss_weighting,
+        )
+        return loss, {"drop_frac": aux["drop_frac"]}
+
+    return loss_fn
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.RunResult:
     """Trains the conditional latent diffusion model of the paper on the VAE run's data.
 
@@ -278,21 +342,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         workdir, vae, vae_params, vae_meta, train_set, bool(config.latents.flip), batch_size
     )  # (N, V, h, w, c)
     labels = train_set.labels.astype(np.int32)
-    sample_posterior = bool(config.latents.sample_posterior)
     shift, scale, x0_clip = latent_normalization(
         mean,
         logvar,
         config.latents.normalize,
         latent_scale,
-        sample_posterior,
+        bool(config.latents.sample_posterior),
         float(config.latents.get("x0_clip_percentile", 0.5)),
     )  # (C,), (C,), per-channel clip bounds (see latent_normalization for why)
-    shift_j = jnp.asarray(shift, jnp.float32)
-    scale_j = jnp.asarray(scale, jnp.float32)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
     unet = build_model(config.model, num_classes)
     sampler = data_lib.BalancedSampler(labels, batch_size, seed=int(config.seed))
-    dropout = float(config.model.dropout) > 0
 
     def init_params(rng):
         x = jnp.zeros((1,) + latent_shape, jnp.float32)
@@ -300,34 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         y = jnp.zeros((1,), jnp.int32)
         return unet.init({"params": rng, "dropout": rng}, x, t, y, train=False)["params"]
 
-    def loss_fn(params, batch, rng):
-        view_rng, z_rng, drop_rng, loss_rng = jax.random.split(rng, 4)
-        m, lv = batch["mean"], batch["logvar"]  # (B, V, h, w, c)
-        view = jax.random.randint(view_rng, (m.shape[0],), 0, m.shape[1])  # random flip
-        m = jnp.take_along_axis(m, view[:, None, None, None, None], axis=1)[:, 0]
-        lv = jnp.take_along_axis(lv, view[:, None, None, None, None], axis=1)[:, 0]
-        z = m
-        if sample_posterior:
-            z = m + jnp.exp(0.5 * lv) * jax.random.normal(z_rng, m.shape)
-        z = (z - shift_j) * scale_j  # (B, h, w, c), ~zero mean, unit variance
-
-        def model_fn(x_t, t, y):
-            return unet.apply(
-                {"params": params}, x_t, t, y, train=dropout, rngs={"dropout": drop_rng}
-            )
-
-        loss, aux = diffusion.diffusion_loss(
-            model_fn,
-            schedule,
-            z,
-            batch["label"],
-            loss_rng,
-            prediction=config.diffusion.prediction,
-            p_uncond=float(config.diffusion.p_uncond),
-            null_label=null_label,
-            loss_weighting=config.diffusion.loss_weighting,
-        )
-        return loss, {"drop_frac": aux["drop_frac"]}
+    loss_fn = make_loss_fn(unet, schedule, config, null_label, shift, scale)
 
     def get_batch(step, process_index, process_count):
         idx = sampler.indices(step, process_index, process_count)

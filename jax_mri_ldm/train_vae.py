@@ -149,6 +149,34 @@ def latent_statistics(model: VAE, params: Any, images: np.ndarray, batch_size: i
     return mean, logvar, float(np.std(z))
 
 
+def make_loss_fn(model: VAE, config: ml_collections.ConfigDict):
+    """The stage-1 training loss ``loss_fn(params, batch, rng) -> (loss, metrics)``.
+
+    Augments the ``[0, 1]`` images on device (``config.data.augment``), maps them to model space
+    ``[-1, 1]``, and returns L1 + beta KL (`jax_mri_ldm.losses.vae_loss`). Shared by training and
+    ``bench/run.py`` so the benchmark times exactly this.
+
+    Args:
+      model: the VAE.
+      config: a configs/vae.py config (``data.augment``, ``loss``).
+
+    Returns:
+      ``loss_fn`` for `jax_mri_ldm.engine.loop.train_step`; ``batch["image"]`` is
+      ``(B, H, W, 1)`` in ``[0, 1]``.
+    """
+    aug_cfg = config.data.augment
+    beta, kl_reduction = float(config.loss.beta), config.loss.kl_reduction
+
+    def loss_fn(params, batch, rng):
+        aug_rng, latent_rng = jax.random.split(rng)
+        images = augment_from_config(aug_rng, batch["image"], aug_cfg)
+        x = to_model_space(images)  # (B, H, W, 1) in [-1, 1]
+        x_hat, mean, logvar = model.apply({"params": params}, x, rngs={"latent": latent_rng})
+        return vae_loss(x, x_hat, mean, logvar, beta=beta, kl_reduction=kl_reduction)
+
+    return loss_fn
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.RunResult:
     """Trains the VAE on `config.data`, evaluating and checkpointing into `workdir`.
 
@@ -170,20 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         )
     batch_size = int(config.train.batch_size)
     sampler = data_lib.BalancedSampler(train_set.labels, batch_size, seed=int(config.seed))
-    aug_cfg = config.data.augment
 
     def init_params(rng):
         x = jnp.zeros((1, size, size, 1), jnp.float32)
         return model.init({"params": rng, "latent": rng}, x)["params"]
 
-    def loss_fn(params, batch, rng):
-        aug_rng, latent_rng = jax.random.split(rng)
-        images = augment_from_config(aug_rng, batch["image"], aug_cfg)
-        x = to_model_space(images)  # (B, H, W, 1) in [-1, 1]
-        x_hat, mean, logvar = model.apply({"params": params}, x, rngs={"latent": latent_rng})
-        return vae_loss(
-            x, x_hat, mean, logvar, beta=config.loss.beta, kl_reduction=config.loss.kl_reduction
-        )
+    loss_fn = make_loss_fn(model, config)
 
     def get_batch(step, process_index, process_count):
         idx = sampler.indices(step, process_index, process_count)
