@@ -126,13 +126,26 @@ def test_fast_strided_conv_gradients_match_reference(conv_impl):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_conv2d_im2col_equals_lax_conv():
-    x, k = jnp.asarray(_randn(2, 5, 6, 3)), jnp.asarray(_randn(3, 3, 3, 4))
-    ref = lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(layers.conv2d(x, k, 1, "im2col"), ref, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(layers.conv2d(x, k, 1, "auto"), ref, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("ksize,padding", [(1, 0), (2, 0), (2, 1), (3, 1), (5, 2)])
+def test_conv2d_lowerings_agree_with_lax_conv(ksize, padding):
+    # Every impl, including whichever "auto" picks for this kernel size, is the same function
+    # with the same gradients.
+    x, k = jnp.asarray(_randn(2, 5, 6, 3)), jnp.asarray(_randn(ksize, ksize, 3, 4))
+    pad = ((padding, padding), (padding, padding))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ref_fn(x, k):
+        return lax.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
+
+    ref, ref_grads = ref_fn(x, k), _grads(ref_fn, x, k)
+    for impl in ("im2col", "xla", "auto"):
+        out = layers.conv2d(x, k, padding, impl)
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+        grads = _grads(lambda x, k, impl=impl: layers.conv2d(x, k, padding, impl), x, k)
+        for a, b in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown impl"):
-        layers.conv2d(x, k, 1, "fft")
+        layers.conv2d(x, k, padding, "fft")
 
 
 def test_upsample_conv_equals_nearest_resize_then_conv():

@@ -156,26 +156,35 @@ def _xla_conv(x: Array, kernel: Array, padding: Any, **kw: Any) -> Array:
 def conv2d(x: Array, kernel: Array, padding: int = 0, impl: str = "auto") -> Array:
     """Stride-1 2-D cross-correlation (no bias) in NHWC with symmetric zero padding.
 
-    ``impl="im2col"`` gathers the kh*kw shifted views into channels and does one matmul.
-    On XLA:CPU this trains faster than ``lax.conv_general_dilated``: XLA's kernel-gradient
-    convolution (a correlation of the input with the output gradient) runs far below matmul
-    speed, whereas every gradient of the im2col form is a matmul plus cheap slicing.
+    Two lowerings compute the same function:
+
+    * ``impl="xla"``: ``lax.conv_general_dilated``. In this jaxlib, XLA:CPU hands 3x3 SAME
+      convolutions, their input gradients *and* their kernel gradients to YNNPACK, which runs
+      them without materialising patches.
+    * ``impl="im2col"``: gathers the kh*kw shifted views into channels and does one matmul.
+      Every gradient is a matmul plus slicing, but the (B, H, W, kh*kw*Cin) patch tensor and
+      its gradient are written and read several times per step (memory-bound on a CPU).
+
+    ``impl="auto"`` picks per kernel shape, from a profile of the UNet train step on the
+    2-core dev CPU (``docs/performance.md``): odd kernels of size >= 3 go to ``"xla"`` (UNet
+    step 24.0 -> 29.8 images/s; with im2col, patch concatenation and its gradient took ~30 %
+    of the step); 1x1 and even kernels (the 2x2 convs inside the stride-2 formulations
+    below) stay ``"im2col"``, because XLA:CPU does not give the kernel gradient of those
+    YNNPACK and runs it as a generic convolution (one of them alone took 525 ms per UNet
+    step, and the VAE step slows by more than 10x).
 
     Args:
       x: (B, H, W, Cin).
       kernel: (kh, kw, Cin, Cout).
       padding: zeros added on every spatial side (``(k - 1) // 2`` gives SAME for odd k).
-      impl: ``"im2col"``, ``"xla"`` (``lax.conv_general_dilated``) or ``"auto"`` (im2col
-        unless the output is much narrower than the patch, kh*kw*Cin > 64*Cout).
+      impl: ``"auto"``, ``"im2col"`` or ``"xla"`` (see above).
 
     Returns:
       (B, H + 2*padding - kh + 1, W + 2*padding - kw + 1, Cout).
     """
     kh, kw, cin, cout = kernel.shape
     if impl == "auto":
-        # The im2col tensor is kh*kw*Cin/Cout times the output: for narrow outputs (the VAE's
-        # 32 -> 1 channel 3x3 conv at 256x256: 288x) building it costs far more than the conv.
-        impl = "im2col" if kh * kw * cin <= 64 * cout else "xla"
+        impl = "xla" if kh == kw and kh % 2 == 1 and kh >= 3 else "im2col"
     if impl == "xla":
         return _xla_conv(x, kernel, ((padding, padding), (padding, padding)))
     if impl != "im2col":
