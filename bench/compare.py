@@ -13,7 +13,7 @@ cosine schedule and random labels incl. the null class, Adam 2e-4) it
 
 The JAX step is ``jax.jit``-ed with ``donate_argnums`` and timed to ``block_until_ready``;
 torch runs eager with ``torch.set_num_threads(--threads)``. XLA flags must be set before JAX
-starts, so this script sets ``XLA_FLAGS`` from ``--xla_flags`` before importing JAX.
+starts, so this script adds ``--xla_flags`` to ``XLA_FLAGS`` before importing JAX.
 
 Large XLA:CPU temporaries are mmap-ed and page-faulted afresh on every step with glibc malloc
 (~20% of the VAE step); ``--jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` re-runs
@@ -42,9 +42,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# XNNPACK for dots: up to ~2x on single im2col conv layers on the 2-core dev box; within noise
-# for whole train steps under shared load. Pass --xla_flags= for XLA's defaults.
-DEFAULT_XLA_FLAGS = "--xla_cpu_experimental_xnn_fusion_type=dot"
+# XLA's defaults, i.e. what train.py runs: in jaxlib 0.10.2 XLA:CPU already sends dots and
+# 3x3 convs to YNNPACK. Measured on the 2-core dev box (UNet train step, quiet CPU, img/s):
+# defaults 23.4-24.4; xnn_graph_fusion_mode=GREEDY 23.8, onednn_custom_call + GREEDY +
+# prefer_vector_width=512 22.9: none faster beyond run-to-run noise; ynn_fusion_type=dot 10.5
+# (it drops the conv fusions). See docs/performance.md. Pass --xla_flags to try others.
+DEFAULT_XLA_FLAGS = ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

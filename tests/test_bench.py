@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, env_for_subprocess
 
 RUN = REPO / "bench" / "run.py"
+PROFILE = REPO / "bench" / "profile_step.py"
 
 
 def _load_run_module():
@@ -138,3 +139,71 @@ def test_smoke_run_writes_every_section(tmp_path):
     for heading in ("VAE training", "UNet training", "Sampler", "Matmul peak", "bfloat16"):
         assert heading in block, heading
     assert res["meta"]["command"] in block
+
+
+_HLO = """HloModule jit_train_step
+
+%fused_computation.7 (p0: f32[4,8], p1: f32[8,2]) -> f32[4,2] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = f32[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[4,2] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %ynn_fusion.3 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.7, {META}
+  ROOT %concatenate.2 = f32[4,4]{1,0} concatenate(%ynn_fusion.3, %ynn_fusion.3), dimensions={1}
+}
+""".replace("{META}", 'metadata={op_name="jit(train_step)/jvp(UNet)/Conv_0/dot_general"}')
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_joins_trace_events_with_hlo():
+    prof = _load(PROFILE, "bench_profile")
+    index = prof.hlo_index(_HLO)
+    assert index["ynn_fusion.3"] == {
+        "shape": "f32[4,2]{1,0}",
+        "kind": "fusion:dot",
+        "source": "jvp(UNet)/Conv_0/dot_general",
+    }
+    events = [  # two traced steps; host-side events are not ops
+        {"ph": "X", "name": "ynn_fusion.3", "dur": 3000},
+        {"ph": "X", "name": "ynn_fusion.3", "dur": 5000},
+        {"ph": "X", "name": "concatenate.2", "dur": 2000},
+        {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 10000},
+        {"ph": "X", "name": "$api.py:100 f", "dur": 10000},
+        {"ph": "i", "name": "concatenate.2"},
+    ]
+    res = prof.summarize(events, index, steps=2, wall_s=0.012, top=5)
+    assert res["wall_ms_per_step"] == pytest.approx(6.0)
+    assert res["op_ms_per_step"] == pytest.approx(5.0)
+    cats = {c["category"]: c for c in res["categories"]}
+    assert set(cats) == {"library dot", "concatenate"}
+    assert cats["library dot"]["ms"] == pytest.approx(4.0)
+    assert cats["library dot"]["percent"] == pytest.approx(80.0)
+    assert [o["op"] for o in res["top_ops"]] == ["ynn_fusion.3", "concatenate.2"]
+    assert "| library dot | 4.0 | 80.0 | 1 |" in prof.render({**res, "model": "unet", "meta": "x"})
+
+
+@pytest.mark.slow
+def test_profile_smoke_run_finds_the_library_ops(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(PROFILE), "--smoke", "--model", "unet", "--steps", "1",
+         "--out", str(tmp_path)],
+        cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "profile.json").read_text())
+    assert res["op_ms_per_step"] > 0 and res["wall_ms_per_step"] > 0
+    # The UNet's convs and dense layers run as library (or plain dot/conv) ops with shapes.
+    assert any(c["category"].startswith("library") for c in res["categories"])
+    assert all(o["shape"] for o in res["top_ops"][:5])
+    assert (tmp_path / "profile.md").read_text().startswith("# Profile of the unet train step")
