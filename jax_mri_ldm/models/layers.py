@@ -169,7 +169,7 @@ def conv2d(x: Array, kernel: Array, padding: int = 0, impl: str = "auto") -> Arr
     2-core dev CPU (``docs/performance.md``): odd kernels of size >= 3 go to ``"xla"`` (UNet
     step 24.0 -> 29.8 images/s; with im2col, patch concatenation and its gradient took ~30 %
     of the step); 1x1 and even kernels (the 2x2 convs inside the stride-2 formulations
-    below) stay ``"im2col"``, because XLA:CPU does not give the kernel gradient of those
+    below) stay ``"im2col"``, because XLA:CPU does not give the kernel gradient of those to
     YNNPACK and runs it as a generic convolution (one of them alone took 525 ms per UNet
     step, and the VAE step slows by more than 10x).
 
