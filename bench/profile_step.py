@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     """Profiles the chosen train step; returns a process exit code."""
     args = parse_args(argv)
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    # Clear only what this tool writes: --out may be a directory holding other files.
+    for sub in ("hlo", "trace"):
+        shutil.rmtree(out / sub, ignore_errors=True)
     (out / "hlo").mkdir(parents=True)
     # XLA reads its flags when the backend starts: set them before JAX is imported.
     os.environ["XLA_FLAGS"] = " ".join(
