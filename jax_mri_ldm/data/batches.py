@@ -1,16 +1,20 @@
 """Class-balanced training batches (a pure function of seed and step) and padded eval batches.
 
 `BalancedSampler` draws every class equally often, as the paper does to counter the
-170 normal / 230 tumour skew. Each class has its own endless stream of indices: the stream is
-cut into "class-epochs", and class-epoch `k` of class `c` is the permutation
-`np.random.default_rng([seed, c, k]).permutation(n_c)` of that class's examples. Global batch
-`step` takes positions `[step * m, (step + 1) * m)` of every class's stream (m = batch_size /
-num_classes), so the minority class is simply cycled through faster. Nothing depends on
-earlier calls: a run resumed at step s sees exactly the batches an uninterrupted run sees.
+170 normal / 230 tumour skew, for any number of classes K. Each class has its own endless
+stream of indices: the stream is cut into "class-epochs", and class-epoch `k` of class `c` is
+the permutation `np.random.default_rng([seed, c, k]).permutation(n_c)` of that class's
+examples. Global batch `step` takes the next m = batch_size // K positions of every class's
+stream, so the minority class is simply cycled through faster. When K does not divide the
+batch size, the r = batch_size % K remaining slots go to classes (step * r + j) % K,
+j < r: every K steps each class gets exactly r extra examples, so the shares are equal over
+any K consecutive steps. Nothing depends on earlier calls: a run resumed at step s sees
+exactly the batches an uninterrupted run sees.
 
-Within a batch the classes are interleaved (c0, c1, c0, c1, ...). With several hosts, each
-process takes its contiguous slice of the global batch (`process_index`), so every host's
-slice is itself balanced whenever the local batch size is a multiple of the class count.
+Within a batch the classes are interleaved (c0, c1, ..., c0, c1, ...), the extra slots last.
+With several hosts, each process takes its contiguous slice of the global batch
+(`process_index`), so every host's slice is itself balanced whenever the local batch size is
+a multiple of the class count.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class BalancedSampler:
     Attributes:
       num_classes: number of classes (labels are 0..num_classes-1).
       batch_size: global batch size.
-      per_class: examples of each class per batch.
+      per_class: examples of each class per batch (batch_size // num_classes).
+      extra: batch_size % num_classes slots per batch that rotate over the classes.
       steps_per_epoch: ceil(N / batch_size), N = number of labels.
     """
 
@@ -39,13 +44,14 @@ class BalancedSampler:
 
         Args:
           labels: (N,) integer labels.
-          batch_size: global batch size; must be a positive multiple of num_classes.
+          batch_size: global batch size (> 0); a multiple of num_classes gives every class
+            the same count in every batch, any other size equal counts over num_classes steps.
           seed: sampling seed.
-          num_classes: defaults to max(label) + 1; every class needs at least one example.
+          num_classes: defaults to max(label) + 1 (pass len(class_names)); every class needs
+            at least one example.
 
         Raises:
-          ValueError: empty labels, a class without examples, or a batch size that is not a
-            multiple of the number of classes.
+          ValueError: empty labels, a class without examples, or a batch size below 1.
         """
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0:
@@ -53,20 +59,20 @@ class BalancedSampler:
                 f"BalancedSampler needs a non-empty 1D label array, got {labels.shape}"
             )
         self.num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
-        if batch_size <= 0 or batch_size % self.num_classes:
-            raise ValueError(
-                f"batch_size={batch_size} must be a positive multiple of the number of classes "
-                f"({self.num_classes}) so every batch holds equal counts per class"
-            )
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be positive")
         self.class_indices = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
         empty = [c for c, idx in enumerate(self.class_indices) if idx.size == 0]
         if empty:
             raise ValueError(
-                f"BalancedSampler: class(es) {empty} have no examples; cannot balance batches"
+                f"BalancedSampler: class id(s) {empty} of {self.num_classes} have no training "
+                f"examples; cannot balance batches (the data doctor, python -m jax_mri_ldm.data, "
+                f"shows the images per class and split)"
             )
         self.labels = labels
         self.batch_size = int(batch_size)
         self.per_class = self.batch_size // self.num_classes
+        self.extra = self.batch_size % self.num_classes
         self.seed = int(seed)
         self.steps_per_epoch = math.ceil(labels.size / self.batch_size)
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -84,11 +90,21 @@ class BalancedSampler:
             self._perms.move_to_end(key)
         return perm
 
+    def _extras_before(self, c: int, step: int) -> int:
+        """Extra slots class c received in steps [0, step): rotating slots < step * extra."""
+        return max(0, -(-(step * self.extra - c) // self.num_classes))
+
+    def _count(self, c: int, step: int) -> int:
+        """Examples of class c in batch `step`."""
+        return self.per_class + self._extras_before(c, step + 1) - self._extras_before(c, step)
+
     def _class_positions(self, c: int, step: int) -> np.ndarray:
         n = self.class_indices[c].size
-        pos = np.arange(step * self.per_class, (step + 1) * self.per_class, dtype=np.int64)
+        start = step * self.per_class + self._extras_before(c, step)
+        count = self._count(c, step)
+        pos = np.arange(start, start + count, dtype=np.int64)
         cycles, offsets = np.divmod(pos, n)
-        out = np.empty(self.per_class, np.int64)
+        out = np.empty(count, np.int64)
         for cyc in np.unique(cycles):  # a batch spans at most a few class-epochs
             sel = cycles == cyc
             out[sel] = self.class_indices[c][self._perm(c, int(cyc))[offsets[sel]]]
@@ -114,7 +130,9 @@ class BalancedSampler:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
         per = [self._class_positions(c, step) for c in range(self.num_classes)]
-        batch = np.stack(per, axis=1).reshape(-1)  # (batch_size,) interleaved c0, c1, ...
+        m = self.per_class
+        batch = np.stack([p[:m] for p in per], axis=1).reshape(-1)  # (K * m,) c0, c1, ...
+        batch = np.concatenate([batch, *(p[m:] for p in per)])  # + extras: (batch_size,)
         local = self.batch_size // process_count
         return batch[process_index * local : (process_index + 1) * local]
 

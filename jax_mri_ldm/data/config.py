@@ -15,6 +15,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.source = "auto"  # auto | builtin | folder | nifti | tfds ('auto': builtin if path is empty)
     c.path = ""  # image folder root, NIfTI CSV (path,label), or TFDS data_dir; '' = built-in set
     c.image_size = 256  # side of the square slices after bilinear resize (paper: 256)
+    c.classes = "binary"  # binary: normal vs tumour (paper) | folders: one class per folder
     c.class_map = ""  # folder name -> label overrides, e.g. "neg=0,pos=1" ('' = defaults)
     c.cache_dir = ""  # preprocessed-array cache; '' = $XDG_CACHE_HOME/jax_mri_ldm or ~/.cache/...
 
@@ -22,6 +23,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.builtin.num_normal = 170  # normal (label 0) slices of the built-in phantom set (paper: 170)
     c.builtin.num_tumour = 230  # tumour (label 1) slices of the built-in phantom set (paper: 230)
     c.builtin.seed = 0  # generator seed: same seed -> same bytes
+    c.builtin.types = False  # True: num_tumour split into glioma/meningioma/pituitary (4 classes)
 
     c.nifti = ml_collections.ConfigDict()
     c.nifti.slice_range = ""  # axial slice indices "a:b" ('' = use slice_fraction)

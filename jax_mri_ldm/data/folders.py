@@ -1,8 +1,12 @@
 """Image-folder reader: `<root>/<class_dir>/*.{jpg,jpeg,png,bmp,tif,tiff}`.
 
-Class directories map to labels through a name -> label table (case-insensitive):
-`DEFAULT_CLASS_MAP` plus the overrides in `config.data.class_map` ("name=label,...").
-Labels index `jax_mri_ldm.CLASS_NAMES` (0 = normal, 1 = tumour).
+Class directories map to labels in one of two modes (`config.data.classes`, see `classes.py`):
+- `binary` (default): a name -> label table (case-insensitive), `DEFAULT_CLASS_MAP` plus the
+  overrides in `config.data.class_map` ("name=label,..."); labels index
+  `jax_mri_ldm.CLASS_NAMES` (0 = normal, 1 = tumour).
+- `folders`: every directory is its own class, named after it (normal synonyms -> `normal`),
+  ids in `classes.class_order`; `config.data.class_map` ("dir=name,...") renames or merges.
+At least two classes must be present: a single class cannot be balanced or conditioned on.
 
 What is read and what is skipped:
 - Only the files directly inside a class directory are read (not sub-directories, which are
@@ -34,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
 from jax_mri_ldm.data.types import DataError, ImageSet
 
@@ -97,6 +102,31 @@ def parse_class_map(spec: str) -> dict[str, int]:
     return mapping
 
 
+def parse_folder_class_map(spec: str) -> dict[str, str]:
+    """`folders` mode overrides: "dir=name,..." -> lower-cased directory name -> class name.
+
+    Raises:
+      ValueError: malformed entry, an integer label (ids follow the class order, so name the
+        class instead), or a name that is not a plain class name.
+    """
+    out: dict[str, str] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or not name or not value or value.lstrip("-").isdigit():
+            raise ValueError(
+                f"config.data.class_map: bad entry {item!r} with config.data.classes=folders; "
+                f"expected 'dirname=classname' items separated by commas, e.g. "
+                f"--config.data.class_map='astro=glioma,neg=normal' (class ids follow the "
+                f"class order, so give names, not numbers)"
+            )
+        canon = classes_lib.canonical_class_name(value)
+        out[name] = classes_lib.check_class_name(canon, f"config.data.class_map entry {item!r}")
+    return out
+
+
 def describe_class_map(mapping: dict[str, int]) -> str:
     """One line per label: "0 (normal): healthy, no, normal, notumor"."""
     parts = []
@@ -133,7 +163,9 @@ class FolderScan:
     entries: list[FolderEntry]
     skipped: list[tuple[str, str]]
     class_dirs: dict[str, int]  # directory name as on disk -> label
-    class_map: dict[str, int]
+    class_map: dict[str, int] | dict[str, str]
+    class_names: tuple[str, ...] = CLASS_NAMES  # label id -> name
+    mode: str = "binary"  # config.data.classes
 
     def fingerprint(self, size: int) -> str:
         """Hex digest of the files' contents and the settings that shape the arrays."""
@@ -146,26 +178,14 @@ class FolderScan:
             "files": [(e.id, e.label, e.sha256) for e in self.entries],
             "skipped": self.skipped,
         }
+        if self.mode != "binary":  # binary payload unchanged: existing runs keep their key
+            payload.update(classes=self.mode, class_names=list(self.class_names))
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
-def scan_folder(root: str | Path, class_map: str = "") -> FolderScan:
-    """Lists and hashes the images under `root` without decoding them.
-
-    Args:
-      root: dataset root holding one sub-directory per class.
-      class_map: config.data.class_map overrides ("name=label,...").
-
-    Returns:
-      A FolderScan (entries sorted by id, so the order is the same on every machine).
-
-    Raises:
-      DataError: missing root, no class sub-directories, a directory that maps to no label,
-        or a class directory without image files.
-    """
-    root = Path(root).expanduser()
-    mapping = parse_class_map(class_map)
+def _check_root(root: Path) -> list[Path]:
+    """The class sub-directories of `root` (sorted); DataError when there are none."""
     if not root.exists():
         raise DataError(
             f"config.data.path={str(root)!r}: directory does not exist. Point "
@@ -186,44 +206,127 @@ def scan_folder(root: str | Path, class_map: str = "") -> FolderScan:
             f"{shown or 'nothing'}). Put the images in one folder per class, e.g. "
             f"{root}/no/*.jpg and {root}/yes/*.jpg."
         )
-    unknown = [d.name for d in subdirs if d.name.lower() not in mapping]
+    return subdirs
+
+
+def _binary_labels(root: Path, subdirs: list[Path], class_map: str) -> tuple[dict, dict]:
+    """`binary` mode: (directory -> label, the name table used)."""
+    mapping = parse_class_map(class_map)
+    labels = {
+        d.name: mapping.get(d.name.lower(), classes_lib.binary_label(d.name)) for d in subdirs
+    }
+    unknown = [d for d, lab in labels.items() if lab is None]
     if unknown:
         raise DataError(
             f"{root}: directory name(s) {', '.join(repr(u) for u in unknown)} map to no label. "
             f"Known names (case-insensitive) -> {describe_class_map(mapping)}. Extend the "
             f"mapping with --config.data.class_map='{unknown[0].lower()}=1' (name=label, "
-            f"comma-separated), or move the directory out of {root}."
+            f"comma-separated), keep every folder as its own class with "
+            f"--config.data.classes=folders, or move the directory out of {root}."
         )
+    return labels, mapping
+
+
+def _folder_labels(
+    root: Path, subdirs: list[Path], class_map: str
+) -> tuple[dict, dict, tuple[str, ...]]:
+    """`folders` mode: (directory -> label, directory -> class name, class names by id)."""
+    overrides = parse_folder_class_map(class_map)
+    names: dict[str, str] = {}
+    for d in subdirs:
+        canon = overrides.get(d.name.lower(), classes_lib.canonical_class_name(d.name))
+        where = f"{d} (class directory; rename it or map it with --config.data.class_map)"
+        names[d.name] = classes_lib.check_class_name(canon, where)
+    class_names = classes_lib.class_order(names.values())
+    return {d: class_names.index(n) for d, n in names.items()}, names, class_names
+
+
+def _check_two_classes(root: Path, class_dirs: dict[str, int], class_names: tuple) -> None:
+    found = sorted(set(class_dirs.values()))
+    if len(found) >= 2:
+        return
+    dirs = ", ".join(f"{d}/ -> {class_names[lab]}" for d, lab in class_dirs.items())
+    raise DataError(
+        f"{root}: only one class found ({dirs}); training conditions on and balances over "
+        f"at least two classes. Add a folder per class (e.g. {root}/no/ for normal slices "
+        f"next to {root}/yes/), or point --config.data.path at the parent of all class folders."
+    )
+
+
+def scan_folder(root: str | Path, class_map: str = "", classes: str = "binary") -> FolderScan:
+    """Lists and hashes the images under `root` without decoding them.
+
+    Args:
+      root: dataset root holding one sub-directory per class.
+      class_map: config.data.class_map overrides ("name=label,..." in binary mode,
+        "dir=name,..." in folders mode).
+      classes: config.data.classes, 'binary' or 'folders' (see `classes.py`).
+
+    Returns:
+      A FolderScan (entries sorted by id, so the order is the same on every machine).
+
+    Raises:
+      DataError: missing root, no class sub-directories, a directory that maps to no label,
+        fewer than two classes, an unreadable file, or a class directory without image files.
+      ValueError: a bad class_map or classes value (named).
+    """
+    root = Path(root).expanduser()
+    mode = classes_lib.check_mode(classes)
+    subdirs = _check_root(root)
+    if mode == "binary":
+        class_dirs, mapping = _binary_labels(root, subdirs, class_map)
+        class_names = tuple(CLASS_NAMES)
+    else:
+        class_dirs, mapping, class_names = _folder_labels(root, subdirs, class_map)
+    _check_two_classes(root, class_dirs, class_names)
 
     entries: list[FolderEntry] = []
     skipped: list[tuple[str, str]] = []
-    class_dirs: dict[str, int] = {}
     for d in subdirs:
-        label = mapping[d.name.lower()]
-        class_dirs[d.name] = label
-        n_images = 0
-        for p in sorted(d.iterdir(), key=lambda q: q.name):
-            if p.name.startswith("."):
-                continue
-            rel = f"{d.name}/{p.name}"
-            if p.is_dir():
-                skipped.append((rel, "sub-directory (only <root>/<class>/<file> is read)"))
-                continue
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((rel, f"not an image file (extension {p.suffix or 'none'!r})"))
-                log.warning("Skipping %s: not an image file", p)
-                continue
-            entries.append(FolderEntry(path=p, id=rel, label=label, sha256=file_sha256(p)))
-            n_images += 1
-        if n_images == 0:
+        found = _scan_class_dir(d, class_dirs[d.name], entries, skipped)
+        if found == 0:
             raise DataError(
                 f"{d}: class directory holds no image files "
                 f"({'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}). Add images to it or "
                 f"remove it from {root}."
             )
     return FolderScan(
-        root=root, entries=entries, skipped=skipped, class_dirs=class_dirs, class_map=mapping
+        root=root,
+        entries=entries,
+        skipped=skipped,
+        class_dirs=class_dirs,
+        class_map=mapping,
+        class_names=class_names,
+        mode=mode,
     )
+
+
+def _scan_class_dir(
+    d: Path, label: int, entries: list[FolderEntry], skipped: list[tuple[str, str]]
+) -> int:
+    """Appends the image files of one class directory; returns how many were found."""
+    n_images = 0
+    for p in sorted(d.iterdir(), key=lambda q: q.name):
+        if p.name.startswith("."):
+            continue
+        rel = f"{d.name}/{p.name}"
+        if p.is_dir():
+            skipped.append((rel, "sub-directory (only <root>/<class>/<file> is read)"))
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append((rel, f"not an image file (extension {p.suffix or 'none'!r})"))
+            log.warning("Skipping %s: not an image file", p)
+            continue
+        try:
+            digest = file_sha256(p)
+        except OSError as e:  # dangling or self-referencing symlink, no permission, ...
+            raise DataError(
+                f"{p}: cannot read this file ({e.strerror or e}). Fix it (e.g. a broken or "
+                f"looping symlink) or remove it from {d}."
+            ) from e
+        entries.append(FolderEntry(path=p, id=rel, label=label, sha256=digest))
+        n_images += 1
+    return n_images
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -301,7 +404,7 @@ def load_scan(
     return ImageSet(
         images=np.stack(images).astype(np.float32),  # (N, S, S, 1)
         labels=np.asarray(labels, np.int32),
-        class_names=tuple(CLASS_NAMES),
+        class_names=tuple(scan.class_names),
         ids=ids,
         groups=groups_from_keys(hashes),
         fingerprint=scan.fingerprint(size),

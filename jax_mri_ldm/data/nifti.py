@@ -38,8 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
-from jax_mri_ldm.data.folders import file_sha256, groups_from_keys, parse_class_map
+from jax_mri_ldm.data.folders import (
+    file_sha256,
+    groups_from_keys,
+    parse_class_map,
+    parse_folder_class_map,
+)
 from jax_mri_ldm.data.types import DataError, ImageSet
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ class NiftiScan:
     slice_range: str
     slice_fraction: float
     min_foreground: float
+    class_names: tuple[str, ...] = CLASS_NAMES  # label id -> name
+    mode: str = "binary"  # config.data.classes
 
     def fingerprint(self, size: int) -> str:
         """Hex digest of the volumes' contents and every setting that shapes the slices."""
@@ -82,6 +90,8 @@ class NiftiScan:
             "background_level": BACKGROUND_LEVEL,
             "files": [(e.id, e.label, e.sha256) for e in self.entries],
         }
+        if self.mode != "binary":  # binary payload unchanged: existing runs keep their key
+            payload.update(classes=self.mode, class_names=list(self.class_names))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -103,6 +113,21 @@ def _parse_label(value: str, mapping: dict[str, int], where: str) -> int:
     return label
 
 
+def _parse_label_name(value: str, mapping: dict[str, str], where: str) -> str:
+    """`folders` mode: the class name a CSV label means (overrides, then synonyms)."""
+    v = value.strip()
+    if not v or v.lstrip("-").isdigit():
+        raise DataError(
+            f"{where}: label {value!r} must be a class name with config.data.classes=folders "
+            f"(e.g. normal, glioma); class ids follow the class order, so numbers are refused."
+        )
+    name = mapping.get(v.lower(), classes_lib.canonical_class_name(v))
+    try:
+        return classes_lib.check_class_name(name, where)
+    except ValueError as e:
+        raise DataError(str(e)) from e
+
+
 def scan_csv(
     csv_path: str | Path,
     *,
@@ -110,6 +135,7 @@ def scan_csv(
     slice_fraction: float = 0.5,
     min_foreground: float = 0.05,
     class_map: str = "",
+    classes: str = "binary",
 ) -> NiftiScan:
     """Reads and checks the CSV, hashing every listed volume (no decoding yet).
 
@@ -119,6 +145,8 @@ def scan_csv(
       slice_fraction: config.data.nifti.slice_fraction, in (0, 1].
       min_foreground: config.data.nifti.min_foreground, in [0, 1).
       class_map: config.data.class_map (lets the CSV use folder-style names like "yes").
+      classes: config.data.classes: 'binary' (labels are ids or names of CLASS_NAMES) or
+        'folders' (every distinct label name is a class, ordered as `classes.class_order`).
 
     Returns:
       A NiftiScan with one entry per row, in CSV order.
@@ -139,7 +167,8 @@ def scan_csv(
             f"config.data.path={str(csv_path)!r}: CSV file does not exist. The NIfTI reader "
             f"needs a CSV with columns path,label (paths relative to the CSV's directory)."
         )
-    mapping = parse_class_map(class_map)
+    mode = classes_lib.check_mode(classes)
+    mapping = parse_class_map(class_map) if mode == "binary" else parse_folder_class_map(class_map)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -155,7 +184,7 @@ def scan_csv(
             f"(found {', '.join(fields)})"
         )
     base = csv_path.parent
-    entries, missing, not_nifti = [], [], []
+    entries, missing, not_nifti, names = [], [], [], []
     for lineno, row in enumerate(rows, start=2):
         row = {k.strip().lower(): (v or "") for k, v in row.items() if k is not None}
         rel = row["path"].strip()
@@ -169,7 +198,12 @@ def scan_csv(
         if not p.name.lower().endswith(NIFTI_SUFFIXES):
             not_nifti.append(rel)
             continue
-        label = _parse_label(row["label"], mapping, f"{csv_path}:{lineno}")
+        where = f"{csv_path}:{lineno}"
+        if mode == "binary":
+            label = _parse_label(row["label"], mapping, where)
+        else:
+            names.append(_parse_label_name(row["label"], mapping, where))
+            label = -1  # set below, once every name is known
         entries.append(
             NiftiEntry(path=p, id=Path(rel).as_posix(), label=label, sha256=file_sha256(p))
         )
@@ -185,12 +219,19 @@ def scan_csv(
             f"{csv_path}: not NIfTI files (need .nii or .nii.gz): "
             f"{', '.join(repr(m) for m in not_nifti[:10])}"
         )
+    class_names = tuple(CLASS_NAMES)
+    if mode == "folders":
+        class_names = classes_lib.class_order(names)
+        for e, name in zip(entries, names, strict=True):
+            e.label = class_names.index(name)
     return NiftiScan(
         csv_path=csv_path,
         entries=entries,
         slice_range=slice_range,
         slice_fraction=float(slice_fraction),
         min_foreground=float(min_foreground),
+        class_names=class_names,
+        mode=mode,
     )
 
 
@@ -335,7 +376,7 @@ def load_scan(scan: NiftiScan, size: int) -> ImageSet:
     return ImageSet(
         images=np.stack(images).astype(np.float32),  # (N, S, S, 1)
         labels=np.asarray(labels, np.int32),
-        class_names=tuple(CLASS_NAMES),
+        class_names=tuple(scan.class_names),
         ids=ids,
         groups=groups_from_keys(keys),
         fingerprint=scan.fingerprint(size),

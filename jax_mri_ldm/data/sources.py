@@ -1,7 +1,9 @@
 """`load_imageset(config.data)`: pick the reader, preprocess, and cache the arrays on disk.
 
 Sources (`config.data.source`):
-- `builtin`: the procedural phantom set (`phantom.generate`), sizes from `config.data.builtin`.
+- `builtin`: the procedural phantom set (`phantom.generate`), sizes from `config.data.builtin`;
+  with `config.data.builtin.types=True` the four-class set of `phantom_types.generate`
+  (normal, glioma, meningioma, pituitary).
 - `folder`: `<path>/<class_dir>/<images>` (see `folders.py`).
 - `nifti`: `path` is a CSV of NIfTI volumes and labels (see `nifti.py`).
 - `tfds`: `path` is a TFDS data_dir holding a prepared `config.data.tfds_name` dataset
@@ -20,6 +22,11 @@ in the same directory and renamed into place, so an interrupted run never leaves
 file; an unreadable cache file is ignored and rebuilt; an unwritable cache directory only costs
 the speed-up (warning). The TFDS source is not cached again: it already is preprocessed
 arrays on disk.
+
+Classes: `config.data.classes` ('binary' | 'folders', see `classes.py`) picks the labelling of
+folder and NIfTI sources; the fingerprint covers it only when it is not 'binary', so runs and
+caches made before the option existed keep their keys. Every loaded set must hold at least
+two classes, each with at least one image.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
 from jax_mri_ldm.data.folders import groups_from_keys
 from jax_mri_ldm.data.types import DataError, ImageSet
@@ -191,21 +199,39 @@ def _builtin_fingerprint(data_cfg: Any, size: int) -> str:
         "seed": int(b.seed),
         "image_size": int(size),
     }
+    if _builtin_types(data_cfg):  # absent for the binary set: its key stays what it was
+        from jax_mri_ldm.data import phantom_types
+
+        payload["types"] = True
+        payload["types_version"] = phantom_types.GENERATOR_VERSION
+        src = Path(phantom_types.__file__).read_bytes()
+        payload["types_sha256"] = hashlib.sha256(src).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _builtin_types(data_cfg: Any) -> bool:
+    """`config.data.builtin.types` (False for configs written before the field existed)."""
+    return bool(data_cfg.builtin.get("types", False))
 
 
 def _load_builtin(data_cfg: Any, size: int, fingerprint: str) -> tuple[ImageSet, dict]:
     from jax_mri_ldm.data import phantom
 
     b = data_cfg.builtin
-    images, labels = phantom.generate(
-        num_normal=int(b.num_normal), num_tumour=int(b.num_tumour), size=size, seed=int(b.seed)
-    )
+    kw = dict(num_normal=int(b.num_normal), num_tumour=int(b.num_tumour), size=size)
+    if _builtin_types(data_cfg):
+        from jax_mri_ldm.data import phantom_types
+
+        images, labels = phantom_types.generate(**kw, seed=int(b.seed))
+        class_names = phantom_types.CLASS_NAMES
+    else:
+        images, labels = phantom.generate(**kw, seed=int(b.seed))
+        class_names = tuple(CLASS_NAMES)
     n = labels.shape[0]
     ds = ImageSet(
         images=np.asarray(images, np.float32),  # (N, S, S, 1), already min-max normalised
         labels=np.asarray(labels, np.int32),
-        class_names=tuple(CLASS_NAMES),
+        class_names=class_names,
         ids=[f"builtin/{i:06d}" for i in range(n)],
         groups=np.arange(n, dtype=np.int64),  # generated images are all distinct draws
         fingerprint=fingerprint,
@@ -326,9 +352,17 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
         raise ValueError(
             f"config.data.image_size={size} is too small (minimum {preprocess.MIN_SIDE})"
         )
+    mode = classes_lib.mode_of(data_cfg)
     report: dict[str, Any] = {"source": source, "cache_path": None, "cache_hit": False}
     if source == "tfds":
+        if mode != "binary":
+            raise ValueError(
+                "config.data.classes=folders is not supported for the TFDS source (its builder "
+                "stores the binary labels); read the image folder itself (config.data.path="
+                "<folder>) instead."
+            )
         ds, extra = _read_tfds(data_cfg, size)
+        check_classes(ds, str(data_cfg.path))
         report.update(extra)
         report["seconds"] = time.perf_counter() - t0
         return ds, report
@@ -343,7 +377,7 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
     elif source == "folder":
         from jax_mri_ldm.data import folders
 
-        scan = folders.scan_folder(path, str(data_cfg.class_map or ""))
+        scan = folders.scan_folder(path, str(data_cfg.class_map or ""), classes=mode)
         fingerprint = scan.fingerprint(size)
 
         def build() -> tuple[ImageSet, dict]:
@@ -365,6 +399,7 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
             slice_fraction=float(data_cfg.nifti.slice_fraction),
             min_foreground=float(data_cfg.nifti.min_foreground),
             class_map=str(data_cfg.class_map or ""),
+            classes=mode,
         )
         fingerprint = nscan.fingerprint(size)
 
@@ -383,10 +418,29 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
     else:
         ds, meta = build()
         report.update(meta)
+        check_classes(ds, path or "the built-in set")
         if cpath is not None and _write_cache(cpath, ds, meta):
             report["cache_path"] = str(cpath)
     report["seconds"] = time.perf_counter() - t0
     return ds, report
+
+
+def check_classes(ds: ImageSet, where: str) -> None:
+    """Raises DataError unless `ds` holds at least two classes, each with an image.
+
+    Training balances batches over the classes and conditions on them, so a class without
+    images (or a single class) would fail only later, inside the sampler.
+    """
+    counts = ds.counts()
+    empty = [name for name, n in counts.items() if n == 0]
+    if len(counts) < 2 or empty:
+        raise DataError(
+            f"{where}: training needs at least two classes with images each; found "
+            f"{counts or 'no classes'}"
+            + (f" ({', '.join(empty)} empty)" if empty else "")
+            + ". Add images of the missing class, or fix the labels (config.data.class_map, "
+            "config.data.classes)."
+        )
 
 
 def load_imageset(data_cfg: Any, *, use_cache: bool = True) -> ImageSet:

@@ -6,7 +6,11 @@ of a training image is ever scored as test data. Within each class (a group's cl
 majority label of its members) the groups are shuffled with `default_rng([seed, class])` and
 dealt out greedily to whichever split is furthest below its target image count. Before that,
 each split with a positive fraction is given one group of the class when the class has enough
-groups, so every split holds at least one image per class whenever that is possible.
+groups, so every split holds at least one image per class whenever that is possible. When it
+is not (a class with fewer groups than splits, or no image at all) `split_indices` raises a
+DataError saying how many images the class needs, before any training starts; the data
+doctor calls it with `require_all=False` and reports the problems as warnings instead.
+Classes are every id of `ds.class_names`, so any number of classes K is stratified alike.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
 def split_indices(
-    ds: ImageSet, train: float = 0.8, val: float = 0.1, seed: int = 0
+    ds: ImageSet,
+    train: float = 0.8,
+    val: float = 0.1,
+    seed: int = 0,
+    *,
+    require_all: bool = True,
 ) -> dict[str, np.ndarray]:
     """Splits `ds` into train/val/test, stratified by label, keeping duplicate groups whole.
 
@@ -33,12 +42,14 @@ def split_indices(
       train: fraction of each class for training (config.data.split.train), in (0, 1].
       val: fraction for validation (config.data.split.val); test gets 1 - train - val.
       seed: shuffling seed (config.data.split.seed).
+      require_all: raise unless every split with a positive fraction holds every class.
 
     Returns:
       {'train', 'val', 'test'} -> sorted int64 index arrays that partition range(len(ds)).
 
     Raises:
       ValueError: fractions out of range (named by their config option).
+      DataError: `require_all` and a split would miss a class (message: `split_problems`).
     """
     if not 0.0 < train <= 1.0:
         raise ValueError(f"config.data.split.train={train} must be in (0, 1]")
@@ -78,10 +89,44 @@ def split_indices(
             s = max(active, key=lambda s: (target[s] - count[s], -SPLIT_NAMES.index(s)))
             out[s].append(members[g])
             count[s] += sizes[g]
-    return {
+    split = {
         s: np.sort(np.concatenate(out[s])).astype(np.int64) if out[s] else np.zeros((0,), np.int64)
         for s in SPLIT_NAMES
     }
+    problems = split_problems(ds, split, fracs) if require_all else []
+    if problems:
+        raise DataError(" ".join(problems))
+    return split
+
+
+def split_problems(
+    ds: ImageSet, split: dict[str, np.ndarray], fracs: dict[str, float]
+) -> list[str]:
+    """One message per class that some split with a positive fraction does not hold.
+
+    Args:
+      ds: the dataset.
+      split: from `split_indices`.
+      fracs: split name -> fraction (train, val, test).
+
+    Returns:
+      Messages naming the class, the empty split(s), how many distinct images (duplicate
+      groups: identical files, or the slices of one NIfTI volume) it has and how many it needs.
+    """
+    active = [s for s in SPLIT_NAMES if fracs[s] > 1e-9]
+    out = []
+    for c, name in enumerate(ds.class_names):
+        missing = [s for s in active if not np.any(ds.labels[split[s]] == c)]
+        if not missing:
+            continue
+        n_groups = len(np.unique(ds.groups[ds.labels == c]))
+        out.append(
+            f"class {name!r} has {n_groups} distinct image(s) (identical files and the slices "
+            f"of one NIfTI volume count once) and no image in the {'/'.join(missing)} "
+            f"split(s) (config.data.split: train={fracs['train']:g}, val={fracs['val']:g}); "
+            f"every split needs each class: give it at least {len(active)} distinct images."
+        )
+    return out
 
 
 def save_split(path: str | Path, ds: ImageSet, split: dict[str, np.ndarray]) -> None:
