@@ -30,6 +30,7 @@ import numpy as np
 from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.sources import SOURCES, load_imageset_with_report
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def _data_config(args: argparse.Namespace) -> Any:
     cfg = get_data_config()
     if args.builtin:
         if args.path:
-            raise ValueError("--builtin and --path exclude each other; give one of them")
+            raise UserError("--builtin and --path exclude each other; give one of them")
         cfg.source = "builtin"
     else:
         cfg.source = args.source
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = _summary(ds, report, cfg, args.show)
         if args.build_tfds:
             if report["source"] != "folder":
-                raise ValueError("--build_tfds needs --path to be an image folder")
+                raise UserError("--build_tfds needs --path to be an image folder")
             from jax_mri_ldm.data import tfds_builder
 
             builder = tfds_builder.build(

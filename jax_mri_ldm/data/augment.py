@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jax_mri_ldm.errors import UserError
+
 
 def _rotate(img: jax.Array, theta: jax.Array) -> jax.Array:
     """Bilinear rotation of one (H, W, C) image by `theta` radians about its centre."""
@@ -87,9 +89,9 @@ def augment(
       (B, H, W, C) augmented images in [0, 1], same dtype.
     """
     if max_degrees < 0:
-        raise ValueError(f"config.data.augment.max_degrees={max_degrees} must be >= 0")
+        raise UserError(f"config.data.augment.max_degrees={max_degrees} must be >= 0")
     if not 0 <= contrast < 1:
-        raise ValueError(f"config.data.augment.contrast={contrast} must be in [0, 1)")
+        raise UserError(f"config.data.augment.contrast={contrast} must be in [0, 1)")
     keys = jax.random.split(rng, images.shape[0])  # (B,) per-sample keys
     fn = functools.partial(
         _augment_one, flip=bool(flip), max_degrees=float(max_degrees), contrast=float(contrast)

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from jax_mri_ldm.errors import UserError
+
 
 class BalancedSampler:
     """Equal counts per class in every batch; `indices(step)` is a pure function of (seed, step).
@@ -60,11 +62,11 @@ class BalancedSampler:
             )
         self.num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
         if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size} must be positive")
+            raise UserError(f"batch_size={batch_size} must be positive")
         self.class_indices = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
         empty = [c for c, idx in enumerate(self.class_indices) if idx.size == 0]
         if empty:
-            raise ValueError(
+            raise UserError(
                 f"BalancedSampler: class id(s) {empty} of {self.num_classes} have no training "
                 f"examples; cannot balance batches (the data doctor, python -m jax_mri_ldm.data, "
                 f"shows the images per class and split)"

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 
 from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.errors import UserError
 
 CLASS_MODES: tuple[str, ...] = ("binary", "folders")
 
@@ -55,18 +56,18 @@ def canonical_class_name(name: str) -> str:
 
 
 def check_class_name(name: str, where: str = "class name") -> str:
-    """Returns `name` when it is safe as a directory name; raises ValueError otherwise.
+    """Returns `name` when it is safe as a directory name; raises UserError otherwise.
 
     Args:
       name: a class name (from a folder, a CSV, or a run's metadata).
       where: what to name in the error (a path or option).
 
     Raises:
-      ValueError: empty, over 64 characters, a leading dot, a path separator, `..`, a control
+      UserError: empty, over 64 characters, a leading dot, a path separator, `..`, a control
         character or any character outside letters, digits and `_.+-`.
     """
     if not isinstance(name, str) or not _PLAIN_NAME.match(name) or ".." in name:
-        raise ValueError(
+        raise UserError(
             f"{where}: {name!r} is not a plain class name (letters, digits and _.+- only, "
             f"starting with a letter or digit, at most 64 characters); rename it."
         )
@@ -81,10 +82,10 @@ def class_order(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def check_mode(mode: str) -> str:
-    """Returns the lower-cased `config.data.classes`; raises ValueError naming the valid ones."""
+    """Returns the lower-cased `config.data.classes`; raises UserError naming the valid ones."""
     m = str(mode or "binary").strip().lower()
     if m not in CLASS_MODES:
-        raise ValueError(
+        raise UserError(
             f"config.data.classes={mode!r} is not known; valid values: {', '.join(CLASS_MODES)}"
         )
     return m

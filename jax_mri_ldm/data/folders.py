@@ -41,6 +41,7 @@ from jax_mri_ldm import CLASS_NAMES
 from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def parse_class_map(spec: str) -> dict[str, int]:
         name, sep, value = item.partition("=")
         name, value = name.strip().lower(), value.strip()
         if not sep or not name or not value:
-            raise ValueError(
+            raise UserError(
                 f"config.data.class_map: bad entry {item!r}; expected 'dirname=label' items "
                 f"separated by commas, e.g. --config.data.class_map='neg=0,pos=1'"
             )
@@ -95,7 +96,7 @@ def parse_class_map(spec: str) -> dict[str, int]:
                 label = -1
         if not 0 <= label < len(CLASS_NAMES):
             valid = ", ".join(f"{i} ({n})" for i, n in enumerate(CLASS_NAMES))
-            raise ValueError(
+            raise UserError(
                 f"config.data.class_map: label {value!r} for {name!r} is not one of {valid}"
             )
         mapping[name] = label
@@ -116,7 +117,7 @@ def parse_folder_class_map(spec: str) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name, value = name.strip().lower(), value.strip()
         if not sep or not name or not value or value.lstrip("-").isdigit():
-            raise ValueError(
+            raise UserError(
                 f"config.data.class_map: bad entry {item!r} with config.data.classes=folders; "
                 f"expected 'dirname=classname' items separated by commas, e.g. "
                 f"--config.data.class_map='astro=glioma,neg=normal' (class ids follow the "

@@ -47,6 +47,7 @@ from jax_mri_ldm.data.folders import (
     parse_folder_class_map,
 )
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,9 @@ def scan_csv(
     csv_path = Path(csv_path).expanduser()
     _parse_slice_range(slice_range, 10)  # validates the syntax early
     if not 0.0 < slice_fraction <= 1.0:
-        raise ValueError(f"config.data.nifti.slice_fraction={slice_fraction} must be in (0, 1]")
+        raise UserError(f"config.data.nifti.slice_fraction={slice_fraction} must be in (0, 1]")
     if not 0.0 <= min_foreground < 1.0:
-        raise ValueError(f"config.data.nifti.min_foreground={min_foreground} must be in [0, 1)")
+        raise UserError(f"config.data.nifti.min_foreground={min_foreground} must be in [0, 1)")
     if not csv_path.is_file():
         raise DataError(
             f"config.data.path={str(csv_path)!r}: CSV file does not exist. The NIfTI reader "
@@ -247,7 +248,7 @@ def _parse_slice_range(spec: str, depth: int) -> range | None:
         a = int(parts[0]) if parts[0].strip() else None
         b = int(parts[1]) if parts[1].strip() else None
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"config.data.nifti.slice_range={spec!r}: expected 'a:b' (axial indices, b "
             f"exclusive, e.g. '40:120'), or '' to use slice_fraction"
         ) from None

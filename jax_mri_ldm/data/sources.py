@@ -47,6 +47,7 @@ from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
 from jax_mri_ldm.data.folders import groups_from_keys
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def resolve_source(data_cfg: Any) -> str:
     """
     source = str(data_cfg.source).strip().lower()
     if source not in SOURCES:
-        raise ValueError(
+        raise UserError(
             f"config.data.source={data_cfg.source!r} is not a known source; valid values: "
             f"{', '.join(SOURCES)}"
         )
@@ -349,14 +350,14 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
     source = resolve_source(data_cfg)
     size = int(data_cfg.image_size)
     if size < preprocess.MIN_SIDE:
-        raise ValueError(
+        raise UserError(
             f"config.data.image_size={size} is too small (minimum {preprocess.MIN_SIDE})"
         )
     mode = classes_lib.mode_of(data_cfg)
     report: dict[str, Any] = {"source": source, "cache_path": None, "cache_hit": False}
     if source == "tfds":
         if mode != "binary":
-            raise ValueError(
+            raise UserError(
                 "config.data.classes=folders is not supported for the TFDS source (its builder "
                 "stores the binary labels); read the image folder itself (config.data.path="
                 "<folder>) instead."

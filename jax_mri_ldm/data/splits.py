@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
@@ -52,11 +53,11 @@ def split_indices(
       DataError: `require_all` and a split would miss a class (message: `split_problems`).
     """
     if not 0.0 < train <= 1.0:
-        raise ValueError(f"config.data.split.train={train} must be in (0, 1]")
+        raise UserError(f"config.data.split.train={train} must be in (0, 1]")
     if not 0.0 <= val < 1.0:
-        raise ValueError(f"config.data.split.val={val} must be in [0, 1)")
+        raise UserError(f"config.data.split.val={val} must be in [0, 1)")
     if train + val > 1.0 + 1e-9:
-        raise ValueError(
+        raise UserError(
             f"config.data.split.train + config.data.split.val = {train + val:g} exceeds 1"
         )
     fracs = {"train": train, "val": val, "test": max(0.0, 1.0 - train - val)}

@@ -6,11 +6,14 @@ import dataclasses
 
 import numpy as np
 
+from jax_mri_ldm.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Bad user input (missing directory, corrupt file, ...).
 
-    The message names the file or option and says what to do; CLIs print it and exit 2.
+    The message names the file or option and says what to do; CLIs print it and exit 2
+    (a `UserError`, so the entry points treat it like every other user error).
     """
 
 
