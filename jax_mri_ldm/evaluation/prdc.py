@@ -1,0 +1,87 @@
+"""Precision, recall, density and coverage of a generated set in a feature space.
+
+Precision and recall follow Kynkäänniemi et al. (2019): the real manifold is the union of balls
+around each real feature with radius its distance to its k-th nearest real neighbour; precision
+is the share of generated features inside it (are samples realistic?), recall the share of real
+features inside the generated manifold (does the generator cover the data?). Density and
+coverage follow Naeem et al. (2020): density counts how many real balls hold each sample
+(divided by k; about 1 for a sample set drawn like the real one, robust to real outliers) and
+coverage is the share of real balls that hold at least one sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_K = 5
+"""Neighbours defining the ball radii (Naeem et al. recommend 5)."""
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) squared Euclidean distances in float64."""
+    d = np.sum(a**2, 1)[:, None] + np.sum(b**2, 1)[None] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
+    """(N,) squared distance of each row to its k-th nearest other row."""
+    d = _sq_dists(x, x)
+    np.fill_diagonal(d, np.inf)
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def prdc(real_feats, fake_feats, k: int = DEFAULT_K) -> dict:
+    """Precision, recall, density and coverage of `fake_feats` against `real_feats`.
+
+    Args:
+      real_feats: (N, D) features of real images.
+      fake_feats: (M, D) features of the images to judge.
+      k: neighbours for the ball radii; clipped to min(N, M) - 1.
+
+    Returns:
+      {'precision', 'recall', 'density', 'coverage', 'k', 'n_real', 'n_fake'}.
+
+    Raises:
+      ValueError: fewer than two rows on a side, or mismatched feature dimensions.
+    """
+    r = np.asarray(real_feats, np.float64)
+    f = np.asarray(fake_feats, np.float64)
+    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D); got {r.shape} and {f.shape}.")
+    if min(r.shape[0], f.shape[0]) < 2:
+        raise ValueError(f"PRDC needs >= 2 images per side; got {r.shape[0]} and {f.shape[0]}.")
+    k = int(max(1, min(k, r.shape[0] - 1, f.shape[0] - 1)))
+    r_rad, f_rad = _kth_radius(r, k), _kth_radius(f, k)
+    d = _sq_dists(r, f)  # (N, M)
+    inside_real = d < r_rad[:, None]  # sample j inside real ball i
+    return {
+        "precision": float(np.mean(inside_real.any(axis=0))),
+        "recall": float(np.mean((d < f_rad[None, :]).any(axis=1))),
+        "density": float(np.sum(inside_real) / (k * f.shape[0])),
+        "coverage": float(np.mean(d.min(axis=1) < r_rad)),
+        "k": k,
+        "n_real": int(r.shape[0]),
+        "n_fake": int(f.shape[0]),
+    }
+
+
+def prdc_per_class(
+    real_feats, real_labels, fake_feats, fake_labels, class_names, k: int = DEFAULT_K
+) -> dict:
+    """`prdc` overall and within each class (None for a class with < 2 images on a side).
+
+    Args:
+      real_feats: (N, D); real_labels: (N,) ids.
+      fake_feats: (M, D); fake_labels: (M,) ids.
+      class_names: id -> name.
+      k: see `prdc`.
+
+    Returns:
+      {'overall': prdc dict, 'per_class': {name: prdc dict or None}}.
+    """
+    rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
+    out = {"overall": prdc(real_feats, fake_feats, k), "per_class": {}}
+    for c, name in enumerate(class_names):
+        rs, fs = np.asarray(real_feats)[rl == c], np.asarray(fake_feats)[fl == c]
+        out["per_class"][name] = prdc(rs, fs, k) if min(len(rs), len(fs)) >= 2 else None
+    return out

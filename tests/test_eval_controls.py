@@ -1,0 +1,166 @@
+"""Controls, spectrum/grid, PRDC, the trust check and the self-supervised feature space."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_mri_ldm.evaluation import controls, features, prdc, spectrum, trust
+
+
+def _slices(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Head-like test images: a bright ellipse with smooth inner structure, on black."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / (size - 1) * 2 - 1
+    out = np.zeros((n, size, size, 1), np.float32)
+    for i in range(n):
+        a, b = rng.uniform(0.55, 0.85, 2)
+        head = ((yy / a) ** 2 + (xx / b) ** 2) < 1
+        fy, fx, ph = rng.uniform(1, 3), rng.uniform(1, 3), rng.uniform(0, 6)
+        tex = 0.5 + 0.25 * np.sin(np.pi * fy * yy + ph) * np.cos(np.pi * fx * xx)
+        cy, cx = rng.uniform(-0.3, 0.3, 2)
+        blob = 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+        out[i, ..., 0] = np.clip(head * (tex + blob), 0, 1)
+    return out
+
+
+# ---- controls --------------------------------------------------------------------------------
+
+
+def test_corruptions_stay_in_range_and_change_what_they_claim():
+    x = _slices(6)
+    noisy = controls.gaussian_noise(x, seed=1)
+    assert noisy.shape == x.shape and noisy.min() >= 0 and noisy.max() <= 1
+    assert 0.05 < np.std(noisy - x) < 0.11
+    blurred = controls.gaussian_blur(x)
+    assert np.square(np.diff(blurred, axis=2)).mean() < 0.5 * np.square(np.diff(x, axis=2)).mean()
+    shuffled = controls.patch_shuffle(x, patch=16, seed=0)
+    np.testing.assert_allclose(np.sort(shuffled.ravel()), np.sort(x.ravel()))
+    assert not np.allclose(shuffled, x)
+    grid = controls.add_grid(x)
+    assert np.allclose((grid - x)[:, 1:8, 1:8], 0) and (grid - x)[:, 0].max() > 0.02
+    np.testing.assert_array_equal(controls.mirrored(x)[:, :, ::-1], x)
+
+
+def test_patch_shuffle_small_images_use_a_quarter_side():
+    x = _slices(2, size=32)
+    shuffled = controls.patch_shuffle(x, patch=32, seed=3)
+    assert not np.allclose(shuffled, x)
+
+
+def test_make_controls_sets_and_labels():
+    x, y = _slices(8), np.arange(8) % 2
+    tr, ty = _slices(10, seed=5), np.arange(10) % 2
+    decode = lambda z: np.full((len(z), 64, 64, 1), 0.5, np.float32) + z[:, :1, :1, :1] * 0
+    sets = controls.make_controls(x, y, tr, ty, seed=0, decode=decode, latent_shape=(8, 8, 4))
+    assert list(sets) == ["real", *controls.CORRUPTIONS, controls.MEMORISED]
+    for name, (imgs, labels) in sets.items():
+        assert imgs.shape == x.shape and labels.shape == (8,), name
+    mir, mir_y = sets[controls.MEMORISED]
+    flipped = mir[:, :, ::-1]
+    assert all(any(np.array_equal(f, t) for t in tr) for f in flipped)
+    with pytest.raises(ValueError, match="latent_shape"):
+        controls.make_controls(x, y, tr, ty, decode=decode)
+
+
+# ---- spectrum and grid ----------------------------------------------------------------------
+
+
+def test_grid_score_flags_an_added_grid_and_not_noise():
+    x = _slices(8)
+    base = spectrum.grid_score(x)
+    assert np.median(spectrum.grid_score(controls.add_grid(x))) > 3 * np.median(base)
+    assert spectrum.grid_score(controls.gaussian_noise(x)).max() < 3 * np.median(base) + 1
+    with pytest.raises(ValueError, match="multiples"):
+        spectrum.grid_score(np.zeros((1, 60, 60, 1)))
+
+
+def test_spectrum_distance_grows_with_noise_and_blur():
+    ref, x = _slices(16, seed=1), _slices(16, seed=2)
+    real = np.median(spectrum.spectrum_distance(x, ref))
+    for bad in (controls.gaussian_noise(x), controls.gaussian_blur(x)):
+        assert np.median(spectrum.spectrum_distance(bad, ref)) > real + 0.1
+    s = spectrum.summary_vs_real(spectrum.spectrum_distance(x, ref), np.array([1.0, 2.0, 3.0]))
+    assert s["real_median"] == 2.0 and s["real_q25"] == 1.5
+
+
+# ---- PRDC -----------------------------------------------------------------------------------
+
+
+def test_prdc_same_distribution_vs_far_away():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((300, 8))
+    same = prdc.prdc(real, rng.standard_normal((300, 8)))
+    assert same["precision"] > 0.8 and same["recall"] > 0.8 and same["coverage"] > 0.8
+    assert 0.6 < same["density"] < 1.4
+    far = prdc.prdc(real, rng.standard_normal((300, 8)) + 10)
+    assert far["precision"] == 0 and far["recall"] == 0 and far["coverage"] == 0
+    collapsed = prdc.prdc(real, rng.standard_normal((300, 8)) * 0.05)
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.2
+    with pytest.raises(ValueError):
+        prdc.prdc(real, real[:1])
+
+
+def test_prdc_per_class_handles_a_missing_class():
+    rng = np.random.default_rng(1)
+    f = rng.standard_normal((20, 4))
+    out = prdc.prdc_per_class(f, np.arange(20) % 2, f, np.zeros(20, int), ("a", "b"))
+    assert out["per_class"]["b"] is None and out["per_class"]["a"]["precision"] == 1.0
+
+
+# ---- trust ----------------------------------------------------------------------------------
+
+
+def test_check_metric_directions():
+    fid = trust.RULES_BY_NAME["fid"]
+    good = {"real": 1.0, **{c: 5.0 for c in controls.CORRUPTIONS}}
+    assert trust.check_metric(fid, good)["trustworthy"] is True
+    bad = {**good, "blur": 0.5}
+    res = trust.check_metric(fid, bad)
+    assert res["trustworthy"] is False and res["failures"] == ["blur"]
+    grid = trust.RULES_BY_NAME["grid"]
+    assert trust.check_metric(grid, {"real": 2.0, "grid": 0.5, "blur": 2.0})["trustworthy"]
+    assert not trust.check_metric(grid, {"real": 2.0, "grid": 2.0})["trustworthy"]
+    table = trust.controls_table({"fid": bad, "precision": {"real": 0.9, "noise": 0.1}})
+    assert table["untrusted"] == ["fid"]
+    assert trust.trusted(table, ["fid", "precision"]) == ["precision"]
+
+
+# ---- features -------------------------------------------------------------------------------
+
+
+def test_augment_keeps_shape_and_range_and_varies():
+    x = jnp.asarray(_slices(4, size=32))
+    v1 = features.augment(x, jax.random.PRNGKey(0))
+    v2 = features.augment(x, jax.random.PRNGKey(1))
+    assert v1.shape == x.shape and float(v1.min()) >= 0 and float(v1.max()) <= 1
+    assert float(jnp.abs(v1 - v2).mean()) > 1e-3
+
+
+def test_nt_xent_prefers_matching_views():
+    z = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+    other = jax.random.normal(jax.random.PRNGKey(1), (8, 16))
+    assert float(features.nt_xent(z, z, 0.2)) < float(features.nt_xent(z, other, 0.2))
+
+
+def test_contrastive_encoder_trains_caches_and_sees_noise(tmp_path):
+    train = _slices(24, size=32, seed=3)
+    s = features.SSLSettings(widths=(8, 16), input_size=32, steps=12, batch_size=8)
+    params, info = features.load_or_train(train, s, str(tmp_path), "k1")
+    assert not info["cached"] and np.isfinite(info["final_loss"])
+    again, info2 = features.load_or_train(train, s, str(tmp_path), "k1")
+    assert info2["cached"]
+    embed = features.encoder_embed(params, s.widths, s.input_size)
+    x = _slices(5, size=32, seed=9)
+    np.testing.assert_allclose(
+        embed(x), features.encoder_embed(again, s.widths, s.input_size)(x), rtol=1e-5
+    )
+    assert embed(x).shape == (5, 24)
+    val, test = _slices(24, size=32, seed=4), _slices(24, size=32, seed=6)
+    sets = {"real": (val, None), "noise": (controls.gaussian_noise(val), None)}
+    rank = features.control_ranking(embed, sets, test, ["noise"])
+    assert rank["detected"] == ["noise"] and rank["min_log_ratio"] > 0
+    rankings = {"a": rank, "b": {**rank, "detected": [], "min_log_ratio": -1.0}}
+    assert features.choose_space(rankings) == "a"
