@@ -12,12 +12,15 @@ Timestep convention (read this once, it holds everywhere in the package):
   starts from index ``T-1`` (nearly pure noise) and its last network call is at index 0.
 
 Prediction targets (``prediction=``): ``'eps'`` (the noise, as in the paper), ``'v'``
-(Salimans & Ho 2022: ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``) or ``'x0'``.
+(Salimans & Ho 2022: ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``) or ``'x0'``. Only ``'v'``
+and ``'x0'`` are well posed at every t: recovering ``x_0`` from ``eps`` divides by
+``sqrt(abar)``, which is tiny at the noisiest cosine step and exactly 0 on a zero-terminal-SNR
+schedule (Lin et al. 2024), so ``'eps'`` is refused on such a schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +32,9 @@ SCHEDULES: tuple[str, ...] = ("cosine", "linear")
 PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
 
+# The smallest published 2D latent-diffusion recipes train for 9k-25k updates (MONAI
+# GenerativeModels' MedNIST LDM tutorials); fewer is far from converged.
+MIN_LDM_UPDATES = 9_000
 COSINE_S = 0.008  # Nichol & Dhariwal's offset: keeps beta_1 from being vanishingly small.
 MAX_BETA = 0.999  # Nichol & Dhariwal's clip: avoids a singular last step where alpha_bar -> 0.
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023 ("Min-SNR weighting"), their recommended gamma.
@@ -59,6 +65,7 @@ class Schedule:
       posterior_mean_coef2: coefficient of ``x_t`` in the posterior mean.
       num_timesteps: ``T`` (static, not a pytree leaf).
       kind: the schedule's name, ``'cosine'``, ``'linear'`` or ``'custom'`` (static).
+      zero_terminal_snr: ``alpha_bar[T-1] == 0`` exactly (`rescale_zero_terminal_snr`; static).
     """
 
     betas: jax.Array
@@ -73,6 +80,7 @@ class Schedule:
     posterior_mean_coef2: jax.Array
     num_timesteps: int = struct.field(pytree_node=False, default=0)
     kind: str = struct.field(pytree_node=False, default="custom")
+    zero_terminal_snr: bool = struct.field(pytree_node=False, default=False)
 
 
 def cosine_alpha_bar(t: np.ndarray | float, num_timesteps: int, s: float = COSINE_S) -> np.ndarray:
@@ -130,11 +138,23 @@ def linear_betas(num_timesteps: int) -> np.ndarray:
     return np.linspace(1e-4 * scale, 0.02 * scale, num_timesteps, dtype=np.float64)
 
 
+def _check_betas(betas: np.ndarray) -> None:
+    """Raises ValueError unless betas are 1-D in ``(0, 1)``; the last one may be exactly 1."""
+    if betas.ndim != 1 or betas.size < 1:
+        raise ValueError(f"schedule betas must be a non-empty 1-D array, got shape {betas.shape}")
+    inner_ok = np.all((betas[:-1] > 0.0) & (betas[:-1] < 1.0))
+    if not (inner_ok and 0.0 < betas[-1] <= 1.0):
+        raise ValueError(
+            "schedule betas must lie strictly between 0 and 1 (the last may be 1: zero SNR)"
+        )
+
+
 def schedule_from_betas(betas: np.ndarray, kind: str = "custom") -> Schedule:
     """Builds a `Schedule` (all derived quantities) from a beta sequence.
 
     Args:
-      betas: ``(T,)`` betas in ``(0, 1)``; computed on in float64.
+      betas: ``(T,)`` betas in ``(0, 1)``; the last may be exactly 1 (a zero-terminal-SNR
+        schedule, ``alpha_bar[T-1] = 0``). Computed on in float64.
       kind: name stored on the schedule.
 
     Returns:
@@ -144,10 +164,7 @@ def schedule_from_betas(betas: np.ndarray, kind: str = "custom") -> Schedule:
       ValueError: betas not 1-D or outside ``(0, 1)``.
     """
     betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1 or betas.size < 1:
-        raise ValueError(f"schedule betas must be a non-empty 1-D array, got shape {betas.shape}")
-    if not np.all((betas > 0.0) & (betas < 1.0)):
-        raise ValueError("schedule betas must lie strictly between 0 and 1")
+    _check_betas(betas)
     alphas = 1.0 - betas
     abar = np.cumprod(alphas)
     abar_prev = np.concatenate([[1.0], abar[:-1]])
@@ -174,15 +191,42 @@ def schedule_from_betas(betas: np.ndarray, kind: str = "custom") -> Schedule:
         posterior_mean_coef2=f32(coef2),
         num_timesteps=int(betas.size),
         kind=str(kind),
+        zero_terminal_snr=bool(abar[-1] == 0.0),
     )
 
 
-def make_schedule(kind: str = "cosine", num_timesteps: int = 1000) -> Schedule:
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Rescales betas so that ``alpha_bar[T-1] = 0`` exactly (Lin et al. 2024, Algorithm 1).
+
+    ``sqrt(alpha_bar)`` is shifted so its last value is 0 and scaled so its first value is
+    unchanged; the sampler then starts from pure noise, as at inference, instead of from a
+    signal-bearing ``x_T`` the model never learned to ignore. Needs a model that predicts
+    ``'v'`` (or ``'x0'``): ``eps`` carries no information about ``x_0`` at zero SNR.
+
+    Args:
+      betas: ``(T,)`` betas in ``(0, 1)``.
+
+    Returns:
+      ``(T,)`` float64 betas whose last entry is 1.
+    """
+    root = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))  # (T,) sqrt(alpha_bar)
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    abar = np.square(root)
+    abar[-1] = 0.0  # exact, whatever the rounding above
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
+def make_schedule(
+    kind: str = "cosine", num_timesteps: int = 1000, zero_terminal_snr: bool = False
+) -> Schedule:
     """Makes a named schedule.
 
     Args:
       kind: ``'cosine'`` (Nichol & Dhariwal 2021; the paper's choice) or ``'linear'`` (DDPM).
       num_timesteps: ``T`` (1000 in the paper).
+      zero_terminal_snr: apply `rescale_zero_terminal_snr` (off in the paper).
 
     Returns:
       The `Schedule`.
@@ -198,7 +242,25 @@ def make_schedule(kind: str = "cosine", num_timesteps: int = 1000) -> Schedule:
         betas = linear_betas(int(num_timesteps))
     else:
         raise ValueError(f"unknown noise schedule {kind!r}; choose one of {SCHEDULES}")
+    if zero_terminal_snr:
+        betas = rescale_zero_terminal_snr(betas)
     return schedule_from_betas(betas, kind=kind)
+
+
+def schedule_from_config(cfg: Mapping[str, Any]) -> Schedule:
+    """The schedule of a ``config.diffusion`` section; a missing ``zero_terminal_snr`` is off.
+
+    Args:
+      cfg: mapping with ``schedule``, ``num_timesteps`` and optionally ``zero_terminal_snr``.
+
+    Returns:
+      The `Schedule`.
+    """
+    return make_schedule(
+        cfg["schedule"],
+        int(cfg["num_timesteps"]),
+        zero_terminal_snr=bool(cfg.get("zero_terminal_snr", False)),
+    )
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -210,13 +272,17 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
       schedule: the schedule.
 
     Returns:
-      ``{"kind": str, "num_timesteps": int, "betas": list[float]}``.
+      ``{"kind": str, "num_timesteps": int, "betas": list[float]}``, plus
+      ``"zero_terminal_snr": True`` for a rescaled named schedule.
     """
-    return {
+    d = {
         "kind": schedule.kind,
         "num_timesteps": int(schedule.num_timesteps),
         "betas": [float(b) for b in np.asarray(schedule.betas, dtype=np.float64)],
     }
+    if schedule.zero_terminal_snr:
+        d["zero_terminal_snr"] = True
+    return d
 
 
 def schedule_from_dict(d: Mapping[str, Any]) -> Schedule:
@@ -237,7 +303,9 @@ def schedule_from_dict(d: Mapping[str, Any]) -> Schedule:
     """
     kind = d.get("kind", "custom")
     if kind in SCHEDULES and "num_timesteps" in d:
-        schedule = make_schedule(kind, int(d["num_timesteps"]))
+        schedule = make_schedule(
+            kind, int(d["num_timesteps"]), bool(d.get("zero_terminal_snr", False))
+        )
         if "betas" in d:
             stored = np.asarray(d["betas"], dtype=np.float64)
             if stored.shape != (schedule.num_timesteps,) or not np.allclose(
@@ -391,33 +459,6 @@ def x0_eps_from_output(
     raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
 
 
-def q_posterior_mean_variance(
-    schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean and variance of the forward posterior ``q(x_{t-1} | x_t, x_0)`` (DDPM eq. 6-7).
-
-    At index ``t = 0`` the "previous" sample is the clean data: the mean is ``x_0`` and the
-    variance 0.
-
-    Args:
-      schedule: the schedule.
-      x0: ``(B, ...)`` clean data (or its prediction).
-      x_t: ``(B, ...)`` noisy data at index ``t``.
-      t: ``(B,)`` timestep indices.
-
-    Returns:
-      ``(mean, variance, log_variance_clipped)``: mean ``(B, ...)``, the other two
-      ``(B, 1, ..., 1)``.
-    """
-    mean = (
-        extract(schedule.posterior_mean_coef1, t, x_t.ndim) * x0
-        + extract(schedule.posterior_mean_coef2, t, x_t.ndim) * x_t
-    )
-    var = extract(schedule.posterior_variance, t, x_t.ndim)
-    logvar = extract(schedule.posterior_log_variance_clipped, t, x_t.ndim)
-    return mean, var, logvar
-
-
 def snr(schedule: Schedule, t: jax.Array) -> jax.Array:
     """Signal-to-noise ratio ``abar / (1 - abar)`` at indices ``t`` (``(B,)`` float32)."""
     abar = jnp.take(schedule.alphas_cumprod, t, axis=0)
@@ -429,38 +470,60 @@ def _drop_mask(rng: jax.Array, shape: tuple[int, ...], p: float) -> jax.Array:
     return jax.random.bernoulli(rng, p, shape)
 
 
-def drop_labels(rng: jax.Array, labels: jax.Array, p: float, null_label: int) -> jax.Array:
-    """Classifier-free guidance dropout: replaces each label by ``null_label`` with prob ``p``.
+def min_snr_weight(snr_t: jax.Array, prediction: str, gamma: float = MIN_SNR_GAMMA) -> jax.Array:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) for a model predicting ``prediction``.
 
-    Draws are independent per example (Ho & Salimans 2022; the paper uses ``p = 0.1``).
+    The x0-loss weight is ``min(SNR, gamma)``; eps and v losses are ``SNR`` and ``SNR + 1``
+    times the x0 loss, so their weights are ``min(SNR, gamma) / SNR`` and
+    ``min(SNR, gamma) / (SNR + 1)``. The eps form is written as 1 below ``gamma`` so it stays
+    finite at ``SNR = 0`` (the last step of a zero-terminal-SNR schedule).
 
     Args:
-      rng: PRNG key.
-      labels: ``(B,)`` integer labels.
-      p: drop probability in ``[0, 1]``.
-      null_label: the id of the "no class" embedding (usually ``num_classes``).
+      snr_t: ``(B,)`` signal-to-noise ratios (`snr`).
+      prediction: ``'eps'``, ``'v'`` or ``'x0'``.
+      gamma: the clip value (5 in the paper).
 
     Returns:
-      ``(B,)`` labels, same dtype.
+      ``(B,)`` weights.
     """
-    mask = _drop_mask(rng, labels.shape, p)
-    return jnp.where(mask, jnp.asarray(null_label, labels.dtype), labels)
+    if prediction == "eps":
+        return jnp.where(snr_t > gamma, gamma / jnp.maximum(snr_t, gamma), 1.0)
+    clipped = jnp.minimum(snr_t, gamma)
+    if prediction == "v":
+        return clipped / (snr_t + 1.0)
+    return clipped
 
 
-def _loss_weight(snr_t: jax.Array, prediction: str, loss_weighting: str) -> jax.Array:
+def _loss_weight(snr_t: jax.Array, prediction: str, loss_weighting: str, gamma: float) -> jax.Array:
     """Per-example loss weight ``(B,)``."""
     if loss_weighting == "none":
         return jnp.ones_like(snr_t)
     if loss_weighting == "min_snr":
-        clipped = jnp.minimum(snr_t, MIN_SNR_GAMMA)
-        # Min-SNR-gamma expressed for each target (Hang et al. 2023, sec. 3.4): the x0-loss
-        # weight is min(SNR, gamma); eps and v losses are SNR and SNR+1 times the x0 loss.
-        if prediction == "eps":
-            return clipped / snr_t
-        if prediction == "v":
-            return clipped / (snr_t + 1.0)
-        return clipped
+        return min_snr_weight(snr_t, prediction, gamma)
     raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}")
+
+
+def check_parameterisation(
+    schedule: Schedule, prediction: str, loss_weighting: str = "none"
+) -> None:
+    """Raises ValueError for an unknown target or weighting, or eps on a zero-SNR schedule.
+
+    Args:
+      schedule: the schedule.
+      prediction: the model's target.
+      loss_weighting: the loss weighting.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"unknown loss_weighting {loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}"
+        )
+    if prediction == "eps" and schedule.zero_terminal_snr:
+        raise ValueError(
+            "diffusion.zero_terminal_snr=True needs diffusion.prediction='v' (or 'x0'): at "
+            "zero SNR an eps prediction says nothing about x0"
+        )
 
 
 def diffusion_loss(
@@ -474,6 +537,7 @@ def diffusion_loss(
     p_uncond: float = 0.1,
     null_label: int | None = None,
     loss_weighting: str = "none",
+    min_snr_gamma: float = MIN_SNR_GAMMA,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The denoising loss of one batch (the paper's stage-2 objective for ``prediction='eps'``).
 
@@ -482,8 +546,8 @@ def diffusion_loss(
     ``rng`` (``jax.random.split(rng, 3)``: t, noise, drop). The loss is the squared error
     averaged over *all* elements, i.e. ``mean((out - target)**2)`` like PyTorch's
     ``F.mse_loss(reduction='mean')``; with ``loss_weighting='none'`` it equals the mean of the
-    per-example means. ``'min_snr'`` multiplies each per-example mean by the Min-SNR-5 weight
-    before averaging.
+    per-example means. ``'min_snr'`` multiplies each per-example mean by the Min-SNR-gamma
+    weight (`min_snr_weight`) before averaging.
 
     Args:
       model_fn: ``model_fn(x_t, t, y) -> output`` with ``x_t: (B, ...)``, ``t: (B,)`` int32,
@@ -497,6 +561,7 @@ def diffusion_loss(
       null_label: the label id meaning "unconditional"; required when ``labels`` is given and
         ``p_uncond > 0``.
       loss_weighting: ``'none'`` or ``'min_snr'``.
+      min_snr_gamma: the ``gamma`` of ``'min_snr'``.
 
     Returns:
       ``(loss, aux)``: scalar float32 loss; aux has ``'loss_per_example'`` ``(B,)`` (unweighted
@@ -506,12 +571,7 @@ def diffusion_loss(
     Raises:
       ValueError: bad ``prediction``, ``loss_weighting`` or a missing ``null_label``.
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(
-            f"unknown loss_weighting {loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}"
-        )
+    check_parameterisation(schedule, prediction, loss_weighting)
     batch = x0.shape[0]
     t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
     t = jax.random.randint(t_rng, (batch,), 0, schedule.num_timesteps, dtype=jnp.int32)
@@ -544,7 +604,73 @@ def diffusion_loss(
         raise ValueError(f"model output shape {out.shape} != input shape {x_t.shape}")
     sq = jnp.square(out - target)  # (B, ...)
     per_example = jnp.mean(sq.reshape(batch, -1), axis=1)  # (B,)
-    weight = _loss_weight(snr(schedule, t), prediction, loss_weighting)  # (B,)
+    weight = _loss_weight(snr(schedule, t), prediction, loss_weighting, min_snr_gamma)  # (B,)
     loss = jnp.mean(weight * per_example)
     aux = {"loss_per_example": per_example, "t": t, "drop_frac": drop_frac}
     return loss, aux
+
+
+def loss_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`diffusion_loss` keyword arguments of a ``config.diffusion`` section.
+
+    Fields missing from an older config mean the old behaviour (no weighting, gamma 5).
+
+    Args:
+      cfg: mapping with ``prediction``, ``p_uncond`` and optionally ``loss_weighting`` and
+        ``min_snr_gamma``.
+
+    Returns:
+      ``{prediction, p_uncond, loss_weighting, min_snr_gamma}``.
+    """
+    return {
+        "prediction": str(cfg["prediction"]),
+        "p_uncond": float(cfg["p_uncond"]),
+        "loss_weighting": str(cfg.get("loss_weighting", "none")),
+        "min_snr_gamma": float(cfg.get("min_snr_gamma", MIN_SNR_GAMMA)),
+    }
+
+
+def convergence_warning(
+    losses: Sequence[float],
+    num_updates: int,
+    *,
+    min_updates: int,
+    name: str = "run",
+    still_falling: float = 0.02,
+) -> str | None:
+    """A one-paragraph warning for a run that stopped far from converged, else None.
+
+    Two signs, either is enough: fewer optimiser updates than ``min_updates``, or a loss still
+    falling at the end (the mean of the last quarter of ``losses`` is more than
+    ``still_falling`` below the mean of the quarter before). Call it once at the end of
+    training with the logged training losses in step order.
+
+    Args:
+      losses: logged training losses, oldest first (fewer than 8 values: slope not judged).
+      num_updates: optimiser updates the run made.
+      min_updates: updates below which the run is called short.
+      name: what to call the run in the message (e.g. ``"LDM"``).
+      still_falling: relative drop between the last two quarters that counts as falling.
+
+    Returns:
+      The warning text, or None when neither sign is present.
+    """
+    reasons = []
+    if num_updates < min_updates:
+        reasons.append(f"it made {num_updates} updates, fewer than the {min_updates} recommended")
+    vals = np.asarray(losses, np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size >= 8:
+        q = vals.size // 4
+        prev, last = vals[-2 * q : -q].mean(), vals[-q:].mean()
+        drop = (prev - last) / max(abs(prev), 1e-12)
+        if drop > still_falling:
+            reasons.append(f"its loss was still falling ({100 * drop:.1f} % over the last quarter)")
+    if not reasons:
+        return None
+    more = max(2 * num_updates, min_updates)
+    return (
+        f"WARNING: {name} is likely far from converged: {' and '.join(reasons)}. Samples and "
+        f"reconstructions will be worse than a longer run's; train longer, e.g. "
+        f"--config.train.num_steps={more} (same --workdir resumes)."
+    )

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_mri_ldm.diffusion import PREDICTIONS, Schedule, x0_eps_from_output
+from jax_mri_ldm.diffusion import Schedule, check_parameterisation, x0_eps_from_output
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
 SPACINGS: tuple[str, ...] = ("uniform", "leading", "trailing", "quadratic", "logSNR")
@@ -148,10 +148,25 @@ def timesteps_for(
             raise ValueError(
                 "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
             ) from e
-        lam = np.log(a) - np.log(s)  # (T,) decreasing in t
-        targets = np.linspace(lam[-1], lam[0], S)  # (S,)
-        ts = np.argmin(np.abs(lam[None, :] - targets[:, None]), axis=1)
+        ts = _logsnr_indices(a, s, S)
     return _strictly_decreasing(ts, T)
+
+
+def _logsnr_indices(a: np.ndarray, s: np.ndarray, steps: int) -> np.ndarray:
+    """Indices nearest to ``steps`` points uniform in ``lambda = log(a / s)``, unsorted.
+
+    On a zero-terminal-SNR schedule ``lambda[T-1] = -inf``: the points span the finite range
+    and the noisiest one is moved to ``T-1``, so sampling still starts from pure noise.
+    """
+    with np.errstate(divide="ignore"):
+        lam = np.log(a) - np.log(s)  # (T,) decreasing in t
+    finite = np.isfinite(lam)
+    targets = np.linspace(lam[finite][-1], lam[0], steps)  # (S,)
+    dist = np.abs(np.where(finite, lam, np.inf)[None, :] - targets[:, None])  # (S, T)
+    ts = np.argmin(dist, axis=1)
+    if not finite[-1]:
+        ts[np.argmax(ts)] = a.size - 1
+    return ts
 
 
 def _guided_output(
@@ -360,6 +375,7 @@ def normalize_clip(clip_x0: Any) -> ClipX0:
 
 
 def _check_config(
+    schedule: Schedule,
     sampler: str,
     guidance_scale: float,
     null_label: int | None,
@@ -371,8 +387,7 @@ def _check_config(
     """Raises ValueError for an inconsistent sampling configuration."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+    check_parameterisation(schedule, prediction)
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown ddpm variance {variance!r}; choose one of {DDPM_VARIANCES}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
@@ -438,7 +453,9 @@ def sample(
       ValueError: bad configuration, or ``labels`` not matching ``shape[0]``.
     """
     conditional = labels is not None
-    _check_config(sampler, guidance_scale, null_label, eta, prediction, variance, conditional)
+    _check_config(
+        schedule, sampler, guidance_scale, null_label, eta, prediction, variance, conditional
+    )
     if conditional and tuple(jnp.shape(labels)) != (shape[0],):
         raise ValueError(f"labels shape {jnp.shape(labels)} must be (B,) with B = shape[0]")
     ts = timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
@@ -502,7 +519,7 @@ def make_sample_fn(
     Raises:
       ValueError: bad configuration.
     """
-    _check_config(sampler, guidance_scale, null_label, eta, prediction, variance, True)
+    _check_config(schedule, sampler, guidance_scale, null_label, eta, prediction, variance, True)
     ts = tuple(
         int(t)
         for t in timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
@@ -525,7 +542,3 @@ def make_sample_fn(
         return _sample_impl(model_fn, schedule, labels, rng, shape=shape, **config)
 
     return jax.jit(fn)
-
-
-make_sampler = make_sample_fn
-"""Alias of `make_sample_fn`."""
