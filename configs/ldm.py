@@ -42,9 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"  # cosine (paper, Nichol & Dhariwal) | linear
     c.diffusion.num_timesteps = 1000  # T (paper: 1000)
-    c.diffusion.prediction = "eps"  # eps (paper) | v | x0
+    c.diffusion.prediction = "eps"  # eps (paper) | v (well posed at every t) | x0
     c.diffusion.p_uncond = 0.1  # label -> null class probability, for CFG (paper: 0.1)
-    c.diffusion.loss_weighting = "none"  # none (paper) | min_snr
+    c.diffusion.loss_weighting = "none"  # none (paper) | min_snr (Hang et al. 2023)
+    c.diffusion.min_snr_gamma = 5.0  # gamma of min_snr: weight ~ min(SNR, gamma) (Hang et al.: 5)
+    c.diffusion.zero_terminal_snr = False  # rescale so alpha_bar_T = 0 (Lin et al.); needs v/x0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 3e-4  # Adam learning rate (paper does not state it)
