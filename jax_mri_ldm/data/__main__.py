@@ -1,17 +1,23 @@
 """The data doctor: `python -m jax_mri_ldm.data --path=DIR` summarises a dataset.
 
 Prints the images found and loaded per class, the file modes and sizes seen, exact-duplicate
-groups, the files skipped and why, then, as its LAST line, one JSON object with at least
-`num_images`, `classes` (name -> count) and `skipped` (count), plus `duplicate_groups`,
-`redundant_files`, `unique_images`, `sizes`, `modes`, `skipped_files`, `fingerprint`, ...
+groups, the files skipped and why, the train/val/test split per class, then, as its LAST
+line, one JSON object with at least `num_images`, `classes` (name -> count, in class-id
+order), `class_names` (id -> name) and `skipped` (count), plus `split`, `warnings`,
+`duplicate_groups`, `redundant_files`, `unique_images`, `sizes`, `modes`, `skipped_files`,
+`fingerprint`, ...
 
-It loads the data exactly as training does (same readers, preprocessing and cache), so a
-dataset the doctor accepts is one training accepts. Bad input prints one message on stderr
-and exits with code 2.
+It loads and splits the data exactly as training does (same readers, preprocessing, cache
+and split), so a dataset the doctor accepts is one training accepts. Bad input prints one
+message on stderr and exits with code 2; a split that training would refuse (a class missing
+from a split) is printed as a WARNING and listed under `warnings` (exit 0, so the rest of the
+summary is still there to fix it from).
 
 Examples:
   python -m jax_mri_ldm.data --path=../shared/data/brain_tumor_yes_no
   python -m jax_mri_ldm.data --builtin --image_size=64
+  python -m jax_mri_ldm.data --path=../shared/data/brain_tumor_4class --classes=folders
+  python -m jax_mri_ldm.data --builtin --types
   python -m jax_mri_ldm.data --path=volumes.csv --slice_range=40:120
   python -m jax_mri_ldm.data --path=IMAGES --build_tfds=~/tfds --image_size=64
 """
@@ -27,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from jax_mri_ldm.data.classes import CLASS_MODES
 from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.sources import SOURCES, load_imageset_with_report
+from jax_mri_ldm.data.splits import SPLIT_NAMES, split_indices, split_problems
 from jax_mri_ldm.data.types import DataError, ImageSet
 from jax_mri_ldm.errors import UserError
 
@@ -42,12 +50,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--builtin", action="store_true", help="use the built-in phantom set")
     p.add_argument("--source", default="auto", choices=SOURCES, help="config.data.source")
     p.add_argument("--image_size", type=int, default=256, help="config.data.image_size")
+    p.add_argument("--classes", default="binary", choices=CLASS_MODES, help="config.data.classes")
     p.add_argument("--class_map", default="", help="config.data.class_map, e.g. 'neg=0,pos=1'")
     p.add_argument("--cache_dir", default="", help="config.data.cache_dir")
     p.add_argument("--no_cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--num_normal", type=int, default=None, help="built-in set: normal count")
     p.add_argument("--num_tumour", type=int, default=None, help="built-in set: tumour count")
     p.add_argument("--seed", type=int, default=None, help="built-in set: generator seed")
+    p.add_argument(
+        "--types", action="store_true", help="built-in set: glioma/meningioma/pituitary/normal"
+    )
+    p.add_argument("--split_train", type=float, default=None, help="config.data.split.train")
+    p.add_argument("--split_val", type=float, default=None, help="config.data.split.val")
+    p.add_argument("--split_seed", type=int, default=None, help="config.data.split.seed")
     p.add_argument("--slice_range", default=None, help="NIfTI: axial slices 'a:b'")
     p.add_argument("--slice_fraction", type=float, default=None, help="NIfTI: central fraction")
     p.add_argument("--min_foreground", type=float, default=None, help="NIfTI: skip emptier")
@@ -71,8 +86,15 @@ def _data_config(args: argparse.Namespace) -> Any:
         cfg.source = args.source
     cfg.path = args.path
     cfg.image_size = args.image_size
+    cfg.classes = args.classes
     cfg.class_map = args.class_map
     cfg.cache_dir = args.cache_dir
+    if args.types and not args.builtin:
+        raise UserError("--types selects the built-in set with tumour types; add --builtin")
+    cfg.builtin.types = bool(args.types)
+    for key in ("train", "val", "seed"):
+        if getattr(args, f"split_{key}") is not None:
+            setattr(cfg.split, key, getattr(args, f"split_{key}"))
     for key in ("num_normal", "num_tumour", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg.builtin, key, getattr(args, key))
@@ -105,7 +127,7 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
         print("Image files per class directory (found -> loaded):")
         for d in sorted(found):
             cname = ds.class_names[label_of[d]] if d in label_of else "?"
-            print(f"  {d:<14} -> {cname:<8} {found[d]:>5} -> {loaded.get(d, 0)}")
+            print(f"  {d:<14} -> {cname:<12} {found[d]:>5} -> {loaded.get(d, 0)}")
         modes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         sizes = []
         for i, meta in files.items():
@@ -165,6 +187,8 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
     print(f"Mean intensity per class after preprocessing: {means}")
     cache = "hit" if report.get("cache_hit") else ("written" if report.get("cache_path") else "off")
     print(f"Cache: {cache} {report.get('cache_path') or ''}  ({report['seconds']:.2f} s)")
+    split, warnings = _split_summary(ds, cfg)
+    out.update(split=split, warnings=warnings)
 
     out.update(
         {
@@ -173,6 +197,8 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
             "image_size": int(cfg.image_size),
             "num_images": len(ds),
             "classes": counts,
+            "class_names": list(ds.class_names),
+            "num_classes": len(ds.class_names),
             "skipped": len(ds.skipped),
             "skip_reasons": dict(reasons),
             "skipped_files": [list(s) for s in ds.skipped],
@@ -187,6 +213,24 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
         }
     )
     return out
+
+
+def _split_summary(ds: ImageSet, cfg: Any) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Prints the split training would make, per class; returns it and its problems."""
+    sp = cfg.split
+    fracs = {"train": sp.train, "val": sp.val, "test": max(0.0, 1.0 - sp.train - sp.val)}
+    split = split_indices(ds, sp.train, sp.val, sp.seed, require_all=False)
+    table = {
+        s: {c: int(np.sum(ds.labels[split[s]] == k)) for k, c in enumerate(ds.class_names)}
+        for s in SPLIT_NAMES
+    }
+    print(f"Split (config.data.split train={sp.train:g} val={sp.val:g} seed={sp.seed}):")
+    for s in SPLIT_NAMES:
+        print(f"  {s:<5} " + ", ".join(f"{c}: {n}" for c, n in table[s].items()))
+    problems = split_problems(ds, split, fracs)
+    for msg in problems:
+        print(f"WARNING: training would stop here: {msg}")
+    return table, problems
 
 
 def main(argv: list[str] | None = None) -> int:
