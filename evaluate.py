@@ -33,8 +33,9 @@ flags.DEFINE_bool("quiet", False, "No progress lines.")
 
 def main(argv):
     del argv
-    from jax_mri_ldm.cli import user_error  # imports after flag parsing keep --help fast
-    from jax_mri_ldm.data.types import DataError
+    from jax_mri_ldm.cli import setup_logging, user_error, user_errors, warn_if_unfinished
+
+    setup_logging()  # orbax INFO lines only with --verbosity=0
 
     try:
         scales = (
@@ -60,6 +61,7 @@ def main(argv):
     from jax_mri_ldm.evaluation import report
 
     try:
+        warn_if_unfinished(FLAGS.workdir)
         result = report.write_report(
             FLAGS.workdir,
             FLAGS.out,
@@ -68,10 +70,12 @@ def main(argv):
             verbose=not FLAGS.quiet,
             **overrides,
         )
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except user_errors() as e:
         sys.exit(user_error(str(e)))
     print(f"report: {result['report_md']}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from jax_mri_ldm.cli import parse_flags  # bad flags and config fields: one line, exit 2
+
+    app.run(main, flags_parser=parse_flags)

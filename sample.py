@@ -11,47 +11,65 @@ import sys
 
 from absl import app, flags
 
+from jax_mri_ldm.pipeline import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
+from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
+
+DEFAULT = SamplerSpec()  # the project's default sampler setting (pipeline.py)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/ldm", "Diffusion run directory (train.py configs/ldm.py).")
 flags.DEFINE_string("label", "1", "Class id or name (0=normal, 1=tumour), or 'all' (balanced).")
 flags.DEFINE_integer("num_samples", 16, "Number of images.")
 flags.DEFINE_integer("batch_size", 16, "Images per sampler call (rounded up to the devices).")
-flags.DEFINE_float("guidance_scale", 3.0, "Classifier-free guidance w (1 = plain conditional).")
-flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "dpmpp_2m"], "Sampler.")
-flags.DEFINE_float("eta", 1.0, "DDIM noise: 1 = ancestral (default, robust), 0 = deterministic.")
-flags.DEFINE_integer("steps", None, "Sampler steps (default: ddpm all T, ddim 50, dpmpp_2m 25).")
+flags.DEFINE_float(
+    "guidance_scale", DEFAULT.guidance_scale, "Classifier-free guidance w (1 = plain conditional)."
+)
+flags.DEFINE_enum("sampler", DEFAULT.sampler, list(SAMPLERS), "Sampler.")
+flags.DEFINE_float("eta", DEFAULT.eta, "DDIM noise: 1 = ancestral, 0 = deterministic.")
+flags.DEFINE_integer(
+    "steps",
+    DEFAULT.steps,
+    "Sampler steps (default: "
+    + ", ".join(f"{k} {v or 'all T'}" for k, v in DEFAULT_STEPS.items())
+    + ").",
+)
 flags.DEFINE_enum(
     "spacing",
-    None,
-    ["uniform", "leading", "trailing", "quadratic", "logSNR"],
-    "Timestep spacing (default: logSNR for dpmpp_2m, uniform otherwise).",
+    DEFAULT.spacing,
+    list(SPACINGS),
+    "Timestep spacing (default: "
+    + ", ".join(f"{k} {v}" for k, v in DEFAULT_SPACING.items())
+    + ").",
 )
 flags.DEFINE_integer("seed", 0, "Random seed; same flags and seed give identical images.")
 flags.DEFINE_string("out", "samples", "Output directory (refused if non-empty, see --overwrite).")
 flags.DEFINE_enum("format", "png", ["png", "npy", "nii"], "Per-image file format.")
-flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights (paper) instead of the raw ones.")
+flags.DEFINE_bool("use_ema", DEFAULT.use_ema, "Sample with the EMA weights (paper), not the raw.")
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 
 def main(argv):
     del argv
     from jax_mri_ldm.cli import user_error
-    from jax_mri_ldm.generate import SampleRequest, run_sampling
+    from jax_mri_ldm.export import SampleRequest, run_sampling
 
+    spec = SamplerSpec(
+        sampler=FLAGS.sampler,
+        steps=FLAGS.steps,
+        eta=FLAGS.eta,
+        guidance_scale=FLAGS.guidance_scale,
+        spacing=FLAGS.spacing,
+        use_ema=FLAGS.use_ema,
+    )
     req = SampleRequest(
         workdir=FLAGS.workdir,
         label=FLAGS.label,
         num_samples=FLAGS.num_samples,
         batch_size=FLAGS.batch_size,
-        guidance_scale=FLAGS.guidance_scale,
-        sampler=FLAGS.sampler,
-        steps=FLAGS.steps,
-        spacing=FLAGS.spacing,
-        eta=FLAGS.eta,
+        spec=spec,
         seed=FLAGS.seed,
         out=FLAGS.out,
         format=FLAGS.format,
-        use_ema=FLAGS.use_ema,
         overwrite=FLAGS.overwrite,
     )
     try:
@@ -63,4 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from jax_mri_ldm.cli import parse_flags  # bad flags and config fields: one line, exit 2
+
+    app.run(main, flags_parser=parse_flags)

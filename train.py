@@ -38,4 +38,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from jax_mri_ldm.cli import parse_flags  # bad flags and config fields: one line, exit 2
+
+    app.run(main, flags_parser=parse_flags)

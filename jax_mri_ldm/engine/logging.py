@@ -69,8 +69,8 @@ class MetricWriter:
 def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
     """Reads `<workdir>/metrics.jsonl` (optionally one split), keeping the last record per step.
 
-    A resumed run re-logs nothing twice in practice, but if it did (a crash between logging and
-    checkpointing), the later record for a step wins.
+    A resumed run truncates the file to its checkpoint's step (`truncate_metrics`); should a
+    step still appear twice, the later record wins.
     """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
@@ -85,6 +85,39 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]
             if split is None or rec.get("split") == split:
                 by_key[(rec.get("split", ""), rec["step"])] = rec
     return sorted(by_key.values(), key=lambda r: (r["step"], r.get("split", "")))
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+    """Drops the records of `<workdir>/metrics.jsonl` after `step` (and torn lines).
+
+    Called when a run resumes from its checkpoint at `step`: the steps after it are trained
+    again and logged again, so without this the file would hold them twice. The file is
+    rewritten through a temporary file and a rename.
+
+    Returns:
+      The number of lines dropped.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                keep = int(rec["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False  # a line torn by a kill mid-write
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            elif line.strip():
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> tqdm.tqdm:

@@ -1,0 +1,299 @@
+"""Trustworthy runs (issue 16): damaged or crafted checkpoints, one writer per workdir, config
+typos, the error policy, quiet logs, leftovers, and the README's troubleshooting cases.
+
+Each test asserts the exit status (or exception), the message, and that nothing was
+half-written. Entry-point subprocesses are few: each costs a Python (and JAX) start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, env_for_subprocess
+from jax_mri_ldm import cli
+from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.engine import lock as lock_lib
+from jax_mri_ldm.engine import logging as log_lib
+from jax_mri_ldm.errors import CheckpointError, UserError, check_plain_name, resolve_inside
+
+
+def _run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _tree_listing(root: Path) -> dict[str, int]:
+    """Relative path -> size of every file under root (to assert nothing changed)."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _items(scale: float = 1.0) -> dict:
+    w = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)  # incompressible
+    params = {"conv": {"w": jnp.asarray(w * scale), "b": jnp.zeros((3,))}}
+    return {"step": jnp.array(3), "params": params, "ema_params": params}
+
+
+def flip_array_bytes(step_dir: Path) -> int:
+    """Flips 16 bytes at 9 offsets in every array data file of a checkpoint (issue 16, case 1).
+
+    Only the chunk files under `ocdbt.process_*/d/` (the array bytes), not orbax's index.
+    """
+    files = [p for p in step_dir.glob("state/ocdbt.process_*/d/*") if p.is_file()]
+    for path in files:
+        data = bytearray(path.read_bytes())
+        for k in range(9):
+            off = (len(data) * (k + 1)) // 10
+            data[off : off + 16] = bytes(b ^ 0x5A for b in data[off : off + 16])
+        path.write_bytes(bytes(data))
+    return len(files)
+
+
+def edit_meta(step_dir: Path, **changes) -> None:
+    """Rewrites fields of a checkpoint's JSON metadata (a crafted or older checkpoint)."""
+    path = step_dir / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    path.write_text(json.dumps(meta))
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def test_checksums_survive_a_raw_restore_and_catch_flipped_bytes(tmp_path):
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(1, _items(1.0), {"stage": "toy"})
+    ck.save(3, _items(2.0), {"stage": "toy"})
+    items, meta = ck.restore_raw()  # no template: verified against the saved digests
+    assert set(meta["checksums"]["trees"]) == {"step", "params", "ema_params"}
+    np.testing.assert_array_equal(items["params"]["conv"]["w"], _items(2.0)["params"]["conv"]["w"])
+    ck.restore(_items())  # with a template: verified as well
+    ck.close()
+
+    assert flip_array_bytes(tmp_path / "checkpoints" / "3") > 0
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        ck.restore_raw()
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoints" / "3") in msg and "damaged" in msg
+    assert "steps 1" in msg and "mv " in msg  # names the earlier checkpoint and how to use it
+    with pytest.raises(CheckpointError):
+        ck.restore(_items())
+    items, _ = ck.restore_raw(1)  # the earlier one is intact
+    ck.close()
+
+
+def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path, capsys):
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(2, _items(), {"stage": "toy"})
+    ck.close()
+    edit_meta(tmp_path / "checkpoints" / "2", checksums=None)
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.restore_raw()
+    ck.restore_raw()
+    ck.close()
+    err = capsys.readouterr().err
+    assert err.count("has no content checksums") == 1
+
+
+def test_a_changed_array_with_valid_encoding_is_caught(tmp_path):
+    """A checkpoint whose arrays were replaced (not just garbled) fails the checksum."""
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(5, _items(1.0), {"stage": "toy"})
+    ck.close()
+    other = ckpt_lib.tree_checksums(_items(9.0))
+    edit_meta(tmp_path / "checkpoints" / "5", checksums=other)
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointError, match="ema_params, params does not match"):
+        ck.restore_raw()
+    ck.close()
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+@pytest.mark.parametrize(
+    "name", ["../../evil_escape", "a/b", "..", ".", "", "  ", "x\x00y", "new\nline", 3]
+)
+def test_crafted_class_names_are_refused(name):
+    with pytest.raises(UserError, match="plain name"):
+        check_plain_name(name, "class name", "ckpt/meta")
+
+
+def test_crafted_class_names_in_checkpoint_metadata_are_refused(tmp_path):
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(1, _items(), {"stage": "ldm", "class_names": ["../../evil_escape", "tumour"]})
+    with pytest.raises(UserError, match="evil_escape"):
+        ck.restore_meta()
+    with pytest.raises(UserError, match="evil_escape"):
+        ck.restore_raw()
+    ck.close()
+    assert ckpt_lib.check_meta({"class_names": ["normal", "tumour"]}, "x")
+    with pytest.raises(UserError, match="repeat"):
+        ckpt_lib.check_meta({"class_names": ["a", "a"]}, "x")
+
+
+def test_outputs_resolve_inside_the_output_directory(tmp_path):
+    out = tmp_path / "out"
+    (out / "tumour").mkdir(parents=True)
+    assert resolve_inside(str(out), "tumour/x.png") == str((out / "tumour" / "x.png").resolve())
+    with pytest.raises(UserError, match="outside"):
+        resolve_inside(str(out), "../escape.png")
+    (out / "link").symlink_to(tmp_path)  # a link inside --out pointing out of it
+    with pytest.raises(UserError, match="outside"):
+        resolve_inside(str(out), "link/x.png")
+
+
+# ----------------------------------------------------------------------------- the workdir lock
+
+_HOLD_LOCK = """
+import sys, time
+from jax_mri_ldm.engine.lock import WorkdirLock
+with WorkdirLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold_lock(workdir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(workdir)],
+        env=env_for_subprocess(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    proc = _hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(UserError) as err:
+            lock_lib.WorkdirLock(str(tmp_path / "run")).acquire()
+        msg = str(err.value)
+        assert f"process {proc.pid} on host {socket.gethostname()}" in msg
+        assert "--workdir=" in msg
+    finally:
+        proc.kill()
+        proc.wait()
+    # The holder died without releasing: the next writer takes the lock over and says so.
+    lock = lock_lib.WorkdirLock(str(tmp_path / "run"))
+    with lock:
+        held = json.loads((tmp_path / "run" / ".lock").read_text())
+        assert held["pid"] == os.getpid()
+    assert (tmp_path / "run" / ".lock").read_text() == ""  # a clean release empties it
+
+
+def test_stale_lock_of_a_dead_process_is_recovered_with_a_message(tmp_path, capsys):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": "elsewhere"}))
+    with lock_lib.WorkdirLock(str(tmp_path)):
+        pass
+    assert "took over the stale lock of process 999999999 on host elsewhere" in (
+        capsys.readouterr().err
+    )
+
+
+# ----------------------------------------------------------------------------- leftovers
+
+
+def test_stale_sampling_temp_folders_are_cleaned(tmp_path):
+    out = tmp_path / "samples"
+    dead = tmp_path / ".samples.tmpdead"
+    dead.mkdir()
+    (dead / "x.png").write_bytes(b"partial")
+    (dead / ".owner").write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname()}))
+    alive = tmp_path / ".samples.tmpalive"
+    alive.mkdir()
+    lock_lib.mark_owner(str(alive))  # this process: still running
+    foreign = tmp_path / ".samples.tmpforeign"
+    foreign.mkdir()
+    (foreign / ".owner").write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    unmarked_old = tmp_path / ".samples.tmpold"
+    unmarked_old.mkdir()
+    os.utime(unmarked_old, (time.time() - 3600, time.time() - 3600))
+    other = tmp_path / ".other.tmpdead"
+    other.mkdir()
+    removed = lock_lib.clean_stale_temp_dirs(str(out))
+    assert sorted(removed) == sorted([str(dead), str(unmarked_old)])
+    assert alive.exists() and foreign.exists() and other.exists()
+
+
+def test_metrics_are_truncated_to_the_checkpoint_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "split": "train", "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join(lines) + '\n{"step": 5, "spl')  # torn last line from a kill
+    assert log_lib.truncate_metrics(str(tmp_path), 2) == 3
+    assert [r["step"] for r in log_lib.read_metrics(str(tmp_path))] == [1, 2]
+    assert log_lib.truncate_metrics(str(tmp_path), 2) == 0
+    assert log_lib.truncate_metrics(str(tmp_path / "none"), 2) == 0
+
+
+# ----------------------------------------------------------------------------- config flags
+
+
+def test_unknown_config_fields_and_presets_are_named(tmp_path):
+    cfg = cli.load_config_file("configs/ldm.py:tiny")
+    with pytest.raises(UserError) as err:
+        cli.check_config_fields(cfg, ["model.nonexistent"])
+    assert "'nonexistent'" in str(err.value) and "num_res_blocks" in str(err.value)
+    with pytest.raises(UserError, match="config has no field 'data'.*vae_workdir"):
+        cli.check_config_fields(cfg, ["data.path"])
+    with pytest.raises(UserError, match="Did you mean config.train.batch_size"):
+        cli.check_config_fields(cfg, ["train.batchsize"])
+    with pytest.raises(UserError, match="is a value, not a section"):
+        cli.check_config_fields(cfg, ["seed.x"])
+    cli.check_config_fields(cfg, ["model.channels", "train.num_steps"])
+    with pytest.raises(UserError, match="tinyy.*paper, demo or tiny"):
+        cli.load_config_file("configs/vae.py:tinyy")
+    argv = ["--config=x.py", "--config.a.b=1", "--noconfig.c", "--config.d", "2", "--other.e=1"]
+    assert cli.config_overrides(argv) == ["a.b", "c", "d"]
+
+
+def test_config_typos_exit_2_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "run"
+    cases = [
+        (["--config=configs/ldm.py:tiny", "--config.model.nonexistent=1"], "nonexistent"),
+        (["--config=configs/vae.py:tinyy"], "tinyy"),
+    ]
+    for args, name in cases:
+        proc = _run_cli("train.py", *args, f"--workdir={workdir}", timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and name in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_unfinished_run_warns_on_the_console(tmp_path, capsys):
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(4, _items(), {"stage": "ldm", "final": False})
+    ck.close()
+    cli.warn_if_unfinished(str(tmp_path))
+    assert "unfinished run" in capsys.readouterr().err
+    edit_meta(tmp_path / "checkpoints" / "4", final=True)
+    cli.warn_if_unfinished(str(tmp_path))
+    assert capsys.readouterr().err == ""
