@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, env_for_subprocess
+from conftest import REPO, env_for_subprocess, tiny_vae_config
 from jax_mri_ldm import cli
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import lock as lock_lib
@@ -297,3 +298,45 @@ def test_unfinished_run_warns_on_the_console(tmp_path, capsys):
     edit_meta(tmp_path / "checkpoints" / "4", final=True)
     cli.warn_if_unfinished(str(tmp_path))
     assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- training starts
+
+
+def test_second_training_on_a_locked_workdir_exits_2_naming_the_holder(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    proc = _hold_lock(workdir)  # another writer, e.g. a training started a moment earlier
+    try:
+        before = _tree_listing(workdir)
+        rc = cli.run_training(tiny_vae_config(tmp_path), str(workdir))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"is in use by process {proc.pid} on host {socket.gethostname()}" in err
+    assert _tree_listing(workdir) == before  # no config.json, split.json or metrics written
+
+
+def test_failed_start_leaves_no_workdir(tmp_path, capsys):
+    cfg = tiny_vae_config(tmp_path)
+    cfg.data.path = str(tmp_path / "no_such_mri")
+    rc = cli.run_training(cfg, str(tmp_path / "run"))
+    assert rc == 2 and "no_such_mri" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_refused_resume_writes_nothing(tiny_runs, tmp_path, capsys):
+    workdir = tmp_path / "vae"
+    shutil.copytree(tiny_runs["vae_dir"], workdir)
+    before = _tree_listing(workdir)
+    split_mtime = (workdir / "split.json").stat().st_mtime_ns
+    cfg = tiny_vae_config(tiny_runs["root"])
+    cfg.optim.learning_rate = 3e-3  # the race of issue 16 case 3, one after the other
+    assert cli.run_training(cfg, str(workdir)) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "optim.learning_rate" in err
+    after = _tree_listing(workdir)
+    after.pop(".lock", None)  # the (released, empty) lock file is all that is new
+    assert after == before
+    assert (workdir / "split.json").stat().st_mtime_ns == split_mtime
