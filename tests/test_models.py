@@ -157,6 +157,45 @@ def test_upsample_conv_equals_nearest_resize_then_conv():
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_upsample_conv_module_fused_equals_resize():
+    x = jnp.asarray(_randn(2, 3, 4, 3))
+    fused = layers.UpsampleConv3x3(5)
+    params = _random_params(fused, x)
+    assert params["params"]["kernel"].shape == (3, 3, 3, 5)
+    out = fused.apply(params, x)
+    ref = layers.UpsampleConv3x3(5, impl="resize").apply(params, x)
+    assert out.shape == (2, 6, 8, 5)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown impl"):
+        layers.UpsampleConv3x3(5, impl="bicubic").apply(params, x)
+
+
+def _phase_spread(y: jax.Array) -> float:
+    """Max over channels of the spread between the four output phases' interior means."""
+    inner = np.asarray(y[:, 2:-2, 2:-2], np.float64)  # away from the zero-padded border
+    phases = [inner[:, a::2, b::2].mean(axis=(0, 1, 2)) for a in (0, 1) for b in (0, 1)]
+    return float(np.max(np.ptp(np.stack(phases), axis=0)))
+
+
+def test_icnr_init_starts_without_checkerboard():
+    """On a constant input every output phase of an ICNR-initialised layer is equal; the
+    default (independent taps per phase) layer draws a period-2 checkerboard."""
+    x = jnp.ones((1, 8, 8, 16))
+    key = jax.random.PRNGKey(0)
+    icnr = layers.ConvTranspose4x4S2(8, icnr=True)
+    plain = layers.ConvTranspose4x4S2(8)
+    assert _phase_spread(icnr.apply(icnr.init(key, x), x)) < 1e-5
+    assert _phase_spread(plain.apply(plain.init(key, x), x)) > 0.1
+    k = icnr.init(key, x)["params"]["kernel"]
+    three = jnp.asarray(_randn(3, 3, 16, 8))
+    assert k.shape == (4, 4, 16, 8)
+    np.testing.assert_allclose(  # the packing of a 3x3 kernel is linear and exact
+        layers.upsample_conv3x3_kernel(2.0 * three), 2.0 * layers.upsample_conv3x3_kernel(three)
+    )
+    with pytest.raises(ValueError, match="4, 4"):
+        layers.icnr_init()(key, (3, 3, 2, 2))
+
+
 def test_conv3x3s2_equals_strided_conv():
     x, k = jnp.asarray(_randn(2, 6, 8, 3)), jnp.asarray(_randn(3, 3, 3, 5))
     ref = lax.conv_general_dilated(
@@ -215,6 +254,26 @@ def test_vae_param_counts_and_shapes_at_paper_size():
     assert jax.eval_shape(Encoder().init, jax.random.PRNGKey(0), x)["params"]
     z = jax.ShapeDtypeStruct((2, 32, 32, 8), jnp.float32)
     assert jax.eval_shape(Decoder().init, jax.random.PRNGKey(0), z)["params"]
+
+
+def test_vae_upsample_options():
+    """'transpose' keeps the paper's parameter tree (old checkpoints load); 'nearest_conv'
+    stores 3x3 kernels; 'transpose_icnr' only changes the initialisation."""
+    z = jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    old = jax.eval_shape(Decoder().init, key, z)["params"]
+    icnr = jax.eval_shape(Decoder(upsample="transpose_icnr").init, key, z)["params"]
+    near = jax.eval_shape(Decoder(upsample="nearest_conv").init, key, z)["params"]
+    assert jax.tree.structure(old) == jax.tree.structure(icnr)
+    assert old["ConvTranspose4x4S2_0"]["kernel"].shape == (4, 4, 8, 128)
+    assert near["UpsampleConv3x3_0"]["kernel"].shape == (3, 3, 8, 128)
+    up_weights = 16 * (8 * 128 + 128 * 64 + 64 * 32)
+    assert _count(old) - _count(near) == up_weights - up_weights * 9 // 16
+    with pytest.raises(ValueError, match="model.upsample"):
+        jax.eval_shape(Decoder(upsample="pixelshuffle").init, key, z)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
+    vae = jax.eval_shape(VAE(upsample="nearest_conv").init, {"params": key, "latent": key}, x)
+    assert "UpsampleConv3x3_2" in vae["params"]["decoder"]
 
 
 @pytest.fixture(scope="module")

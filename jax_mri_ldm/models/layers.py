@@ -294,6 +294,38 @@ def upsample_nearest_conv3x3(x: Array, kernel3: Array, conv_impl: str = "auto") 
     return conv_transpose4x4s2(x, upsample_conv3x3_kernel(kernel3), "subpixel2", conv_impl)
 
 
+def reference_upsample_nearest_conv3x3(x: Array, kernel3: Array) -> Array:
+    """Textbook nearest x2 upsampling then a 3x3 SAME conv (test reference)."""
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, Cin)
+    return _xla_conv(up, kernel3, ((1, 1), (1, 1)))
+
+
+def icnr_init(base_init: Initializer | None = None) -> Initializer:
+    """ICNR initialiser for a (4, 4, Cin, Cout) stride-2 transposed-conv kernel.
+
+    Aitken et al. (2017): a sub-pixel (or transposed) conv initialised with independent random
+    taps per output phase starts out drawing a period-2 checkerboard that training must undo;
+    initialising it to "nearest x2 upsampling then a conv" gives all four phases the same
+    response, so it starts checkerboard-free. Here that is `upsample_conv3x3_kernel` of a
+    3x3 kernel drawn by ``base_init`` (whose fan-in, 9 * Cin, is the layer's true one).
+
+    Args:
+      base_init: initialiser of the underlying 3x3 kernel (None: ``lecun_normal``).
+
+    Returns:
+      An initialiser ``init(key, (4, 4, Cin, Cout), dtype)``.
+    """
+    base_init = base_init or nn.initializers.lecun_normal()
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        if tuple(shape[:2]) != (4, 4):
+            raise ValueError(f"icnr_init expects a (4, 4, Cin, Cout) kernel, got {shape}")
+        kernel3 = base_init(key, (3, 3) + tuple(shape[2:]), dtype)
+        return upsample_conv3x3_kernel(kernel3).astype(dtype)
+
+    return init
+
+
 def conv3x3s2(x: Array, kernel3: Array, conv_impl: str = "auto") -> Array:
     """PyTorch ``Conv2d(k=3, s=2, p=1)`` (no bias), via the 4x4 space-to-depth path.
 
@@ -415,6 +447,7 @@ class ConvTranspose4x4S2(nn.Module):
       features: output channels.
       impl: ``"subpixel2"`` (default, fast), ``"subpixel3"`` or ``"dilated"``.
       conv_impl: lowering of the inner stride-1 conv (``"auto"``, ``"im2col"`` or ``"xla"``).
+      icnr: initialise with `icnr_init` (nearest-upsample + conv) instead of independent taps.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -422,6 +455,7 @@ class ConvTranspose4x4S2(nn.Module):
     features: int
     impl: str = "subpixel2"
     conv_impl: str = "auto"
+    icnr: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -432,10 +466,49 @@ class ConvTranspose4x4S2(nn.Module):
         # Each output pixel sees 2x2 input taps, so the effective fan-in is 4*Cin, not the
         # 16*Cin that lecun_normal would infer from the 4x4 shape: scale the variance by 4.
         init = nn.initializers.variance_scaling(4.0, "fan_in", "truncated_normal")
+        if self.icnr:
+            init = icnr_init()
         kernel = self.param("kernel", init, (4, 4, cin, self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return conv_transpose4x4s2(x, kernel, self.impl, self.conv_impl) + bias
+
+
+class UpsampleConv3x3(nn.Module):
+    """Nearest x2 upsampling then a 3x3 conv ("resize-convolution", Odena et al. 2016).
+
+    All four output phases share one 3x3 kernel, so the layer cannot draw a period-2
+    checkerboard, at any point of training. Stored parameters are the 3x3 ``kernel`` and
+    ``bias``; ``impl="fused"`` runs it as the equivalent 4x4 stride-2 transposed conv
+    (`upsample_nearest_conv3x3`, exact, never builds the upsampled tensor), ``"resize"`` as
+    the textbook upsample-then-conv.
+
+    Attributes:
+      features: output channels.
+      impl: ``"fused"`` (default, fast) or ``"resize"`` (reference).
+      conv_impl: lowering of the inner stride-1 conv (``"auto"``, ``"im2col"`` or ``"xla"``).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    impl: str = "fused"
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x (B, H, W, Cin). Returns: (B, 2H, 2W, features)."""
+        shape = (3, 3, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.impl == "fused":
+            return upsample_nearest_conv3x3(x, kernel, self.conv_impl) + bias
+        if self.impl == "resize":
+            return reference_upsample_nearest_conv3x3(x, kernel) + bias
+        raise ValueError(f"UpsampleConv3x3: unknown impl {self.impl!r}; use 'fused' or 'resize'.")
 
 
 class GroupNorm(nn.Module):

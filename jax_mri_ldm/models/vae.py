@@ -43,10 +43,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_mri_ldm.models.layers import Conv, Conv4x4S2, ConvTranspose4x4S2, GroupNorm
+from jax_mri_ldm.models.layers import (
+    Conv,
+    Conv4x4S2,
+    ConvTranspose4x4S2,
+    GroupNorm,
+    UpsampleConv3x3,
+)
 
 Array = jax.Array
 Dtype = Any
+
+# Decoder upsampling layers: the paper's transposed conv ("transpose"), the same layer with an
+# ICNR initialisation ("transpose_icnr"), or nearest x2 upsampling + 3x3 conv ("nearest_conv",
+# 9/16 of the transposed conv's parameters, same speed through its exact fused form).
+UPSAMPLERS: tuple[str, ...] = ("transpose", "transpose_icnr", "nearest_conv")
 
 
 class Encoder(nn.Module):
@@ -102,6 +113,7 @@ class Decoder(nn.Module):
       features: encoder channels; the decoder uses them in reverse order.
       out_channels: image channels.
       norm: layer-normalise after each stage.
+      upsample: one of `UPSAMPLERS`.
       up_impl: ``ConvTranspose4x4S2.impl`` (``"subpixel2"`` fast, ``"dilated"`` reference).
       conv_impl: lowering of stride-1 convs (``"auto"``, ``"im2col"`` or ``"xla"``).
       dtype: compute dtype.
@@ -111,6 +123,7 @@ class Decoder(nn.Module):
     features: Sequence[int] = (32, 64, 128)
     out_channels: int = 1
     norm: bool = True
+    upsample: str = "transpose"
     up_impl: str = "subpixel2"
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
@@ -129,12 +142,26 @@ class Decoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = z.astype(self.dtype)  # (B, h, w, Cz)
         for f in reversed(self.features):
-            h = ConvTranspose4x4S2(f, impl=self.up_impl, conv_impl=self.conv_impl, **kw)(h)
+            h = self._upsampler(f, kw)(h)  # (B, 2h, 2w, f)
             if self.norm:
                 h = GroupNorm(num_groups=1, **kw)(h)
             h = nn.relu(h)
         h = Conv(self.out_channels, 3, impl=self.conv_impl, name="out", **kw)(h)
         return jnp.tanh(h.astype(jnp.float32))
+
+    def _upsampler(self, features: int, kw: dict[str, Any]) -> nn.Module:
+        """One x2 upsampling layer of kind ``self.upsample``."""
+        if self.upsample == "nearest_conv":
+            return UpsampleConv3x3(features, conv_impl=self.conv_impl, **kw)
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(
+                f"unknown VAE upsample {self.upsample!r} (config model.upsample); choose one "
+                f"of {UPSAMPLERS}"
+            )
+        icnr = self.upsample == "transpose_icnr"
+        return ConvTranspose4x4S2(
+            features, impl=self.up_impl, conv_impl=self.conv_impl, icnr=icnr, **kw
+        )
 
 
 class VAE(nn.Module):
@@ -149,6 +176,7 @@ class VAE(nn.Module):
       in_channels: image channels.
       norm: layer normalisation after every hidden stage.
       negative_slope: encoder LeakyReLU slope.
+      upsample: decoder upsampling layer, one of `UPSAMPLERS` (``"transpose"``: the paper's).
       down_impl: encoder stride-2 conv formulation.
       up_impl: decoder transposed-conv formulation.
       conv_impl: lowering of stride-1 convs.
@@ -161,6 +189,7 @@ class VAE(nn.Module):
     in_channels: int = 1
     norm: bool = True
     negative_slope: float = 0.2
+    upsample: str = "transpose"
     down_impl: str = "s2d"
     up_impl: str = "subpixel2"
     conv_impl: str = "auto"
@@ -181,7 +210,9 @@ class VAE(nn.Module):
             down_impl=self.down_impl,
             **kw,
         )
-        self.decoder = Decoder(out_channels=self.in_channels, up_impl=self.up_impl, **kw)
+        self.decoder = Decoder(
+            out_channels=self.in_channels, upsample=self.upsample, up_impl=self.up_impl, **kw
+        )
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """Posterior parameters.
