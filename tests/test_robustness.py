@@ -131,6 +131,21 @@ def test_a_changed_array_with_valid_encoding_is_caught(tmp_path):
     ck.close()
 
 
+def test_non_finite_samples_name_the_checkpoint_and_the_earlier_ones(tmp_path):
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(1, _items(), {"stage": "ldm"})
+    ck.save(3, _items(), {"stage": "ldm"})
+    ck.close()
+    ckpt_lib.check_finite_samples(np.zeros((2, 4, 4, 1)), str(tmp_path), 3)
+    bad = np.zeros((2, 4, 4, 1))
+    bad[1, 2, 2, 0] = np.nan
+    with pytest.raises(CheckpointError) as err:
+        ckpt_lib.check_finite_samples(bad, str(tmp_path), 3)
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoints" / "3") in msg and "non-finite" in msg
+    assert "Earlier checkpoints: steps 1" in msg
+
+
 # ----------------------------------------------------------------------------- names and paths
 
 

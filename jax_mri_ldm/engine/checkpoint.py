@@ -108,18 +108,42 @@ def _warn_once(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def fallback_hint(directory: str, step: int, steps: list[int]) -> str:
+    """How to fall back from checkpoint `step` to the newest earlier one (or that none exists)."""
+    path = os.path.join(directory, str(step))
+    earlier = sorted(s for s in steps if s < step)
+    if not earlier:
+        return "There is no earlier checkpoint: restore the run directory from a copy or retrain."
+    return (
+        f"Earlier checkpoints: steps {', '.join(map(str, earlier))}. To use step "
+        f"{earlier[-1]}, move this one aside (mv {path} {path}.damaged) and rerun."
+    )
+
+
 def damaged_message(directory: str, step: int, steps: list[int], what: str) -> str:
     """Names the damaged checkpoint, what is wrong and the earlier checkpoints to fall back to."""
     path = os.path.join(directory, str(step))
-    earlier = sorted(s for s in steps if s < step)
-    if earlier:
-        hint = (
-            f"Earlier checkpoints: steps {', '.join(map(str, earlier))}. To use step "
-            f"{earlier[-1]}, move the damaged one aside (mv {path} {path}.damaged) and rerun."
-        )
-    else:
-        hint = "There is no earlier checkpoint: restore the run directory from a copy or retrain."
-    return f"checkpoint {path} is damaged: {what}. Nothing was written. {hint}"
+    return f"checkpoint {path} is damaged: {what}. Nothing was written. " + fallback_hint(
+        directory, step, steps
+    )
+
+
+def check_finite_samples(images: np.ndarray, workdir: str, step: int) -> None:
+    """Raises CheckpointError if generated images hold NaN/Inf (broken weights), naming the
+    checkpoint of `workdir` they came from and the earlier ones."""
+    if np.all(np.isfinite(images)):
+        return
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    checkpointer = Checkpointer(workdir)
+    try:
+        steps = checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+    raise CheckpointError(
+        f"the images sampled from checkpoint {os.path.join(directory, str(step))} hold "
+        "non-finite values (NaN/Inf): its weights are broken (a diverged training or a damaged "
+        "file). Nothing was written. " + fallback_hint(directory, step, steps)
+    )
 
 
 def verify_items(
