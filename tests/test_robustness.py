@@ -292,6 +292,8 @@ def test_config_typos_exit_2_before_anything_is_written(tmp_path):
     cases = [
         (["--config=configs/ldm.py:tiny", "--config.model.nonexistent=1"], "nonexistent"),
         (["--config=configs/vae.py:tinyy"], "tinyy"),
+        (["--config=configs/vae.py:tiny", "--config.train.batch_size=abc"], "batch_size=abc"),
+        (["--config=configs/vae.py:tiny", "--no_such_flag=1"], "no_such_flag"),
     ]
     for args, name in cases:
         proc = _run_cli("train.py", *args, f"--workdir={workdir}", timeout=120)
