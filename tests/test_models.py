@@ -157,17 +157,28 @@ def test_upsample_conv_equals_nearest_resize_then_conv():
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_upsample_conv_module_fused_equals_resize():
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_conv_module_fused_equals_resize(mode):
     x = jnp.asarray(_randn(2, 3, 4, 3))
-    fused = layers.UpsampleConv3x3(5)
+    fused = layers.UpsampleConv3x3(5, mode=mode)
     params = _random_params(fused, x)
     assert params["params"]["kernel"].shape == (3, 3, 3, 5)
     out = fused.apply(params, x)
-    ref = layers.UpsampleConv3x3(5, impl="resize").apply(params, x)
+    ref = layers.UpsampleConv3x3(5, mode=mode, impl="resize").apply(params, x)
     assert out.shape == (2, 6, 8, 5)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="unknown impl"):
-        layers.UpsampleConv3x3(5, impl="bicubic").apply(params, x)
+    with pytest.raises(ValueError, match="unknown mode"):
+        layers.UpsampleConv3x3(5, mode="bicubic").apply(params, x)
+
+
+def test_bilinear_reference_is_textbook_bilinear():
+    """Interior of jax.image.resize's bilinear x2: 0.75 / 0.25 of the two nearest inputs."""
+    x = jnp.asarray(_randn(1, 4, 5, 1))
+    delta = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)  # identity conv: the upsampled image
+    up = np.asarray(layers.reference_upsample_bilinear_conv3x3(x, delta))[0, ..., 0]
+    xr = np.asarray(x)[0, :, :, 0]
+    rows = 0.75 * xr[1:3] + 0.25 * xr[0:2]  # output rows 2, 4 (phase 0 of rows 1, 2)
+    np.testing.assert_allclose(up[2:6:2, 4], 0.75 * rows[:, 2] + 0.25 * rows[:, 1], atol=1e-6)
 
 
 def _phase_spread(y: jax.Array) -> float:
@@ -274,6 +285,8 @@ def test_vae_upsample_options():
     x = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
     vae = jax.eval_shape(VAE(upsample="nearest_conv").init, {"params": key, "latent": key}, x)
     assert "UpsampleConv3x3_2" in vae["params"]["decoder"]
+    bil = jax.eval_shape(Decoder(upsample="bilinear_conv").init, key, z)["params"]
+    assert jax.tree.structure(bil) == jax.tree.structure(near)
 
 
 @pytest.fixture(scope="module")

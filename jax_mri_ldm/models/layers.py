@@ -294,6 +294,57 @@ def upsample_nearest_conv3x3(x: Array, kernel3: Array, conv_impl: str = "auto") 
     return conv_transpose4x4s2(x, upsample_conv3x3_kernel(kernel3), "subpixel2", conv_impl)
 
 
+# Bilinear x2 upsampling (half-pixel centres, edge-clamped) followed by a 3x3 conv reads input
+# rows m-1..m+1 for both output phases a of row 2m + a: per axis, phase a's 3x3 kernel on the
+# input is _BILINEAR_MIX[a] @ K3 (rows: input taps m-1, m, m+1; columns: the 3x3 conv's taps).
+_BILINEAR_MIX = (
+    ((0.75, 0.25, 0.0), (0.25, 0.75, 0.75), (0.0, 0.0, 0.25)),
+    ((0.25, 0.0, 0.0), (0.75, 0.75, 0.25), (0.0, 0.25, 0.75)),
+)
+
+
+def upsample_bilinear_conv3x3_kernel(kernel3: Array) -> Array:
+    """Maps a 3x3 conv kernel to the 3x3 sub-pixel kernel of "bilinear x2 then conv".
+
+    Args:
+      kernel3: (3, 3, Cin, Cout) kernel of the conv applied after bilinear upsampling.
+
+    Returns:
+      (3, 3, Cin, 4*Cout) kernel; output channel index = (a, b, o) for output phase (a, b).
+    """
+    _, _, cin, cout = kernel3.shape
+    mix = jnp.asarray(_BILINEAR_MIX, kernel3.dtype)  # (2, 3, 3): phase, input tap, conv tap
+    k = jnp.einsum("aji,bkl,ilco->jkcabo", mix, mix, kernel3)  # (3, 3, Cin, 2, 2, Cout)
+    return k.reshape(3, 3, cin, 4 * cout)
+
+
+def upsample_bilinear_conv3x3(x: Array, kernel3: Array, conv_impl: str = "auto") -> Array:
+    """Bilinear x2 upsampling then a 3x3 conv with edge padding (no bias), fused.
+
+    Equals :func:`reference_upsample_bilinear_conv3x3` exactly: edge-pad the input by one,
+    one 3x3 VALID conv to 4*Cout channels, depth-to-space. Never builds the upsampled tensor.
+
+    Args:
+      x: (B, H, W, Cin).
+      kernel3: (3, 3, Cin, Cout).
+      conv_impl: lowering of the inner stride-1 conv (see :func:`conv2d`).
+
+    Returns:
+      (B, 2H, 2W, Cout).
+    """
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # (B, H+2, W+2, Cin)
+    y = conv2d(xp, upsample_bilinear_conv3x3_kernel(kernel3), 0, conv_impl)  # (B, H, W, 4C)
+    return depth_to_space(y)
+
+
+def reference_upsample_bilinear_conv3x3(x: Array, kernel3: Array) -> Array:
+    """Textbook bilinear x2 resize, edge padding by one, 3x3 VALID conv (test reference)."""
+    b, h, w, c = x.shape
+    up = jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")  # (B, 2H, 2W, Cin)
+    up = jnp.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    return _xla_conv(up, kernel3, "VALID")
+
+
 def reference_upsample_nearest_conv3x3(x: Array, kernel3: Array) -> Array:
     """Textbook nearest x2 upsampling then a 3x3 SAME conv (test reference)."""
     up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, Cin)
@@ -475,16 +526,19 @@ class ConvTranspose4x4S2(nn.Module):
 
 
 class UpsampleConv3x3(nn.Module):
-    """Nearest x2 upsampling then a 3x3 conv ("resize-convolution", Odena et al. 2016).
+    """x2 resize then a 3x3 conv ("resize-convolution", Odena et al. 2016).
 
     All four output phases share one 3x3 kernel, so the layer cannot draw a period-2
     checkerboard, at any point of training. Stored parameters are the 3x3 ``kernel`` and
-    ``bias``; ``impl="fused"`` runs it as the equivalent 4x4 stride-2 transposed conv
-    (`upsample_nearest_conv3x3`, exact, never builds the upsampled tensor), ``"resize"`` as
-    the textbook upsample-then-conv.
+    ``bias``. ``mode="nearest"`` pads the conv with zeros and runs fused as the equivalent
+    4x4 stride-2 transposed conv (`upsample_nearest_conv3x3`); ``mode="bilinear"`` pads it by
+    edge replication and runs fused as a 3x3 sub-pixel conv (`upsample_bilinear_conv3x3`).
+    Both fused forms are exact and never build the upsampled tensor; ``impl="resize"`` runs
+    the textbook resize-then-conv.
 
     Attributes:
       features: output channels.
+      mode: ``"nearest"`` or ``"bilinear"``.
       impl: ``"fused"`` (default, fast) or ``"resize"`` (reference).
       conv_impl: lowering of the inner stride-1 conv (``"auto"``, ``"im2col"`` or ``"xla"``).
       dtype: compute dtype.
@@ -492,6 +546,7 @@ class UpsampleConv3x3(nn.Module):
     """
 
     features: int
+    mode: str = "nearest"
     impl: str = "fused"
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
@@ -504,11 +559,21 @@ class UpsampleConv3x3(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if self.impl == "fused":
-            return upsample_nearest_conv3x3(x, kernel, self.conv_impl) + bias
-        if self.impl == "resize":
-            return reference_upsample_nearest_conv3x3(x, kernel) + bias
-        raise ValueError(f"UpsampleConv3x3: unknown impl {self.impl!r}; use 'fused' or 'resize'.")
+        return self._upsample_conv(x, kernel) + bias
+
+    def _upsample_conv(self, x: Array, kernel: Array) -> Array:
+        fns = {
+            ("nearest", "fused"): lambda: upsample_nearest_conv3x3(x, kernel, self.conv_impl),
+            ("nearest", "resize"): lambda: reference_upsample_nearest_conv3x3(x, kernel),
+            ("bilinear", "fused"): lambda: upsample_bilinear_conv3x3(x, kernel, self.conv_impl),
+            ("bilinear", "resize"): lambda: reference_upsample_bilinear_conv3x3(x, kernel),
+        }
+        if (self.mode, self.impl) not in fns:
+            raise ValueError(
+                f"UpsampleConv3x3: unknown mode {self.mode!r} or impl {self.impl!r}; use mode "
+                "'nearest' or 'bilinear' and impl 'fused' or 'resize'."
+            )
+        return fns[(self.mode, self.impl)]()
 
 
 class GroupNorm(nn.Module):

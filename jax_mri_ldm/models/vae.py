@@ -55,9 +55,9 @@ Array = jax.Array
 Dtype = Any
 
 # Decoder upsampling layers: the paper's transposed conv ("transpose"), the same layer with an
-# ICNR initialisation ("transpose_icnr"), or nearest x2 upsampling + 3x3 conv ("nearest_conv",
-# 9/16 of the transposed conv's parameters, same speed through its exact fused form).
-UPSAMPLERS: tuple[str, ...] = ("transpose", "transpose_icnr", "nearest_conv")
+# ICNR initialisation ("transpose_icnr"), or an x2 resize + 3x3 conv ("nearest_conv",
+# "bilinear_conv"; 9/16 of the transposed conv's parameters, run through exact fused forms).
+UPSAMPLERS: tuple[str, ...] = ("transpose", "transpose_icnr", "nearest_conv", "bilinear_conv")
 
 
 class Encoder(nn.Module):
@@ -151,8 +151,9 @@ class Decoder(nn.Module):
 
     def _upsampler(self, features: int, kw: dict[str, Any]) -> nn.Module:
         """One x2 upsampling layer of kind ``self.upsample``."""
-        if self.upsample == "nearest_conv":
-            return UpsampleConv3x3(features, conv_impl=self.conv_impl, **kw)
+        if self.upsample in ("nearest_conv", "bilinear_conv"):
+            mode = self.upsample.split("_")[0]
+            return UpsampleConv3x3(features, mode=mode, conv_impl=self.conv_impl, **kw)
         if self.upsample not in UPSAMPLERS:
             raise ValueError(
                 f"unknown VAE upsample {self.upsample!r} (config model.upsample); choose one "
