@@ -166,12 +166,11 @@ def conv2d(x: Array, kernel: Array, padding: int = 0, impl: str = "auto") -> Arr
       its gradient are written and read several times per step (memory-bound on a CPU).
 
     ``impl="auto"`` picks per kernel shape, from a profile of the UNet train step on the
-    2-core dev CPU (``docs/performance.md``): odd kernels of size >= 3 go to ``"xla"`` (UNet
-    step 24.0 -> 29.8 images/s; with im2col, patch concatenation and its gradient took ~30 %
-    of the step); 1x1 and even kernels (the 2x2 convs inside the stride-2 formulations
-    below) stay ``"im2col"``, because XLA:CPU does not give the kernel gradient of those to
-    YNNPACK and runs it as a generic convolution (one of them alone took 525 ms per UNet
-    step, and the VAE step slows by more than 10x).
+    dev CPU (numbers in ``docs/performance.md``): odd kernels of size >= 3 go to ``"xla"``
+    (with im2col, patch concatenation and its gradient dominated the step); 1x1 and even
+    kernels (the 2x2 convs inside the stride-2 formulations below) stay ``"im2col"``,
+    because XLA:CPU does not give the kernel gradient of those to YNNPACK and runs it as a
+    generic, much slower convolution.
 
     Args:
       x: (B, H, W, Cin).
@@ -583,8 +582,8 @@ class GroupNorm(nn.Module):
     layer norm for a conv layer, PyTorch ``GroupNorm(1, C)``). Statistics are float32 and
     come from one fused pass (mean and mean of squares); the normalisation is then one
     multiply-add per element that XLA fuses with the following activation. This layout
-    (reduce over the (B, H, W, G, C/G) view, broadcast (B, 1, 1, C) factors) measured ~4x
-    faster fwd+bwd on XLA:CPU than folding everything into per-(B, G) affine factors first.
+    (reduce over the (B, H, W, G, C/G) view, broadcast (B, 1, 1, C) factors) was faster
+    fwd+bwd on XLA:CPU than folding everything into per-(B, G) affine factors first.
 
     Attributes:
       num_groups: number of channel groups (must divide C).
