@@ -1,7 +1,8 @@
-"""Class-conditional noise-prediction UNet for the latent diffusion stage (paper section V).
+"""Class-conditional denoising UNet for the latent diffusion stage (paper section V).
 
-Works on VAE latents, (B, 32, 32, 8) by default, and returns a tensor of the same shape
-(the predicted noise). DDPM-style (Ho et al. 2020) architecture:
+Works on VAE latents, (B, 32, 32, 8) by default, and returns a tensor of the same shape: the
+predicted noise, v or x0, whichever the trainer's ``diffusion.prediction`` asks for (the
+network does not know which). DDPM-style (Ho et al. 2020) architecture:
 
 * Timestep ``t`` -> sinusoidal embedding (``channels[0]`` wide) -> Dense -> SiLU -> Dense,
   ``4 * channels[0]`` wide; a learned class embedding with ``num_classes + 1`` rows is added
@@ -185,7 +186,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """Class-conditional epsilon-prediction UNet.
+    """Class-conditional denoising UNet (predicts eps, v or x0: the loss decides).
 
     Attributes:
       channels: width of each level; level i runs at 1/2**i of the input size.
