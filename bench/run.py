@@ -24,8 +24,8 @@
 
 For every jitted function it records lower and compile seconds, XLA's FLOP count and
 ``memory_analysis()`` (argument/temp/output bytes); the process max RSS is recorded after each
-part. Timed blocks of JAX and PyTorch alternate (as in ``bench/compare.py``) so that load from
-other processes hits both alike; numbers are medians with min-max over the repeats, and every
+part. Timed blocks of JAX and PyTorch alternate so that load from other processes hits both
+alike; numbers are medians with min-max over the repeats, and every
 JAX call is synchronised with ``block_until_ready``. JAX's persistent compilation cache is
 switched off so compile times are real.
 
@@ -49,7 +49,6 @@ import argparse
 import copy
 import datetime
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -67,7 +66,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from compare import DEFAULT_XLA_FLAGS  # noqa: E402  (stdlib-only module: no JAX import yet)
 
 PARTS: tuple[str, ...] = ("vae", "unet", "sampler", "peak", "bf16")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -127,8 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_torch", action="store_true", help="time JAX only")
     p.add_argument(
         "--xla_flags",
-        default=DEFAULT_XLA_FLAGS,
-        help="XLA_FLAGS added for the JAX side ('' for XLA's defaults)",
+        default="",
+        help="XLA_FLAGS added for the JAX side (default: XLA's defaults, what train.py runs)",
     )
     p.add_argument(
         "--jemalloc",
@@ -323,16 +321,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def load_config(name: str, preset: str) -> Any:
-    """``configs/<name>.py:get_config(preset)``."""
-    spec = importlib.util.spec_from_file_location(
-        f"bench_cfg_{name}", REPO / "configs" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
-
-
 def _ms(s: dict[str, Any], scale: float = 1e3, digits: int = 1) -> str:
     """``median (min–max)`` of a `summarize` dict, times ``scale``."""
     med, lo, hi = (s[k] * scale for k in ("median", "min", "max"))
@@ -363,6 +351,8 @@ class Bench:
         import numpy as np
 
         self.args, self.torch, self.torch_status = args, torch, torch_status
+        from jax_mri_ldm.config_loader import load_config
+
         self.jax, self.np = jax, np
         self.vae_cfg = load_config("vae", args.preset)
         self.ldm_cfg = load_config("ldm", args.preset)
@@ -471,12 +461,12 @@ class Bench:
 
         from jax_mri_ldm.engine import loop
         from jax_mri_ldm.engine.state import TrainState, make_optimizer
-        from jax_mri_ldm.train_vae import build_model
+        from jax_mri_ldm.pipeline import build_vae
         from jax_mri_ldm.train_vae import make_loss_fn as make_vae_loss_fn
 
         jax, np, cfg, b = self.jax, self.np, self.vae_cfg, self.batch
         size = int(cfg.data.image_size)
-        model = build_model(cfg.model)
+        model = build_vae(cfg.model)
         rng = np.random.default_rng(self.args.seed)
         images = rng.uniform(0, 1, (b, size, size, 1)).astype(np.float32)  # (B, H, W, 1)
         labels = np.arange(b, dtype=np.int32) % 2
@@ -570,13 +560,13 @@ class Bench:
         import jax.numpy as jnp
 
         from jax_mri_ldm import CLASS_NAMES, diffusion
-        from jax_mri_ldm.train_ldm import build_model
+        from jax_mri_ldm.pipeline import build_unet
 
         jax, np, cfg, b = self.jax, self.np, self.ldm_cfg, self.batch
         h = int(self.vae_cfg.data.image_size) // 8
         latent_shape = (h, h, int(self.vae_cfg.model.latent_channels))  # (h, w, c)
         num_classes = len(CLASS_NAMES)
-        unet = build_model(cfg.model, num_classes)
+        unet = build_unet(cfg.model, num_classes)
         key = jax.random.PRNGKey(self.args.seed)
         params = jax.jit(
             lambda r: unet.init(
@@ -610,7 +600,7 @@ class Bench:
 
         from jax_mri_ldm.engine import loop
         from jax_mri_ldm.engine.state import TrainState, make_optimizer
-        from jax_mri_ldm.train_ldm import build_model
+        from jax_mri_ldm.pipeline import build_unet
         from jax_mri_ldm.train_ldm import make_loss_fn as make_ldm_loss_fn
 
         jax, cfg, c = self.jax, self.ldm_cfg, self.unet_ctx()
@@ -624,7 +614,7 @@ class Bench:
             return self._unet_steps[dtype], state
         mcfg = copy.deepcopy(cfg.model)
         mcfg.dtype = dtype
-        unet = build_model(mcfg, c["num_classes"])
+        unet = build_unet(mcfg, c["num_classes"])
         schedule, null = c["schedule"], c["num_classes"]
 
         # The training loss itself, with the identity normalisation (synthetic unit latents).
@@ -672,7 +662,7 @@ class Bench:
         """Engine train step and forward latency of the UNet (configs/ldm.py) vs torch."""
         import jax.numpy as jnp
 
-        from jax_mri_ldm.train_ldm import make_apply_fn
+        from jax_mri_ldm.pipeline import make_apply_fn
 
         jax, np, cfg, b, a = self.jax, self.np, self.ldm_cfg, self.batch, self.args
         c = self.unet_ctx()
@@ -808,7 +798,7 @@ class Bench:
         import jax.numpy as jnp
 
         from jax_mri_ldm import diffusion, sampling
-        from jax_mri_ldm.train_ldm import make_apply_fn
+        from jax_mri_ldm.pipeline import SamplerSpec, make_apply_fn, make_latent_sampler
 
         jax, a, cfg, b = self.jax, self.args, self.ldm_cfg, self.batch
         c = self.unet_ctx()
@@ -817,9 +807,8 @@ class Bench:
         schedule = c["schedule"] if S == T else diffusion.make_schedule(cfg.diffusion.schedule, S)
         apply_fn = make_apply_fn(c["unet"])
         w, null = float(a.guidance_scale), c["num_classes"]
-        sample = sampling.make_sample_fn(
-            apply_fn, schedule, c["latent_shape"], sampler="ddpm", guidance_scale=w, null_label=null
-        )
+        spec = SamplerSpec(sampler="ddpm", guidance_scale=w)
+        sample = make_latent_sampler(apply_fn, schedule, c["latent_shape"], spec, null_label=null)
         labels = jnp.asarray(c["labels"])
         key = jax.random.PRNGKey(a.seed + 4)
         scan_c, scan_info = aot_compile(sample, c["params"], labels, key, flops=False)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jax_mri_ldm.pipeline import SamplerSpec
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the latent-diffusion config for preset `arg` ('paper' | 'demo' | 'tiny')."""
@@ -29,8 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.latents.x0_clip_percentile = 0.5  # samplers clip x0 to [p, 100-p] latent percentiles (<0 off)
 
     c.model = ml_collections.ConfigDict()
-    # (32, 64, 128): 3.6 M parameters, 11.6-14.8 img/s training on a loaded 2-core CPU, i.e.
-    # the paper's 100 epochs on 320 images in ~40 min; (64, 128, 256) (14.4 M) runs at ~5 img/s.
+    # (32, 64, 128) (3.6 M parameters) is sized for a 2-core CPU; (64, 128, 256) (14.4 M) for an
+    # accelerator. Training speeds of both: docs/performance.md.
     c.model.channels = (32, 64, 128)  # UNet widths per resolution level (32, 16, 8)
     c.model.num_res_blocks = 2  # residual blocks per level
     c.model.attn_resolutions = ()  # extra self-attention at these feature sizes (+ bottleneck)
@@ -74,15 +76,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.progress_bar = True  # tqdm bar on stderr
     c.train.tensorboard = True  # TensorBoard event files under <workdir>/tb
     c.train.eval_num_images = 8  # samples per class in the periodic grid
-    c.train.eval_sampler = "ddim"  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
-    c.train.eval_sample_steps = 50  # its number of steps
-    c.train.eval_eta = 1.0  # DDIM noise for the grids: 1 = ancestral (robust), 0 = deterministic
-    c.train.eval_guidance_scale = 3.0  # its guidance scale w (1 = plain conditional)
+    # The grids' sampler: the project's default setting (pipeline.SamplerSpec) unless overridden.
+    grid = SamplerSpec().resolved(c.diffusion.num_timesteps)
+    c.train.eval_sampler = grid.sampler  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
+    c.train.eval_sample_steps = grid.steps  # its number of steps (ddpm: always all T)
+    c.train.eval_eta = grid.eta  # DDIM noise: 1 = ancestral, 0 = deterministic
+    c.train.eval_guidance_scale = grid.guidance_scale  # guidance w (1 = plain conditional)
 
     if preset == "paper":
         pass
     elif preset == "demo":
-        # 8x16x16 latents of the 128 px demo VAE; 1000 updates, ~6 min on 2 quiet cores.
+        # 8x16x16 latents of the 128 px demo VAE; 1000 updates (minutes on a laptop CPU).
         c.model.channels = (64, 128, 128)
         c.model.attn_resolutions = ()
         c.train.num_epochs = 50

@@ -11,7 +11,6 @@ Every stage resumes or skips when its output is already complete, so rerunning i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -21,6 +20,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from jax_mri_ldm.config_loader import load_config
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes everything.")
 flags.DEFINE_list(
@@ -28,17 +29,6 @@ flags.DEFINE_list(
 )
 flags.DEFINE_string("preset", "demo", "Config preset for both stages (demo | tiny | paper).")
 flags.DEFINE_string("data_path", "", "Optional real data (image folder) instead of built-in.")
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str, preset: str) -> ml_collections.ConfigDict:
-    """Loads `configs/<name>.py` of this repository and returns `get_config(preset)`."""
-    path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_jax_mri_ldm_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
 
 
 def _banner(text: str) -> None:
@@ -104,7 +94,7 @@ def main(argv):
             sys.exit(rc)
     if "sample" in stages:
         _banner("4/5 sampling both classes")
-        from jax_mri_ldm.generate import SampleRequest, run_sampling
+        from jax_mri_ldm.export import SampleRequest, run_sampling
 
         summary = run_sampling(
             SampleRequest(

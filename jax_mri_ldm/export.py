@@ -1,20 +1,50 @@
-"""Writes synthetic slices as `<out>/<class_name>/<file>` plus `manifest.jsonl` and a grid PNG.
+"""Samples a diffusion run and writes `<out>/<class_name>/<file>`, `manifest.jsonl`, a grid PNG.
 
-The layout is the image-folder layout the data readers take (class directory names `normal` and
-`tumour` map to labels 0 and 1), so `--config.data.path=<out>` trains on the synthetic set.
+`run_sampling(SampleRequest)` is the library side of `sample.py`. The layout is the image-folder
+layout the data readers take (class directory names `normal` and `tumour` map to labels 0 and
+1), so `--config.data.path=<out>` trains on the synthetic set. Output is written into a
+temporary sibling directory that replaces `--out` only when every image and the manifest are
+complete, so an error or Ctrl-C never leaves a half-written `--out`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import resource
+import sys
+import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import tqdm
 from PIL import Image
 
+from jax_mri_ldm import plots
+from jax_mri_ldm.atomic import atomic_directory
+from jax_mri_ldm.pipeline import SamplerSpec, load_ldm
+
 FORMATS = ("png", "npy", "nii")
+_GRID_IMAGES = 64  # images in grid.png
+
+
+@dataclasses.dataclass
+class SampleRequest:
+    """What to sample (the flags of sample.py); the sampler setting is a `SamplerSpec`."""
+
+    workdir: str = "runs/ldm"
+    label: str = "1"
+    num_samples: int = 16
+    batch_size: int = 16
+    spec: SamplerSpec = dataclasses.field(default_factory=SamplerSpec)
+    seed: int = 0
+    out: str = "samples"
+    format: str = "png"
+    overwrite: bool = False
+    progress: bool = True
 
 
 def to_uint8(image01: np.ndarray) -> np.ndarray:
@@ -91,3 +121,117 @@ def read_manifest(out_dir: str) -> list[dict[str, Any]]:
     """Reads `<out_dir>/manifest.jsonl`."""
     with open(os.path.join(out_dir, "manifest.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def resolve_labels(label: str, class_names: tuple[str, ...], num_samples: int) -> np.ndarray:
+    """Maps --label (id, name, or 'all' for a balanced mix) to `num_samples` label ids."""
+    valid = ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+    text = str(label).strip().lower()
+    if text == "all":
+        return np.arange(num_samples, dtype=np.int32) % len(class_names)
+    names = [n.lower() for n in class_names]
+    aliases = {"tumor": "tumour", "yes": "tumour", "no": "normal", "healthy": "normal"}
+    if text in names:
+        idx = names.index(text)
+    elif aliases.get(text) in names:
+        idx = names.index(aliases[text])
+    elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
+        idx = int(text)
+    else:
+        raise ValueError(f"--label={label} is not a class of this model; valid: {valid}, or 'all'.")
+    return np.full((num_samples,), idx, np.int32)
+
+
+def _check_request(req: SampleRequest) -> None:
+    """Raises ValueError naming the bad flag; cheap checks before loading the run."""
+    if req.num_samples <= 0:
+        raise ValueError(f"--num_samples={req.num_samples} must be positive.")
+    if req.batch_size <= 0:
+        raise ValueError(f"--batch_size={req.batch_size} must be positive.")
+    if req.format not in FORMATS:
+        raise ValueError(f"--format={req.format} is not one of {', '.join(FORMATS)}.")
+    req.spec.validate()
+    _check_out(req.out, req.overwrite)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out={out} exists and is not a directory; choose another --out.")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(
+            f"--out={out} exists and is not empty; pass --overwrite to replace it or choose "
+            "another --out."
+        )
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".probe", delete=True)
+        probe.close()
+    except OSError as e:
+        raise ValueError(
+            f"--out={out} is not writable ({e.strerror}); choose another --out."
+        ) from e
+
+
+def run_sampling(req: SampleRequest) -> dict[str, Any]:
+    """Samples `req.num_samples` images and writes them under `req.out`.
+
+    Returns:
+      Summary dict: out, num_images, seconds, first_batch_seconds_incl_compile,
+      seconds_per_batch, batch_size, peak_rss_mb.
+
+    Raises:
+      ValueError: any bad request (message names the flag and what to do).
+    """
+    _check_request(req)
+    run = load_ldm(req.workdir)
+    labels = resolve_labels(req.label, run.class_names, req.num_samples)
+    sampler = run.image_sampler(req.spec, req.batch_size)
+    spec = sampler.spec  # every default filled in
+    record = {
+        "seed": req.seed,
+        "sampler": spec.sampler,
+        "steps": int(spec.steps),
+        "spacing": spec.spacing,
+        "eta": spec.eta if spec.sampler == "ddim" else None,
+        "guidance": spec.guidance_scale,
+        "use_ema": bool(spec.use_ema),
+        "checkpoint_step": run.step,
+        "config_fingerprint": run.config_fingerprint,
+        "workdir": os.path.abspath(req.workdir),
+        "batch_size": sampler.batch_size,
+    }
+    num_batches = int(np.ceil(req.num_samples / sampler.batch_size))
+    bar = tqdm.tqdm(
+        total=num_batches, desc="sampling", unit="batch", disable=not req.progress, file=sys.stderr
+    )
+    times, grid_images = [], []
+    t_start = time.perf_counter()
+    with atomic_directory(req.out) as tmp:  # replaces --out (checked above) only when complete
+        t0 = time.perf_counter()
+        for b, (start, chunk, images) in enumerate(sampler.batches(labels, req.seed)):
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            batch_record = {
+                **record,
+                "batch": b,
+                "time": time.time(),
+                "batch_seconds": round(dt, 4),
+            }
+            rows = write_batch(tmp, images, chunk, run.class_names, start, req.format, batch_record)
+            append_manifest(tmp, rows)
+            grid_images.extend(images[: _GRID_IMAGES - len(grid_images)])
+            bar.update(1)
+            t0 = time.perf_counter()
+        bar.close()
+        plots.save_grid_png(np.stack(grid_images), os.path.join(tmp, "grid.png"))
+    steady = times[1:] if len(times) > 1 else times
+    return {
+        "out": os.path.abspath(req.out),
+        "num_images": int(req.num_samples),
+        "seconds": time.perf_counter() - t_start,
+        "first_batch_seconds_incl_compile": times[0],
+        "seconds_per_batch": float(np.median(steady)),
+        "batch_size": sampler.batch_size,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }

@@ -3,8 +3,10 @@
 Latents. The training split (from the VAE run's split.json) is encoded once by the frozen
 encoder; the posterior mean and log-variance are cached in the workdir under a key made of the
 VAE checkpoint's parameter hash and the dataset fingerprint. Each step draws z ~ q(z|x) from the
-cached posterior and multiplies it by the VAE run's latent scale factor (1 / std of training
-latents), so the diffusion model sees roughly unit-variance data.
+cached posterior and normalises it, `(z - shift) * scale` (`latent_normalization`): by default
+each latent channel is standardised to zero mean and unit variance over the training latents
+(`config.latents.normalize='channel'`; 'global' is the VAE run's single scale factor of Rombach
+et al.), so the diffusion model sees unit-variance data.
 
 Augmentation. A horizontal flip of the image is not a flip of the latent in general (the encoder
 is not exactly equivariant), so with `config.latents.flip` the mirrored slices are encoded too and
@@ -14,7 +16,8 @@ this stage (they would need an encoder pass per step, which costs more than the 
 
 Self-describing run. The VAE's parameters are copied into `<workdir>/vae_params.msgpack` (with
 their SHA-256 in the checkpoint metadata, checked on load), and the final checkpoint stores the
-config, schedule, class names, latent shape and scale factor, so sampling needs only this workdir.
+config, schedule, class names, latent shape and normalisation, so sampling needs only this
+workdir (`pipeline.load_ldm`).
 """
 
 from __future__ import annotations
@@ -30,36 +33,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_mri_ldm import CLASS_NAMES, diffusion, plots, sampling
+from jax_mri_ldm import atomic, diffusion, plots
 from jax_mri_ldm import data as data_lib
-from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
-from jax_mri_ldm.generate import DEFAULT_SPACING
-from jax_mri_ldm.losses import from_model_space
+from jax_mri_ldm.losses import PAPER_LDM_LOSS
 from jax_mri_ldm.models.unet import UNet
-from jax_mri_ldm.models.vae import VAE
-from jax_mri_ldm.train_vae import batched_apply, load_vae, make_encode_fn
-from jax_mri_ldm.train_vae import build_model as build_vae
+from jax_mri_ldm.pipeline import (
+    VAEPipeline,
+    build_unet,
+    grid_sampler_spec,
+    load_vae,
+    make_apply_fn,
+    make_decode_fn,
+    make_latent_sampler,
+)
 
-# The paper's diffusion loss curve (Sec. VI-B): epoch -> loss.
-PAPER_LDM_LOSS = ((1, 1.0), (7, 0.6), (20, 0.5), (60, 0.46), (100, 0.46))
 VAE_PARAMS_FILE = "vae_params.msgpack"
-
-
-def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> UNet:
-    """The UNet described by `config.model` (null class id = num_classes)."""
-    return UNet(
-        channels=tuple(model_cfg.channels),
-        num_res_blocks=int(model_cfg.num_res_blocks),
-        attn_resolutions=tuple(model_cfg.attn_resolutions),
-        num_heads=int(model_cfg.num_heads),
-        num_classes=num_classes,
-        dropout=float(model_cfg.dropout),
-        norm_groups=int(model_cfg.get("norm_groups", 32)),
-        dtype=jnp.dtype(model_cfg.dtype),
-    )
 
 
 def params_sha256(params: Any) -> str:
@@ -71,34 +62,32 @@ def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def _encode_posteriors(vae: VAE, vae_params: Any, images: np.ndarray, flip: bool, batch_size: int):
+def _encode_posteriors(vae: VAEPipeline, images: np.ndarray, flip: bool, batch_size: int):
     """Posterior (mean, logvar) of every image (and its mirror): (N, V, h, w, c) each, V=1|2."""
-    encode = make_encode_fn(vae, vae_params)
     views = [images] + ([images[:, :, ::-1, :]] if flip else [])
-    posteriors = [batched_apply(encode, np.ascontiguousarray(v), batch_size) for v in views]
+    posteriors = [vae.encode(np.ascontiguousarray(v), batch_size) for v in views]
     mean = np.stack([m for m, _ in posteriors], axis=1)
     logvar = np.stack([lv for _, lv in posteriors], axis=1)
     return mean, logvar
 
 
 def cached_latents(
-    workdir: str, vae: VAE, vae_params: Any, vae_meta: dict, train_set, flip: bool, batch_size: int
+    workdir: str, vae: VAEPipeline, train_set, flip: bool, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads or computes the training posteriors; cache keyed by VAE params + data fingerprint."""
     key = hashlib.sha256(
         json.dumps(
-            [params_sha256(vae_params), vae_meta.get("dataset_fingerprint"), train_set.ids, flip]
+            [params_sha256(vae.params), vae.meta.get("dataset_fingerprint"), train_set.ids, flip]
         ).encode()
     ).hexdigest()[:16]
     path = os.path.join(workdir, f"latents_{key}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             return f["mean"], f["logvar"]
-    mean, logvar = _encode_posteriors(vae, vae_params, train_set.images, flip, batch_size)
+    mean, logvar = _encode_posteriors(vae, train_set.images, flip, batch_size)
     if jax.process_index() == 0:
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, mean=mean, logvar=logvar)
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            np.savez(tmp, mean=mean, logvar=logvar)
     return mean, logvar
 
 
@@ -113,10 +102,7 @@ def _write_vae_copy(workdir: str, vae_params: Any) -> str:
             with open(path, "rb") as f:
                 existing = hashlib.sha256(f.read()).hexdigest()
         if existing != digest:
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
+            atomic.write_bytes(path, blob)
     return digest
 
 
@@ -151,19 +137,16 @@ def latent_normalization(
     The model sees ``z_n = (z - shift) * scale``. ``'global'`` is Rombach et al.'s single scale
     factor (``shift = 0``, ``scale = 1 / std`` over all latent values, computed by the VAE
     stage). ``'channel'`` (default) standardises each channel: the VAE's channels carry
-    offsets of up to ~3 standard deviations (measured on the demo VAE: channel means from
-    -2.35 to 0.18, stds 0.31 to 1.07), which a single scale keeps, so a symmetric x0 clip
+    offsets of several standard deviations, which a single scale keeps, so a symmetric x0 clip
     around 0 would be loose for some channels and cut others.
 
     Also returns per-channel bounds (the ``[p, 100 - p]`` percentiles of the normalised
     training latents) that the samplers clip their x0 estimate to. Why clip at all: with the
-    cosine schedule ``sqrt(alpha_bar)`` at the noisiest index is 5e-5, so an eps-prediction
-    error of 0.1 there (the demo UNet's is 0.13 rms) is an x0 error of ~2500, and the first
-    DDIM-50 update multiplies x0 by ``sqrt(alpha_bar_next)`` (0.03). Pixel-space DDPMs clip to
-    [-1, 1] for the same reason. Measured on the demo run (data std 1 per channel): DDIM-50
-    latents had std ~2500 unclipped; with per-channel bounds DDPM-1000 gives std 0.96-1.21,
-    DDIM-50 1.25-2.55 with min/max bounds and 0.95-1.39 with the 0.5/99.5 percentiles (so the
-    percentiles are the default: the tails they cut are 1 % of latent values).
+    cosine schedule ``sqrt(alpha_bar)`` at the noisiest index is tiny, so a small eps error
+    there becomes a huge x0 error that the first few-step update carries into the sample
+    (pixel-space DDPMs clip to [-1, 1] for the same reason). Percentiles rather than the
+    min/max, because the few extreme latent values leave the bounds too loose for the
+    few-step samplers. docs/results.md ("Sample quality") has the measurements.
 
     Args:
       mean: ``(N, V, h, w, C)`` posterior means of the training latents (all views).
@@ -205,37 +188,6 @@ def latent_normalization(
     lo = np.percentile(z, clip_percentile, axis=0)
     hi = np.percentile(z, 100.0 - clip_percentile, axis=0)
     return shift, scale, ([float(v) for v in lo], [float(v) for v in hi])
-
-
-def make_decode_fn(vae: VAE, shift: Any, scale: Any):
-    """Jitted (vae_params, normalised latents) -> images (B, H, W, 1) in [0, 1].
-
-    Args:
-      vae: the VAE module.
-      shift: ``(C,)`` (or scalar) latent shift, see `latent_normalization`.
-      scale: ``(C,)`` (or scalar) latent scale.
-
-    Returns:
-      ``decode(vae_params, z)`` with ``z: (B, h, w, C)`` in the diffusion model's space.
-    """
-    shift = jnp.asarray(shift, jnp.float32)
-    scale = jnp.asarray(scale, jnp.float32)
-
-    @jax.jit
-    def decode(vae_params, z):
-        x = vae.apply({"params": vae_params}, z / scale + shift, method=VAE.decode)
-        return from_model_space(x)
-
-    return decode
-
-
-def make_apply_fn(unet: UNet):
-    """(params, x, t, y) -> model output, the form the samplers take."""
-
-    def apply_fn(params, x, t, y):
-        return unet.apply({"params": params}, x, t, y, train=False)
-
-    return apply_fn
 
 
 def make_loss_fn(
@@ -313,10 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
       The engine's RunResult.
     """
     loop.ensure_writable_workdir(workdir)
-    vae, vae_params, vae_meta = load_vae(config.vae_workdir)
-    vae_config = ml_collections.ConfigDict(vae_meta["config"])
+    vae = load_vae(config.vae_workdir)
+    vae_config = ml_collections.ConfigDict(vae.meta["config"])
     ds = data_lib.load_imageset(vae_config.data)
-    if ds.fingerprint != vae_meta.get("dataset_fingerprint"):
+    if ds.fingerprint != vae.meta.get("dataset_fingerprint"):
         raise ValueError(
             f"the data the VAE in {config.vae_workdir!r} was trained on changed since "
             "(dataset fingerprint differs); retrain the VAE or restore the data."
@@ -334,24 +286,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     num_classes = len(class_names)
     null_label = num_classes
     batch_size = int(config.train.batch_size)
-    latent_scale = float(vae_meta["latent_scale_factor"])
-    latent_shape = tuple(int(d) for d in vae_meta["latent_shape"])  # (h, w, c)
+    latent_shape = tuple(int(d) for d in vae.meta["latent_shape"])  # (h, w, c)
 
-    vae_sha = _write_vae_copy(workdir, vae_params)
+    vae_sha = _write_vae_copy(workdir, vae.params)
     mean, logvar = cached_latents(
-        workdir, vae, vae_params, vae_meta, train_set, bool(config.latents.flip), batch_size
+        workdir, vae, train_set, bool(config.latents.flip), batch_size
     )  # (N, V, h, w, c)
     labels = train_set.labels.astype(np.int32)
     shift, scale, x0_clip = latent_normalization(
         mean,
         logvar,
         config.latents.normalize,
-        latent_scale,
+        vae.latent_scale_factor,
         bool(config.latents.sample_posterior),
-        float(config.latents.get("x0_clip_percentile", 0.5)),
+        float(config.latents.x0_clip_percentile),
     )  # (C,), (C,), per-channel clip bounds (see latent_normalization for why)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-    unet = build_model(config.model, num_classes)
+    unet = build_unet(config.model, num_classes)
     sampler = data_lib.BalancedSampler(labels, batch_size, seed=int(config.seed))
 
     def init_params(rng):
@@ -368,18 +319,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
 
     n_per_class = int(config.train.eval_num_images)
     eval_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), n_per_class)
-    decode = make_decode_fn(vae, shift, scale)
-    sample_fn = sampling.make_sample_fn(
+    decode = make_decode_fn(vae.module, shift, scale)
+    sample_fn = make_latent_sampler(
         make_apply_fn(unet),
         schedule,
         latent_shape,
-        sampler=config.train.eval_sampler,
-        steps=None if config.train.eval_sampler == "ddpm" else int(config.train.eval_sample_steps),
-        spacing=DEFAULT_SPACING[config.train.eval_sampler],
-        eta=float(config.train.get("eval_eta", 0.0))
-        if config.train.eval_sampler == "ddim"
-        else 0.0,
-        guidance_scale=float(config.train.eval_guidance_scale),
+        grid_sampler_spec(config.train),
         null_label=null_label,
         prediction=config.diffusion.prediction,
         clip_x0=x0_clip,
@@ -394,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             eval_labels,
             jax.random.PRNGKey(int(config.seed) + 1),
         )
-        images = np.asarray(decode(vae_params, z))
+        images = np.asarray(decode(vae.params, z))
         if jax.process_index() == 0:
             plots.save_labelled_grid(
                 images,
@@ -425,85 +370,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             "null_label": null_label,
             "num_train": len(train_set),
             "latent_shape": list(latent_shape),
-            "latent_scale_factor": latent_scale,
+            "latent_scale_factor": vae.latent_scale_factor,
             "latent_normalize": str(config.latents.normalize),
             "latent_shift": [float(v) for v in shift],
-            "latent_scale": [float(v) for v in scale],
+            "latent_channel_scale": [float(v) for v in scale],
             "x0_clip": x0_clip,
             "image_size": int(vae_config.data.image_size),
             "vae": {
                 "file": VAE_PARAMS_FILE,
                 "sha256": vae_sha,
-                "model": vae_meta["config"]["model"],
+                "model": vae.meta["config"]["model"],
                 "source_workdir": os.path.abspath(config.vae_workdir),
-                "data": vae_meta["config"]["data"],
+                "data": vae.meta["config"]["data"],
             },
         },
     )
     return loop.run(config, workdir, task)
-
-
-class LoadedLDM:
-    """Everything needed to sample from a finished (or in-progress) LDM run."""
-
-    def __init__(self, workdir: str, step: int | None = None):
-        """Loads `<workdir>`; raises ValueError with a clear message if it is not an LDM run."""
-        meta = ckpt_lib.read_run_meta(workdir, step)
-        if meta.get("stage") != "ldm":
-            raise ValueError(
-                f"--workdir={workdir} is a {meta.get('stage')!r} run, not a diffusion run; "
-                "sample from the workdir of `train.py --config=configs/ldm.py`."
-            )
-        checkpointer = ckpt_lib.Checkpointer(workdir)
-        try:
-            items, meta = checkpointer.restore_raw(step)
-        finally:
-            checkpointer.close()
-        self.workdir = workdir
-        self.meta = meta
-        self.step = int(np.asarray(items["step"]))
-        self.config = ml_collections.ConfigDict(meta["config"])
-        self.class_names = tuple(meta.get("class_names", CLASS_NAMES))
-        self.null_label = int(meta["null_label"])
-        self.latent_shape = tuple(meta["latent_shape"])
-        self.latent_scale = float(meta["latent_scale_factor"])
-        # Runs written before per-channel normalisation stored one scale and no shift.
-        self.latent_shift = np.asarray(meta.get("latent_shift", 0.0), np.float32)
-        self.latent_channel_scale = np.asarray(
-            meta.get("latent_scale", self.latent_scale), np.float32
-        )
-        self.x0_clip = sampling.normalize_clip(meta.get("x0_clip"))
-        self.image_size = int(meta["image_size"])
-        sched = meta.get("schedule")
-        self.schedule = (
-            diffusion.schedule_from_dict(sched)
-            if sched
-            else diffusion.make_schedule(
-                self.config.diffusion.schedule, self.config.diffusion.num_timesteps
-            )
-        )
-        self.unet = build_model(self.config.model, len(self.class_names))
-        self.params = items["params"]
-        self.ema_params = items["ema_params"]
-        vae_path = os.path.join(workdir, meta["vae"]["file"])
-        if not os.path.exists(vae_path):
-            raise ValueError(f"{vae_path} is missing; the run directory is incomplete.")
-        with open(vae_path, "rb") as f:
-            blob = f.read()
-        if hashlib.sha256(blob).hexdigest() != meta["vae"]["sha256"]:
-            raise ValueError(
-                f"{vae_path} does not match the checksum stored in the checkpoint; the VAE copy "
-                "was modified. Restore it or retrain."
-            )
-        self.vae = build_vae(ml_collections.ConfigDict(meta["vae"]["model"]))
-        self.vae_params = flax.serialization.msgpack_restore(blob)
-        self.final = bool(meta.get("final"))
-        self.config_fingerprint = hashlib.sha256(
-            json.dumps(meta["config"], sort_keys=True).encode()
-        ).hexdigest()[:12]
-
-    def apply_fn(self):
-        return make_apply_fn(self.unet)
-
-    def decode_fn(self):
-        return make_decode_fn(self.vae, self.latent_shift, self.latent_channel_scale)

@@ -17,26 +17,15 @@ import numpy as np
 
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm import plots
+from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.data.augment import augment_from_config
-from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
 from jax_mri_ldm.evaluation import metrics as metrics_lib
-from jax_mri_ldm.losses import from_model_space, to_model_space, vae_loss
+from jax_mri_ldm.losses import PAPER_VAE_LOSS, to_model_space, vae_loss
 from jax_mri_ldm.models.vae import VAE
-
-# The paper's VAE loss curve (Sec. VI-B): epoch -> loss, for the loss-curve figure.
-PAPER_VAE_LOSS = ((1, 0.21), (10, 0.05), (25, 0.03), (50, 0.027))
-
-
-def build_model(model_cfg: ml_collections.ConfigDict) -> VAE:
-    """The VAE described by `config.model`."""
-    return VAE(
-        features=tuple(model_cfg.features),
-        latent_channels=int(model_cfg.latent_channels),
-        dtype=jnp.dtype(model_cfg.dtype),
-    )
+from jax_mri_ldm.pipeline import build_vae, make_encode_fn, make_reconstruct_fn
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
@@ -55,46 +44,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
     return ds, split
 
 
-def batched_apply(fn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
-    """Applies jitted `fn(images_batch) -> array or tuple of arrays` over fixed-size batches.
-
-    The last batch is padded (one compile for all batches) and padding rows are dropped.
-
-    Returns:
-      Tuple of arrays concatenated over all N images.
-    """
-    outs: list[list[np.ndarray]] = []
-    for x, _, mask in data_lib.eval_batches(images, np.zeros(len(images), np.int32), batch_size):
-        result = fn(jnp.asarray(x))
-        result = result if isinstance(result, tuple) else (result,)
-        if not outs:
-            outs = [[] for _ in result]
-        for acc, r in zip(outs, result, strict=True):
-            acc.append(np.asarray(r)[mask])
-    return tuple(np.concatenate(acc) for acc in outs)
-
-
-def make_encode_fn(model: VAE, params: Any):
-    """Jitted images01 (B, H, W, 1) -> posterior (mean, logvar), each (B, h, w, c)."""
-
-    @jax.jit
-    def encode(params, images01):
-        return model.apply({"params": params}, to_model_space(images01), method=VAE.encode)
-
-    return lambda images01: encode(params, images01)  # params stay an argument, not a constant
-
-
-def make_reconstruct_fn(model: VAE):
-    """Jitted (params, images01) -> posterior-mean reconstructions in [0, 1]."""
-
-    @jax.jit
-    def reconstruct(params, images01):
-        mean, _ = model.apply({"params": params}, to_model_space(images01), method=VAE.encode)
-        return from_model_space(model.apply({"params": params}, mean, method=VAE.decode))
-
-    return reconstruct
-
-
 def reconstruction_metrics(
     reconstruct, params: Any, images: np.ndarray, batch_size: int
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -109,13 +58,13 @@ def reconstruction_metrics(
     Returns:
       ({"psnr", "ssim"} means over the images, reconstructions (N, H, W, 1)).
     """
-    (recon,) = batched_apply(lambda x: reconstruct(params, x), images, batch_size)
+    recon = batched_apply(lambda x: reconstruct(params, x), images, batch_size=batch_size)
     psnr = np.asarray(metrics_lib.psnr(jnp.asarray(images), jnp.asarray(recon)))
     ssim = np.asarray(metrics_lib.ssim(jnp.asarray(images), jnp.asarray(recon)))
     return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}, recon
 
 
-def save_loss_curve(workdir: str, steps_per_epoch: int) -> str:
+def save_loss_curve(workdir: str) -> str:
     """Per-epoch mean training loss beside the paper's reported values (paper Fig. 4, left)."""
     records = log_lib.read_metrics(workdir, "train")
     if not records:
@@ -143,7 +92,7 @@ def save_loss_curve(workdir: str, steps_per_epoch: int) -> str:
 
 def latent_statistics(model: VAE, params: Any, images: np.ndarray, batch_size: int, seed: int):
     """Encodes `images`; returns (means, logvars, std of one posterior sample per image)."""
-    mean, logvar = batched_apply(make_encode_fn(model, params), images, batch_size)
+    mean, logvar = batched_apply(make_encode_fn(model, params), images, batch_size=batch_size)
     rng = np.random.default_rng(seed)
     z = mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape).astype(np.float32)
     return mean, logvar, float(np.std(z))
@@ -190,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     loop.ensure_writable_workdir(workdir)
     ds, split = prepare_data(config, workdir)
     train_set, val_set, test_set = (ds.subset(split[k]) for k in ("train", "val", "test"))
-    model = build_model(config.model)
+    model = build_vae(config.model)
     size = int(config.data.image_size)
     if size % 8:
         raise ValueError(
@@ -225,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
                 title=f"validation, step {step}: PSNR {scores['psnr']:.2f} dB, "
                 f"SSIM {scores['ssim']:.3f}",
             )
-            save_loss_curve(workdir, sampler.steps_per_epoch)
+            save_loss_curve(workdir)
         return scores
 
     def finalize(state: TrainState, workdir: str) -> dict[str, Any]:
@@ -272,47 +221,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         },
     )
     return loop.run(config, workdir, task)
-
-
-def load_vae(workdir: str) -> tuple[VAE, Any, dict[str, Any]]:
-    """Loads a finished VAE run for inference.
-
-    Args:
-      workdir: a stage-1 run directory.
-
-    Returns:
-      (model, params (host arrays), final metadata incl. latent_scale_factor and config).
-
-    Raises:
-      ValueError: no finished VAE run in `workdir` (message says what to run).
-    """
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(
-            f"no VAE run in {workdir!r} (no checkpoints/ there); train one first with "
-            f"`python train.py --config=configs/vae.py --workdir={workdir}`."
-        )
-    checkpointer = ckpt_lib.Checkpointer(workdir)
-    try:
-        if checkpointer.latest_step() is None:
-            raise ValueError(f"{workdir!r} holds no checkpoint yet; finish the VAE training first.")
-        meta = checkpointer.restore_meta()
-        if meta.get("stage") != "vae":
-            raise ValueError(
-                f"{workdir!r} holds a {meta.get('stage')!r} run, not a VAE; point "
-                "--config.vae_workdir at the stage-1 run directory."
-            )
-        if not meta.get("final"):
-            raise ValueError(
-                f"the VAE run in {workdir!r} is not finished (latest step "
-                f"{checkpointer.latest_step()}); rerun its train.py command to complete it."
-            )
-        items, meta = checkpointer.restore_raw()
-    finally:
-        checkpointer.close()
-    model = build_model(ml_collections.ConfigDict(meta["config"]["model"]))
-    params = (
-        items["params"]
-        if meta.get("inference_params", "params") == "params"
-        else items["ema_params"]
-    )
-    return model, params, meta

@@ -206,3 +206,82 @@ def test_train_step_ema_inside_step():
     expected = 0.9 * 1.0 + 0.1 * np.asarray(new.params["w"])
     np.testing.assert_allclose(new.ema_params["w"], expected, rtol=1e-6)
     assert int(new.step) == 1 and float(metrics["loss"]) == pytest.approx(2.0)
+
+
+def _stage_configs() -> dict[str, ml_collections.ConfigDict]:
+    from jax_mri_ldm.config_loader import load_config
+
+    return {name: load_config(name, "tiny") for name in ("vae", "ldm")}
+
+
+def _resumable_keys() -> list[tuple[str, str]]:
+    return [
+        (name, key)
+        for name, cfg in _stage_configs().items()
+        for key in loop.flatten_config(cfg.to_dict())
+        if loop.is_resumable_setting(key)
+    ]
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if value in ("ddim", "ddpm"):
+        return "ddpm" if value == "ddim" else "ddim"
+    return f"{value}_elsewhere"
+
+
+def test_resumable_settings_cover_logging_evaluation_grids_and_length():
+    keys = {key for _, key in _resumable_keys()}
+    expected = {
+        "train.log_every_steps",
+        "train.progress_bar",
+        "train.tensorboard",
+        "train.eval_every_epochs",
+        "train.eval_at_end",
+        "train.eval_num_images",
+        "train.eval_sampler",
+        "train.eval_sample_steps",
+        "train.eval_eta",
+        "train.eval_guidance_scale",
+        "train.checkpoint_every_epochs",
+        "train.keep_checkpoints",
+        "train.num_epochs",
+        "train.num_steps",
+        "data.cache_dir",
+        "vae_workdir",
+    }
+    assert keys == expected
+    for fixed in ("train.batch_size", "model.channels", "optim.learning_rate", "seed"):
+        assert not loop.is_resumable_setting(fixed)
+    assert not any(k.startswith(("model.", "optim.", "diffusion.", "latents.")) for k in keys)
+
+
+@pytest.mark.parametrize("stage, key", _resumable_keys())
+def test_each_resumable_setting_may_change(stage, key):
+    saved = loop.config_to_json(_stage_configs()[stage])
+    current = _stage_configs()[stage]
+    *path, leaf = key.split(".")
+    node = current
+    for part in path:
+        node = node[part]
+    node[leaf] = _changed(node[leaf])
+    assert loop.flatten_config(loop.config_to_json(current))[key] != loop.flatten_config(saved)[key]
+    loop.check_resume_compatible(saved, current, "/runs/x")  # does not raise
+
+
+def test_changed_model_width_is_refused_with_the_list_of_differences():
+    saved = loop.config_to_json(_stage_configs()["ldm"])
+    current = _stage_configs()["ldm"]
+    current.model.channels = (32, 64)
+    current.optim.learning_rate = 1e-3
+    current.train.tensorboard = False  # allowed: not listed
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        loop.check_resume_compatible(saved, current, "/runs/x")
+    lines = [ln.strip() for ln in str(err.value).splitlines() if ln.startswith("  ")]
+    assert lines == [
+        "model.channels: checkpoint=(16, 32) now=(32, 64)",
+        "optim.learning_rate: checkpoint=0.0003 now=0.001",
+    ]

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, env_for_subprocess
 from jax_mri_ldm import export
 from jax_mri_ldm.data.folders import load_scan, scan_folder  # noqa: F401  (reader under test)
-from jax_mri_ldm.generate import SampleRequest, resolve_labels, run_sampling
+from jax_mri_ldm.export import SampleRequest, resolve_labels, run_sampling
+from jax_mri_ldm.pipeline import SamplerSpec
 
 
 def _request(tiny_runs, out, **kw):
@@ -20,8 +21,7 @@ def _request(tiny_runs, out, **kw):
         workdir=str(tiny_runs["ldm_dir"]),
         num_samples=5,
         batch_size=4,
-        sampler="ddim",
-        steps=5,
+        spec=SamplerSpec(sampler="ddim", steps=5),
         out=str(out),
         progress=False,
     )
@@ -155,3 +155,35 @@ def test_cli_errors_exit_2_and_write_nothing(tiny_runs, tmp_path):
         assert "Traceback" not in proc.stderr
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
     assert sorted(p.name for p in nonempty.iterdir()) == ["keep.txt"]
+
+
+def test_library_sampling_equals_the_exported_images(tiny_runs, tmp_path):
+    """`LDMPipeline.sample_images` and sample.py's export draw the same images for a seed."""
+    from jax_mri_ldm import pipeline
+
+    out = tmp_path / "syn"
+    run_sampling(_request(tiny_runs, out, label="all", num_samples=5, format="npy", seed=4))
+    rows = export.read_manifest(str(out))
+    exported = np.stack([np.load(out / r["file"]) for r in sorted(rows, key=lambda r: r["index"])])
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    labels = np.arange(5, dtype=np.int32) % 2
+    images = run.sample_images(labels, seed=4, spec=SamplerSpec(steps=5), batch_size=4)
+    np.testing.assert_array_equal(images, exported)
+
+
+def test_sampler_spec_resolves_defaults_per_sampler():
+    assert SamplerSpec().resolved(1000) == SamplerSpec(
+        "ddim", steps=50, eta=1.0, guidance_scale=3.0, spacing="uniform"
+    )
+    ddpm = SamplerSpec("ddpm", eta=1.0).resolved(100)
+    assert (ddpm.steps, ddpm.spacing, ddpm.eta) == (100, "uniform", 0.0)  # eta: DDIM only
+    assert SamplerSpec("dpmpp_2m").resolved(1000).spacing == "logSNR"
+    assert SamplerSpec("ddim", steps=5).name(100) == "DDIM 5 η=1"
+    for bad, flag in [
+        (SamplerSpec("euler"), "--sampler=euler"),
+        (SamplerSpec(steps=0), "--steps=0"),
+        (SamplerSpec(eta=-1.0), "--eta=-1.0"),
+        (SamplerSpec(spacing="cubic"), "--spacing=cubic"),
+    ]:
+        with pytest.raises(ValueError, match=flag):
+            bad.validate()

@@ -24,7 +24,8 @@ from pathlib import Path
 from conftest import tiny_ldm_config
 from jax_mri_ldm import train_ldm
 from jax_mri_ldm.engine.logging import read_metrics
-from jax_mri_ldm.generate import SampleRequest, run_sampling
+from jax_mri_ldm.export import SampleRequest, run_sampling
+from jax_mri_ldm.pipeline import SamplerSpec
 
 root = Path({root!r})
 # Stage 2 for a few steps on every device (global batch 8 = 1 row per device with 8 devices).
@@ -41,8 +42,8 @@ losses = [r["loss"] for r in read_metrics(str(root / "ldm"), "train")]
 total = float(sum(abs(x).sum() for x in jax.tree.leaves(res.state.params)))
 # Sampling from the finished tiny run, batch sharded over the devices.
 summary = run_sampling(SampleRequest(
-    workdir={ldm_dir!r}, label="all", num_samples=8, batch_size=8, sampler="ddim", steps=5,
-    seed=3, out=str(root / "syn"), format="npy", progress=False))
+    workdir={ldm_dir!r}, label="all", num_samples=8, batch_size=8,
+    spec=SamplerSpec("ddim", steps=5), seed=3, out=str(root / "syn"), format="npy", progress=False))
 print(json.dumps({{"devices": jax.device_count(), "losses": losses, "param_sum": total,
                   "num_images": summary["num_images"]}}))
 """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, env_for_subprocess, tiny_ldm_config
-from jax_mri_ldm import train_ldm
+from jax_mri_ldm import pipeline, train_ldm
 from jax_mri_ldm.engine.logging import read_metrics
 
 
@@ -25,7 +25,7 @@ def test_tiny_ldm_run_is_self_describing(tiny_runs):
     assert meta["latent_scale_factor"] == pytest.approx(vae_meta["latent_scale_factor"])
     # Per-channel standardisation: shift/scale reproduce the cached latents' moments.
     assert meta["latent_normalize"] == "channel"
-    shift, scale = np.asarray(meta["latent_shift"]), np.asarray(meta["latent_scale"])
+    shift, scale = np.asarray(meta["latent_shift"]), np.asarray(meta["latent_channel_scale"])
     assert shift.shape == scale.shape == (8,) and np.all(scale > 0)
     with np.load(next(ldm_dir.glob("latents_*.npz"))) as f:
         m, lv = f["mean"], f["logvar"]
@@ -50,7 +50,7 @@ def test_tiny_ldm_run_is_self_describing(tiny_runs):
 
 
 def test_loaded_ldm_has_everything_to_sample(tiny_runs):
-    run = train_ldm.LoadedLDM(str(tiny_runs["ldm_dir"]))
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
     assert run.final and run.class_names == ("normal", "tumour")
     assert run.latent_shape == (4, 4, 8) and run.schedule.num_timesteps == 100
     state = tiny_runs["ldm_result"].state
@@ -59,8 +59,10 @@ def test_loaded_ldm_has_everything_to_sample(tiny_runs):
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     z = np.zeros((2, 4, 4, 8), np.float32)
-    images = np.asarray(run.decode_fn()(run.vae_params, z))
+    images = run.decode(z)
     assert images.shape == (2, 32, 32, 1) and images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(run.latent_shift, np.asarray(run.meta["latent_shift"], "f4"))
+    assert run.latent_scale_factor == run.meta["latent_scale_factor"]
 
 
 def test_tampered_vae_copy_is_detected(tiny_runs, tmp_path):
@@ -72,7 +74,7 @@ def test_tampered_vae_copy_is_detected(tiny_runs, tmp_path):
     blob[-1] ^= 0xFF
     (copy / "vae_params.msgpack").write_bytes(bytes(blob))
     with pytest.raises(ValueError, match="checksum"):
-        train_ldm.LoadedLDM(str(copy))
+        pipeline.load_ldm(str(copy))
 
 
 def test_missing_or_wrong_vae_workdir(tiny_runs, tmp_path):
@@ -124,3 +126,40 @@ def test_cli_missing_vae_workdir_exits_2(tmp_path):
     )
     assert proc.returncode == 2
     assert "no VAE run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"tensorboard": False},
+        {"eval_sampler": "dpmpp_2m", "eval_sample_steps": 3, "eval_guidance_scale": 1.0},
+        {"eval_eta": 0.0, "progress_bar": True, "log_every_steps": 7},
+    ],
+)
+def test_rerunning_a_finished_run_with_harmless_changes_exits_0(tiny_runs, override):
+    """Logging and grid-sampler settings may change on a finished run: nothing is retrained."""
+    from jax_mri_ldm.cli import run_training
+    from jax_mri_ldm.engine.checkpoint import Checkpointer
+
+    ldm_dir = tiny_runs["ldm_dir"]
+    metrics_before = (ldm_dir / "metrics.jsonl").read_text()
+    cfg = tiny_ldm_config(tiny_runs["vae_dir"])
+    for key, value in override.items():
+        cfg.train[key] = value
+    assert run_training(cfg, str(ldm_dir)) == 0
+    assert (ldm_dir / "metrics.jsonl").read_text() == metrics_before  # no step, no evaluation
+    ckpt = Checkpointer(str(ldm_dir))
+    try:
+        assert ckpt.latest_step() == tiny_runs["ldm_result"].final_meta["steps_per_epoch"] * 4
+    finally:
+        ckpt.close()
+
+
+def test_rerunning_with_a_wider_model_is_refused(tiny_runs, capsys):
+    from jax_mri_ldm.cli import run_training
+
+    cfg = tiny_ldm_config(tiny_runs["vae_dir"])
+    cfg.model.channels = (32, 64)
+    assert run_training(cfg, str(tiny_runs["ldm_dir"])) == 2
+    err = capsys.readouterr().err
+    assert "model.channels: checkpoint=(16, 32) now=(32, 64)" in err

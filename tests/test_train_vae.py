@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, env_for_subprocess, tiny_vae_config
-from jax_mri_ldm import train_vae
+from jax_mri_ldm import pipeline, train_vae
 from jax_mri_ldm.engine.logging import read_metrics
 
 
@@ -38,24 +38,27 @@ def test_tiny_vae_run_is_complete(tiny_runs):
 
 def test_load_vae_roundtrip(tiny_runs):
     import jax
-    import jax.numpy as jnp
 
-    from jax_mri_ldm.models.vae import VAE
-
-    model, params, meta = train_vae.load_vae(str(tiny_runs["vae_dir"]))
-    assert meta["final"]
+    vae = pipeline.load_vae(str(tiny_runs["vae_dir"]))
+    assert vae.meta["final"] and vae.latent_scale_factor == vae.meta["latent_scale_factor"]
     trained = jax.device_get(tiny_runs["vae_result"].state.params)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(trained), strict=True):
+    for a, b in zip(jax.tree.leaves(vae.params), jax.tree.leaves(trained), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    mean, logvar = model.apply({"params": params}, jnp.zeros((2, 32, 32, 1)), method=VAE.encode)
-    assert mean.shape == logvar.shape == (2, 4, 4, 8)
+    images = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
+    mean, logvar = vae.encode(images, batch_size=2)  # 3 calls, the last one padded
+    assert mean.shape == logvar.shape == (5, 4, 4, 8)
+    one_mean, _ = vae.encode(images[3:4], batch_size=2)
+    np.testing.assert_allclose(one_mean[0], mean[3], rtol=1e-5, atol=1e-5)
+    recon = vae.reconstruct(images, batch_size=4)
+    np.testing.assert_allclose(recon, vae.decode(mean, batch_size=4), rtol=1e-5, atol=1e-5)
+    assert recon.shape == images.shape and 0 <= recon.min() and recon.max() <= 1
 
 
 def test_load_vae_errors(tmp_path, tiny_runs):
     with pytest.raises(ValueError, match="no VAE run"):
-        train_vae.load_vae(str(tmp_path / "missing"))
+        pipeline.load_vae(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="not a VAE"):
-        train_vae.load_vae(str(tiny_runs["ldm_dir"]))
+        pipeline.load_vae(str(tiny_runs["ldm_dir"]))
 
 
 def test_vae_overfits_a_tiny_batch(tmp_path):
@@ -123,7 +126,7 @@ import json, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_vae_config
-from jax_mri_ldm import train_vae
+from jax_mri_ldm import pipeline, train_vae
 from jax_mri_ldm.engine.logging import read_metrics
 from pathlib import Path
 root = Path({root!r})

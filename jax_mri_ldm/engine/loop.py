@@ -13,6 +13,7 @@ run resumed from a checkpoint at step k reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import json
 import math
@@ -30,6 +31,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jax_mri_ldm import atomic
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine.state import (
@@ -44,23 +46,26 @@ PyTree = Any
 Batch = dict[str, np.ndarray]
 LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
-# Config keys that may change between a run and its resumption (they do not change what the
-# already-trained steps computed). Everything else must match the checkpoint.
-_RESUMABLE_PREFIXES = (
-    "train.num_epochs",
-    "train.num_steps",
-    "train.eval_every_epochs",
-    "train.checkpoint_every_epochs",
-    "train.keep_checkpoints",
-    "train.log_every_steps",
-    "train.progress_bar",
-    "train.eval_num_images",
-    "train.eval_sample_steps",
-    "train.eval_at_end",
-    "data.cache_dir",
-    "vae_workdir",
-    "eval",
-)
+# What may change when a run is resumed, by section: settings that change what is logged,
+# shown, evaluated or kept, or how long the run goes on, never what a trained step computed.
+# Everything else (model, data, optimiser, diffusion schedule, seed, batch size) must match
+# the checkpoint. Patterns are `fnmatch` patterns over flattened config keys.
+RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "logging": ("train.log_every_steps", "train.progress_bar", "train.tensorboard"),
+    "evaluation and sample grids": ("train.eval_*",),
+    "checkpoints": ("train.checkpoint_every_epochs", "train.keep_checkpoints"),
+    "run length": ("train.num_epochs", "train.num_steps"),
+    "locations": ("data.cache_dir", "vae_workdir"),
+}
+
+
+def is_resumable_setting(key: str) -> bool:
+    """Whether the flattened config key `key` may differ from the checkpoint's on resume."""
+    return any(
+        fnmatch.fnmatchcase(key, pattern)
+        for patterns in RESUMABLE_SETTINGS.values()
+        for pattern in patterns
+    )
 
 
 @dataclasses.dataclass
@@ -233,7 +238,7 @@ def check_resume_compatible(
     b = flatten_config(config_to_json(current))
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == p or key.startswith(p + ".") for p in _RESUMABLE_PREFIXES):
+        if is_resumable_setting(key):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(
@@ -260,14 +265,6 @@ def ensure_writable_workdir(workdir: str) -> None:
             f"--workdir={workdir} is not writable ({e.strerror}); choose a directory you can "
             "write to."
         ) from e
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -377,7 +374,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
             checkpointer.close()
             return RunResult(state=state, interrupted=False, final_meta=saved_meta)
     if is_main:
-        write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+        atomic.write_json(os.path.join(workdir, "config.json"), config_json)
 
     writer = log_lib.MetricWriter(
         workdir, enabled=is_main, tensorboard=bool(config.train.tensorboard)
@@ -470,7 +467,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
         checkpointer.delete(step)
     checkpointer.save(step, state.checkpoint_items(), final_meta)
     if is_main:
-        write_json_atomic(os.path.join(workdir, "run.json"), final_meta)
+        atomic.write_json(os.path.join(workdir, "run.json"), final_meta)
     writer.close()
     checkpointer.close()
     return RunResult(state=state, interrupted=False, final_meta=final_meta)
