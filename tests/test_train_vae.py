@@ -101,7 +101,7 @@ def _train_cli(*args, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--config.train.batch_size=3"], "batch_size"),
+        (["--config.train.batch_size=0"], "batch_size"),
         (["--config.data.source=zip"], "config.data.source"),
         (["--config.data.path=/nonexistent/mri"], "/nonexistent/mri"),
     ],

@@ -7,7 +7,8 @@ float32.
 Why the re-formulations below exist: XLA:CPU lowers a stride-2 transposed convolution (and the
 input-gradient of a stride-2 convolution, which is the same operation) to a convolution over a
 zero-dilated input. Three quarters of that input is zeros, and the CPU emitter does not skip
-them, so a naive ``nn.ConvTranspose`` VAE trains ~10x slower than PyTorch on the same CPU.
+them, so a naive ``nn.ConvTranspose`` VAE trains many times slower than PyTorch on the same
+CPU (docs/results.md has the timings).
 Both the paper's 4x4 stride-2 layers can be rewritten *exactly* (same function, same parameter
 tensor, same parameter count) as dense stride-1 convolutions on a re-arranged tensor:
 
