@@ -239,3 +239,20 @@ def test_shared_4class_folder_has_four_classes(tmp_path, capsys):
     assert summary["class_names"] == ["normal", "glioma", "meningioma", "pituitary"]
     assert summary["classes"] == dict.fromkeys(summary["class_names"], 150)
     assert summary["warnings"] == []
+
+
+def test_builtin_types_four_classes_and_binary_key_unchanged(tmp_path, capsys):
+    args = ["--builtin", "--types", "--num_normal=3", "--num_tumour=9", "--image_size=32"]
+    assert doctor([*args, f"--cache_dir={tmp_path}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["class_names"] == ["normal", "glioma", "meningioma", "pituitary"]
+    assert summary["classes"] == dict.fromkeys(summary["class_names"], 3)
+    assert summary["warnings"] == []
+
+    c = get_data_config()
+    old = get_data_config()
+    del old.builtin["types"]  # a config written before the field existed
+    binary = sources._builtin_fingerprint(c, 32)
+    assert binary == sources._builtin_fingerprint(old, 32)
+    c.builtin.types = True
+    assert sources._builtin_fingerprint(c, 32) != binary

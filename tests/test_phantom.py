@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_mri_ldm.data import phantom
+from jax_mri_ldm.data import phantom, phantom_types
 
 
 def _best_threshold_accuracy(feature: np.ndarray, labels: np.ndarray) -> float:
@@ -112,33 +112,45 @@ def test_not_separable_by_global_intensity_statistics():
 
 
 class _TinyCNN(nn.Module):
-    """Four strided convolutions, GroupNorm, global max + mean pooling, one logit."""
+    """Four strided convolutions, GroupNorm, global max + mean pooling, one logit per output."""
+
+    outputs: int = 1  # 1: binary (one logit, (B,)); K > 1: K-way logits (B, K)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # (B, 64, 64, 1) -> (B,)
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # (B, 64, 64, 1) -> (B,) or (B, K)
         x = nn.relu(nn.GroupNorm(num_groups=4)(nn.Conv(16, (2, 2), 2, padding="VALID")(x)))
         x = nn.relu(nn.GroupNorm(num_groups=8)(nn.Conv(32, (3, 3), 2)(x)))  # (B, 16, 16, 32)
         x = nn.relu(nn.GroupNorm(num_groups=8)(nn.Conv(64, (3, 3), 2)(x)))  # (B, 8, 8, 64)
         x = nn.relu(nn.Conv(64, (3, 3))(x))
         x = jnp.concatenate([x.max(axis=(1, 2)), x.mean(axis=(1, 2))], axis=-1)  # (B, 128)
-        return nn.Dense(1)(x)[:, 0]
+        logits = nn.Dense(self.outputs)(x)
+        return logits[:, 0] if self.outputs == 1 else logits
 
 
 def _train_and_evaluate(
-    images: np.ndarray, labels: np.ndarray, n_train: int, steps: int = 1000, batch: int = 32
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_train: int,
+    steps: int = 1000,
+    batch: int = 32,
+    num_classes: int = 2,
+    lr: float = 3e-3,
 ) -> float:
     """Trains _TinyCNN on the first n_train images; returns accuracy on the rest."""
-    x_tr, y_tr = images[:n_train], labels[:n_train].astype(np.float32)
+    binary = num_classes == 2
+    x_tr, y_tr = images[:n_train], labels[:n_train].astype(np.float32 if binary else np.int32)
     x_te, y_te = images[n_train:], labels[n_train:]
-    model = _TinyCNN()
+    model = _TinyCNN(outputs=1 if binary else num_classes)
     params = model.init(jax.random.key(0), x_tr[:1])
-    tx = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
     opt_state = tx.init(params)
 
     @jax.jit
     def train_step(params, opt_state, xb, yb):
         def loss_fn(p):
-            return optax.sigmoid_binary_cross_entropy(model.apply(p, xb), yb).mean()
+            if binary:
+                return optax.sigmoid_binary_cross_entropy(model.apply(p, xb), yb).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -156,8 +168,10 @@ def _train_and_evaluate(
         xb = xb ** rng.uniform(0.7, 1.4, size=(batch, 1, 1, 1)).astype(np.float32)
         params, opt_state, _ = train_step(params, opt_state, xb, y_tr[idx])
 
-    logits = np.asarray(jax.jit(model.apply)(params, x_te))  # (N - n_train,)
-    return float(np.mean((logits > 0) == (y_te == 1)))
+    logits = np.asarray(jax.jit(model.apply)(params, x_te))  # (N - n_train,) or (.., K)
+    if binary:
+        return float(np.mean((logits > 0) == (y_te == 1)))
+    return float(np.mean(logits.argmax(-1) == y_te))
 
 
 @pytest.mark.slow
@@ -167,3 +181,78 @@ def test_small_cnn_learns_the_classes():
     images, labels = phantom.generate(num_normal=600, num_tumour=600, size=64, seed=21)
     accuracy = _train_and_evaluate(images, labels, n_train=900)
     assert accuracy > 0.9, f"held-out accuracy {accuracy:.3f}"
+
+
+# ----------------------------------------------------------------------------- tumour types
+
+
+def test_types_shapes_counts_determinism():
+    images, labels = phantom_types.generate(num_normal=3, num_tumour=7, size=40, seed=2)
+    assert images.shape == (10, 40, 40, 1) and images.dtype == np.float32
+    assert np.bincount(labels, minlength=4).tolist() == [3, 3, 2, 2]
+    assert phantom_types.class_counts(170, 230) == [170, 77, 77, 76]
+    np.testing.assert_array_equal(images.min(axis=(1, 2, 3)), np.zeros(10, np.float32))
+    np.testing.assert_array_equal(images.max(axis=(1, 2, 3)), np.ones(10, np.float32))
+    again, again_labels = phantom_types.generate(num_normal=3, num_tumour=7, size=40, seed=2)
+    assert images.tobytes() == again.tobytes()
+    np.testing.assert_array_equal(labels, again_labels)
+    # The k-th image of a class does not depend on the counts.
+    more, more_labels = phantom_types.generate(num_normal=5, num_tumour=12, size=40, seed=2)
+    for c in range(4):
+        n = int(np.sum(labels == c))
+        np.testing.assert_array_equal(images[labels == c], more[more_labels == c][:n])
+    with pytest.raises(ValueError, match="label"):
+        phantom_types.generate_slice(np.random.default_rng(0), 4)
+
+
+@pytest.mark.parametrize("label", [1, 2, 3])
+def test_types_lesion_location_follows_the_type(label, monkeypatch):
+    # Record each drawn lesion with the depth of its centre below the scalp surface.
+    centres = []
+    real_draw = phantom_types._draw_lesion
+
+    def spy(rng, lab, depth, inner):
+        out = real_draw(rng, lab, depth, inner)
+        x, y = (np.float32(v) for v in out[0]["c"])
+        centres.append((out[0], float(depth(x, y)), inner))
+        return out
+
+    monkeypatch.setattr(phantom_types, "_draw_lesion", spy)
+    for k in range(40):
+        phantom_types.generate_slice(np.random.default_rng([1, 10 + label, k]), label, 32)
+    for les, depth_c, inner in centres:
+        x, y = les["c"]
+        if label == 1:  # glioma: intra-axial, off the midline, below the brain surface
+            assert abs(x) >= 0.12 and depth_c - inner > les["r"]
+        elif label == 2:  # meningioma: on the dura (convexity) or against the falx
+            if les["falx"]:
+                assert abs(abs(x) - 0.75 * les["r"]) < 1e-6 and abs(y) >= 0.35
+            else:
+                assert abs(depth_c - inner - 0.6 * les["r"]) < 0.06
+        else:  # pituitary: midline, in front of the third ventricle
+            assert abs(x) < 0.06 and -0.2 <= y <= -0.04
+
+
+def test_types_not_separable_by_global_intensity_statistics():
+    images, labels = phantom_types.generate(num_normal=90, num_tumour=270, size=64, seed=11)
+    flat = images.reshape(images.shape[0], -1)
+    features = {
+        "mean": flat.mean(1),
+        "std": flat.std(1),
+        "median": np.median(flat, 1),
+        "p99": np.percentile(flat, 99, 1),
+    }
+    for name, feature in features.items():
+        for a in range(4):
+            for b in range(a + 1, 4):
+                m = (labels == a) | (labels == b)
+                acc = _best_threshold_accuracy(feature[m], (labels[m] == b).astype(np.int64))
+                assert acc < 0.75, f"per-image {name} separates classes {a} and {b}: {acc}"
+
+
+@pytest.mark.slow
+def test_small_cnn_learns_the_tumour_types():
+    images, labels = phantom_types.generate(num_normal=300, num_tumour=900, size=64, seed=21)
+    # 3e-3 (the binary test's rate) can collapse the 4-way net to one class; 1e-3 does not.
+    accuracy = _train_and_evaluate(images, labels, n_train=900, steps=1500, num_classes=4, lr=1e-3)
+    assert accuracy > 0.6, f"held-out 4-way accuracy {accuracy:.3f} (chance 0.25)"
