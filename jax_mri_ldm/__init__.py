@@ -8,4 +8,8 @@ class-conditional DDPM (classifier-free guidance, EMA) on those latents; the sam
 __version__ = "0.1.0"
 
 CLASS_NAMES: tuple[str, ...] = ("normal", "tumour")
-"""Label id -> class name, shared by every stage (0 = normal, 1 = tumour)."""
+"""Label id -> class name of the binary mode (the paper; `config.data.classes=binary`).
+
+With `config.data.classes=folders` or the built-in set with types, the classes come from the
+data (`ImageSet.class_names`, recorded in the run); code downstream of the data must use the
+run's class names, not this constant, for the number of classes."""

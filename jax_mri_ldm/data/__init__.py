@@ -11,6 +11,11 @@ Typical use by a training stage:
     x, y = sampler.batch(step, train.images)                  # host arrays
     x = augment_from_config(rng, x, config.data.augment)      # jitted, on device
 
+Classes: `config.data.classes` is 'binary' (normal vs tumour, the paper) or 'folders' (one
+class per folder, `normal` first); `ds.class_names` is the truth for K everywhere downstream.
+`canonical_class_name` / `SYNONYMS` resolve user-typed names (`no`, `notumor`, `healthy` ->
+`normal`) and `check_class_name` admits only names that are safe as a directory name.
+
 Augmentation lives in `jax_mri_ldm.data.augment` (`from jax_mri_ldm.data.augment import
 augment, augment_from_config`); it is not re-exported here so that importing the readers and
 running the data doctor does not import JAX (and the function does not shadow its module).
@@ -19,15 +24,33 @@ running the data doctor does not import JAX (and the function does not shadow it
 from __future__ import annotations
 
 from jax_mri_ldm.data.batches import BalancedSampler, eval_batches
+from jax_mri_ldm.data.classes import (
+    CLASS_MODES,
+    SYNONYMS,
+    canonical_class_name,
+    check_class_name,
+    class_order,
+)
 from jax_mri_ldm.data.config import get_data_config
-from jax_mri_ldm.data.sources import load_imageset, load_imageset_with_report, resolve_source
-from jax_mri_ldm.data.splits import load_split, save_split, split_indices
+from jax_mri_ldm.data.sources import (
+    check_classes,
+    load_imageset,
+    load_imageset_with_report,
+    resolve_source,
+)
+from jax_mri_ldm.data.splits import load_split, save_split, split_indices, split_problems
 from jax_mri_ldm.data.types import DataError, ImageSet
 
 __all__ = [
+    "CLASS_MODES",
+    "SYNONYMS",
     "BalancedSampler",
     "DataError",
     "ImageSet",
+    "canonical_class_name",
+    "check_class_name",
+    "check_classes",
+    "class_order",
     "eval_batches",
     "get_data_config",
     "load_imageset",
@@ -36,4 +59,5 @@ __all__ = [
     "resolve_source",
     "save_split",
     "split_indices",
+    "split_problems",
 ]

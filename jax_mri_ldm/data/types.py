@@ -23,8 +23,8 @@ class ImageSet:
 
     Attributes:
       images: (N, H, W, 1) float32 in [0, 1] (min-max per image).
-      labels: (N,) int32 label ids (0 = normal, 1 = tumour).
-      class_names: label id -> name.
+      labels: (N,) int32 label ids into class_names (binary mode: 0 = normal, 1 = tumour).
+      class_names: label id -> name; K = len(class_names) classes (see `classes.py`).
       ids: (N,) stable identifiers (relative file path, or "builtin/000123").
       groups: (N,) int64 duplicate-group ids: images with identical source bytes share one,
         so splits can keep exact duplicates together.
