@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.features = (32, 64, 128)  # encoder conv widths, 256->128->64->32 (paper)
     c.model.latent_channels = 8  # latent is latent_channels x H/8 x W/8 (paper: 8x32x32)
+    # decoder x2 upsampling: transpose (paper) | transpose_icnr | nearest_conv | bilinear_conv
+    c.model.upsample = "transpose"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     c.loss = ml_collections.ConfigDict()
