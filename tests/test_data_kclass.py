@@ -256,3 +256,27 @@ def test_builtin_types_four_classes_and_binary_key_unchanged(tmp_path, capsys):
     assert binary == sources._builtin_fingerprint(old, 32)
     c.builtin.types = True
     assert sources._builtin_fingerprint(c, 32) != binary
+
+
+def test_nifti_folders_mode_three_named_classes(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i, name in enumerate(["Glioma", "healthy", "pituitary", "glioma"]):
+        vol = rng.random((16, 16, 4)).astype(np.float32) + 1.0
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / f"v{i}.nii"))
+        rows.append(f"v{i}.nii,{name}")
+    csv_path = tmp_path / "v.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    c = _cfg(csv_path, tmp_path)
+    c.nifti.slice_fraction = 1.0
+    ds = sources.load_imageset(c)
+    assert ds.class_names == ("normal", "glioma", "pituitary")
+    assert ds.counts() == {"normal": 4, "glioma": 8, "pituitary": 4}
+    binary = _cfg(csv_path, tmp_path, "binary")
+    binary.nifti.slice_fraction = 1.0
+    assert sources.load_imageset(binary).counts() == {"normal": 4, "tumour": 12}
+    csv_path.write_text("path,label\nv0.nii,0\nv1.nii,2\n")
+    with pytest.raises(DataError, match="numbers are refused"):
+        sources.load_imageset(c)

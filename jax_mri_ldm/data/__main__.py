@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.build_tfds:
             if report["source"] != "folder":
                 raise UserError("--build_tfds needs --path to be an image folder")
+            if cfg.classes != "binary":
+                raise UserError("--build_tfds stores binary labels; drop --classes=folders")
             from jax_mri_ldm.data import tfds_builder
 
             builder = tfds_builder.build(
