@@ -1,5 +1,6 @@
 """The evaluation report on the tiny run: every section, finite numbers or explained nulls,
-figures that exist and stay small, sample reuse across sections, and the CLI's errors."""
+figures that exist and stay small, the controls and the headline, sample reuse across sections,
+and the CLI (`evaluate.py --config=configs/report.py:tiny`) and its errors."""
 
 from __future__ import annotations
 
@@ -14,9 +15,30 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, env_for_subprocess
-from jax_mri_ldm.evaluation import report
+from jax_mri_ldm import plots
+from jax_mri_ldm.evaluation import control_study, controls, report, scoring, setmetrics, trust
+from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Nulls
+from jax_mri_ldm.evaluation.sections import downstream, headline
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+HEADLINE_FIELDS = (
+    "fidelity",
+    "real_recall",
+    "fid_ratio",
+    "precision",
+    "recall",
+    "nn_ssim_ratio",
+    "grid_ratio",
+    "memorised_frac",
+    "fast_sampler",
+    "fast_sampler_matches_ddpm",
+    "downstream_half_gain_acc",
+    "downstream_half_gain_auc",
+    "pipeline_minutes",
+    "vae_psnr",
+    "vae_ssim",
+    "vae_grid_ratio",
+)
 
 
 def _strict_json(path):
@@ -37,11 +59,25 @@ def _leaves(obj, path=""):
         yield path, obj
 
 
+def _cli(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "--config=configs/report.py:tiny", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env_for_subprocess(),
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tiny_runs, tmp_path_factory):
+    """The tiny preset through the CLI, as CI runs it."""
     out = tmp_path_factory.mktemp("report")
-    result = report.write_report(str(tiny_runs["ldm_dir"]), str(out), preset="tiny", verbose=False)
-    return out, result
+    proc = _cli(f"--workdir={tiny_runs['ldm_dir']}", f"--out={out}", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report: {out}/report.md" in proc.stdout
+    return out, _strict_json(out / "report.json")
 
 
 def test_report_has_every_section_and_figure(tiny_report):
@@ -58,38 +94,52 @@ def test_report_has_every_section_and_figure(tiny_report):
     for rel in linked:
         path = out / rel
         assert path.exists(), rel
-        assert path.stat().st_size < report.MAX_PNG_BYTES, (rel, path.stat().st_size)
+        assert path.stat().st_size < plots.MAX_PNG_BYTES, (rel, path.stat().st_size)
         with Image.open(path) as im:
             assert im.size[0] > 100 and im.size[1] > 100
     for key in ("vae_reconstructions", "loss_curves", "samples_per_class", "difference_maps"):
         assert key in result["figures"]
-    for key in ("memorisation_hist", "memorisation_pairs", "guidance_sweep", "downstream"):
+    for key in ("memorisation_hist", "guidance_sweep", "downstream", "controls", "spectrum"):
         assert key in result["figures"]
+    # The markdown is a function of report.json alone.
+    assert report.render_markdown(result) == md
 
 
 def test_report_json_numbers_are_finite_or_explained(tiny_report):
-    out, _ = tiny_report
-    data = _strict_json(out / "report.json")
+    _, data = tiny_report
     reasons = data["null_reasons"]
-    nulls = [p for p, v in _leaves(data) if v is None]
-    for p in nulls:
-        assert p in reasons, f"{p} is null without a reason"
-        assert reasons[p] and reasons[p] != report._FALLBACK_NULL_REASON, (p, reasons[p])
     for p, v in _leaves(data):
+        if v is None:
+            assert p in reasons, f"{p} is null without a reason"
+            assert reasons[p] and reasons[p] != FALLBACK_NULL_REASON, (p, reasons[p])
         if isinstance(v, float):
             assert math.isfinite(v), p
-    # Tiny split: 1 test image per class, so per-class test FID and test diversity are n/a
-    # with a reason, while overall numbers exist.
+    # Tiny split: 1 test image per class, so per-class test FID is n/a with a reason.
     assert data["run"]["data"]["split"]["test"] == {"normal": 1, "tumour": 1}
     assert "fid_kid.synthetic_vs_test.per_class.normal.fid" in reasons
 
 
-def test_report_metrics_have_sane_values(tiny_report, tiny_runs):
+def test_headline_has_every_field_or_a_reason(tiny_report):
+    _, r = tiny_report
+    h = r["headline"]
+    assert set(HEADLINE_FIELDS) <= set(h)
+    for k in HEADLINE_FIELDS:
+        if h[k] is None:
+            assert f"headline.{k}" in r["null_reasons"], k
+    assert set(h["fidelity"]) == set(h["real_recall"]) == {"normal", "tumour"}
+    assert h["fid_ratio"] == r["fid_kid"]["ratio_synthetic_to_real_train"]
+    assert h["vae_psnr"] == r["vae"]["psnr"]["mean"]
+    assert h["memorised_frac"] == r["memorisation"]["fraction_flagged"]
+    assert set(h["trusted"]) == set(headline.TRUST_OF)
+    for k, metric in headline.TRUST_OF.items():
+        assert h["trusted"][k] == r["controls"]["table"]["metrics"][metric]["trustworthy"]
+
+
+def test_report_metrics_have_sane_values(tiny_report):
     _, r = tiny_report
     s = report.resolve_settings("tiny")
     vae = r["vae"]
-    # Same frozen VAE, same test split: matches what the VAE run logged for its test split.
-    reported = r["vae"]["vae_run_reported_test"]
+    reported = vae["vae_run_reported_test"]
     assert vae["psnr"]["mean"] == pytest.approx(reported["psnr"], abs=1e-3)
     assert vae["ssim"]["mean"] == pytest.approx(reported["ssim"], abs=1e-4)
     assert 0 < vae["ms_ssim"]["mean"] <= 1 and vae["ms_ssim_scales"] == 2
@@ -98,48 +148,93 @@ def test_report_metrics_have_sane_values(tiny_report, tiny_runs):
         assert 0 <= r["fidelity"]["synthetic"]["per_class"][c] <= 1
     overall = r["fid_kid"]["synthetic_vs_test"]["overall"]
     assert overall["fid"] >= -1e-6 and overall["n_b"] == 2
-    # Equal n per class on both sides of the synthetic and real-train comparisons.
     ref = r["fid_kid"]["real_train_vs_test"]["overall"]
     assert overall["n_a"] == ref["n_a"] == sum(r["fid_kid"]["n_per_class"].values())
+    assert 0 <= r["prdc"]["synthetic"]["overall"]["precision"] <= 1
     assert 0 < r["diversity"]["synthetic"]["mean"] <= 1
     mem = r["memorisation"]
     assert len(mem["synthetic_to_train"]["score"]) == 2 * s.num_synthetic_per_class
     assert 0 <= mem["fraction_flagged"] <= 1 and len(mem["nearest_pairs"]) == 5
     ds = r["downstream"]
     assert set(ds["arms"]) == {"real", "real+syn", "syn", "half+syn", "half"}
-    assert all(len(a["per_seed"]) == s.study_seeds for a in ds["arms"].values())
-    assert ds["arms"]["real+syn"]["train_counts"]["synthetic"] == {
-        "normal": s.num_synthetic_per_class,
-        "tumour": s.num_synthetic_per_class,
-    }
+    assert all(len(a["per_seed"]) == s.seeds for a in ds["arms"].values())
     assert ds["interpretation"].strip()
     sweep = r["guidance_sweep"]
     assert [row["guidance"] for row in sweep["rows"]] == list(s.guidance_scales)
-    assert sweep["chosen"] in s.guidance_scales and r["main_set"]["guidance"] == sweep["chosen"]
+    assert r["main_set"]["guidance"] == sweep["chosen"]
     rows = r["samplers"]["rows"]
     assert [row["sampler"] for row in rows] == ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m"]
     assert [row["eta"] for row in rows][1:3] == [0.0, 1.0]
     assert rows[0]["steps"] == 100  # the tiny LDM's T: DDPM runs the full chain
     assert all(row["seconds_per_image"] > 0 for row in rows)
-    assert r["timings_seconds"]["total"] > 0
+    assert r["spectrum"]["grid"]["median"] > 0 and r["timings_seconds"]["total"] > 0
+
+
+def test_controls_section_scores_every_control(tiny_report):
+    _, r = tiny_report
+    sets = r["controls"]["sets"]
+    assert list(sets) == ["real", *controls.CORRUPTIONS, controls.MEMORISED]
+    # Mirrored training images are copies: memorisation flags every one of them.
+    assert sets[controls.MEMORISED]["memorised"] == 1.0
+    assert sets[controls.MEMORISED]["nn_ssim"] == pytest.approx(1.0, abs=1e-4)
+    tab = r["controls"]["table"]["metrics"]
+    assert set(tab) == set(scoring.SCALARS)
+    assert r["feature_space"]["chosen"] in control_study.CANDIDATES
+    assert set(r["feature_space"]["candidates"]) == set(control_study.CANDIDATES)
+
+
+def test_each_metric_ranks_noise_below_real_held_out(tiny_runs):
+    """On the tiny run's own data: real held-out images beat a clearly broken (noisy) copy of
+    them under every metric that is responsible for noise, and memorisation flags copies."""
+    from jax_mri_ldm import data as data_lib
+
+    cfg = data_lib.get_data_config()
+    cfg.image_size = 32
+    cfg.builtin.num_normal = cfg.builtin.num_tumour = 48
+    cfg.cache_dir = str(tiny_runs["root"] / "cache_controls")
+    ds = data_lib.load_imageset(cfg)
+    idx = np.random.default_rng(0).permutation(len(ds))
+    tr, va, te = (ds.subset(np.sort(idx[a:b])) for a, b in ((0, 32), (32, 64), (64, 96)))
+    ssl = control_study.features.SSLSettings(widths=(8, 16), input_size=32, steps=20)
+    res = control_study.run_controls(
+        control_study.RealSplits(
+            (tr.images, tr.labels), (va.images, va.labels), (te.images, te.labels)
+        ),
+        ds.class_names,
+        ssl,
+        space="random",
+        classifier_steps=30,
+        classifier_input_size=32,
+        search_size=32,
+    )
+    noise_rules = [rule for rule in trust.RULES if "noise" in rule.must_detect]
+    failed = [
+        rule.name
+        for rule in noise_rules
+        if not trust.check_metric(rule, res["table"]["metrics"][rule.name]["scores"])["worse"][
+            "noise"
+        ]
+    ]
+    assert not failed, (failed, control_study.format_table(res["table"]))
+    mem = res["table"]["metrics"]["memorised"]
+    assert mem["scores"][controls.MEMORISED] == 1.0 and mem["trustworthy"]
 
 
 def test_synthetic_images_share_batches_and_do_not_depend_on_count(tiny_runs):
-    from jax_mri_ldm.train_ldm import LoadedLDM
+    from jax_mri_ldm import pipeline
+    from jax_mri_ldm.evaluation.generator import SyntheticImages
 
-    run = LoadedLDM(str(tiny_runs["ldm_dir"]))
-    spec = report.SamplerSpec("ddim", 5, "uniform", 2.0)
-    gen = report.SyntheticImages(
-        run, run.ema_params, batch_size=4, seed=3, compile_options=FAST_COMPILE
-    )
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    spec = pipeline.SamplerSpec("ddim", 5, 0.0, 2.0, "uniform")
+    key = spec.resolved(run.schedule.num_timesteps)
+    gen = SyntheticImages(run, batch_size=4, seed=3, compile_options=FAST_COMPILE)
     x6, y6 = gen.generate(spec, 3)  # 6 images: batches 0 and 1 of 4
     x2, y2 = gen.generate(spec, 2)  # first 4 images: batch 0, from the cache
     assert list(y6) == [0, 1, 0, 1, 0, 1] and list(y2) == [0, 1, 0, 1]
     np.testing.assert_array_equal(x2, x6[:4])
-    assert len(gen.stats[(spec, 4)]["batch_seconds"]) == 2  # nothing regenerated
-    # Fewer images than a batch: served from the cached batch of 4, no compile for a batch of 2.
+    assert len(gen.stats[(key, 4)]["batch_seconds"]) == 2  # nothing regenerated
     np.testing.assert_array_equal(gen.generate(spec, 1)[0], x6[:2])
-    assert list(gen.stats) == [(spec, 4)] and gen.timing(spec, 1)["batch_size"] == 4
+    assert list(gen.stats) == [(key, 4)] and gen.timing(spec, 1)["batch_size"] == 4
     gen.clear()
     np.testing.assert_allclose(gen.generate(spec, 2)[0], x2, atol=1e-6)  # same seed: same
     gen.clear()
@@ -149,15 +244,20 @@ def test_synthetic_images_share_batches_and_do_not_depend_on_count(tiny_runs):
     assert timing["seconds_per_image"] > 0 and timing["batches_timed"] == 4
 
 
-def test_choose_guidance_rule():
+def test_choose_guidance_rule_uses_only_trusted_metrics():
     rows = [
         {"guidance": 0.0, "fidelity": 0.55, "fid": 1.0},
         {"guidance": 1.0, "fidelity": 0.92, "fid": 2.0},
         {"guidance": 3.0, "fidelity": 0.99, "fid": 3.0},
     ]
-    assert report.choose_guidance(rows, 0.95, 0.05)["chosen"] == 1.0  # bar 0.90: best FID
-    assert report.choose_guidance(rows, 1.0, 0.0)["chosen"] == 3.0  # nobody qualifies
-    assert report.choose_guidance(rows, None, 0.05)["chosen"] == 1.0  # no bar; w=0 excluded
+    choose = setmetrics.choose_guidance
+    assert choose(rows, 0.95, 0.05)["chosen"] == 1.0  # bar 0.90: best FID
+    assert choose(rows, 1.0, 0.0)["chosen"] == 3.0  # nobody qualifies: highest fidelity
+    assert choose(rows, None, 0.05)["chosen"] == 1.0  # no bar; w=0 excluded
+    assert choose(rows, 0.95, 0.05, trusted=("fid",))["chosen"] == 1.0  # no bar, best FID
+    assert choose(rows, 0.95, 0.05, trusted=("fidelity",))["chosen"] == 3.0
+    none = choose(rows, 0.95, 0.05, trusted=())
+    assert none["chosen"] is None and "no trustworthy metric" in none["decided_by"]
 
 
 def test_shrink_png_keeps_figures_small(tmp_path):
@@ -166,29 +266,21 @@ def test_shrink_png_keeps_figures_small(tmp_path):
     path = tmp_path / "big.png"
     Image.fromarray(noisy).save(path)
     assert path.stat().st_size > 300_000
-    size = report.shrink_png(str(path), 300_000)
+    size = plots.shrink_png(str(path), 300_000)
     assert size == path.stat().st_size <= 300_000
 
 
-def test_resolve_settings_errors():
-    assert report.resolve_settings("tiny", study_seeds=None).study_seeds == 2
-    with pytest.raises(ValueError, match="--preset=huge"):
+def test_resolve_settings_presets_and_errors():
+    tiny = report.resolve_settings("tiny", seeds=None)
+    assert tiny.seeds == 2 and tiny.preset == "tiny"
+    assert report.resolve_settings("tiny", **{"features.steps": 3}).features.steps == 3
+    assert report.resolve_settings("paper").seeds == 5
+    with pytest.raises(ValueError, match="huge"):
         report.resolve_settings("huge")
     with pytest.raises(ValueError, match="unknown report option"):
         report.resolve_settings("tiny", num_images=3)
-    with pytest.raises(ValueError, match="--study_seeds=0"):
-        report.resolve_settings("tiny", study_seeds=0)
-
-
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), "--preset=tiny", "--quiet", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env_for_subprocess(),
-        timeout=300,
-    )
+    with pytest.raises(ValueError, match="--config.seeds=0"):
+        report.resolve_settings("tiny", seeds=0)
 
 
 def test_cli_errors_exit_2(tiny_runs, tmp_path):
@@ -199,10 +291,11 @@ def test_cli_errors_exit_2(tiny_runs, tmp_path):
         ([f"--workdir={tmp_path / 'missing'}", out], "does not exist"),
         ([f"--workdir={tiny_runs['vae_dir']}", out], "not a diffusion run"),
         ([f"--workdir={tiny_runs['ldm_dir']}", f"--out={blocker}"], "not a directory"),
-        ([f"--workdir={tiny_runs['ldm_dir']}", out, "--guidance_scales=a,b"], "must be numbers"),
+        ([f"--workdir={tiny_runs['ldm_dir']}", out, "--config.num_images=3"], "num_images"),
+        ([f"--workdir={tiny_runs['ldm_dir']}", out, "--config.seeds=0"], "seeds=0"),
     ]
     for args, message in cases:
-        proc = _cli(*args)
+        proc = _cli(*args, "--quiet", timeout=300)
         assert proc.returncode == 2, (args, proc.stderr[-1500:])
         assert message in proc.stderr, (args, proc.stderr[-1500:])
         assert "Traceback" not in proc.stderr
@@ -220,10 +313,16 @@ def test_interpretation_follows_the_intervals():
         "comparisons": {"real+syn - real": {"accuracy": summ(0.05, 0.02), "auc": summ(0.0, 0.01)}},
         "real_data_equivalence": {},
     }
-    text = report.interpret_downstream(ds, 0.95, 0.96, 1.2)
+    text = downstream.interpret_downstream(ds, 0.95, 0.96, 1.2)
     assert "+0.050 (95 % CI [+0.030, +0.070]): an improvement" in text
     assert "did not measurably help" not in text
     ds["comparisons"]["real+syn - real"]["accuracy"] = summ(-0.01, 0.03)
-    text = report.interpret_downstream(ds, 0.70, 0.96, 3.0)
+    text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "no detectable effect" in text and "did not measurably help" in text
     assert "(0.700) is below the classifier's accuracy" in text and "3.0x" in text
+
+
+def test_nulls_record_reasons():
+    n = Nulls()
+    assert n.value("a", lambda: float("nan")) is None and n.reasons["a"] == FALLBACK_NULL_REASON
+    assert n.value("b", lambda: 1.5) == 1.5 and "b" not in n.reasons

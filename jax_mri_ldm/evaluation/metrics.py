@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from jax_mri_ldm.batching import batched_apply
+
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Per-scale exponents from Wang, Simoncelli & Bovik (2003), finest scale first."""
 
@@ -148,19 +150,6 @@ def _pad_to(x: np.ndarray | jnp.ndarray, n: int) -> np.ndarray | jnp.ndarray:
         return x
     pad = jnp.repeat(x[:1], n - x.shape[0], axis=0)
     return jnp.concatenate([x, pad], axis=0)
-
-
-def _batched(fn, arrays: Sequence, batch_size: int) -> np.ndarray:
-    """Applies fn to fixed-size batches of the aligned arrays; returns the concatenated output."""
-    n = arrays[0].shape[0]
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        m = chunk[0].shape[0]
-        size = min(batch_size, n)  # one compiled shape for every batch of this call
-        res = fn(*[_pad_to(jnp.asarray(a), size) for a in chunk])
-        out.append(np.asarray(res)[:m])
-    return np.concatenate(out, axis=0) if out else np.zeros((0,), np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +458,7 @@ def mean_pairwise_ms_ssim(
         raise ValueError(f"mean_pairwise_ms_ssim needs >= 2 images; got {images.shape[0]}.")
     pairs = _sample_pairs(images.shape[0], int(max_pairs), np.random.default_rng(seed))
     fn = lambda a, b: ms_ssim(a, b, **ms_ssim_kwargs)
-    vals = _batched(fn, [images[pairs[:, 0]], images[pairs[:, 1]]], batch_size)
+    vals = batched_apply(fn, images[pairs[:, 0]], images[pairs[:, 1]], batch_size=batch_size)
     return float(np.mean(vals))
 
 
@@ -497,7 +486,7 @@ def resize_images(images, size: int | None, batch_size: int = 256) -> np.ndarray
     if images.shape[0] == 0:
         return np.zeros((0, size, size, images.shape[3]), np.float32)
     fn = functools.partial(_resize_jit, size=int(size))
-    return _batched(fn, [images], batch_size).astype(np.float32)
+    return np.asarray(batched_apply(fn, images, batch_size=batch_size), np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("max_val", "win_size", "sigma", "k1", "k2"))

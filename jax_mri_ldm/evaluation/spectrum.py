@@ -5,9 +5,10 @@ of the same score on real held-out images (their interquartile range), never aga
 number: real JPEG slices carry 8x8 block artefacts of their own, so "no power at the grid
 harmonics" is not the target, "as much as real images have" is.
 
-* `spectrum_distance`: RMS over radii of log10 radial power minus the mean log10 radial power
-  of a reference set (real images). Noise lifts the high radii, blur lowers them, patch shuffles
-  add edges: each moves the curve away from the real one.
+* `spectrum_distance`: per image, RMS over radii of its log10 relative radial power minus the
+  mean curve of a reference set (real images); `set_spectrum_distance` compares a set's mean
+  curve instead (the image-to-image spread averages out). Noise lifts the high radii, blur
+  lowers them, patch shuffles add edges: each moves the curve away from the real one.
 * `grid_score`: the power at each harmonic of the latent period p (frequencies k * H / p and
   l * W / p, (k, l) != (0, 0)) divided by the power at its neighbouring frequencies, averaged
   over the harmonics; about 1 for an image without a period-p pattern, larger when a decoder
@@ -41,21 +42,25 @@ def _radius_index(h: int, w: int) -> np.ndarray:
 
 
 def radial_spectrum(images: np.ndarray) -> np.ndarray:
-    """Radially averaged log10 power spectrum of each image.
+    """Radially averaged log10 relative power spectrum of each image.
+
+    Each image's power is divided by its total (non-DC) power first, so the curve describes
+    how the image's variance is spread over frequencies, not its contrast.
 
     Args:
       images: (N, H, W, 1) in [0, 1].
 
     Returns:
-      (N, R) log10 mean power per integer radius 1..min(H, W) // 2 (DC excluded).
+      (N, R) log10 mean relative power per integer radius 1..min(H, W) // 2 (DC excluded).
     """
     p = _power(images)
+    p = p / np.maximum(p.reshape(len(p), -1).sum(axis=1), 1e-30)[:, None, None]
     n, h, w = p.shape
     r = _radius_index(h, w).ravel()
     rmax = min(h, w) // 2
     counts = np.bincount(r, minlength=rmax + 1)[1 : rmax + 1]
     sums = np.stack([np.bincount(r, weights=pi.ravel(), minlength=rmax + 1) for pi in p])
-    return np.log10(sums[:, 1 : rmax + 1] / counts + 1e-12)  # (N, R)
+    return np.log10(sums[:, 1 : rmax + 1] / counts + 1e-20)  # (N, R)
 
 
 def spectrum_distance(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -70,6 +75,24 @@ def spectrum_distance(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """
     ref = radial_spectrum(reference).mean(axis=0)  # (R,)
     return np.sqrt(np.mean((radial_spectrum(images) - ref[None]) ** 2, axis=1))
+
+
+def set_spectrum_distance(images: np.ndarray, reference: np.ndarray) -> float:
+    """RMS over radii between the mean log radial spectra of a set and of the reference.
+
+    Averaging over the set first removes the image-to-image spread, so small but systematic
+    changes (noise lifting the high frequencies, blur lowering them) stand out.
+
+    Args:
+      images: (N, H, W, 1) the set.
+      reference: (M, H, W, 1) real images.
+
+    Returns:
+      The distance in log10 power units.
+    """
+    a = radial_spectrum(images).mean(axis=0)
+    b = radial_spectrum(reference).mean(axis=0)
+    return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
 def _lattice(h: int, w: int, period: int) -> np.ndarray:

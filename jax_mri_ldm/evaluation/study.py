@@ -1,4 +1,4 @@
-"""Downstream study: does adding synthetic slices help a normal-vs-tumour classifier?
+"""Downstream study: does adding synthetic slices help a classifier of the run's classes?
 
 A small CNN (models/classifier.py) is trained per arm and per seed and scored on the same real
 test split:
@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.evaluation import metrics
 from jax_mri_ldm.models.classifier import ClassifierCNN
 
@@ -49,6 +50,16 @@ ARM_DESCRIPTIONS: dict[str, str] = {
 }
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "auc", "sensitivity", "specificity")
+"""Metrics of a two-class study (tumour = positive); K > 2 classes: see `metric_names`."""
+
+
+def metric_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """The study's metrics for these classes: METRIC_NAMES for two, else K-way accuracy,
+    macro one-vs-rest AUC and the recall of every class (`recall_<name>`)."""
+    if len(class_names) == 2:
+        return METRIC_NAMES
+    return ("accuracy", "auc", *(f"recall_{n}" for n in class_names))
+
 
 # (arm, baseline) pairs reported as paired per-seed differences.
 _COMPARISONS: tuple[tuple[str, str], ...] = (
@@ -229,26 +240,18 @@ def train_classifier(
 
 
 def _forward(clf: TrainedClassifier, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, K), features (N, D)) in one pass over fixed-size batches."""
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C); got shape {images.shape}.")
     images = metrics.resize_images(images, clf.model.input_size)
     fn = _apply_fn(clf.model)
-    n = images.shape[0]
-    size = min(batch_size, max(n, 1))
-    probs, feats = [], []
-    for start in range(0, n, size):
-        chunk = images[start : start + size]
-        m = chunk.shape[0]
-        if m < size:  # pad so every call has one compiled shape
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - m, axis=0)])
-        p, f = fn(clf.params, jnp.asarray(chunk))
-        probs.append(np.asarray(p)[:m])
-        feats.append(np.asarray(f)[:m])
-    d = clf.model.widths[-1]
-    if not probs:
-        return np.zeros((0, clf.model.num_classes), np.float32), np.zeros((0, d), np.float32)
-    return np.concatenate(probs), np.concatenate(feats)
+    return batched_apply(lambda x: fn(clf.params, x), images, batch_size=batch_size)
+
+
+def classify(clf: TrainedClassifier, images, batch_size: int = 64):
+    """Class probabilities (N, K) and pooled penultimate features (N, D) of one forward pass."""
+    return _forward(clf, images, batch_size)
 
 
 def predict_proba(clf: TrainedClassifier, images, batch_size: int = 128) -> np.ndarray:
@@ -280,23 +283,57 @@ def extract_features(clf: TrainedClassifier, images, batch_size: int = 128) -> n
 
 
 def evaluate_classifier(
-    clf: TrainedClassifier, images, labels, threshold: float = 0.5
+    clf: TrainedClassifier,
+    images,
+    labels,
+    threshold: float = 0.5,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Binary metrics of a two-class classifier (class 1 = tumour = positive).
+    """The study's metrics of a classifier on labelled images (`metric_names`).
 
     Args:
-      clf: a trained classifier with num_classes == 2.
+      clf: a trained classifier.
       images: (N, H, W, C) images in [0, 1].
-      labels: (N,) 0/1 labels.
-      threshold: P(tumour) at or above which a slice is called tumour.
+      labels: (N,) labels in [0, K).
+      threshold: two classes: P(class 1) at or above which a slice is called class 1.
+      class_names: K > 2: names for the per-class recalls (default: the class ids).
 
     Returns:
-      dict with 'accuracy', 'auc', 'sensitivity', 'specificity' (nan when undefined).
+      Two classes: 'accuracy', 'auc', 'sensitivity', 'specificity' (class 1 = positive);
+      K > 2: 'accuracy', 'auc' (macro one-vs-rest) and 'recall_<name>' per class; nan where
+      undefined.
     """
-    if clf.model.num_classes != 2:
-        raise ValueError("evaluate_classifier reports binary metrics; num_classes must be 2.")
     probs = predict_proba(clf, images)
-    return metrics.binary_metrics(labels, probs[:, 1], threshold)
+    if clf.model.num_classes == 2:
+        return metrics.binary_metrics(labels, probs[:, 1], threshold)
+    return multiclass_metrics(labels, probs, class_names)
+
+
+def multiclass_metrics(labels, probs, class_names: Sequence[str] | None = None) -> dict:
+    """K-way accuracy, macro one-vs-rest AUC and per-class recall ('recall_<name>').
+
+    Args:
+      labels: (N,) ids in [0, K).
+      probs: (N, K) class probabilities.
+      class_names: names for the recall keys (default: the ids).
+
+    Returns:
+      {'accuracy', 'auc', 'recall_<name>'...}; nan where a class is absent.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs)
+    names = (
+        list(class_names) if class_names is not None else [str(k) for k in range(probs.shape[1])]
+    )
+    pred = np.argmax(probs, axis=1)
+    out = {"accuracy": float(np.mean(pred == labels)) if labels.size else math.nan}
+    aucs = []
+    for k, name in enumerate(names):
+        pos = labels == k
+        aucs.append(metrics.roc_auc(pos.astype(int), probs[:, k]))
+        out[f"recall_{name}"] = float(np.mean(pred[pos] == k)) if pos.any() else math.nan
+    out["auc"] = float(np.mean(aucs)) if np.all(np.isfinite(aucs)) else math.nan
+    return {k: out[k] for k in ("accuracy", "auc", *(f"recall_{n}" for n in names))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,8 +354,8 @@ def _jsonable(x):
     return x
 
 
-def _counts(labels: np.ndarray) -> dict[str, int]:
-    return {name: int(np.sum(labels == i)) for i, name in enumerate(CLASS_NAMES)}
+def _counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    return {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
 
 
 def _summarise(values: Sequence[float], confidence: float) -> dict:
@@ -369,6 +406,7 @@ def downstream_study(
     half_fraction: float = 0.5,
     confidence: float = 0.95,
     progress: Callable[[str], None] | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> dict:
     """Trains one classifier per (arm, seed) and scores it on the real test split.
 
@@ -389,6 +427,7 @@ def downstream_study(
       half_fraction: share of each real class kept in the 'half' arms.
       confidence: level of the Student-t intervals over seeds.
       progress: optional callback receiving one line per finished run.
+      class_names: label id -> name; K = len(class_names) classes (metrics: `metric_names`).
 
     Returns:
       JSON-able dict (non-finite numbers become None):
@@ -415,7 +454,9 @@ def downstream_study(
         raise ValueError("downstream_study needs at least one seed.")
     if not 0.0 < half_fraction < 1.0:
         raise ValueError(f"half_fraction must be in (0, 1); got {half_fraction}.")
-    num_classes = len(CLASS_NAMES)
+    class_names = tuple(class_names)
+    num_classes = len(class_names)
+    names = metric_names(class_names)
 
     # Resize everything once; train_classifier and predict_proba then skip resizing.
     tr_x, tr_y = _check_dataset("real_train", *real_train, num_classes)
@@ -431,14 +472,14 @@ def downstream_study(
         if sy_x.shape[1:] != tr_x.shape[1:]:
             raise ValueError(f"synthetic image shape {sy_x.shape[1:]} != real {tr_x.shape[1:]}.")
         syn_members = [np.flatnonzero(sy_y == c) for c in range(num_classes)]
-        short = {CLASS_NAMES[c]: m.size for c, m in enumerate(syn_members) if m.size < n_per_class}
+        short = {class_names[c]: m.size for c, m in enumerate(syn_members) if m.size < n_per_class}
         if n_per_class < 1 or short:
             raise ValueError(
                 f"n_per_class={n_per_class} needs that many synthetic images per class; "
                 f"available: {short or 'n_per_class must be >= 1'}. Generate more or lower it."
             )
     real_members = [np.flatnonzero(tr_y == c) for c in range(num_classes)]
-    empty = [CLASS_NAMES[c] for c, m in enumerate(real_members) if m.size == 0]
+    empty = [class_names[c] for c, m in enumerate(real_members) if m.size == 0]
     if empty:
         raise ValueError(f"real_train has no {empty} images; every class is needed.")
 
@@ -462,13 +503,13 @@ def downstream_study(
         for arm in arms:
             x, y, real_used, syn_used = _arm_data(arm, (tr_x, tr_y), half_idx, syn)
             clf, hist = train_classifier(x, y, seed=seed, **train_kw)
-            scores = evaluate_classifier(clf, te_x, te_y)
+            scores = evaluate_classifier(clf, te_x, te_y, class_names=class_names)
             per_arm[arm]["per_seed"].append(
                 {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
             )
             per_arm[arm]["train_counts"] = {
-                "real": _counts(real_used),
-                "synthetic": _counts(syn_used),
+                "real": _counts(real_used, class_names),
+                "synthetic": _counts(syn_used, class_names),
             }
             if progress is not None:
                 line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
@@ -477,21 +518,19 @@ def downstream_study(
     for arm in arms:
         runs = per_arm[arm]["per_seed"]
         per_arm[arm]["description"] = ARM_DESCRIPTIONS[arm]
-        per_arm[arm]["summary"] = {
-            m: _summarise([r[m] for r in runs], confidence) for m in METRIC_NAMES
-        }
+        per_arm[arm]["summary"] = {m: _summarise([r[m] for r in runs], confidence) for m in names}
 
     comparisons = {}
     for a, b in _COMPARISONS:
         if a in per_arm and b in per_arm:
             pairs = list(zip(per_arm[a]["per_seed"], per_arm[b]["per_seed"], strict=True))
             comparisons[f"{a} - {b}"] = {
-                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in METRIC_NAMES
+                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in names
             }
 
     equivalence = {}
     if all(a in per_arm for a in ("half", "half+syn", "real")):
-        for m in METRIC_NAMES:
+        for m in names:
             means = {a: per_arm[a]["summary"][m]["mean"] for a in ("half", "half+syn", "real")}
             gap = None
             if None not in means.values() and abs(means["real"] - means["half"]) >= 1e-6:
@@ -507,12 +546,13 @@ def downstream_study(
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
                 "half_fraction": half_fraction,
                 "confidence": confidence,
-                "class_names": list(CLASS_NAMES),
+                "class_names": list(class_names),
+                "metric_names": list(names),
             },
             "data": {
-                "real_train": _counts(tr_y),
-                "real_test": _counts(te_y),
-                "synthetic": _counts(sy_y) if uses_syn else None,
+                "real_train": _counts(tr_y, class_names),
+                "real_test": _counts(te_y, class_names),
+                "synthetic": _counts(sy_y, class_names) if uses_syn else None,
             },
             "arms": {a: per_arm[a] for a in arms},
             "comparisons": comparisons,

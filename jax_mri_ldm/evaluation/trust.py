@@ -44,7 +44,7 @@ RULES: tuple[MetricRule, ...] = (
     MetricRule("density", "higher", CORRUPTIONS, "density"),
     MetricRule("coverage", "higher", CORRUPTIONS, "coverage"),
     MetricRule("fidelity", "higher", CORRUPTIONS, "class fidelity"),
-    MetricRule("spectrum", "lower", CORRUPTIONS, "spectrum distance (median)"),
+    MetricRule("spectrum", "lower", CORRUPTIONS, "spectrum distance"),
     MetricRule("grid", "near_real", ("grid",), "grid score (median)"),
     MetricRule("nn_ssim", "higher", tuple(c for c in CORRUPTIONS if c != "grid"), "NN-SSIM"),
     MetricRule("memorised", "lower", (MEMORISED,), "memorised fraction"),

@@ -1,0 +1,130 @@
+"""Evaluation report config: sizes and knobs of `evaluate.py`.
+
+Usage: `python evaluate.py --workdir=runs/ldm --config=configs/report.py[:preset]`, with presets
+`paper` (default: the full report, about 45 minutes on a 2-core CPU for the paper-sized run),
+`demo` (minutes on a laptop CPU) and `tiny` (tests). Any field can be overridden:
+`--config.seeds=10`, `--config.guidance_scales='(1.0, 3.0)'`, `--config.features.steps=100`.
+The main sampler's defaults (sampler, steps, spacing, eta) live in `pipeline.SamplerSpec`;
+a field left as None here means "that default".
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def _features() -> ml_collections.ConfigDict:
+    f = ml_collections.ConfigDict()
+    # auto (the candidate that ranks the controls best) | contrastive | random | classifier
+    f.space = "auto"
+    f.widths = (
+        16,
+        32,
+        64,
+        128,
+    )  # contrastive/random encoder channels per block (features: their sum)
+    f.input_size = 128  # side the encoder sees (128 keeps the period-8 grid of 256 px visible)
+    f.steps = 300  # self-supervised (SimCLR) training steps on the run's real training slices
+    f.batch_size = 64  # images per contrastive step (two augmented views each)
+    f.lr = 2e-3  # Adam learning rate of the contrastive encoder
+    f.temperature = 0.2  # NT-Xent temperature
+    f.prdc_k = 5  # k of the k-NN balls of precision/recall/density/coverage
+    return f
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the report config for preset `arg` ('paper' | 'demo' | 'tiny')."""
+    preset = arg or "paper"
+    c = ml_collections.ConfigDict()
+    c.preset = preset  # name of the preset this config came from
+    c.num_synthetic_per_class = 200  # main synthetic set per class (sections 4-8; the study's N)
+    c.batch_size = 16  # images per sampler call (every setting compiles for this batch)
+    c.seed = 0  # base seed of all synthetic images (batch b: fold_in(PRNGKey(seed), b))
+    c.sampler = placeholder(str)  # main sampler; None = pipeline.SamplerSpec's default
+    c.steps = placeholder(int)  # main sampler steps; None = the sampler's default
+    c.spacing = placeholder(str)  # main timestep spacing; None = the sampler's default
+    c.eta = placeholder(float)  # main DDIM eta; None = pipeline.SamplerSpec's default
+    c.guidance_scale = placeholder(float)  # main w; None = chosen by the guidance sweep
+    c.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # the sweep's w values (empty: no sweep)
+    c.sweep_per_class = 32  # images per class for each w of the sweep
+    c.fidelity_tolerance = 0.05  # sweep: a w qualifies at fidelity >= real accuracy - this
+    # Sampler table rows at the main w: (sampler, steps or None for all T, spacing, eta).
+    c.samplers = (
+        ("ddpm", None, "uniform", 0.0),
+        ("ddim", 50, "uniform", 0.0),
+        ("ddim", 50, "uniform", 1.0),
+        ("dpmpp_2m", 25, "logSNR", 0.0),
+        ("dpmpp_2m", 10, "logSNR", 0.0),
+    )
+    c.sampler_per_class = 32  # images per class per sampler row (except DDPM)
+    c.ddpm_per_class = 4  # images per class for DDPM (about T network calls per image)
+    c.classifier_steps = 600  # training steps of the domain classifier (class fidelity)
+    c.classifier_batch_size = 32  # its batch size (also the study's)
+    c.classifier_lr = 1e-3  # its Adam learning rate (also the study's)
+    c.classifier_input_size = 64  # its working resolution (also the study's)
+    c.classifier_widths = (16, 32, 64, 128)  # its channels per block
+    c.seeds = 5  # seeds of the downstream study (0..seeds-1)
+    c.study_steps = 300  # classifier steps per (arm, seed) in the study
+    c.diversity_max_pairs = 500  # pairs per class for mean pairwise MS-SSIM
+    c.kid_subsets = 100  # KID subsets
+    c.kid_subset_size = 1000  # KID subset size (clipped to the set sizes)
+    c.memorisation_search_size = 64  # side length of the SSIM nearest-neighbour search
+    c.figure_images = 8  # images in the VAE figure and per class in sample grids
+    c.difference_pairs = 4  # synthetic images in the difference-map figure
+    c.use_ema = True  # sample with the EMA weights (the paper's choice)
+    c.controls = True  # score the control sets (real held-out and its corruptions)
+    c.controls_seed = 0  # seed of the noise, shuffles and prior latents of the controls
+    c.features = _features()
+    # XLA options for the sampler/decoder compiles as (name, value) pairs; tiny turns LLVM
+    # optimisation off (faster compiles, unrepresentative seconds per image).
+    c.compile_options = ()
+
+    if preset == "paper":
+        pass
+    elif preset == "demo":
+        # A few minutes on a 2-core CPU for the demo run: the sampler compiles (one per w and
+        # per sampler) and DDPM's 2 x 1000 UNet rows per image dominate.
+        c.num_synthetic_per_class = 32
+        c.guidance_scales = (0.0, 1.0, 3.0, 5.0)  # every w is one more sampler compile
+        c.sweep_per_class = 8
+        c.sampler_per_class = 4
+        c.ddpm_per_class = 2
+        c.classifier_steps = 150
+        c.classifier_batch_size = 16
+        c.seeds = 2
+        c.study_steps = 60
+        c.diversity_max_pairs = 100
+        c.kid_subsets = 50
+        c.features.steps = 100
+        c.features.batch_size = 32
+    elif preset == "tiny":
+        # Well under a minute on the tiny test run (32 px, 24 images, T=100): tests only.
+        c.num_synthetic_per_class = 8
+        c.batch_size = 8
+        c.guidance_scales = (1.0, 3.0)
+        c.sweep_per_class = 4
+        c.sampler_per_class = 4
+        c.ddpm_per_class = 4
+        c.classifier_steps = 30
+        c.classifier_batch_size = 8
+        c.classifier_lr = 2e-3
+        c.classifier_input_size = 32
+        c.classifier_widths = (8, 16)
+        c.seeds = 2
+        c.study_steps = 10
+        c.diversity_max_pairs = 20
+        c.kid_subsets = 10
+        c.memorisation_search_size = 32
+        c.figure_images = 4
+        c.difference_pairs = 2
+        c.features.widths = (8, 16)
+        c.features.input_size = 32
+        c.features.steps = 10
+        c.features.batch_size = 8
+        c.compile_options = (("xla_backend_optimization_level", 0),)
+    else:
+        raise ValueError(
+            f"--config=configs/report.py:{preset}: unknown preset; use paper, demo or tiny."
+        )
+    return c

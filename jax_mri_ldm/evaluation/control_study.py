@@ -1,0 +1,220 @@
+"""The controls on their own: which metrics rank real held-out images above every corruption?
+
+Used by the report (section 11) and standalone, on any data set without a trained generator:
+
+    python -m jax_mri_ldm.evaluation.control_study --path=../shared/data/brain_tumor_yes_no \
+        --image_size=128
+
+builds the candidate feature spaces from the training split, scores the validation split (the
+real held-out set) and its corruptions against the test split with every metric, and prints
+the controls table (the 'vae_prior' control needs a VAE and is left out here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm.evaluation import controls as controls_lib
+from jax_mri_ldm.evaluation import features, scoring, study, trust
+from jax_mri_ldm.evaluation.context import Nulls
+
+CANDIDATES = ("contrastive", "random", "classifier")
+"""Candidate feature spaces, in the order they are tried."""
+
+Embed = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class RealSplits:
+    """Images and labels of the three real splits."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+def contrastive_space(
+    train_images: np.ndarray,
+    s: features.SSLSettings,
+    cache_dir: str | None,
+    key: str,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Embed, dict]:
+    """The self-supervised encoder (trained or from the cache) and its description."""
+    params, info = features.load_or_train(train_images, s, cache_dir, key, log=log)
+    desc = (
+        f"self-supervised (SimCLR) multi-scale CNN ({sum(s.widths)}-d, {s.input_size} px), "
+        f"trained on the {len(train_images)} real training slices for {s.steps} steps"
+    )
+    info = {k: v for k, v in info.items() if k != "path"}
+    return features.encoder_embed(params, s.widths, s.input_size), {"description": desc, **info}
+
+
+def random_space(s: features.SSLSettings) -> tuple[Embed, dict]:
+    desc = f"untrained multi-scale CNN ({sum(s.widths)}-d, {s.input_size} px)"
+    return features.random_encoder_embed(s), {"description": desc}
+
+
+def choose_space(
+    candidates: Mapping[str, Callable[[], tuple[Embed, dict]]],
+    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    test_images: np.ndarray,
+) -> tuple[str, Embed, dict]:
+    """Builds every candidate, ranks the corruption controls by FID, keeps the best.
+
+    Args:
+      candidates: name -> builder returning (embed, description dict).
+      sets: the control sets (may be empty: the first candidate is taken).
+      test_images: the FID reference.
+
+    Returns:
+      (chosen name, its embed, JSON: 'chosen', 'rule', 'description', 'candidates').
+    """
+    corr = {k: v for k, v in sets.items() if k == "real" or k in controls_lib.CORRUPTIONS}
+    built, rankings = {}, {}
+    for name, build in candidates.items():
+        built[name] = build()
+        if corr:
+            rank = features.control_ranking(
+                built[name][0], corr, test_images, controls_lib.CORRUPTIONS
+            )
+            rankings[name] = {**built[name][1], **rank}
+    chosen = features.choose_space(rankings) if rankings else next(iter(candidates))
+    rule = (
+        "the candidate whose FID to the test split ranks the most corruptions worse than the "
+        "real held-out images, then the one with the widest worst-case margin"
+    )
+    if len(candidates) == 1:
+        rule = "set by config.features.space"
+    info = {"chosen": chosen, "rule": rule, "description": built[chosen][1]["description"]}
+    return chosen, built[chosen][0], {**info, "candidates": rankings}
+
+
+def score_controls(
+    ref: scoring.Reference,
+    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    nulls: Nulls,
+    path: str = "controls.sets",
+) -> tuple[dict[str, dict], dict]:
+    """Scores every control set; returns (rows by set, `trust.controls_table`)."""
+    rows = {
+        name: scoring.score_set(ref, x, y, nulls, f"{path}.{name}")[0]
+        for name, (x, y) in sets.items()
+    }
+    if not rows:
+        return rows, {"metrics": {}, "untrusted": []}
+    scores = {m: {c: rows[c][m] for c in rows} for m in scoring.SCALARS}
+    return rows, trust.controls_table(scores)
+
+
+def run_controls(
+    splits: RealSplits,
+    class_names: Sequence[str],
+    ssl: features.SSLSettings,
+    *,
+    space: str = "auto",
+    classifier_steps: int = 300,
+    classifier_input_size: int = 64,
+    period: int | None = 8,
+    search_size: int = 64,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Controls table for a data set without a generator (no 'vae_prior' control).
+
+    Returns:
+      {'feature_space': choice JSON, 'sets': rows, 'table': controls table}.
+    """
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits.train, splits.val, splits.test
+    clf, _ = study.train_classifier(
+        tr_x,
+        tr_y,
+        steps=classifier_steps,
+        input_size=classifier_input_size,
+        num_classes=len(class_names),
+    )
+    classify = lambda x: study.classify(clf, x)[0]  # noqa: E731
+    builders = {
+        "contrastive": lambda: contrastive_space(tr_x, ssl, cache_dir, "standalone", log),
+        "random": lambda: random_space(ssl),
+        "classifier": lambda: (lambda x: study.classify(clf, x)[1], {"description": "classifier"}),
+    }
+    if space != "auto":
+        builders = {space: builders[space]}
+    sets = controls_lib.make_controls(va_x, va_y, tr_x, tr_y, seed=seed)
+    _, embed, info = choose_space(builders, sets, te_x)
+    ref = scoring.build_reference(
+        te_x, te_y, tr_x, class_names, embed, classify, period, search_size
+    )
+    rows, table = score_controls(ref, sets, Nulls())
+    return {"feature_space": info, "sets": rows, "table": table}
+
+
+def format_table(table: dict) -> str:
+    """The controls table as markdown (metrics x control sets, trustworthy column)."""
+    metrics = table["metrics"]
+    if not metrics:
+        return "(no controls)"
+    sets = list(next(iter(metrics.values()))["scores"])
+    lines = ["| metric (better) | " + " | ".join(sets) + " | trustworthy |"]
+    lines.append("|" + "---|" * (len(sets) + 2))
+    for t in metrics.values():
+        cells = ["n/a" if t["scores"][k] is None else f"{t['scores'][k]:.4g}" for k in sets]
+        ok = {True: "yes", False: "**no** (misses " + ", ".join(t["failures"]) + ")"}
+        lines.append(
+            f"| {t['label']} ({t['better']}) | "
+            + " | ".join(cells)
+            + f" | {ok.get(t['trustworthy'], 'n/a')} |"
+        )
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str]) -> None:
+    del argv
+    import json
+
+    import ml_collections
+    from absl import flags
+
+    from jax_mri_ldm import data as data_lib
+
+    f = flags.FLAGS
+    cfg = data_lib.get_data_config()
+    cfg.path, cfg.image_size = f.path, f.image_size
+    if f.classes:
+        cfg.classes = f.classes
+    ds = data_lib.load_imageset(ml_collections.ConfigDict(cfg.to_dict()))
+    split = data_lib.split_indices(ds, **cfg.split)
+    parts = [ds.subset(split[k]) for k in ("train", "val", "test")]
+    ssl = features.SSLSettings(steps=f.ssl_steps, input_size=min(128, f.image_size))
+    res = run_controls(
+        RealSplits(*[(p.images, p.labels) for p in parts]),
+        ds.class_names,
+        ssl,
+        space=f.space,
+        classifier_steps=f.classifier_steps,
+        cache_dir=os.path.expanduser("~/.cache/jax_mri_ldm/control_study"),
+        log=print,
+    )
+    print(f"splits: {[len(p) for p in parts]} (train, val = real held-out, test = reference)")
+    print(f"feature space: {res['feature_space']['chosen']}: {res['feature_space']['description']}")
+    print(format_table(res["table"]))
+    print(json.dumps({"untrusted": res["table"]["untrusted"]}))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("path", "", "Image folder root ('' = the built-in phantom set).")
+    flags.DEFINE_integer("image_size", 128, "Side of the slices.")
+    flags.DEFINE_string("classes", "", "binary | folders ('' = the data default).")
+    flags.DEFINE_string("space", "auto", "Feature space: auto | contrastive | random | classifier.")
+    flags.DEFINE_integer("ssl_steps", 300, "Contrastive encoder training steps.")
+    flags.DEFINE_integer("classifier_steps", 300, "Domain classifier training steps.")
+    app.run(_main)

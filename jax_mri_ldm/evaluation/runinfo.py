@@ -1,0 +1,112 @@
+"""The commands that reproduce a report, the machine it ran on, where it goes by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+from typing import Any
+
+import jax
+import ml_collections
+
+from jax_mri_ldm import config_loader
+from jax_mri_ldm.engine import checkpoint as ckpt_lib
+
+
+def _repo_config(name: str, preset: str) -> ml_collections.ConfigDict | None:
+    try:
+        return config_loader.load_config(name, preset)
+    except Exception:  # noqa: BLE001  (a missing/changed config only loses the override list)
+        return None
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': leaf} (tuples become lists)."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, tuple):
+        d = list(d)
+    return {prefix[:-1]: d}
+
+
+def _format_override(v: Any) -> str:
+    if isinstance(v, list):
+        return shlex.quote("(" + ", ".join(repr(x) for x in v) + ("," if len(v) == 1 else "") + ")")
+    return shlex.quote(str(v))
+
+
+def config_overrides(stage: str, config: dict) -> list[str]:
+    """`--config.X=...` for every field of `config` that differs from its preset."""
+    preset = config.get("preset", "paper")
+    base = _repo_config(stage, preset)
+    if base is None:
+        return []
+    want = flat(json.loads(json.dumps(config, default=list)))
+    have = flat(json.loads(json.dumps(base.to_dict(), default=list)))
+    return [
+        f"--config.{k}={_format_override(want[k])}"
+        for k in sorted(want)
+        if k not in ("preset", "stage") and want[k] != have.get(k, object())
+    ]
+
+
+def train_command(stage: str, config: dict, workdir: str) -> str:
+    """The `python train.py ...` command that reproduces a run's config.
+
+    Args:
+      stage: 'vae' or 'ldm' (selects configs/<stage>.py).
+      config: the run's config as a dict (config.json / checkpoint metadata).
+      workdir: the run directory.
+
+    Returns:
+      The preset plus one `--config.X=...` per field that differs from the preset.
+    """
+    preset = config.get("preset", "paper")
+    cmd = [f"python train.py --config=configs/{stage}.py:{preset}"]
+    cmd += config_overrides(stage, config)
+    cmd.append(f"--workdir={shlex.quote(workdir)}")
+    return " ".join(cmd)
+
+
+def evaluate_command(ldm_workdir: str, out_dir: str, cfg: ml_collections.ConfigDict) -> str:
+    """The `python evaluate.py ...` command equivalent to a write_report call."""
+    cmd = ["python evaluate.py", f"--workdir={shlex.quote(ldm_workdir)}"]
+    cmd += [f"--out={shlex.quote(out_dir)}", f"--config=configs/report.py:{cfg.preset}"]
+    cmd += config_overrides("report", cfg.to_dict())
+    return " ".join(cmd)
+
+
+def default_out_dir(ldm_workdir: str) -> str:
+    """`<parent of the LDM workdir>/report` (runs/ldm -> runs/report)."""
+    return os.path.join(os.path.dirname(os.path.abspath(ldm_workdir)), "report")
+
+
+def machine_info() -> dict[str, Any]:
+    """Describes this machine for the report.
+
+    Returns:
+      dict with 'cpu' (model name from /proc/cpuinfo), 'cpu_count', 'platform', 'backend',
+      'devices' and 'versions' (python, jax, jaxlib, flax, optax, orbax, numpy).
+    """
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "versions": ckpt_lib.package_versions(),
+    }

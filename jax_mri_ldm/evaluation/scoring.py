@@ -1,0 +1,215 @@
+"""Scores any labelled image set against the run's real images, the same way for all sets.
+
+The controls, the guidance sweep, the main set and the sampler table are all scored by
+`score_set`, so a metric's verdict on the controls carries over to the synthetic sets:
+
+* feature FID / KID vs the real test split and precision / recall / density / coverage in the
+  report's feature space (per class too);
+* class fidelity under the domain classifier;
+* spectrum distance (of the set's mean spectrum) and grid score (median), see `spectrum`;
+* nearest-training-image SSIM (median; realism) and the memorised fraction: images closer to a
+  training image, or to its mirror image, than every real test image is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm.evaluation import metrics, prdc, setmetrics, spectrum
+from jax_mri_ldm.evaluation.context import Nulls
+
+SCALARS: tuple[str, ...] = (
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "fidelity",
+    "spectrum",
+    "grid",
+    "nn_ssim",
+    "memorised",
+)
+"""The per-set numbers `score_set` returns, in table order."""
+
+
+@dataclasses.dataclass
+class Reference:
+    """The real images every set is scored against, prepared once.
+
+    Attributes:
+      class_names: label id -> name.
+      embed: images -> features of the report's feature space.
+      test_feats / test_labels: features and labels of the real test split.
+      classify: images -> class probabilities (the domain classifier), or None.
+      train_images: the generator's training images (nearest-neighbour search).
+      test_nn: (n_test,) nearest-train SSIM of every real test image.
+      threshold: memorisation threshold (the highest test_nn).
+      spectrum_mean: (R,) mean log radial spectrum of the test split.
+      period: the latent grid period in pixels (None: image size not a multiple).
+      search_size: side of the SSIM search.
+      kid_subsets / kid_subset_size / prdc_k: estimator settings.
+    """
+
+    class_names: tuple[str, ...]
+    embed: Callable[[np.ndarray], np.ndarray]
+    test_feats: np.ndarray
+    test_labels: np.ndarray
+    classify: Callable[[np.ndarray], np.ndarray] | None
+    train_images: np.ndarray
+    test_nn: np.ndarray
+    threshold: float
+    spectrum_mean: np.ndarray
+    period: int | None
+    search_size: int
+    kid_subsets: int
+    kid_subset_size: int
+    prdc_k: int
+
+
+def nearest_train(train: np.ndarray, images: np.ndarray, search_size: int) -> np.ndarray:
+    """(N,) SSIM of each image to its nearest training image or mirrored training image."""
+    refs = np.concatenate([train, train[:, :, ::-1]])
+    return np.asarray(
+        metrics.nearest_neighbours(images, refs, "ssim", search_size=search_size)["score"]
+    )
+
+
+def build_reference(
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    train_images: np.ndarray,
+    class_names: Sequence[str],
+    embed: Callable[[np.ndarray], np.ndarray],
+    classify: Callable[[np.ndarray], np.ndarray] | None,
+    period: int | None,
+    search_size: int,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    prdc_k: int = prdc.DEFAULT_K,
+) -> Reference:
+    """Prepares the test features, spectra and nearest-train scores once."""
+    search = min(int(search_size), int(test_images.shape[1]))
+    test_nn = nearest_train(train_images, test_images, search)
+    return Reference(
+        class_names=tuple(class_names),
+        embed=embed,
+        test_feats=embed(test_images),
+        test_labels=np.asarray(test_labels),
+        classify=classify,
+        train_images=train_images,
+        test_nn=test_nn,
+        threshold=float(test_nn.max()),
+        spectrum_mean=spectrum.radial_spectrum(test_images).mean(axis=0),
+        period=period,
+        search_size=search,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        prdc_k=prdc_k,
+    )
+
+
+def rs_mean(images: np.ndarray) -> np.ndarray:
+    """(R,) mean log radial spectrum of a set."""
+    return spectrum.radial_spectrum(images).mean(axis=0)
+
+
+def per_image_scores(ref: Reference, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image spectrum distance, grid score and nearest-train SSIM."""
+    out = {"nn_ssim": nearest_train(ref.train_images, images, ref.search_size)}
+    rs = spectrum.radial_spectrum(images)
+    out["spectrum"] = np.sqrt(np.mean((rs - ref.spectrum_mean[None]) ** 2, axis=1))
+    if ref.period is not None:
+        out["grid"] = spectrum.grid_score(images, ref.period)
+    return out
+
+
+def _prdc_block(ref: Reference, feats: np.ndarray, labels: np.ndarray, nulls: Nulls, path: str):
+    try:
+        res = prdc.prdc_per_class(
+            ref.test_feats, ref.test_labels, feats, labels, ref.class_names, ref.prdc_k
+        )
+    except ValueError as e:
+        nulls.null(f"{path}.prdc", str(e))
+        return None
+    for name, v in res["per_class"].items():
+        if v is None:
+            nulls.null(f"{path}.prdc.per_class.{name}", "fewer than 2 images of the class")
+    return res
+
+
+def score_set(
+    ref: Reference, images: np.ndarray, labels: np.ndarray, nulls: Nulls, path: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every metric of one labelled set.
+
+    Args:
+      ref: the prepared real reference.
+      images: (N, H, W, 1) in [0, 1].
+      labels: (N,) ids.
+      nulls: where reasons for null values go.
+      path: this set's dotted path in report.json.
+
+    Returns:
+      (row, per_image): row holds 'num_images', the `SCALARS` and the details 'fid_kid',
+      'prdc', 'fidelity_detail'; per_image holds arrays ('nn_ssim', 'spectrum', 'grid',
+      'correct') for intervals.
+    """
+    labels = np.asarray(labels)
+    feats = ref.embed(images)
+    fk = setmetrics.fid_kid(
+        nulls,
+        f"{path}.fid_kid",
+        feats,
+        labels,
+        ref.test_feats,
+        ref.test_labels,
+        ref.class_names,
+        ref.kid_subsets,
+        ref.kid_subset_size,
+    )
+    pr = _prdc_block(ref, feats, labels, nulls, path)
+    per = per_image_scores(ref, images)
+    row: dict[str, Any] = {"num_images": int(len(images)), "fid": fk["overall"]["fid"]}
+    row["kid"] = fk["overall"]["kid"]
+    for k in ("precision", "recall", "density", "coverage"):
+        row[k] = pr["overall"][k] if pr else None
+    row["fidelity"] = None
+    if ref.classify is not None:
+        probs = ref.classify(images)
+        per["correct"] = (np.argmax(probs, axis=1) == labels).astype(np.float64)
+        det = setmetrics.fidelity(nulls, f"{path}.fidelity_detail", probs, labels, ref.class_names)
+        row["fidelity"], row["fidelity_detail"] = det["overall"], det
+    row["spectrum"] = float(np.sqrt(np.mean((rs_mean(images) - ref.spectrum_mean) ** 2)))
+    row["grid"] = float(np.median(per["grid"])) if "grid" in per else None
+    row["nn_ssim"] = float(np.median(per["nn_ssim"]))
+    row["memorised"] = float(np.mean(per["nn_ssim"] > ref.threshold))
+    row.update(fid_kid=fk, prdc=pr)
+    for k in SCALARS:
+        if row[k] is None and f"{path}.{k}" not in nulls.reasons:
+            nulls.null(f"{path}.{k}", _why_null(k, ref))
+    return row, per
+
+
+def _why_null(key: str, ref: Reference) -> str:
+    if key == "grid":
+        return "image size is not a multiple of the latent period"
+    if key == "fidelity" and ref.classify is None:
+        return "no domain classifier"
+    return "too few images for this estimate"
+
+
+def bootstrap_interval(
+    values: np.ndarray, stat: Callable = np.median, n: int = 500, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of stat(values)."""
+    v = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)

@@ -1,0 +1,172 @@
+"""Section 11: the controls, the feature space they choose, and which metrics can be trusted.
+
+Real held-out images (the run's validation split) are scored like a synthetic set, next to
+corrupted copies of them (`evaluation.controls`). A metric is trustworthy for this run when it
+ranks the real images best and every corruption it is responsible for worse (`trust`); the
+feature space is the candidate whose FID separates the corruptions from the real images best.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jax_mri_ldm import plots
+from jax_mri_ldm.evaluation import control_study, features, scoring
+from jax_mri_ldm.evaluation import controls as controls_lib
+from jax_mri_ldm.evaluation.context import Context
+from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
+
+HEADER = "## 11. Controls: which metrics can be trusted"
+
+
+def _ssl_settings(ctx: Context) -> features.SSLSettings:
+    fc = ctx.cfg.features
+    return features.SSLSettings(
+        widths=tuple(fc.widths),
+        input_size=int(fc.input_size),
+        steps=int(fc.steps),
+        batch_size=int(fc.batch_size),
+        lr=float(fc.lr),
+        temperature=float(fc.temperature),
+    )
+
+
+def _choose(ctx: Context, sets: dict) -> tuple[Any, dict]:
+    """The chosen space's embed fn and the JSON describing the choice."""
+    space, s = ctx.cfg.features.space, _ssl_settings(ctx)
+    key = features.cache_key(s, ctx.ds.fingerprint, ctx.train.ids)
+    cache = os.path.join(ctx.workdir, "eval_cache")
+    d = int(ctx.cfg.classifier_widths[-1])
+    builders = {
+        "contrastive": lambda: control_study.contrastive_space(
+            ctx.train.images, s, cache, key, ctx.log
+        ),
+        "random": lambda: control_study.random_space(s),
+        "classifier": lambda: (
+            ctx.shared["classifier_embed"],
+            {"description": f"domain classifier penultimate layer ({d}-d)"},
+        ),
+    }
+    if space != "auto":
+        if space not in builders:
+            raise ValueError(
+                f"--config.features.space={space}: use auto or one of {', '.join(builders)}."
+            )
+        builders = {space: builders[space]}
+    _, embed, info = control_study.choose_space(builders, sets, ctx.test.images)
+    return embed, info
+
+
+def _control_sets(ctx: Context) -> dict:
+    if not ctx.cfg.controls:
+        ctx.nulls.null("controls", "controls switched off (config.controls=False)")
+        return {}
+    if len(ctx.val) < 2:
+        ctx.nulls.null("controls", f"the run's validation split has {len(ctx.val)} images")
+        return {}
+    gen = ctx.shared["gen"]
+    return controls_lib.make_controls(
+        ctx.val.images,
+        ctx.val.labels,
+        ctx.train.images,
+        ctx.train.labels,
+        seed=ctx.cfg.controls_seed,
+        decode=gen.decode_latents,
+        latent_shape=ctx.run.latent_shape,
+    )
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    sets = _control_sets(ctx)
+    embed, space = _choose(ctx, sets)
+    fc = ctx.cfg.features
+    ref = scoring.build_reference(
+        ctx.test.images,
+        ctx.test.labels,
+        ctx.train.images,
+        ctx.class_names,
+        embed,
+        ctx.shared.get("classify"),
+        ctx.shared.get("period"),
+        ctx.cfg.memorisation_search_size,
+        ctx.cfg.kid_subsets,
+        ctx.cfg.kid_subset_size,
+        int(fc.prdc_k),
+    )
+    ctx.shared["ref"] = ref
+    ctx.shared["train_feats"] = embed(ctx.train.images)
+    rows, tab = control_study.score_controls(ref, sets, ctx.nulls)
+    ctx.shared["control_sets"] = sets
+    ctx.shared["trust"] = tab
+    if sets:
+        ctx.figures["controls"] = plots.save_rows_figure(
+            [(name, x[:4]) for name, (x, _) in sets.items()],
+            ctx.figure_path("controls"),
+            title="control sets: real held-out images and their corruptions",
+        )
+    held = {"held_out": "validation split", "n": int(len(ctx.val))} if sets else None
+    return {"feature_space": space, "controls": {"sets": rows, "table": tab, "set": held}}
+
+
+def is_trusted(r: dict, metric: str) -> bool | None:
+    """True / False from the controls table; None when the controls were not run."""
+    m = (r.get("controls") or {}).get("table", {}).get("metrics", {}).get(metric)
+    return None if m is None else m["trustworthy"]
+
+
+def _space_lines(fs: dict) -> list[str]:
+    L = [
+        f"**Feature space: {fs['chosen']}**: {fs['description']}. Rule: {fs['rule']}.",
+        "",
+    ]
+    if fs["candidates"]:
+        ctrl = list(next(iter(fs["candidates"].values()))["fid"])
+        rows = [
+            [name, *(f(c["fid"][k]) for k in ctrl), ", ".join(c["missed"]) or "none"]
+            for name, c in fs["candidates"].items()
+        ]
+        L += ["FID to the test split per candidate space:", ""]
+        L += table(["space", *ctrl, "corruptions missed"], rows)
+    return L
+
+
+def render(r: dict) -> str:
+    L = [HEADER, ""]
+    L += [
+        "Every metric is also computed on control sets: the real held-out images (validation "
+        "split; the reference) and corrupted copies of them: Gaussian noise (σ = 0.1), "
+        "Gaussian blur (σ = 2 px), shuffled patches, an added period-8 grid of amplitude "
+        "0.03, VAE decodes of pure N(0, I) latents, and mirrored training images (which "
+        "memorisation must flag). A metric that does not rank the real images best and every "
+        "corruption it is responsible for worse is **not trustworthy for this run** and "
+        "decides nothing (guidance w, sampler).",
+        "",
+    ]
+    L += _space_lines(r["feature_space"])
+    c = r.get("controls") or {}
+    tab = c.get("table", {}).get("metrics", {})
+    if tab:
+        ctrl = list(c["sets"])
+        rows = []
+        for m, t in tab.items():
+            cells = [f(t["scores"].get(k), 4 if m == "kid" else 3) for k in ctrl]
+            rows.append([f"{t['label']} ({t['better']})", *cells, verdict(t["trustworthy"])])
+        L += table(["metric (better)", *ctrl, "trustworthy"], rows)
+        bad = c["table"]["untrusted"]
+        L += [
+            "Not trustworthy for this run: "
+            + (", ".join(f"{m} (misses {', '.join(tab[m]['failures'])})" for m in bad) or "none")
+            + ".",
+            "",
+        ]
+        if "controls" in r["figures"]:
+            L += [img(r["figures"]["controls"], "control sets"), ""]
+    hide = (".fid_kid.", ".prdc.", ".fidelity_detail.")
+    return "\n".join(L + nulls_note(r["null_reasons"], ["controls", "feature_space"], hide=hide))
+
+
+def untrusted_note(r: dict, metrics: list[str]) -> str:
+    """' (not trustworthy for this run)' when any of `metrics` failed the controls."""
+    bad = [m for m in metrics if is_trusted(r, m) is False]
+    return f" ({', '.join(bad)}: not trustworthy for this run, see section 11)" if bad else ""

@@ -1,0 +1,133 @@
+"""Section 7: memorisation, nearest-neighbour realism, and the difference maps of section 1.
+
+The search compares every synthetic image with every training image and its mirror image
+(a mirrored copy of a training slice is a copy too); real test images, never seen by the
+generator, give the reference distribution of nearest-train SSIM. Far below it = unlike every
+real slice (unrealistic); above all of it = closer to a training image than any real image is
+(memorised).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm import plots
+from jax_mri_ldm.evaluation import metrics
+from jax_mri_ldm.evaluation.context import Context
+from jax_mri_ldm.evaluation.markdown import f, img, table
+
+HEADER = "## 7. Memorisation and realism"
+
+
+def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
+    """memorisation_report against train + mirrored train (indices into that stack)."""
+    tr = ctx.train.images
+    refs = np.concatenate([tr, tr[:, :, ::-1]])  # (2T, H, W, 1)
+    search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
+    mem = metrics.memorisation_report(
+        x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5
+    )
+    mem["reference"] = "training images and their mirror images"
+    return mem, refs
+
+
+def _difference_maps(ctx: Context, x, y, mem: dict, refs: np.ndarray) -> dict:
+    K = ctx.num_classes
+    per_cls = max(1, ctx.cfg.difference_pairs // K)
+    idx = np.concatenate([np.flatnonzero(y == c)[:per_cls] for c in range(K)])
+    nn_all = np.asarray(mem["synthetic_to_train"]["index"])
+    nn = nn_all[idx]
+    diff = np.abs(x[idx] - refs[nn])
+    out = {
+        "synthetic_index": idx.tolist(),
+        "nearest_train_index": (nn % len(ctx.train)).tolist(),
+        "nearest_is_mirrored": (nn >= len(ctx.train)).tolist(),
+        "nearest_ssim": [mem["synthetic_to_train"]["score"][i] for i in idx],
+        "mean_abs_difference": diff.reshape(len(idx), -1).mean(axis=1).tolist(),
+        "mean_abs_difference_all_synthetic": float(np.mean(np.abs(x - refs[nn_all]))),
+    }
+    ctx.figures["difference_maps"] = plots.save_pairs_figure(
+        x[idx],
+        refs[nn],
+        ctx.figure_path("difference_maps"),
+        ("synthetic", "most similar real"),
+        titles=[
+            f"{ctx.class_names[y[i]]}, mean |d| {d:.3f}"
+            for i, d in zip(idx, out["mean_abs_difference"], strict=True)
+        ],
+        suptitle="D = |x - x_hat|: synthetic vs its most similar training image (SSIM search)",
+    )
+    return out
+
+
+def _realism(mem: dict) -> dict:
+    syn = mem["synthetic_to_train"]["summary"]["median"]
+    real = mem["test_to_train"]["summary"]["median"]
+    ratio = syn / real if real > 0 else None
+    if ratio is None:
+        reading = "undefined"
+    elif mem["fraction_flagged"] > 0.01:
+        reading = "too close: part of the set copies training images"
+    elif ratio < 0.8:
+        reading = "too far: the samples are unlike every real slice (unrealistic)"
+    else:
+        reading = "as close to the training images as real unseen images are"
+    return {"synthetic_median": syn, "real_test_median": real, "ratio": ratio, "reading": reading}
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    x, y = ctx.shared["syn"]
+    mem, refs = _search(ctx, x)
+    ctx.figures["memorisation_hist"] = plots.save_memorisation_histogram(
+        mem, ctx.figure_path("memorisation_hist")
+    )
+    pairs = mem["nearest_pairs"]
+    ctx.figures["memorisation_pairs"] = plots.save_pairs_figure(
+        x[[p["synthetic"] for p in pairs]],
+        refs[[p["train"] for p in pairs]],
+        ctx.figure_path("memorisation_pairs"),
+        ("synthetic", "nearest train"),
+        titles=[f"SSIM {p['score']:.3f}" for p in pairs],
+        suptitle="the five synthetic images closest to a training image (or its mirror)",
+    )
+    diff = _difference_maps(ctx, x, y, mem, refs)
+    return {
+        "memorisation": {**mem, "flagged_count": len(mem["flagged"])},
+        "realism": _realism(mem),
+        "difference_maps": diff,
+    }
+
+
+def render(r: dict) -> str:
+    me, re_, fig = r["memorisation"], r["realism"], r["figures"]
+    st, rt = me["synthetic_to_train"]["summary"], me["test_to_train"]["summary"]
+    L = [HEADER, ""]
+    L += [
+        f"For every synthetic image the most similar training image or mirrored training image "
+        f"by SSIM (images resized to {me['search_size']} px); real test images, never seen by "
+        "the generator, give the reference distribution. A synthetic image is flagged when it "
+        "is closer to a training image than every real test image is (SSIM > "
+        f"{me['threshold']:.4f}). **{me['flagged_count']} of "
+        f"{len(me['synthetic_to_train']['score'])} synthetic images flagged "
+        f"({100 * me['fraction_flagged']:.1f} %).**",
+        "",
+    ]
+    rows = [
+        ["synthetic -> train", *(f(st[k]) for k in ("mean", "median", "p95", "max"))],
+        ["real test -> train", *(f(rt[k]) for k in ("mean", "median", "p95", "max"))],
+    ]
+    L += table(["nearest-train SSIM", "mean", "median", "p95", "max"], rows)
+    L += [
+        f"**Realism (nearest-neighbour SSIM):** the median synthetic image is "
+        f"{f(re_['ratio'], 2)}x as close to its nearest training image as the median real test "
+        f"image ({f(re_['synthetic_median'])} vs {f(re_['real_test_median'])}): "
+        f"{re_['reading']}.",
+        "",
+        img(fig["memorisation_hist"], "memorisation histogram"),
+        "",
+        img(fig["memorisation_pairs"], "five nearest pairs"),
+        "",
+    ]
+    return "\n".join(L)

@@ -1,0 +1,129 @@
+"""The report's opening: the commands that reproduce it and a summary of the run and machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jax_mri_ldm.evaluation import runinfo
+from jax_mri_ldm.evaluation.context import Context
+from jax_mri_ldm.evaluation.markdown import f, table
+
+HEADERS = ("## Commands", "## Run summary")
+
+
+def _commands(ctx: Context, command: str | None) -> dict[str, Any]:
+    src = ctx.vae_workdir
+    vae_cfg_path = os.path.join(src, "config.json")
+    vae_cfg = None
+    if os.path.exists(vae_cfg_path):
+        with open(vae_cfg_path) as fh:
+            vae_cfg = json.load(fh)
+    eval_cmd = runinfo.evaluate_command(ctx.workdir, ctx.out_dir, ctx.cfg)
+    out = {
+        "evaluate": command or eval_cmd,
+        "evaluate_equivalent": eval_cmd,
+        "train_vae": runinfo.train_command("vae", vae_cfg, src) if vae_cfg else None,
+        "train_ldm": runinfo.train_command("ldm", ctx.run.config.to_dict(), ctx.workdir),
+    }
+    if out["train_vae"] is None:
+        ctx.nulls.null("commands.train_vae", f"{vae_cfg_path} not found")
+    return out
+
+
+def _run(ctx: Context) -> dict[str, Any]:
+    run, cfg = ctx.run, ctx.run.config.to_dict()
+    spe = int(run.meta.get("steps_per_epoch", 0)) or None
+    data = run.meta["vae"]["data"]
+    out = {
+        "ldm_workdir": os.path.abspath(ctx.workdir),
+        "vae_workdir": ctx.vae_workdir,
+        "checkpoint_step": run.step,
+        "epochs_trained": run.step / spe if spe else None,
+        "final": run.final,
+        "params": "EMA" if ctx.cfg.use_ema else "raw",
+        "unet_parameters": int(sum(np.size(x) for x in jax.tree.leaves(run.ema_params))),
+        "class_names": list(ctx.class_names),
+        "ldm_config": {
+            "preset": cfg.get("preset"),
+            "model": cfg["model"],
+            "diffusion": cfg["diffusion"],
+            "optim": {k: cfg["optim"][k] for k in ("learning_rate", "ema_decay", "schedule")},
+            "train": {k: cfg["train"][k] for k in ("batch_size", "num_epochs", "num_steps")},
+        },
+        "vae": {
+            "model": run.meta["vae"]["model"],
+            "latent_shape": list(run.latent_shape),
+            "latent_scale_factor": run.latent_scale_factor,
+        },
+        "data": {
+            "source": data.get("source"),
+            "path": data.get("path") or "(built-in phantom set)",
+            "image_size": run.image_size,
+            "fingerprint": ctx.ds.fingerprint,
+            "counts": ctx.ds.counts(),
+            "split": {k: getattr(ctx, k).counts() for k in ("train", "val", "test")},
+        },
+    }
+    if out["epochs_trained"] is None:
+        ctx.nulls.null("run.epochs_trained", "steps_per_epoch missing from the checkpoint metadata")
+    return out
+
+
+def compute(ctx: Context, command: str | None = None) -> dict[str, Any]:
+    return {
+        "commands": _commands(ctx, command),
+        "run": _run(ctx),
+        "machine": runinfo.machine_info(),
+    }
+
+
+def _run_lines(r: dict) -> list[str]:
+    run, m = r["run"], r["machine"]
+    lc, d = run["ldm_config"], run["data"]
+    T = lc["diffusion"]["num_timesteps"]
+    return [
+        f"- LDM run: `{run['ldm_workdir']}` (preset `{lc['preset']}`), checkpoint step "
+        f"{run['checkpoint_step']} ({f(run['epochs_trained'], 1)} epochs), "
+        f"{'finished' if run['final'] else '**not finished**'}; sampling with the "
+        f"{run['params']} weights; UNet {run['unet_parameters']:,} parameters, channels "
+        f"{tuple(lc['model']['channels'])}, {lc['model']['num_res_blocks']} res blocks/level, "
+        f"attention at {tuple(lc['model']['attn_resolutions']) or 'bottleneck only'}.",
+        f"- Diffusion: {lc['diffusion']['schedule']} schedule, T={T}, "
+        f"{lc['diffusion']['prediction']}-prediction, p_uncond={lc['diffusion']['p_uncond']}; "
+        f"batch {lc['train']['batch_size']}, lr {lc['optim']['learning_rate']}, EMA "
+        f"{lc['optim']['ema_decay']}.",
+        f"- VAE: `{run['vae_workdir']}`, features {tuple(run['vae']['model']['features'])}, "
+        f"latent {tuple(run['vae']['latent_shape'])}, scale factor "
+        f"{run['vae']['latent_scale_factor']:.4f}.",
+        f"- Data: {d['path']} (source `{d['source']}`), {d['image_size']} px, "
+        f"{sum(d['counts'].values())} images {d['counts']}, fingerprint `{d['fingerprint'][:12]}`.",
+        f"- Machine: {m['cpu']} ({m['cpu_count']} logical cores), backend {m['backend']}, "
+        f"jax {m['versions'].get('jax')}, flax {m['versions'].get('flax')}, Python "
+        f"{m['versions'].get('python')}.",
+        f"- Report preset `{r['preset']}`; total time {r['timings_seconds']['total']:.0f} s "
+        "(see Timings).",
+        "",
+    ]
+
+
+def render(r: dict) -> str:
+    c, run = r["commands"], r["run"]
+    names = run["class_names"]
+    L = ["## Commands", "", "```bash"]
+    if c.get("train_vae"):
+        L.append(c["train_vae"])
+    L += [c["train_ldm"], c["evaluate"], "```", ""]
+    if c["evaluate"] != c["evaluate_equivalent"]:
+        L += [f"Equivalent: `{c['evaluate_equivalent']}`", ""]
+    L += ["## Run summary", ""] + _run_lines(r)
+    split = run["data"]["split"]
+    rows = [
+        [k, *(split[k].get(cn, 0) for cn in names), sum(split[k].values())]
+        for k in ("train", "val", "test")
+    ]
+    return "\n".join(L + table(["split", *names, "total"], rows))

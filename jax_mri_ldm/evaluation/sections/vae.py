@@ -1,0 +1,98 @@
+"""Section 2: the frozen VAE on the test split (PSNR, SSIM, MS-SSIM, grid score; paper Fig. 3)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm import plots
+from jax_mri_ldm.engine import logging as log_lib
+from jax_mri_ldm.evaluation import metrics, spectrum
+from jax_mri_ldm.evaluation.context import Context
+from jax_mri_ldm.evaluation.markdown import f, nulls_note, table
+
+HEADER = "## 2. VAE reconstruction (test split)"
+EXACT = "every test image is reconstructed exactly (PSNR = inf)"
+
+
+def _grid(ctx: Context, recon: np.ndarray) -> dict | None:
+    period = ctx.shared.get("period")
+    if period is None:
+        ctx.nulls.null("vae.grid", "image size is not a multiple of the latent period")
+        return None
+    test_grid = spectrum.grid_score(ctx.test.images, period)
+    return spectrum.summary_vs_real(spectrum.grid_score(recon, period), test_grid)
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    te = ctx.test
+    recon = ctx.run.vae.reconstruct(te.images, batch_size=ctx.cfg.batch_size)
+    ctx.shared["vae_recon"] = recon
+    values = {
+        "psnr": np.asarray(metrics.psnr(te.images, recon)),
+        "ssim": np.asarray(metrics.ssim(te.images, recon)),
+        "ms_ssim": np.asarray(metrics.ms_ssim(te.images, recon)),
+    }
+    out: dict[str, Any] = {"num_images": len(te)}
+    for key, vals in values.items():
+        finite = vals[np.isfinite(vals)]
+        out[key] = {
+            stat: ctx.nulls.finite(
+                f"vae.{key}.{stat}", getattr(finite, stat)() if finite.size else None, EXACT
+            )
+            for stat in ("mean", "std")
+        }
+    out["ms_ssim_scales"] = metrics.ms_ssim_num_scales(*te.images.shape[1:3])
+    src = ctx.vae_workdir
+    reported = log_lib.read_metrics(src, "test") if os.path.isdir(src) else []
+    out["vae_run_reported_test"] = (
+        {k: reported[-1].get(k) for k in ("psnr", "ssim")} if reported else None
+    )
+    if not reported:
+        ctx.nulls.null("vae.vae_run_reported_test", f"VAE run not found at {src!r} (moved?)")
+    out["grid"] = _grid(ctx, recon)
+    n_fig = min(ctx.cfg.figure_images, len(te))
+    path = plots.save_reconstruction_figure(
+        te.images[:n_fig],
+        recon[:n_fig],
+        ctx.figure_path("vae_reconstructions"),
+        title=f"test split: PSNR {values['psnr'].mean():.2f} dB, SSIM {values['ssim'].mean():.3f}",
+    )
+    plots.shrink_png(path)
+    ctx.figures["vae_reconstructions"] = path
+    return {"vae": out}
+
+
+def render(r: dict) -> str:
+    v = r["vae"]
+    rows = [
+        ["PSNR (dB)", f(v["psnr"]["mean"], 2), f(v["psnr"]["std"], 2)],
+        ["SSIM", f(v["ssim"]["mean"]), f(v["ssim"]["std"])],
+        [
+            f"MS-SSIM ({v['ms_ssim_scales']} scales)",
+            f(v["ms_ssim"]["mean"]),
+            f(v["ms_ssim"]["std"]),
+        ],
+    ]
+    L = [HEADER, ""] + table(["metric", "mean", "std"], rows)
+    line = f"{v['num_images']} test images, posterior-mean reconstructions of the frozen VAE."
+    if v.get("vae_run_reported_test"):
+        rt = v["vae_run_reported_test"]
+        line += (
+            f" The VAE run's own final test evaluation logged PSNR {f(rt.get('psnr'), 2)} dB, "
+            f"SSIM {f(rt.get('ssim'))}."
+        )
+    L += [line, ""]
+    g = v.get("grid")
+    if g:
+        L += [
+            f"Grid score of the reconstructions (power at the latent-period harmonics relative "
+            f"to neighbouring frequencies, median): {f(g['median'])}, {f(g['ratio'], 2)}x the "
+            f"real test images' {f(g['real_median'])} (real interquartile range "
+            f"{f(g['real_q25'])}-{f(g['real_q75'])}; "
+            f"{'inside' if g['within_real_iqr'] else '**outside**'}).",
+            "",
+        ]
+    return "\n".join(L + nulls_note(r["null_reasons"], ["vae."]))

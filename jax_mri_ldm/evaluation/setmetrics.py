@@ -1,0 +1,181 @@
+"""Per-set metrics shared by the report sections: class fidelity, FID/KID per class,
+diversity, equal-n subsets, and the guidance rule (which only trusts validated metrics)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jax_mri_ldm.evaluation import metrics
+from jax_mri_ldm.evaluation.context import Nulls
+
+
+def per_class_subset(labels: np.ndarray, counts: Sequence[int], seed: int) -> np.ndarray:
+    """Sorted indices holding counts[c] random images of each class c."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c, n in enumerate(counts):
+        members = np.flatnonzero(labels == c)
+        parts.append(rng.choice(members, min(int(n), members.size), replace=False))
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+def fidelity(
+    nulls: Nulls, path: str, probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """Fraction of images the classifier assigns to their label: per class and overall."""
+    pred = np.argmax(probs, axis=-1)
+    out: dict[str, Any] = {"per_class": {}}
+    for c, name in enumerate(class_names):
+        sel = labels == c
+        out["per_class"][name] = (
+            float(np.mean(pred[sel] == c))
+            if sel.any()
+            else nulls.null(f"{path}.per_class.{name}", f"no {name} images in this set")
+        )
+    out["overall"] = float(np.mean(pred == labels)) if labels.size else None
+    if labels.size == 0:
+        nulls.null(f"{path}.overall", "empty set")
+    return out
+
+
+def fid_kid(
+    nulls: Nulls,
+    path: str,
+    fa: np.ndarray,
+    la: np.ndarray,
+    fb: np.ndarray,
+    lb: np.ndarray,
+    class_names: Sequence[str],
+    kid_subsets: int,
+    kid_subset_size: int,
+) -> dict:
+    """FID and KID of set a vs set b, overall and per class (with the counts used)."""
+
+    def block(sub: str, xa: np.ndarray, xb: np.ndarray) -> dict:
+        p = f"{path}.{sub}"
+        short = f"needs >= 2 images on each side; has {xa.shape[0]} vs {xb.shape[0]}"
+        if min(xa.shape[0], xb.shape[0]) < 2:
+            for k in ("fid", "kid", "kid_std"):
+                nulls.null(f"{p}.{k}", short)
+            return {
+                "fid": None,
+                "kid": None,
+                "kid_std": None,
+                "n_a": xa.shape[0],
+                "n_b": xb.shape[0],
+            }
+        fid = nulls.value(f"{p}.fid", lambda: metrics.fid(xa, xb))
+        try:
+            kid_mean, kid_std = metrics.kid(
+                xa, xb, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=0
+            )
+        except ValueError as e:
+            nulls.null(f"{p}.kid", str(e))
+            nulls.null(f"{p}.kid_std", str(e))
+            kid_mean = kid_std = None
+        else:
+            kid_mean = nulls.finite(f"{p}.kid", kid_mean)
+            kid_std = nulls.finite(f"{p}.kid_std", kid_std)
+        return {
+            "fid": fid,
+            "kid": kid_mean,
+            "kid_std": kid_std,
+            "n_a": int(xa.shape[0]),
+            "n_b": int(xb.shape[0]),
+        }
+
+    out = {"overall": block("overall", fa, fb), "per_class": {}}
+    for c, name in enumerate(class_names):
+        out["per_class"][name] = block(f"per_class.{name}", fa[la == c], fb[lb == c])
+    return out
+
+
+def diversity(
+    nulls: Nulls,
+    path: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    max_pairs: int,
+) -> dict:
+    """Mean pairwise MS-SSIM within each class (lower = more diverse) and their mean."""
+    out: dict[str, Any] = {"per_class": {}}
+    for c, name in enumerate(class_names):
+        x = images[labels == c]
+        p = f"{path}.per_class.{name}"
+        if x.shape[0] < 2:
+            out["per_class"][name] = nulls.null(
+                p, f"needs >= 2 {name} images for a pair; this set has {x.shape[0]}"
+            )
+            continue
+        out["per_class"][name] = nulls.value(
+            p, lambda x=x: metrics.mean_pairwise_ms_ssim(x, max_pairs=max_pairs, seed=0)
+        )
+    vals = [v for v in out["per_class"].values() if v is not None]
+    out["mean"] = float(np.mean(vals)) if vals else None
+    if not vals:
+        nulls.null(f"{path}.mean", "no class has >= 2 images")
+    return out
+
+
+def choose_guidance(
+    rows: Sequence[dict],
+    real_fidelity: float | None,
+    tolerance: float,
+    trusted: Sequence[str] = ("fidelity", "fid"),
+) -> dict:
+    """The sweep's rule: lowest FID among w with fidelity >= real_fidelity - tolerance.
+
+    Only metrics in `trusted` (those that ranked the controls correctly) take part: without a
+    trusted fidelity every w qualifies; without a trusted FID the qualifying w with the highest
+    fidelity wins; with neither, no w is chosen ('chosen' is None). w = 0 (unconditional) is
+    never recommended unless it is the only w swept.
+
+    Args:
+      rows: sweep rows with 'guidance', 'fidelity', 'fid'.
+      real_fidelity: the domain classifier's accuracy on real test images (None: bar = 0).
+      tolerance: allowed shortfall below real_fidelity.
+      trusted: the trustworthy metrics among 'fidelity' and 'fid'.
+
+    Returns:
+      {'chosen': w or None, 'threshold', 'rule', 'qualified': [w...], 'decided_by'}.
+    """
+    use_fid, use_fidelity = "fid" in trusted, "fidelity" in trusted
+    bar = (real_fidelity or 0.0) - tolerance
+    rows = [r for r in rows if r["guidance"] != 0.0] or list(rows)
+    if use_fidelity:
+        qualified = [r for r in rows if r["fidelity"] is not None and r["fidelity"] >= bar - 1e-12]
+    else:
+        qualified = list(rows)
+    with_fid = [r for r in qualified if r["fid"] is not None] if use_fid else []
+    rule = (
+        "lowest feature FID among the w whose class fidelity is at least the domain "
+        f"classifier's accuracy on real test images minus {tolerance:g} (= {bar:.3f}); if "
+        "none qualifies, the w with the highest fidelity; w = 0 (unconditional) is never "
+        "recommended; a metric that failed the controls (section 11) takes no part"
+    )
+    out = {"threshold": bar, "qualified": [float(r["guidance"]) for r in qualified], "rule": rule}
+    if with_fid:
+        best = min(with_fid, key=lambda r: (r["fid"], r["guidance"]))
+        return {
+            **out,
+            "chosen": float(best["guidance"]),
+            "decided_by": "lowest FID among the qualifying w",
+        }
+    if not use_fidelity:
+        return {**out, "chosen": None, "decided_by": "no trustworthy metric: no w chosen"}
+    cands = [r for r in rows if r["fidelity"] is not None] or list(rows)
+    best = min(
+        cands,
+        key=lambda r: (
+            -(r["fidelity"] or 0.0),
+            r["fid"] if (use_fid and r["fid"] is not None) else math.inf,
+            r["guidance"],
+        ),
+    )
+    why = "no w qualified (or no trusted FID): highest fidelity"
+    return {**out, "chosen": float(best["guidance"]), "decided_by": why}
