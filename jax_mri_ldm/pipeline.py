@@ -245,9 +245,9 @@ def make_latent_sampler(
     )
 
 
-def data_mesh(local: bool = True) -> jax.sharding.Mesh:
-    """A 1-D mesh named `data` over this process's devices (or every device)."""
-    n = jax.local_device_count() if local else jax.device_count()
+def local_data_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named `data` over this process's devices (sampling runs per process)."""
+    n = jax.local_device_count()
     return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -444,7 +444,7 @@ class ImageSampler:
         batch_size: int,
         mesh: jax.sharding.Mesh | None = None,
     ):
-        mesh = mesh if mesh is not None else data_mesh()
+        mesh = mesh if mesh is not None else local_data_mesh()
         self.spec = spec.resolved(run.schedule.num_timesteps)
         self.batch_size = int(np.ceil(batch_size / mesh.size) * mesh.size)
         replicated = NamedSharding(mesh, P())
@@ -496,7 +496,7 @@ def _read_vae_copy(workdir: str, vae_meta: dict[str, Any]) -> PyTree:
 def _schedule_of(meta: dict[str, Any], config: ml_collections.ConfigDict) -> diffusion.Schedule:
     if meta.get("schedule"):
         return diffusion.schedule_from_dict(meta["schedule"])
-    return diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+    return diffusion.schedule_from_config(config.diffusion)
 
 
 def load_ldm(workdir: str, step: int | None = None) -> LDMPipeline:

@@ -221,6 +221,7 @@ def make_loss_fn(
     scale = jnp.asarray(scale, jnp.float32)
     sample_posterior = bool(config.latents.sample_posterior)
     dropout = float(config.model.dropout) > 0
+    loss_options = diffusion.loss_options(config.diffusion)
 
     def loss_fn(params, batch, rng):
         view_rng, z_rng, drop_rng, loss_rng = jax.random.split(rng, 4)
@@ -244,10 +245,8 @@ def make_loss_fn(
             z,
             batch["label"],
             loss_rng,
-            prediction=config.diffusion.prediction,
-            p_uncond=float(config.diffusion.p_uncond),
             null_label=null_label,
-            loss_weighting=config.diffusion.loss_weighting,
+            **loss_options,
         )
         return loss, {"drop_frac": aux["drop_frac"]}
 
@@ -301,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         bool(config.latents.sample_posterior),
         float(config.latents.x0_clip_percentile),
     )  # (C,), (C,), per-channel clip bounds (see latent_normalization for why)
-    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+    schedule = diffusion.schedule_from_config(config.diffusion)
     unet = build_unet(config.model, num_classes)
     sampler = data_lib.BalancedSampler(labels, batch_size, seed=int(config.seed))
 
