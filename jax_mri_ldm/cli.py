@@ -146,6 +146,35 @@ def parse_flags(argv: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- training
 
 
+def _choice(config: ml_collections.ConfigDict, field: str, valid: Sequence[str]) -> None:
+    section, _, name = field.partition(".")
+    if section in config and name in config[section] and config[section][name] not in valid:
+        raise UserError(
+            f"--config.{field}={config[section][name]!r} is not one of {', '.join(valid)}."
+        )
+
+
+def check_config_values(config: ml_collections.ConfigDict) -> None:
+    """Builds what the config alone decides (optimiser, diffusion schedule) and checks its
+    choices, so that a bad value is a UserError naming the field before anything is written
+    (inside the training these would only surface while compiling the first step)."""
+    from jax_mri_ldm import diffusion
+    from jax_mri_ldm.engine.state import make_optimizer
+
+    _choice(config, "diffusion.schedule", diffusion.SCHEDULES)
+    _choice(config, "diffusion.prediction", diffusion.PREDICTIONS)
+    _choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
+    _choice(config, "loss.kl_reduction", ("mean", "sum"))
+    builds = [("optim", lambda: make_optimizer(config.optim, 1_000_000))]
+    if "diffusion" in config:
+        builds.append(("diffusion", lambda: diffusion.schedule_from_config(config.diffusion)))
+    for section, build in builds:
+        try:
+            build()
+        except (ValueError, KeyError) as e:
+            raise UserError(f"--config.{section}: {str(e).strip(chr(39))}") from e
+
+
 def _remove_unused_workdir(workdir: str) -> None:
     """Removes a workdir this run created if nothing worth keeping was written into it."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -218,6 +247,7 @@ def run_training(
     workdir = workdir or f"runs/{stage}"
     created = not os.path.exists(workdir)
     try:
+        check_config_values(config)
         loop.initialize_distributed(coordinator_address, num_processes, process_id)
         result = _train_locked(config, workdir, stage)
     except user_errors() as e:

@@ -287,6 +287,31 @@ def test_unknown_config_fields_and_presets_are_named(tmp_path):
     assert cli.config_overrides(argv) == ["a.b", "c", "d"]
 
 
+def test_bad_config_values_are_named_before_training(tmp_path):
+    vae = cli.load_config_file("configs/vae.py:tiny")
+    ldm = cli.load_config_file("configs/ldm.py:tiny")
+    cli.check_config_values(vae)
+    cli.check_config_values(ldm)
+    cases = [
+        (ldm, "diffusion.prediction", "velocity", "--config.diffusion.prediction='velocity'"),
+        (ldm, "diffusion.schedule", "sqrt", "--config.diffusion.schedule='sqrt'"),
+        (ldm, "diffusion.num_timesteps", 1, "--config.diffusion: num_timesteps must be >= 2"),
+        (vae, "loss.kl_reduction", "max", "--config.loss.kl_reduction='max'"),
+        (vae, "optim.schedule", "step", "--config.optim: config.optim.schedule='step'"),
+    ]
+    for cfg, field, value, message in cases:
+        bad = cfg.copy_and_resolve_references()
+        section, name = field.split(".")
+        bad[section][name] = value
+        with pytest.raises(UserError) as err:
+            cli.check_config_values(bad)
+        assert message in str(err.value), str(err.value)
+    bad = vae.copy_and_resolve_references()
+    bad.optim.schedule = "step"
+    assert cli.run_training(bad, str(tmp_path / "run")) == 2
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_typos_exit_2_before_anything_is_written(tmp_path):
     workdir = tmp_path / "run"
     cases = [
