@@ -285,3 +285,26 @@ def test_changed_model_width_is_refused_with_the_list_of_differences():
         "model.channels: checkpoint=(16, 32) now=(32, 64)",
         "optim.learning_rate: checkpoint=0.0003 now=0.001",
     ]
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_old_meaning():
+    saved = loop.config_to_json(_stage_configs()["ldm"])
+    for key in loop.ABSENT_MEANS:
+        section, leaf = key.split(".")
+        del saved[section][leaf]
+    loop.check_resume_compatible(saved, _stage_configs()["ldm"], "/runs/x")  # does not raise
+    current = _stage_configs()["ldm"]
+    current.diffusion.zero_terminal_snr = True  # not what the old run did
+    with pytest.raises(ValueError, match="zero_terminal_snr: checkpoint=False now=True"):
+        loop.check_resume_compatible(saved, current, "/runs/x")
+    # The registry states what the diffusion code does for a config without the key.
+    from jax_mri_ldm import diffusion
+
+    old = {"schedule": "cosine", "num_timesteps": 50, "prediction": "eps", "p_uncond": 0.1}
+    means = loop.ABSENT_MEANS
+    assert diffusion.loss_options(old)["min_snr_gamma"] == means["diffusion.min_snr_gamma"]
+    zt = means["diffusion.zero_terminal_snr"]
+    np.testing.assert_array_equal(
+        diffusion.schedule_from_config(old).betas,
+        diffusion.make_schedule("cosine", 50, zero_terminal_snr=zt).betas,
+    )

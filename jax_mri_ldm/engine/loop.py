@@ -59,6 +59,15 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Settings added to the configs after runs were trained with them absent, and the value their
+# absence means (what the code does for an older config: diffusion.schedule_from_config and
+# diffusion.loss_options). A checkpoint without the key resumes when the current value is this.
+ABSENT_MEANS: dict[str, Any] = {
+    "diffusion.zero_terminal_snr": False,
+    "diffusion.min_snr_gamma": 5.0,
+}
+
+
 def is_resumable_setting(key: str) -> bool:
     """Whether the flattened config key `key` may differ from the checkpoint's on resume."""
     return any(
@@ -236,6 +245,9 @@ def check_resume_compatible(
     """Raises ValueError listing every setting that differs from the checkpoint's config."""
     a = flatten_config(saved)
     b = flatten_config(config_to_json(current))
+    for key, value in ABSENT_MEANS.items():
+        if key in b and key not in a:  # a checkpoint from before the setting existed
+            a[key] = value
     diffs = []
     for key in sorted(set(a) | set(b)):
         if is_resumable_setting(key):
