@@ -313,7 +313,7 @@ def save_memorisation_histogram(mem: dict, path: str) -> str:
     """Histogram of nearest-train SSIM for synthetic vs real test images, threshold marked.
 
     Args:
-      mem: `metrics.memorisation_report` output.
+      mem: `neighbours.memorisation_report` output.
       path: output PNG.
 
     Returns:

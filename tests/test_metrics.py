@@ -11,6 +11,8 @@ import scipy.stats
 from scipy.ndimage import gaussian_filter
 
 from jax_mri_ldm.evaluation import metrics as M
+from jax_mri_ldm.evaluation import neighbours as N
+from jax_mri_ldm.evaluation import stats as S
 
 C1, C2 = (0.01) ** 2, (0.03) ** 2
 
@@ -189,7 +191,7 @@ def test_nearest_neighbours_recovers_permutation(metric):
         proj = rng.standard_normal((48 * 48, 32))
         feats = (queries.reshape(6, -1) @ proj, refs.reshape(10, -1) @ proj)
     kw = dict(metric=metric, feats=feats, search_size=32, block_size=4)
-    out = M.nearest_neighbours(queries, refs, **kw)
+    out = N.nearest_neighbours(queries, refs, **kw)
     np.testing.assert_array_equal(out["index"], perm)
     assert out["higher_is_closer"] == (metric != "l2")
     assert out["score"].shape == (6,)
@@ -197,7 +199,7 @@ def test_nearest_neighbours_recovers_permutation(metric):
 
 def test_nearest_neighbours_ssim_matches_direct_ssim():
     q, r = _blobs(3, 24, seed=10), _blobs(5, 24, seed=11)
-    out = M.nearest_neighbours(q, r, search_size=None, block_size=2)
+    out = N.nearest_neighbours(q, r, search_size=None, block_size=2)
     qq, rr = np.repeat(q, 5, axis=0), np.tile(r, (3, 1, 1, 1))  # all 15 (query, ref) pairs
     full = np.asarray(M.ssim(qq, rr)).reshape(3, 5)
     np.testing.assert_array_equal(out["index"], full.argmax(1))
@@ -209,7 +211,7 @@ def test_memorisation_report_flags_planted_copy():
     test_real = _blobs(6, 48, seed=13)
     synthetic = _blobs(8, 48, seed=14)
     synthetic[5] = train[7]  # a memorised training image
-    rep = M.memorisation_report(synthetic, train, test_real, search_size=32, block_size=8)
+    rep = N.memorisation_report(synthetic, train, test_real, search_size=32, block_size=8)
     assert 5 in rep["flagged"]
     assert rep["nearest_pairs"][0]["synthetic"] == 5
     assert rep["nearest_pairs"][0]["train"] == 7
@@ -221,7 +223,7 @@ def test_memorisation_report_flags_planted_copy():
     assert len(rep["synthetic_to_train"]["index"]) == 8
     assert len(rep["test_to_train"]["score"]) == 6
     # The same with pixel L2 (lower is closer): the copy is at distance ~0.
-    rep_l2 = M.memorisation_report(synthetic, train, test_real, metric="l2", search_size=None)
+    rep_l2 = N.memorisation_report(synthetic, train, test_real, metric="l2", search_size=None)
     assert 5 in rep_l2["flagged"] and rep_l2["nearest_pairs"][0]["score"] < 1e-3
 
 
@@ -229,14 +231,14 @@ def test_memorisation_report_flags_planted_copy():
 
 
 def test_mean_ci_hand_value_and_shrinks():
-    mean, half = M.mean_ci([1.0, 2.0, 3.0])
+    mean, half = S.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(scipy.stats.t.ppf(0.975, 2) / math.sqrt(3), rel=1e-12)
     assert half == pytest.approx(2.4841, abs=1e-4)
-    widths = [M.mean_ci([0.7, 0.9] * k)[1] for k in (1, 2, 4, 8)]
+    widths = [S.mean_ci([0.7, 0.9] * k)[1] for k in (1, 2, 4, 8)]
     assert all(a > b for a, b in zip(widths, widths[1:], strict=False))
-    assert M.mean_ci([0.7, 0.9], confidence=0.99)[1] > M.mean_ci([0.7, 0.9])[1]
-    assert math.isnan(M.mean_ci([0.5])[1])
+    assert S.mean_ci([0.7, 0.9], confidence=0.99)[1] > S.mean_ci([0.7, 0.9])[1]
+    assert math.isnan(S.mean_ci([0.5])[1])
 
 
 def _brute_auc(y, s):
@@ -246,27 +248,27 @@ def _brute_auc(y, s):
 
 
 def test_roc_auc_hand_cases_and_ties():
-    assert M.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
-    assert M.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
-    assert M.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-    assert M.roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert M.roc_auc([0, 1, 1], [0.3, 0.3, 0.9]) == 0.75
-    assert math.isnan(M.roc_auc([1, 1], [0.2, 0.3]))
+    assert S.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert S.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert S.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert S.roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert S.roc_auc([0, 1, 1], [0.3, 0.3, 0.9]) == 0.75
+    assert math.isnan(S.roc_auc([1, 1], [0.2, 0.3]))
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 200)
     s = np.round(rng.random(200), 1)  # many ties
-    assert M.roc_auc(y, s) == pytest.approx(_brute_auc(y, s), abs=1e-12)
+    assert S.roc_auc(y, s) == pytest.approx(_brute_auc(y, s), abs=1e-12)
 
 
 def test_binary_metrics_hand_case():
     labels = [1, 1, 1, 0, 0]
     preds = [1, 0, 1, 0, 1]
-    assert M.accuracy(labels, preds) == 0.6
-    assert M.sensitivity(labels, preds) == pytest.approx(2 / 3)
-    assert M.specificity(labels, preds) == 0.5
-    out = M.binary_metrics(labels, [0.9, 0.2, 0.5, 0.1, 0.7], threshold=0.5)
+    assert S.accuracy(labels, preds) == 0.6
+    assert S.sensitivity(labels, preds) == pytest.approx(2 / 3)
+    assert S.specificity(labels, preds) == 0.5
+    out = S.binary_metrics(labels, [0.9, 0.2, 0.5, 0.1, 0.7], threshold=0.5)
     assert out["accuracy"] == 0.6 and out["specificity"] == 0.5
     assert out["sensitivity"] == pytest.approx(2 / 3)
     assert out["auc"] == pytest.approx(4 / 6)  # pos {.9,.2,.5} vs neg {.1,.7}: 4 of 6 wins
     with pytest.raises(ValueError, match="0 .* or 1"):
-        M.binary_metrics([0, 2], [0.1, 0.2])
+        S.binary_metrics([0, 2], [0.1, 0.2])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_mri_ldm.evaluation import metrics, study
+from jax_mri_ldm.evaluation import metrics, stats, study
 from jax_mri_ldm.models.classifier import ClassifierCNN
 
 # One tiny configuration everywhere, so the cached jitted train step compiles once per session.
@@ -106,7 +106,7 @@ def test_downstream_study_runs_every_arm(tiny_study):
                 assert math.isfinite(r[m]) and 0.0 <= r[m] <= 1.0
         for m in study.METRIC_NAMES:
             summ = res["arms"][arm]["summary"][m]
-            mean, half = metrics.mean_ci([r[m] for r in runs], 0.95)
+            mean, half = stats.mean_ci([r[m] for r in runs], 0.95)
             assert summ["n"] == 2
             assert summ["mean"] == pytest.approx(mean) and summ["half_width"] == pytest.approx(half)
     assert set(res["comparisons"]) == {
@@ -137,9 +137,9 @@ def test_downstream_study_ci_shrinks_with_more_seeds():
     )
     aucs = [r["auc"] for r in res["arms"]["real"]["per_seed"]]
     assert len(set(aucs)) > 1  # the seeds really differ
-    h2 = metrics.mean_ci(aucs[:2])[1]
+    h2 = stats.mean_ci(aucs[:2])[1]
     h4 = res["arms"]["real"]["summary"]["auc"]["half_width"]
-    assert h4 == pytest.approx(metrics.mean_ci(aucs)[1])
+    assert h4 == pytest.approx(stats.mean_ci(aucs)[1])
     assert res["comparisons"] == {} and res["real_data_equivalence"] == {}
     assert h4 < h2
 
@@ -155,3 +155,46 @@ def test_downstream_study_input_errors():
         study.downstream_study(only_normal, real, syn, n_per_class=2, **TINY)
     with pytest.raises(ValueError, match="synthetic is None"):
         study.downstream_study(real, real, None, n_per_class=2, arms=("syn",), **TINY)
+
+
+def _toy_k(n: int, k: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Class c: a bright 8x8 square in quadrant c (class 0: no square)."""
+    rng = np.random.default_rng(seed)
+    x = 0.2 * rng.random((n, size, size, 1)).astype(np.float32)
+    y = (np.arange(n) % k).astype(np.int32)
+    for i in range(n):
+        if y[i]:
+            r, c = divmod(int(y[i]) - 1, 2)
+            x[i, 2 + 16 * r : 10 + 16 * r, 2 + 16 * c : 10 + 16 * c] = 0.9
+    return x, y
+
+
+def test_metric_names_per_number_of_classes():
+    assert study.metric_names(("normal", "tumour")) == study.METRIC_NAMES
+    names = ("normal", "glioma", "pituitary")
+    assert study.metric_names(names) == ("accuracy", "auc", *(f"recall_{n}" for n in names))
+
+
+def test_multiclass_metrics_hand_values():
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    out = study.multiclass_metrics([0, 1, 2, 1], probs, ("a", "b", "c"))
+    assert out["accuracy"] == 0.75 and out["recall_b"] == 0.5 and out["recall_a"] == 1.0
+    assert list(out) == ["accuracy", "auc", "recall_a", "recall_b", "recall_c"]
+    assert 0.5 < out["auc"] <= 1.0
+    assert math.isnan(study.multiclass_metrics([0, 0], probs[:2, :3], ("a", "b", "c"))["auc"])
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_downstream_study_with_k_classes(k):
+    names = ("normal", "glioma", "meningioma", "pituitary")[:k]
+    train, test, syn = _toy_k(8 * k, k, 1), _toy_k(4 * k, k, 2), _toy_k(4 * k, k, 3)
+    res = study.downstream_study(
+        train, test, syn, n_per_class=2, seeds=(0, 1), steps=5, class_names=names, **TINY
+    )
+    json.dumps(res, allow_nan=False)
+    assert res["config"]["metric_names"] == list(study.metric_names(names))
+    assert res["arms"]["half+syn"]["train_counts"]["real"] == {n: 4 for n in names}
+    assert res["arms"]["syn"]["train_counts"]["synthetic"] == {n: 2 for n in names}
+    for r in res["arms"]["real"]["per_seed"]:
+        assert 0 <= r["accuracy"] <= 1 and all(f"recall_{n}" in r for n in names)
+    assert set(res["comparisons"]["half+syn - half"]) == set(study.metric_names(names))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_mri_ldm.evaluation import metrics, prdc, setmetrics, spectrum
+from jax_mri_ldm.evaluation import neighbours, prdc, setmetrics, spectrum
 from jax_mri_ldm.evaluation.context import Nulls
 
 SCALARS: tuple[str, ...] = (
@@ -76,7 +76,7 @@ def nearest_train(train: np.ndarray, images: np.ndarray, search_size: int) -> np
     """(N,) SSIM of each image to its nearest training image or mirrored training image."""
     refs = np.concatenate([train, train[:, :, ::-1]])
     return np.asarray(
-        metrics.nearest_neighbours(images, refs, "ssim", search_size=search_size)["score"]
+        neighbours.nearest_neighbours(images, refs, "ssim", search_size=search_size)["score"]
     )
 
 

@@ -35,7 +35,7 @@ import optax
 
 from jax_mri_ldm import CLASS_NAMES
 from jax_mri_ldm.batching import batched_apply
-from jax_mri_ldm.evaluation import metrics
+from jax_mri_ldm.evaluation import metrics, stats
 from jax_mri_ldm.models.classifier import ClassifierCNN
 
 ARMS: tuple[str, ...] = ("real", "real+syn", "syn", "half+syn", "half")
@@ -206,11 +206,46 @@ def train_classifier(
     key = jax.random.PRNGKey(seed)
     init_key, step_key = jax.random.split(key)
     params = model.init(init_key, jnp.asarray(images[:1]))["params"]
-    opt_state = tx.init(params)
-    rng = np.random.default_rng(seed)
-    # Class of each batch slot: equal numbers per class (remainder rotates with the step).
-    slot_classes = np.arange(batch_size) % num_classes
+    val_data = (val_images, val_labels) if val is not None else None
+    params, history = _fit(
+        model,
+        step_fn,
+        params,
+        tx.init(params),
+        images,
+        labels,
+        members,
+        batch_size,
+        seed,
+        steps,
+        log_every,
+        eval_every,
+        val_data,
+        step_key,
+    )
+    return TrainedClassifier(model, params), history
 
+
+def _fit(
+    model,
+    step_fn,
+    params,
+    opt_state,
+    images,
+    labels,
+    members,
+    batch_size,
+    seed,
+    steps,
+    log_every,
+    eval_every,
+    val,
+    step_key,
+) -> tuple[Any, dict]:
+    """The training loop of `train_classifier`: balanced batches, logging, validation."""
+    num_classes = len(members)
+    rng = np.random.default_rng(seed)
+    slot_classes = np.arange(batch_size) % num_classes  # equal numbers per class per batch
     history: dict[str, list] = {"step": [], "loss": [], "batch_accuracy": [], "val": []}
     loss_acc, acc_acc, count = 0.0, 0.0, 0
     for step in range(1, steps + 1):
@@ -234,9 +269,9 @@ def train_classifier(
         if val is not None and (
             step == steps or (eval_every is not None and step % eval_every == 0)
         ):
-            scores = evaluate_classifier(TrainedClassifier(model, params), val_images, val_labels)
+            scores = evaluate_classifier(TrainedClassifier(model, params), *val)
             history["val"].append({"step": step, **scores})
-    return TrainedClassifier(model, params), history
+    return params, history
 
 
 def _forward(clf: TrainedClassifier, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +340,7 @@ def evaluate_classifier(
     """
     probs = predict_proba(clf, images)
     if clf.model.num_classes == 2:
-        return metrics.binary_metrics(labels, probs[:, 1], threshold)
+        return stats.binary_metrics(labels, probs[:, 1], threshold)
     return multiclass_metrics(labels, probs, class_names)
 
 
@@ -330,7 +365,7 @@ def multiclass_metrics(labels, probs, class_names: Sequence[str] | None = None) 
     aucs = []
     for k, name in enumerate(names):
         pos = labels == k
-        aucs.append(metrics.roc_auc(pos.astype(int), probs[:, k]))
+        aucs.append(stats.roc_auc(pos.astype(int), probs[:, k]))
         out[f"recall_{name}"] = float(np.mean(pred[pos] == k)) if pos.any() else math.nan
     out["auc"] = float(np.mean(aucs)) if np.all(np.isfinite(aucs)) else math.nan
     return {k: out[k] for k in ("accuracy", "auc", *(f"recall_{n}" for n in names))}
@@ -363,7 +398,7 @@ def _summarise(values: Sequence[float], confidence: float) -> dict:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {"mean": None, "half_width": None, "n": 0}
-    mean, half = metrics.mean_ci(v, confidence)
+    mean, half = stats.mean_ci(v, confidence)
     return {"mean": mean, "half_width": half, "n": int(v.size)}
 
 
@@ -443,100 +478,22 @@ def downstream_study(
                  gap_recovered = (half+syn - half) / (real - half) on seed means (None when the
                  gap is below 1e-6): 1 means the synthetic set made up for the missing half.
     """
-    arms = tuple(arms)
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown or not arms:
-        raise ValueError(f"unknown arms {unknown}; choose from {ARMS}.")
-    if len(set(arms)) != len(arms):
-        raise ValueError(f"arms contains duplicates: {arms}.")
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("downstream_study needs at least one seed.")
-    if not 0.0 < half_fraction < 1.0:
-        raise ValueError(f"half_fraction must be in (0, 1); got {half_fraction}.")
+    arms, seeds = _check_study_args(arms, seeds, half_fraction)
     class_names = tuple(class_names)
-    num_classes = len(class_names)
     names = metric_names(class_names)
-
-    # Resize everything once; train_classifier and predict_proba then skip resizing.
-    tr_x, tr_y = _check_dataset("real_train", *real_train, num_classes)
-    te_x, te_y = _check_dataset("real_test", *real_test, num_classes)
-    tr_x, te_x = metrics.resize_images(tr_x, input_size), metrics.resize_images(te_x, input_size)
-    uses_syn = any("syn" in a for a in arms)
-    syn_members = None
-    if uses_syn:
-        if synthetic is None:
-            raise ValueError(f"arms {arms} use synthetic images but synthetic is None.")
-        sy_x, sy_y = _check_dataset("synthetic", *synthetic, num_classes)
-        sy_x = metrics.resize_images(sy_x, input_size)
-        if sy_x.shape[1:] != tr_x.shape[1:]:
-            raise ValueError(f"synthetic image shape {sy_x.shape[1:]} != real {tr_x.shape[1:]}.")
-        syn_members = [np.flatnonzero(sy_y == c) for c in range(num_classes)]
-        short = {class_names[c]: m.size for c, m in enumerate(syn_members) if m.size < n_per_class}
-        if n_per_class < 1 or short:
-            raise ValueError(
-                f"n_per_class={n_per_class} needs that many synthetic images per class; "
-                f"available: {short or 'n_per_class must be >= 1'}. Generate more or lower it."
-            )
-    real_members = [np.flatnonzero(tr_y == c) for c in range(num_classes)]
-    empty = [class_names[c] for c, m in enumerate(real_members) if m.size == 0]
-    if empty:
-        raise ValueError(f"real_train has no {empty} images; every class is needed.")
-
+    data = _prepare_study_data(
+        real_train, real_test, synthetic, arms, n_per_class, class_names, input_size
+    )
     train_kw = dict(steps=steps, batch_size=batch_size, lr=lr, augment=augment)
-    train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=num_classes)
-    per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        half_idx = np.sort(
-            np.concatenate(
-                [
-                    rng.choice(m, max(1, round(half_fraction * m.size)), replace=False)
-                    for m in real_members
-                ]
-            )
-        )
-        syn = None
-        if uses_syn:
-            pick = np.concatenate([rng.choice(m, n_per_class, replace=False) for m in syn_members])
-            syn = (sy_x[pick], sy_y[pick])
-        for arm in arms:
-            x, y, real_used, syn_used = _arm_data(arm, (tr_x, tr_y), half_idx, syn)
-            clf, hist = train_classifier(x, y, seed=seed, **train_kw)
-            scores = evaluate_classifier(clf, te_x, te_y, class_names=class_names)
-            per_arm[arm]["per_seed"].append(
-                {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
-            )
-            per_arm[arm]["train_counts"] = {
-                "real": _counts(real_used, class_names),
-                "synthetic": _counts(syn_used, class_names),
-            }
-            if progress is not None:
-                line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
-                progress(f"seed {seed} arm {arm}: {line}")
-
+    train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=len(class_names))
+    per_arm = _run_arms(
+        data, arms, seeds, n_per_class, half_fraction, train_kw, class_names, progress
+    )
     for arm in arms:
         runs = per_arm[arm]["per_seed"]
         per_arm[arm]["description"] = ARM_DESCRIPTIONS[arm]
         per_arm[arm]["summary"] = {m: _summarise([r[m] for r in runs], confidence) for m in names}
-
-    comparisons = {}
-    for a, b in _COMPARISONS:
-        if a in per_arm and b in per_arm:
-            pairs = list(zip(per_arm[a]["per_seed"], per_arm[b]["per_seed"], strict=True))
-            comparisons[f"{a} - {b}"] = {
-                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in names
-            }
-
-    equivalence = {}
-    if all(a in per_arm for a in ("half", "half+syn", "real")):
-        for m in names:
-            means = {a: per_arm[a]["summary"][m]["mean"] for a in ("half", "half+syn", "real")}
-            gap = None
-            if None not in means.values() and abs(means["real"] - means["half"]) >= 1e-6:
-                gap = (means["half+syn"] - means["half"]) / (means["real"] - means["half"])
-            equivalence[m] = {**means, "gap_recovered": gap}
-
+    tr_y, te_y, sy_y = data["train"][1], data["test"][1], data["syn_labels"]
     return _jsonable(
         {
             "config": {
@@ -552,10 +509,117 @@ def downstream_study(
             "data": {
                 "real_train": _counts(tr_y, class_names),
                 "real_test": _counts(te_y, class_names),
-                "synthetic": _counts(sy_y, class_names) if uses_syn else None,
+                "synthetic": None if sy_y is None else _counts(sy_y, class_names),
             },
             "arms": {a: per_arm[a] for a in arms},
-            "comparisons": comparisons,
-            "real_data_equivalence": equivalence,
+            "comparisons": _comparisons(per_arm, names, confidence),
+            "real_data_equivalence": _equivalence(per_arm, names),
         }
     )
+
+
+def _check_study_args(arms, seeds, half_fraction) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    arms = tuple(arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"unknown arms {unknown}; choose from {ARMS}.")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"arms contains duplicates: {arms}.")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("downstream_study needs at least one seed.")
+    if not 0.0 < half_fraction < 1.0:
+        raise ValueError(f"half_fraction must be in (0, 1); got {half_fraction}.")
+    return arms, seeds
+
+
+def _prepare_study_data(
+    real_train, real_test, synthetic, arms, n_per_class, class_names, input_size
+) -> dict[str, Any]:
+    """Checked, resized arrays (resized once: training and prediction then skip it)."""
+    k = len(class_names)
+    tr_x, tr_y = _check_dataset("real_train", *real_train, k)
+    te_x, te_y = _check_dataset("real_test", *real_test, k)
+    tr_x, te_x = metrics.resize_images(tr_x, input_size), metrics.resize_images(te_x, input_size)
+    out: dict[str, Any] = {"train": (tr_x, tr_y), "test": (te_x, te_y), "syn": None}
+    out["syn_labels"] = None
+    if any("syn" in a for a in arms):
+        if synthetic is None:
+            raise ValueError(f"arms {arms} use synthetic images but synthetic is None.")
+        sy_x, sy_y = _check_dataset("synthetic", *synthetic, k)
+        sy_x = metrics.resize_images(sy_x, input_size)
+        if sy_x.shape[1:] != tr_x.shape[1:]:
+            raise ValueError(f"synthetic image shape {sy_x.shape[1:]} != real {tr_x.shape[1:]}.")
+        members = [np.flatnonzero(sy_y == c) for c in range(k)]
+        short = {class_names[c]: m.size for c, m in enumerate(members) if m.size < n_per_class}
+        if n_per_class < 1 or short:
+            raise ValueError(
+                f"n_per_class={n_per_class} needs that many synthetic images per class; "
+                f"available: {short or 'n_per_class must be >= 1'}. Generate more or lower it."
+            )
+        out.update(syn=(sy_x, sy_y), syn_labels=sy_y, syn_members=members)
+    out["real_members"] = [np.flatnonzero(tr_y == c) for c in range(k)]
+    empty = [class_names[c] for c, m in enumerate(out["real_members"]) if m.size == 0]
+    if empty:
+        raise ValueError(f"real_train has no {empty} images; every class is needed.")
+    return out
+
+
+def _run_arms(data, arms, seeds, n_per_class, half_fraction, train_kw, class_names, progress):
+    """Trains and scores one classifier per (seed, arm); returns {arm: {'per_seed', ...}}."""
+    per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
+    te_x, te_y = data["test"]
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        half_idx = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(m, max(1, round(half_fraction * m.size)), replace=False)
+                    for m in data["real_members"]
+                ]
+            )
+        )
+        syn = None
+        if data["syn"] is not None:
+            pick = np.concatenate(
+                [rng.choice(m, n_per_class, replace=False) for m in data["syn_members"]]
+            )
+            syn = (data["syn"][0][pick], data["syn"][1][pick])
+        for arm in arms:
+            x, y, real_used, syn_used = _arm_data(arm, data["train"], half_idx, syn)
+            clf, hist = train_classifier(x, y, seed=seed, **train_kw)
+            scores = evaluate_classifier(clf, te_x, te_y, class_names=class_names)
+            per_arm[arm]["per_seed"].append(
+                {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
+            )
+            per_arm[arm]["train_counts"] = {
+                "real": _counts(real_used, class_names),
+                "synthetic": _counts(syn_used, class_names),
+            }
+            if progress is not None:
+                line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
+                progress(f"seed {seed} arm {arm}: {line}")
+    return per_arm
+
+
+def _comparisons(per_arm: dict, names: Sequence[str], confidence: float) -> dict:
+    out = {}
+    for a, b in _COMPARISONS:
+        if a in per_arm and b in per_arm:
+            pairs = list(zip(per_arm[a]["per_seed"], per_arm[b]["per_seed"], strict=True))
+            out[f"{a} - {b}"] = {
+                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in names
+            }
+    return out
+
+
+def _equivalence(per_arm: dict, names: Sequence[str]) -> dict:
+    out = {}
+    if all(a in per_arm for a in ("half", "half+syn", "real")):
+        for m in names:
+            means = {a: per_arm[a]["summary"][m]["mean"] for a in ("half", "half+syn", "real")}
+            gap = None
+            if None not in means.values() and abs(means["real"] - means["half"]) >= 1e-6:
+                gap = (means["half+syn"] - means["half"]) / (means["real"] - means["half"])
+            out[m] = {**means, "gap_recovered": gap}
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm import plots
-from jax_mri_ldm.evaluation import metrics
+from jax_mri_ldm.evaluation import neighbours
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, table
 
@@ -26,7 +26,7 @@ def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
     tr = ctx.train.images
     refs = np.concatenate([tr, tr[:, :, ::-1]])  # (2T, H, W, 1)
     search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
-    mem = metrics.memorisation_report(
+    mem = neighbours.memorisation_report(
         x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5
     )
     mem["reference"] = "training images and their mirror images"
