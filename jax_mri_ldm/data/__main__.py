@@ -156,6 +156,7 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
             }
         out["modes"] = {d: dict(c) for d, c in sorted(modes.items())}
         out["files_found"] = dict(sorted(found.items()))
+        out["size_per_class_dir"] = _sizes_per_dir(files)
 
     dups = _duplicate_groups(ds)
     redundant = sum(len(g) - 1 for g in dups)
@@ -212,6 +213,29 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
             "seconds": round(float(report["seconds"]), 3),
         }
     )
+    return out
+
+
+def _sizes_per_dir(files: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Most common original size per class directory; prints a note when they differ.
+
+    Sizes are resized away by preprocessing, but framing that comes with them is not: when the
+    classes come from different sources a classifier can tell them apart by that alone.
+    """
+    by_dir: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for i, meta in files.items():
+        if meta is not None:
+            by_dir[i.split("/", 1)[0]][tuple(meta["size"])] += 1
+    out = {}
+    for d, c in sorted(by_dir.items()):
+        (w, h), n = c.most_common(1)[0]
+        out[d] = {"most_common": f"{w}x{h}", "share": round(n / sum(c.values()), 3)}
+    if len({v["most_common"] for v in out.values()}) > 1:
+        print(
+            "Note: the most common original size differs by class directory ("
+            + ", ".join(f"{d}: {v['most_common']} {v['share']:.0%}" for d, v in out.items())
+            + "); images are resized, but framing may still give the class away."
+        )
     return out
 
 
