@@ -50,8 +50,10 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 def main(argv):
     del argv
-    from jax_mri_ldm.cli import user_error
+    from jax_mri_ldm.cli import setup_logging, user_error, user_errors
     from jax_mri_ldm.export import SampleRequest, run_sampling
+
+    setup_logging()  # orbax INFO lines only with --verbosity=0
 
     spec = SamplerSpec(
         sampler=FLAGS.sampler,
@@ -74,7 +76,7 @@ def main(argv):
     )
     try:
         summary = run_sampling(req)
-    except ValueError as e:
+    except user_errors() as e:
         sys.exit(user_error(str(e)))
     print(f"wrote {summary['num_images']} images to {summary['out']}")
     print(json.dumps(summary))

@@ -37,8 +37,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus a training that diverged (imported lazily: it lives with JAX code)."""
     from jax_mri_ldm.engine.loop import NonFiniteLossError
 
-    # Transitional: the trainers still raise plain ValueError for user errors.
-    return (*USER_ERRORS, NonFiniteLossError, ValueError)
+    return (*USER_ERRORS, NonFiniteLossError)
 
 
 # ----------------------------------------------------------------------------- logging

@@ -25,6 +25,9 @@ from PIL import Image
 
 from jax_mri_ldm import plots
 from jax_mri_ldm.atomic import atomic_directory
+from jax_mri_ldm.engine import lock as lock_lib
+from jax_mri_ldm.engine.checkpoint import check_finite_samples
+from jax_mri_ldm.errors import UserError, resolve_inside
 from jax_mri_ldm.pipeline import SamplerSpec, load_ldm
 
 FORMATS = ("png", "npy", "nii")
@@ -67,7 +70,7 @@ def write_image(path: str, image01: np.ndarray, fmt: str) -> None:
         arr = np.asarray(image01, np.float32)[..., 0][:, :, None]  # (H, W, 1) volume
         nib.save(nib.Nifti1Image(arr, affine=np.eye(4)), path)
     else:
-        raise ValueError(f"--format={fmt!r} is not one of {FORMATS}")
+        raise UserError(f"--format={fmt!r} is not one of {FORMATS}")
 
 
 def extension(fmt: str) -> str:
@@ -102,8 +105,9 @@ def write_batch(
         name = class_names[int(label)]
         index = start_index + i
         rel = os.path.join(name, f"{name}_{index:05d}{extension(fmt)}")
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-        write_image(os.path.join(out_dir, rel), image, fmt)
+        path = resolve_inside(out_dir, rel)  # a crafted class name cannot leave out_dir
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_image(path, image, fmt)
         rows.append(
             {"file": rel, "index": index, "label": int(label), "label_name": name, **record}
         )
@@ -138,27 +142,27 @@ def resolve_labels(label: str, class_names: tuple[str, ...], num_samples: int) -
     elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
         idx = int(text)
     else:
-        raise ValueError(f"--label={label} is not a class of this model; valid: {valid}, or 'all'.")
+        raise UserError(f"--label={label} is not a class of this model; valid: {valid}, or 'all'.")
     return np.full((num_samples,), idx, np.int32)
 
 
 def _check_request(req: SampleRequest) -> None:
     """Raises ValueError naming the bad flag; cheap checks before loading the run."""
     if req.num_samples <= 0:
-        raise ValueError(f"--num_samples={req.num_samples} must be positive.")
+        raise UserError(f"--num_samples={req.num_samples} must be positive.")
     if req.batch_size <= 0:
-        raise ValueError(f"--batch_size={req.batch_size} must be positive.")
+        raise UserError(f"--batch_size={req.batch_size} must be positive.")
     if req.format not in FORMATS:
-        raise ValueError(f"--format={req.format} is not one of {', '.join(FORMATS)}.")
+        raise UserError(f"--format={req.format} is not one of {', '.join(FORMATS)}.")
     req.spec.validate()
     _check_out(req.out, req.overwrite)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out={out} exists and is not a directory; choose another --out.")
+        raise UserError(f"--out={out} exists and is not a directory; choose another --out.")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ValueError(
+        raise UserError(
             f"--out={out} exists and is not empty; pass --overwrite to replace it or choose "
             "another --out."
         )
@@ -168,9 +172,7 @@ def _check_out(out: str, overwrite: bool) -> None:
         probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".probe", delete=True)
         probe.close()
     except OSError as e:
-        raise ValueError(
-            f"--out={out} is not writable ({e.strerror}); choose another --out."
-        ) from e
+        raise UserError(f"--out={out} is not writable ({e.strerror}); choose another --out.") from e
 
 
 def run_sampling(req: SampleRequest) -> dict[str, Any]:
@@ -207,7 +209,9 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
     )
     times, grid_images = [], []
     t_start = time.perf_counter()
+    lock_lib.clean_stale_temp_dirs(req.out)  # partial output of killed runs
     with atomic_directory(req.out) as tmp:  # replaces --out (checked above) only when complete
+        lock_lib.mark_owner(tmp)  # a later run removes this folder only if this process died
         t0 = time.perf_counter()
         for b, (start, chunk, images) in enumerate(sampler.batches(labels, req.seed)):
             dt = time.perf_counter() - t0
@@ -218,6 +222,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
                 "time": time.time(),
                 "batch_seconds": round(dt, 4),
             }
+            check_finite_samples(images, req.workdir, run.step)  # NaN weights: error, no files
             rows = write_batch(tmp, images, chunk, run.class_names, start, req.format, batch_record)
             append_manifest(tmp, rows)
             grid_images.extend(images[: _GRID_IMAGES - len(grid_images)])
@@ -225,6 +230,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
             t0 = time.perf_counter()
         bar.close()
         plots.save_grid_png(np.stack(grid_images), os.path.join(tmp, "grid.png"))
+        os.remove(os.path.join(tmp, lock_lib.OWNER_FILE))
     steady = times[1:] if len(times) > 1 else times
     return {
         "out": os.path.abspath(req.out),

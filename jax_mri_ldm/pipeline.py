@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from jax_mri_ldm import CLASS_NAMES, diffusion, sampling
 from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.losses import from_model_space, to_model_space
 from jax_mri_ldm.models.unet import UNet
 from jax_mri_ldm.models.vae import VAE
@@ -82,17 +83,15 @@ class SamplerSpec:
     def validate(self) -> SamplerSpec:
         """Returns self, or raises ValueError naming the bad `sample.py` flag."""
         if self.sampler not in sampling.SAMPLERS:
-            raise ValueError(
+            raise UserError(
                 f"--sampler={self.sampler} is not one of {', '.join(sampling.SAMPLERS)}."
             )
         if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"--steps={self.steps} must be positive.")
+            raise UserError(f"--steps={self.steps} must be positive.")
         if self.eta < 0:
-            raise ValueError(
-                f"--eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: ancestral)."
-            )
+            raise UserError(f"--eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: ancestral).")
         if self.spacing is not None and self.spacing not in sampling.SPACINGS:
-            raise ValueError(
+            raise UserError(
                 f"--spacing={self.spacing} is not one of {', '.join(sampling.SPACINGS)}."
             )
         return self
@@ -309,22 +308,22 @@ def load_vae(workdir: str) -> VAEPipeline:
       ValueError: no finished VAE run in `workdir` (the message says what to run).
     """
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(
+        raise UserError(
             f"no VAE run in {workdir!r} (no checkpoints/ there); train one first with "
             f"`python train.py --config=configs/vae.py --workdir={workdir}`."
         )
     checkpointer = ckpt_lib.Checkpointer(workdir)
     try:
         if checkpointer.latest_step() is None:
-            raise ValueError(f"{workdir!r} holds no checkpoint yet; finish the VAE training first.")
+            raise UserError(f"{workdir!r} holds no checkpoint yet; finish the VAE training first.")
         meta = checkpointer.restore_meta()
         if meta.get("stage") != "vae":
-            raise ValueError(
+            raise UserError(
                 f"{workdir!r} holds a {meta.get('stage')!r} run, not a VAE; point "
                 "--config.vae_workdir at the stage-1 run directory."
             )
         if not meta.get("final"):
-            raise ValueError(
+            raise UserError(
                 f"the VAE run in {workdir!r} is not finished (latest step "
                 f"{checkpointer.latest_step()}); rerun its train.py command to complete it."
             )
@@ -451,19 +450,26 @@ class ImageSampler:
         self._params = jax.device_put(run.sampler_params(spec), replicated)
         self._vae_params = jax.device_put(run.vae.params, replicated)
         self._labels = NamedSharding(mesh, P("data"))
-        self._sample = run.make_sampler(spec)
+        sample_batch = run.make_sampler(spec)
+        # Each image is sampled as a batch of one with its own key (vmapped over the batch),
+        # so its noise, and hence its pixels, do not depend on the images it is batched with.
+        self._sample = jax.jit(
+            jax.vmap(lambda p, y, k: sample_batch(p, y[None], k)[0], in_axes=(None, 0, 0))
+        )
         self._decode = run.decode_fn()
 
-    def __call__(self, labels: np.ndarray, rng: jax.Array) -> np.ndarray:
-        """Labels (B,) int, B = `batch_size` -> images (B, H, W, 1) in [0, 1]."""
+    def __call__(self, labels: np.ndarray, keys: jax.Array) -> np.ndarray:
+        """Labels (B,) int and one PRNG key per image (B, 2), B = `batch_size` -> images
+        (B, H, W, 1) in [0, 1]."""
         y = jax.device_put(jnp.asarray(labels), self._labels)
-        z = self._sample(self._params, y, rng)  # (B, h, w, c)
+        keys = jax.device_put(keys, self._labels)
+        z = self._sample(self._params, y, keys)  # (B, h, w, c)
         return np.asarray(self._decode(self._vae_params, z))
 
     def batches(
         self, labels: np.ndarray, seed: int
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Samples `labels` (N,) in batches; batch b uses noise fold_in(PRNGKey(seed), b).
+        """Samples `labels` (N,) in batches; image i uses the key fold_in(PRNGKey(seed), i).
 
         The last batch is padded with label 0 (one compile for every batch) and cut back.
 
@@ -475,18 +481,20 @@ class ImageSampler:
         for b in range(int(np.ceil(len(labels) / b_size))):
             chunk = np.asarray(labels[b * b_size : (b + 1) * b_size], np.int32)
             padded = np.concatenate([chunk, np.zeros(b_size - len(chunk), np.int32)])
-            yield b * b_size, chunk, self(padded, jax.random.fold_in(base, b))[: len(chunk)]
+            index = np.arange(b * b_size, (b + 1) * b_size, dtype=np.uint32)  # (B,) image ids
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, index)  # (B, 2)
+            yield b * b_size, chunk, self(padded, keys)[: len(chunk)]
 
 
 def _read_vae_copy(workdir: str, vae_meta: dict[str, Any]) -> PyTree:
     """The diffusion run's frozen VAE parameters, checked against their stored SHA-256."""
     path = os.path.join(workdir, vae_meta["file"])
     if not os.path.exists(path):
-        raise ValueError(f"{path} is missing; the run directory is incomplete.")
+        raise UserError(f"{path} is missing; the run directory is incomplete.")
     with open(path, "rb") as f:
         blob = f.read()
     if hashlib.sha256(blob).hexdigest() != vae_meta["sha256"]:
-        raise ValueError(
+        raise UserError(
             f"{path} does not match the checksum stored in the checkpoint; the VAE copy "
             "was modified. Restore it or retrain."
         )
@@ -508,7 +516,7 @@ def load_ldm(workdir: str, step: int | None = None) -> LDMPipeline:
     """
     meta = ckpt_lib.read_run_meta(workdir, step)
     if meta.get("stage") != "ldm":
-        raise ValueError(
+        raise UserError(
             f"--workdir={workdir} is a {meta.get('stage')!r} run, not a diffusion run; "
             "sample from the workdir of `train.py --config=configs/ldm.py`."
         )

@@ -38,6 +38,7 @@ from jax_mri_ldm import data as data_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.losses import PAPER_LDM_LOSS
 from jax_mri_ldm.models.unet import UNet
 from jax_mri_ldm.pipeline import (
@@ -175,13 +176,13 @@ def latent_normalization(
         shift = np.zeros(c)
         scale = np.full(c, float(vae_scale))
     else:
-        raise ValueError(
+        raise UserError(
             f"unknown --config.latents.normalize={mode!r}; choose one of {LATENT_NORMALIZATIONS}"
         )
     if clip_percentile < 0:
         return shift, scale, None
     if clip_percentile >= 50:
-        raise ValueError(
+        raise UserError(
             f"--config.latents.x0_clip_percentile={clip_percentile} must be < 50 (or < 0: off)"
         )
     z = (m - shift) * scale  # (M, C) normalised posterior means
@@ -268,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     vae_config = ml_collections.ConfigDict(vae.meta["config"])
     ds = data_lib.load_imageset(vae_config.data)
     if ds.fingerprint != vae.meta.get("dataset_fingerprint"):
-        raise ValueError(
+        raise UserError(
             f"the data the VAE in {config.vae_workdir!r} was trained on changed since "
             "(dataset fingerprint differs); retrain the VAE or restore the data."
         )

@@ -22,6 +22,7 @@ from jax_mri_ldm.data.augment import augment_from_config
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation import metrics as metrics_lib
 from jax_mri_ldm.losses import PAPER_VAE_LOSS, to_model_space, vae_loss
 from jax_mri_ldm.models.vae import VAE
@@ -142,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     model = build_vae(config.model)
     size = int(config.data.image_size)
     if size % 8:
-        raise ValueError(
+        raise UserError(
             f"config.data.image_size={size} must be a multiple of 8 (three 2x downsamplings)."
         )
     batch_size = int(config.train.batch_size)

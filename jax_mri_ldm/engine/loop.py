@@ -41,6 +41,7 @@ from jax_mri_ldm.engine.state import (
     make_lr_schedule,
     make_optimizer,
 )
+from jax_mri_ldm.errors import UserError
 
 PyTree = Any
 Batch = dict[str, np.ndarray]
@@ -195,7 +196,7 @@ def check_batch_size(global_batch_size: int, option: str = "config.train.batch_s
     """Raises a clear error unless the global batch divides over devices and processes."""
     n_dev, n_proc = jax.device_count(), jax.process_count()
     if global_batch_size <= 0 or global_batch_size % n_dev or global_batch_size % n_proc:
-        raise ValueError(
+        raise UserError(
             f"{option}={global_batch_size} must be a positive multiple of the number of devices "
             f"({n_dev}) and processes ({n_proc}); e.g. use "
             f"{max(n_dev, n_proc) * max(1, round(global_batch_size / max(n_dev, n_proc)))}."
@@ -257,7 +258,7 @@ def check_resume_compatible(
                 f"  {key}: checkpoint={a.get(key, '<absent>')!r} now={b.get(key, '<absent>')!r}"
             )
     if diffs:
-        raise ValueError(
+        raise UserError(
             f"cannot resume the run in --workdir={workdir}: its checkpoint was trained with a "
             "different config:\n" + "\n".join(diffs) + "\nUse a new --workdir, or drop the "
             "overrides that change these values."
@@ -273,7 +274,7 @@ def ensure_writable_workdir(workdir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"--workdir={workdir} is not writable ({e.strerror}); choose a directory you can "
             "write to."
         ) from e
@@ -364,14 +365,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
     if latest is not None:
         saved_meta = checkpointer.restore_meta(latest)
         if saved_meta.get("stage") != task.name:
-            raise ValueError(
+            raise UserError(
                 f"--workdir={workdir} holds a {saved_meta.get('stage')!r} run, not {task.name!r}; "
                 "use another --workdir."
             )
         check_resume_compatible(saved_meta["config"], config, workdir)
         for key in ("dataset_fingerprint",):
             if key in saved_meta and key in meta and saved_meta[key] != meta[key]:
-                raise ValueError(
+                raise UserError(
                     f"cannot resume the run in --workdir={workdir}: the dataset changed "
                     f"({key} {saved_meta[key]} -> {meta[key]}). Use a new --workdir."
                 )
@@ -387,6 +388,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
             return RunResult(state=state, interrupted=False, final_meta=saved_meta)
     if is_main:
         atomic.write_json(os.path.join(workdir, "config.json"), config_json)
+        log_lib.truncate_metrics(workdir, start_step)  # records past the checkpoint are redone
 
     writer = log_lib.MetricWriter(
         workdir, enabled=is_main, tensorboard=bool(config.train.tensorboard)
