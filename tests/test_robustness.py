@@ -563,3 +563,77 @@ def test_unexpected_exception_keeps_its_traceback_and_exit_1(tmp_path):
     assert "Traceback" in proc.stderr and "not enough values to unpack" in proc.stderr
     assert "error: not enough values" not in proc.stderr
     assert not (tmp_path / "run").exists()  # the failed start left no workdir
+
+
+# ----------------------------------------------------------------------------- README cases
+
+
+def test_sample_request_errors_write_nothing(tiny_runs, tmp_path):
+    from jax_mri_ldm.export import run_sampling
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    cases = [
+        (tiny_runs["ldm_dir"], full, "exists and is not empty"),
+        (tmp_path / "missing", tmp_path / "o1", "does not exist"),
+        (full, tmp_path / "o2", "holds no checkpoints"),
+        (tiny_runs["vae_dir"], tmp_path / "o3", "is a 'vae' run, not a diffusion run"),
+    ]
+    for workdir, out, message in cases:
+        with pytest.raises(UserError, match=message):
+            run_sampling(_sample_request(workdir, out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+
+
+def test_missing_vae_run_and_diverged_training_exit_2(tmp_path, monkeypatch, capsys):
+    from jax_mri_ldm import pipeline, train_vae
+    from jax_mri_ldm.engine.loop import NonFiniteLossError
+
+    with pytest.raises(UserError, match="no VAE run in"):
+        pipeline.load_vae(str(tmp_path / "absent"))
+
+    def diverge(config, workdir):
+        raise NonFiniteLossError("vae: non-finite loss (nan) at step 3 (epoch 1)")
+
+    monkeypatch.setattr(train_vae, "train_and_evaluate", diverge)
+    assert cli.run_training(tiny_vae_config(tmp_path), str(tmp_path / "run")) == 2
+    assert "error: vae: non-finite loss (nan) at step 3" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# README row (its first backticked message) -> the test in this file that runs that case.
+TROUBLESHOOTING_TESTS = {
+    "error: --config.model.nonexistent: config.model has no field": "config_typos_exit_2",
+    "error: --config=configs/vae.py:tinyy: unknown preset": "config_typos_exit_2",
+    "error: flag --config.train.batch_size=abc:": "config_typos_exit_2",
+    "error: --workdir=runs/vae is in use by process 1234 on host h": "second_training_on_a",
+    "error: cannot resume the run in --workdir=...: its checkpoint was trained with a "
+    "different config": "refused_resume_writes_nothing",
+    "error: checkpoint .../checkpoints/N is damaged": "sample_cli_damaged_checkpoint",
+    "error: the images sampled from checkpoint ... hold non-finite values": "non_finite_samples",
+    "error: ...: non-finite loss (nan) at step": "diverged_training_exit_2",
+    "error: class name '../x' in ... contains a path separator": "crafted_class_names",
+    "error: --out=... exists and is not empty": "sample_request_errors_write_nothing",
+    "error: --workdir=... does not exist": "sample_request_errors_write_nothing",
+    "error: no VAE run in ...": "missing_vae_run",
+    "Data errors (": "failed_start_leaves_no_workdir",
+    "warning: checkpoint ... has no content checksums": "without_checksums_loads",
+    "warning: ... is an unfinished run": "unfinished_run_warns",
+    "note: removed .../.samples.tmpXXXX": "cleans_stale_temp_folders",
+}
+
+
+def test_every_troubleshooting_case_of_the_readme_is_tested():
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    keys = []
+    for row in rows:
+        first = row.split("|")[1].strip()
+        keys.append(first.split("`")[1] if first.startswith("`") else first.split("`")[0])
+    assert keys and sorted(keys) == sorted(TROUBLESHOOTING_TESTS), sorted(keys)
+    names = [n for n in globals() if n.startswith("test_")]
+    for key, fragment in TROUBLESHOOTING_TESTS.items():
+        assert any(fragment in n for n in names), (key, fragment)
