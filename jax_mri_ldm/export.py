@@ -25,6 +25,7 @@ from PIL import Image
 
 from jax_mri_ldm import plots
 from jax_mri_ldm.atomic import atomic_directory
+from jax_mri_ldm.data.classes import canonical_class_name
 from jax_mri_ldm.engine import lock as lock_lib
 from jax_mri_ldm.engine.checkpoint import check_finite_samples
 from jax_mri_ldm.errors import UserError, resolve_inside
@@ -134,11 +135,10 @@ def resolve_labels(label: str, class_names: tuple[str, ...], num_samples: int) -
     if text == "all":
         return np.arange(num_samples, dtype=np.int32) % len(class_names)
     names = [n.lower() for n in class_names]
-    aliases = {"tumor": "tumour", "yes": "tumour", "no": "normal", "healthy": "normal"}
     if text in names:
         idx = names.index(text)
-    elif aliases.get(text) in names:
-        idx = names.index(aliases[text])
+    elif canonical_class_name(text) in names:  # synonyms: no/notumor/healthy, yes/tumor
+        idx = names.index(canonical_class_name(text))
     elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
         idx = int(text)
     else:

@@ -101,6 +101,8 @@ def test_resolve_labels():
     names = ("normal", "tumour")
     assert list(resolve_labels("1", names, 2)) == [1, 1]
     assert list(resolve_labels("Tumor", names, 1)) == [1]
+    assert list(resolve_labels("notumor", names, 1)) == [0]  # the data layer's synonyms
+    assert list(resolve_labels("Meningioma", ("normal", "glioma", "meningioma"), 1)) == [2]
     assert list(resolve_labels("all", names, 4)) == [0, 1, 0, 1]
     with pytest.raises(ValueError, match="0=normal, 1=tumour"):
         resolve_labels("7", names, 1)

@@ -66,6 +66,8 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
 ABSENT_MEANS: dict[str, Any] = {
     "diffusion.zero_terminal_snr": False,
     "diffusion.min_snr_gamma": 5.0,
+    "data.classes": "binary",
+    "data.builtin.types": False,
 }
 
 
