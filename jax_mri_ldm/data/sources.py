@@ -35,14 +35,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jax_mri_ldm import CLASS_NAMES
+from jax_mri_ldm import CLASS_NAMES, atomic
 from jax_mri_ldm.data import classes as classes_lib
 from jax_mri_ldm.data import preprocess
 from jax_mri_ldm.data.folders import groups_from_keys
@@ -150,15 +149,9 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[ImageSet, dict] | None:
 
 
 def _write_cache(path: Path, ds: ImageSet, meta: dict) -> bool:
-    """Atomically writes the npz (temp file in the same directory + os.replace)."""
+    """Atomically writes the npz; a failed write only logs (the cache is an optimisation)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    except OSError as e:
-        log.warning("Not caching preprocessed arrays (cannot write %s: %s)", path.parent, e)
-        return False
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic.atomic_path(str(path)) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 images=ds.images,
@@ -173,14 +166,10 @@ def _write_cache(path: Path, ds: ImageSet, meta: dict) -> bool:
             )
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
         return True
     except OSError as e:
         log.warning("Not caching preprocessed arrays (write to %s failed: %s)", path, e)
         return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- readers

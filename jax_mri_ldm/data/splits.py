@@ -16,12 +16,11 @@ Classes are every id of `ds.class_names`, so any number of classes K is stratifi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from jax_mri_ldm import atomic
 from jax_mri_ldm.data.types import DataError, ImageSet
 from jax_mri_ldm.errors import UserError
 
@@ -153,15 +152,7 @@ def save_split(path: str | Path, ds: ImageSet, split: dict[str, np.ndarray]) -> 
         },
         "ids": {name: [ds.ids[int(i)] for i in idx] for name, idx in split.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_json(str(path), payload, indent=1, sort_keys=False)
 
 
 def load_split(
