@@ -52,12 +52,14 @@ def _items(scale: float = 1.0) -> dict:
     return {"step": jnp.array(3), "params": params, "ema_params": params}
 
 
-def flip_array_bytes(step_dir: Path) -> int:
+def flip_array_bytes(step_dir: Path, merged: bool = False) -> int:
     """Flips 16 bytes at 9 offsets in every array data file of a checkpoint (issue 16, case 1).
 
-    Only the chunk files under `ocdbt.process_*/d/` (the array bytes), not orbax's index.
+    The chunk files under `ocdbt.process_*/d/`; with `merged`, also `state/d/` (orbax's merged
+    database, where arrays of a few bytes live inline).
     """
-    files = [p for p in step_dir.glob("state/ocdbt.process_*/d/*") if p.is_file()]
+    pattern = ["state/ocdbt.process_*/d/*"] + (["state/d/*"] if merged else [])
+    files = [p for pat in pattern for p in step_dir.glob(pat) if p.is_file()]
     for path in files:
         data = bytearray(path.read_bytes())
         for k in range(9):
@@ -637,3 +639,19 @@ def test_every_troubleshooting_case_of_the_readme_is_tested():
     names = [n for n in globals() if n.startswith("test_")]
     for key, fragment in TROUBLESHOOTING_TESTS.items():
         assert any(fragment in n for n in names), (key, fragment)
+
+
+def test_resume_from_a_damaged_checkpoint_is_refused_and_writes_nothing(tmp_path):
+    from test_engine import toy_config, toy_task
+
+    from jax_mri_ldm.engine import loop
+
+    workdir = tmp_path / "toy"
+    loop.run(toy_config(num_steps=4), str(workdir), toy_task())
+    assert flip_array_bytes(workdir / "checkpoints" / "4", merged=True) > 0
+    before = _tree_listing(workdir)
+    with pytest.raises(CheckpointError) as err:
+        loop.run(toy_config(num_steps=8), str(workdir), toy_task())
+    assert str(workdir / "checkpoints" / "4") in str(err.value)
+    assert "Earlier checkpoints: steps 2" in str(err.value)
+    assert _tree_listing(workdir) == before
