@@ -26,7 +26,7 @@ def _features() -> ml_collections.ConfigDict:
     )  # contrastive/random encoder channels per block (features: their sum)
     f.input_size = 128  # side the encoder sees (128 keeps the period-8 grid of 256 px visible)
     f.steps = 300  # self-supervised (SimCLR) training steps on the run's real training slices
-    f.batch_size = 64  # images per contrastive step (two augmented views each)
+    f.batch_size = 32  # images per contrastive step (two augmented views each)
     f.lr = 2e-3  # Adam learning rate of the contrastive encoder
     f.temperature = 0.2  # NT-Xent temperature
     f.prdc_k = 5  # k of the k-NN balls of precision/recall/density/coverage
@@ -97,7 +97,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.diversity_max_pairs = 100
         c.kid_subsets = 50
         c.features.steps = 100
-        c.features.batch_size = 32
     elif preset == "tiny":
         # Well under a minute on the tiny test run (32 px, 24 images, T=100): tests only.
         c.num_synthetic_per_class = 8

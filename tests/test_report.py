@@ -195,7 +195,7 @@ def test_each_metric_ranks_noise_below_real_held_out(tiny_runs):
     ds = data_lib.load_imageset(cfg)
     idx = np.random.default_rng(0).permutation(len(ds))
     tr, va, te = (ds.subset(np.sort(idx[a:b])) for a, b in ((0, 32), (32, 64), (64, 96)))
-    ssl = control_study.features.SSLSettings(widths=(8, 16), input_size=32, steps=20)
+    ssl = control_study.features.SSLSettings(widths=(8, 16), input_size=32, steps=20, batch_size=16)
     res = control_study.run_controls(
         control_study.RealSplits(
             (tr.images, tr.labels), (va.images, va.labels), (te.images, te.labels)
@@ -326,3 +326,26 @@ def test_nulls_record_reasons():
     n = Nulls()
     assert n.value("a", lambda: float("nan")) is None and n.reasons["a"] == FALLBACK_NULL_REASON
     assert n.value("b", lambda: 1.5) == 1.5 and "b" not in n.reasons
+
+
+@pytest.mark.slow
+def test_report_with_four_classes(tmp_path):
+    """K = 4 (built-in set with tumour types): every section is written per class."""
+    from conftest import tiny_ldm_config, tiny_vae_config
+    from jax_mri_ldm import train_ldm, train_vae
+
+    vae_cfg = tiny_vae_config(tmp_path)
+    vae_cfg.data.builtin.types = True
+    vae_cfg.data.builtin.num_normal, vae_cfg.data.builtin.num_tumour = 12, 36
+    train_vae.train_and_evaluate(vae_cfg, str(tmp_path / "vae"))
+    train_ldm.train_and_evaluate(tiny_ldm_config(tmp_path / "vae"), str(tmp_path / "ldm"))
+    r = report.write_report(str(tmp_path / "ldm"), str(tmp_path / "out"), "tiny", verbose=False)
+    names = r["run"]["class_names"]
+    assert len(names) == 4 and set(r["headline"]["fidelity"]) == set(names)
+    assert set(r["fidelity"]["synthetic"]["per_class"]) == set(names)
+    assert set(r["fid_kid"]["n_per_class"]) == set(names)
+    assert set(r["prdc"]["synthetic"]["per_class"]) == set(names)
+    assert r["downstream"]["config"]["metric_names"][2:] == [f"recall_{n}" for n in names]
+    assert r["downstream"]["arms"]["syn"]["train_counts"]["synthetic"] == {n: 8 for n in names}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"| {n} |" in md or f" {n} " in md for n in names)

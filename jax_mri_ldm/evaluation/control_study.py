@@ -123,15 +123,21 @@ def run_controls(
     period: int | None = 8,
     search_size: int = 64,
     cache_dir: str | None = None,
+    cache_key: str = "",
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Controls table for a data set without a generator (no 'vae_prior' control).
 
+    `cache_key` names the cached contrastive encoder (`features.cache_key` of the settings and
+    data); without one nothing is cached.
+
     Returns:
       {'feature_space': choice JSON, 'sets': rows, 'table': controls table}.
     """
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits.train, splits.val, splits.test
+    say = log or (lambda _: None)
+    say(f"domain classifier: {classifier_steps} steps on {len(tr_x)} training images")
     clf, _ = study.train_classifier(
         tr_x,
         tr_y,
@@ -141,14 +147,18 @@ def run_controls(
     )
     classify = lambda x: study.classify(clf, x)[0]  # noqa: E731
     builders = {
-        "contrastive": lambda: contrastive_space(tr_x, ssl, cache_dir, "standalone", log),
+        "contrastive": lambda: contrastive_space(
+            tr_x, ssl, cache_dir if cache_key else None, cache_key, log
+        ),
         "random": lambda: random_space(ssl),
         "classifier": lambda: (lambda x: study.classify(clf, x)[1], {"description": "classifier"}),
     }
     if space != "auto":
         builders = {space: builders[space]}
     sets = controls_lib.make_controls(va_x, va_y, tr_x, tr_y, seed=seed)
+    say(f"feature spaces: {', '.join(builders)}")
     _, embed, info = choose_space(builders, sets, te_x)
+    say(f"scoring {len(sets)} control sets in the {info['chosen']} space")
     ref = scoring.build_reference(
         te_x, te_y, tr_x, class_names, embed, classify, period, search_size
     )
@@ -175,6 +185,20 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def format_candidates(fs: dict) -> str:
+    """FID to the test split per candidate space and control, with the chosen space."""
+    cands = fs["candidates"]
+    if not cands:
+        return f"feature space: {fs['chosen']} ({fs['description']})"
+    sets = list(next(iter(cands.values()))["fid"])
+    lines = ["| space | " + " | ".join(sets) + " | missed |", "|" + "---|" * (len(sets) + 2)]
+    for name, c in cands.items():
+        cells = " | ".join(f"{c['fid'][k]:.4g}" for k in sets)
+        lines.append(f"| {name} | {cells} | {', '.join(c['missed']) or 'none'} |")
+    chosen = f"chosen: {fs['chosen']} ({fs['description']})"
+    return "\n".join(lines + ["", chosen])
+
+
 def _main(argv: Sequence[str]) -> None:
     del argv
     import json
@@ -182,6 +206,7 @@ def _main(argv: Sequence[str]) -> None:
     import ml_collections
     from absl import flags
 
+    from jax_mri_ldm import config_loader
     from jax_mri_ldm import data as data_lib
 
     f = flags.FLAGS
@@ -192,7 +217,13 @@ def _main(argv: Sequence[str]) -> None:
     ds = data_lib.load_imageset(ml_collections.ConfigDict(cfg.to_dict()))
     split = data_lib.split_indices(ds, **cfg.split)
     parts = [ds.subset(split[k]) for k in ("train", "val", "test")]
-    ssl = features.SSLSettings(steps=f.ssl_steps, input_size=min(128, f.image_size))
+    fc = config_loader.load_config("report", "paper").features
+    ssl = features.SSLSettings(
+        widths=tuple(fc.widths),
+        input_size=min(int(fc.input_size), f.image_size),
+        steps=f.ssl_steps,
+        batch_size=int(fc.batch_size),
+    )
     res = run_controls(
         RealSplits(*[(p.images, p.labels) for p in parts]),
         ds.class_names,
@@ -200,10 +231,11 @@ def _main(argv: Sequence[str]) -> None:
         space=f.space,
         classifier_steps=f.classifier_steps,
         cache_dir=os.path.expanduser("~/.cache/jax_mri_ldm/control_study"),
+        cache_key=features.cache_key(ssl, ds.fingerprint, parts[0].ids),
         log=print,
     )
     print(f"splits: {[len(p) for p in parts]} (train, val = real held-out, test = reference)")
-    print(f"feature space: {res['feature_space']['chosen']}: {res['feature_space']['description']}")
+    print(format_candidates(res["feature_space"]))
     print(format_table(res["table"]))
     print(json.dumps({"untrusted": res["table"]["untrusted"]}))
 

@@ -38,7 +38,8 @@ from jax_mri_ldm.evaluation import metrics
 
 @dataclasses.dataclass(frozen=True)
 class SSLSettings:
-    """Self-supervised encoder settings (the report config's `features` block fills them).
+    """Self-supervised encoder settings; the report fills them from `config.features`
+    (configs/report.py holds the defaults).
 
     Attributes:
       widths: channels per stride-2 block; the feature dimension is their sum.
@@ -50,10 +51,10 @@ class SSLSettings:
       seed: initialisation and augmentation seed.
     """
 
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    input_size: int = 128
-    steps: int = 300
-    batch_size: int = 64
+    widths: tuple[int, ...]
+    input_size: int
+    steps: int
+    batch_size: int
     lr: float = 2e-3
     temperature: float = 0.2
     seed: int = 0
@@ -67,7 +68,7 @@ class MultiScaleEncoder(nn.Module):
       proj_dim: size of the projection head used only by the contrastive loss.
     """
 
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    widths: tuple[int, ...]
     proj_dim: int = 64
 
     @nn.compact
