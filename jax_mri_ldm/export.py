@@ -188,7 +188,10 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
     _check_request(req)
     run = load_ldm(req.workdir)
     labels = resolve_labels(req.label, run.class_names, req.num_samples)
-    sampler = run.image_sampler(req.spec, req.batch_size)
+    try:
+        sampler = run.image_sampler(req.spec, req.batch_size)
+    except ValueError as e:  # a setting the flags allow but this run does not (--steps > T)
+        raise UserError(f"the sampler settings do not fit {req.workdir}: {e}") from e
     spec = sampler.spec  # every default filled in
     record = {
         "seed": req.seed,

@@ -572,6 +572,7 @@ def test_unexpected_exception_keeps_its_traceback_and_exit_1(tmp_path):
 
 def test_sample_request_errors_write_nothing(tiny_runs, tmp_path):
     from jax_mri_ldm.export import run_sampling
+    from jax_mri_ldm.pipeline import SamplerSpec
 
     full = tmp_path / "full"
     full.mkdir()
@@ -585,6 +586,10 @@ def test_sample_request_errors_write_nothing(tiny_runs, tmp_path):
     for workdir, out, message in cases:
         with pytest.raises(UserError, match=message):
             run_sampling(_sample_request(workdir, out))
+    with pytest.raises(UserError, match="sampler settings do not fit"):
+        run_sampling(
+            _sample_request(tiny_runs["ldm_dir"], tmp_path / "o4", spec=SamplerSpec(steps=10**6))
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
 
