@@ -64,7 +64,7 @@ def stage_data(workdir: str, data_cfg: ml_collections.ConfigDict) -> None:
 
 def main(argv):
     del argv
-    from jax_mri_ldm.cli import run_training, user_error
+    from jax_mri_ldm.cli import run_training, user_error, user_errors
 
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
@@ -80,7 +80,7 @@ def main(argv):
         _banner("1/5 data: built-in phantom set" if not FLAGS.data_path else "1/5 data")
         try:
             stage_data(workdir, vae_cfg.data)
-        except ValueError as e:
+        except user_errors() as e:
             sys.exit(user_error(str(e)))
     if "vae" in stages:
         _banner("2/5 stage 1: VAE")
