@@ -41,6 +41,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
         ds, train=config.data.split.train, val=config.data.split.val, seed=config.data.split.seed
     )
     if split_path and jax.process_index() == 0:
+        loop.check_dataset_unchanged(workdir, ds.fingerprint)  # a refused resume writes nothing
         data_lib.save_split(split_path, ds, split)
     return ds, split
 

@@ -7,6 +7,7 @@ half-written. Entry-point subprocesses are few: each costs a Python (and JAX) st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -382,6 +383,24 @@ def test_refused_resume_writes_nothing(tiny_runs, tmp_path, capsys):
     assert "different config" in err and "optim.learning_rate" in err
     after = _tree_listing(workdir)
     after.pop(".lock", None)  # the (released, empty) lock file is all that is new
+    assert after == before
+    assert (workdir / "split.json").stat().st_mtime_ns == split_mtime
+
+
+def test_resume_on_changed_data_writes_nothing(tiny_runs, tmp_path, capsys, monkeypatch):
+    from jax_mri_ldm import data as data_lib
+
+    workdir = tmp_path / "vae"
+    shutil.copytree(tiny_runs["vae_dir"], workdir)
+    before = _tree_listing(workdir)
+    split_mtime = (workdir / "split.json").stat().st_mtime_ns
+    real = data_lib.load_imageset
+    changed = lambda cfg: dataclasses.replace(real(cfg), fingerprint="0" * 16)  # files changed
+    monkeypatch.setattr(data_lib, "load_imageset", changed)
+    assert cli.run_training(tiny_vae_config(tiny_runs["root"]), str(workdir)) == 2
+    assert "the dataset changed" in capsys.readouterr().err
+    after = _tree_listing(workdir)
+    after.pop(".lock", None)
     assert after == before
     assert (workdir / "split.json").stat().st_mtime_ns == split_mtime
 

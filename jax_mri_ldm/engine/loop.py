@@ -318,6 +318,29 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return int(config.train.num_epochs) * steps_per_epoch
 
 
+def check_same_dataset(saved_meta: dict[str, Any], fingerprint: str | None, workdir: str) -> None:
+    """Refuses to resume a run whose checkpoint was trained on other data."""
+    saved = saved_meta.get("dataset_fingerprint")
+    if saved is not None and fingerprint is not None and saved != fingerprint:
+        raise UserError(
+            f"cannot resume the run in --workdir={workdir}: the dataset changed "
+            f"(dataset_fingerprint {saved} -> {fingerprint}). Use a new --workdir."
+        )
+
+
+def check_dataset_unchanged(workdir: str, fingerprint: str) -> None:
+    """Before anything is written: the same check against an existing run in `workdir`."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            check_same_dataset(checkpointer.restore_meta(latest), fingerprint, workdir)
+    finally:
+        checkpointer.close()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResult:
     """Trains `task` to `total_steps`, resuming from `<workdir>/checkpoints` when present.
 
@@ -372,12 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
                 "use another --workdir."
             )
         check_resume_compatible(saved_meta["config"], config, workdir)
-        for key in ("dataset_fingerprint",):
-            if key in saved_meta and key in meta and saved_meta[key] != meta[key]:
-                raise UserError(
-                    f"cannot resume the run in --workdir={workdir}: the dataset changed "
-                    f"({key} {saved_meta[key]} -> {meta[key]}). Use a new --workdir."
-                )
+        check_same_dataset(saved_meta, meta.get("dataset_fingerprint"), workdir)
         items, saved_meta = checkpointer.restore(state.checkpoint_items(), latest)
         state = state.replace_items(items)
         start_step = int(jax.device_get(state.step))
