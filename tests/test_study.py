@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_mri_ldm.evaluation import domain_classifier as dc
 from jax_mri_ldm.evaluation import metrics, stats, study
 from jax_mri_ldm.models.classifier import ClassifierCNN
 
@@ -47,18 +48,18 @@ def test_classifier_shapes_and_resize():
 def test_train_classifier_separates_toy():
     tx, ty = _toy(64, seed=1)
     vx, vy = _toy(64, seed=2)
-    clf, hist = study.train_classifier(tx, ty, seed=0, steps=40, val=(vx, vy), log_every=10, **TINY)
+    clf, hist = dc.train_classifier(tx, ty, seed=0, steps=40, val=(vx, vy), log_every=10, **TINY)
     assert hist["step"] == [10, 20, 30, 40]
     assert hist["loss"][-1] < hist["loss"][0]
     final = hist["val"][-1]
     assert final["step"] == 40
     assert final["accuracy"] >= 0.9 and final["auc"] >= 0.95
-    scores = study.evaluate_classifier(clf, vx, vy)
+    scores = dc.evaluate_classifier(clf, vx, vy)
     assert scores == pytest.approx({k: v for k, v in final.items() if k != "step"})
-    probs = study.predict_proba(clf, vx[:5])
+    probs = dc.predict_proba(clf, vx[:5])
     assert probs.shape == (5, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    feats = study.extract_features(clf, vx)
+    feats = dc.extract_features(clf, vx)
     assert feats.shape == (64, 16)
     # Features of the two classes differ in distribution: domain FID between classes is well
     # above the FID between two halves of the same class.
@@ -69,9 +70,9 @@ def test_train_classifier_separates_toy():
 def test_train_classifier_rejects_missing_class():
     tx, ty = _toy(8, seed=3)
     with pytest.raises(ValueError, match="no examples of class"):
-        study.train_classifier(tx, np.zeros_like(ty), steps=1, **TINY)
+        dc.train_classifier(tx, np.zeros_like(ty), steps=1, **TINY)
     with pytest.raises(ValueError, match="labels"):
-        study.train_classifier(tx, ty[:4], steps=1, **TINY)
+        dc.train_classifier(tx, ty[:4], steps=1, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +178,11 @@ def test_metric_names_per_number_of_classes():
 
 def test_multiclass_metrics_hand_values():
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
-    out = study.multiclass_metrics([0, 1, 2, 1], probs, ("a", "b", "c"))
+    out = dc.multiclass_metrics([0, 1, 2, 1], probs, ("a", "b", "c"))
     assert out["accuracy"] == 0.75 and out["recall_b"] == 0.5 and out["recall_a"] == 1.0
     assert list(out) == ["accuracy", "auc", "recall_a", "recall_b", "recall_c"]
     assert 0.5 < out["auc"] <= 1.0
-    assert math.isnan(study.multiclass_metrics([0, 0], probs[:2, :3], ("a", "b", "c"))["auc"])
+    assert math.isnan(dc.multiclass_metrics([0, 0], probs[:2, :3], ("a", "b", "c"))["auc"])
 
 
 @pytest.mark.parametrize("k", [3, 4])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm.evaluation import controls as controls_lib
-from jax_mri_ldm.evaluation import features, scoring, study, trust
+from jax_mri_ldm.evaluation import domain_classifier, features, scoring, trust
 from jax_mri_ldm.evaluation.context import Nulls
 
 CANDIDATES = ("contrastive", "random", "classifier")
@@ -138,20 +138,23 @@ def run_controls(
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits.train, splits.val, splits.test
     say = log or (lambda _: None)
     say(f"domain classifier: {classifier_steps} steps on {len(tr_x)} training images")
-    clf, _ = study.train_classifier(
+    clf, _ = domain_classifier.train_classifier(
         tr_x,
         tr_y,
         steps=classifier_steps,
         input_size=classifier_input_size,
         num_classes=len(class_names),
     )
-    classify = lambda x: study.classify(clf, x)[0]  # noqa: E731
+    classify = lambda x: domain_classifier.classify(clf, x)[0]  # noqa: E731
     builders = {
         "contrastive": lambda: contrastive_space(
             tr_x, ssl, cache_dir if cache_key else None, cache_key, log
         ),
         "random": lambda: random_space(ssl),
-        "classifier": lambda: (lambda x: study.classify(clf, x)[1], {"description": "classifier"}),
+        "classifier": lambda: (
+            lambda x: domain_classifier.classify(clf, x)[1],
+            {"description": "classifier"},
+        ),
     }
     if space != "auto":
         builders = {space: builders[space]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jax_mri_ldm.evaluation import setmetrics, study
+from jax_mri_ldm.evaluation import domain_classifier, setmetrics, study
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, nulls_note, table
 
@@ -25,7 +25,7 @@ def classifier_kwargs(ctx: Context) -> dict[str, Any]:
 def compute(ctx: Context) -> dict[str, Any]:
     tr, te, names = ctx.train, ctx.test, ctx.class_names
     kw = classifier_kwargs(ctx)
-    clf, hist = study.train_classifier(
+    clf, hist = domain_classifier.train_classifier(
         tr.images,
         tr.labels,
         seed=0,
@@ -33,10 +33,10 @@ def compute(ctx: Context) -> dict[str, Any]:
         num_classes=ctx.num_classes,
         **kw,
     )
-    ctx.shared["classify"] = lambda x: study.classify(clf, x)[0]
-    ctx.shared["classifier_embed"] = lambda x: study.classify(clf, x)[1]
+    ctx.shared["classify"] = lambda x: domain_classifier.classify(clf, x)[0]
+    ctx.shared["classifier_embed"] = lambda x: domain_classifier.classify(clf, x)[1]
     test_probs = ctx.shared["classify"](te.images)
-    scores = study.evaluate_classifier(clf, te.images, te.labels, class_names=names)
+    scores = domain_classifier.evaluate_classifier(clf, te.images, te.labels, class_names=names)
     real_fid = setmetrics.fidelity(
         ctx.nulls, "classifier.test_recall", test_probs, te.labels, names
     )
