@@ -121,6 +121,18 @@ def interpret_downstream(
         s = comps["real+syn - real"]["accuracy"]
         helped = s["mean"] is not None and s["half_width"] is not None
         helped = helped and s["mean"] - s["half_width"] > 0
+    limits = _limits(ds, real, fidelity, real_fidelity, fid_ratio)
+    if not helped:
+        parts.append(
+            "Synthetic data did not measurably help here. Likely limits: " + "; ".join(limits) + "."
+        )
+    else:
+        parts.append("Caveats: " + "; ".join(limits) + ".")
+    return " ".join(parts)
+
+
+def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> list[str]:
+    """Reasons, read off the numbers, why synthetic data may not have helped."""
     limits = []
     n_test = sum(ds["data"]["real_test"].values())
     if real and real["mean"] is not None and real["mean"] >= 0.95:
@@ -144,13 +156,7 @@ def interpret_downstream(
         "the generator learned from the same real training images, so it can add variation "
         "but no information the real set lacks"
     )
-    if not helped:
-        parts.append(
-            "Synthetic data did not measurably help here. Likely limits: " + "; ".join(limits) + "."
-        )
-    else:
-        parts.append("Caveats: " + "; ".join(limits) + ".")
-    return " ".join(parts)
+    return limits
 
 
 def compute(ctx: Context) -> dict[str, Any]:
