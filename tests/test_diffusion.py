@@ -359,3 +359,18 @@ def test_convergence_warning() -> None:
     slope = D.convergence_warning(falling, 20_000, min_updates=9_000)
     assert slope is not None and "still falling" in slope and "num_steps=40000" in slope
     assert D.convergence_warning(falling[:5], 20_000, min_updates=9_000) is None  # too few
+
+
+@pytest.mark.parametrize("preset", ["paper", "demo", "recommended", "tiny"])
+def test_ldm_presets_are_well_formed(preset: str) -> None:
+    """Every preset's diffusion section builds a schedule and passes the parameterisation check."""
+    from configs import ldm
+
+    cfg = ldm.get_config(preset).diffusion
+    schedule = D.schedule_from_config(cfg)
+    opts = D.loss_options(cfg)
+    D.check_parameterisation(schedule, opts["prediction"], opts["loss_weighting"])
+    if preset == "recommended":
+        assert opts["prediction"] == "v" and opts["loss_weighting"] == "min_snr"
+    if preset == "paper":
+        assert opts["prediction"] == "eps" and opts["loss_weighting"] == "none"
