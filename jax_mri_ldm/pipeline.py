@@ -134,6 +134,7 @@ def build_vae(model_cfg: ml_collections.ConfigDict) -> VAE:
     return VAE(
         features=tuple(model_cfg.features),
         latent_channels=int(model_cfg.latent_channels),
+        upsample=str(model_cfg.get("upsample", "transpose")),  # absent: runs before the option
         dtype=jnp.dtype(model_cfg.dtype),
     )
 

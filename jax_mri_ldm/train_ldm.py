@@ -52,6 +52,9 @@ from jax_mri_ldm.pipeline import (
 )
 
 VAE_PARAMS_FILE = "vae_params.msgpack"
+# The smallest published 2D latent-diffusion recipes train for 9k-25k updates (MONAI
+# GenerativeModels' MedNIST LDM tutorials); a run with fewer ends with a warning.
+MIN_UPDATES = 9_000
 
 
 def params_sha256(params: Any) -> str:
@@ -357,6 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
 
     task = loop.Task(
         name="ldm",
+        min_updates=MIN_UPDATES,
         init_params=init_params,
         loss_fn=loss_fn,
         get_batch=get_batch,

@@ -349,18 +349,6 @@ def test_loss_options_defaults_for_old_configs() -> None:
     assert D.loss_options(new)["min_snr_gamma"] == 3.0
 
 
-def test_convergence_warning() -> None:
-    flat = [1.0] * 40
-    falling = list(np.linspace(2.0, 1.0, 40))
-    assert D.convergence_warning(flat, 10_000, min_updates=9_000) is None
-    short = D.convergence_warning(flat, 500, min_updates=9_000, name="LDM")
-    assert short is not None and "LDM" in short and "500 updates" in short
-    assert "--config.train.num_steps=9000" in short
-    slope = D.convergence_warning(falling, 20_000, min_updates=9_000)
-    assert slope is not None and "still falling" in slope and "num_steps=40000" in slope
-    assert D.convergence_warning(falling[:5], 20_000, min_updates=9_000) is None  # too few
-
-
 @pytest.mark.parametrize("preset", ["paper", "demo", "recommended", "tiny"])
 def test_ldm_presets_are_well_formed(preset: str) -> None:
     """Every preset's diffusion section builds a schedule and passes the parameterisation check."""

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.checkpoint import Checkpointer
 from jax_mri_ldm.engine.state import TrainState, ema_decay_at, ema_update, make_optimizer
@@ -175,6 +176,29 @@ def test_bad_batch_size_and_workdir(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):
         loop.ensure_writable_workdir(str(blocker / "sub"))
+
+
+def test_convergence_warning() -> None:
+    flat = [1.0] * 40
+    falling = list(np.linspace(2.0, 1.0, 40))
+    assert log_lib.convergence_warning(flat, 10_000, min_updates=9_000) is None
+    short = log_lib.convergence_warning(flat, 500, min_updates=9_000, name="LDM")
+    assert short is not None and "LDM" in short and "500 updates" in short
+    assert "--config.train.num_steps=9000" in short
+    slope = log_lib.convergence_warning(falling, 20_000, min_updates=9_000)
+    assert slope is not None and "still falling" in slope and "num_steps=40000" in slope
+    assert log_lib.convergence_warning(falling[:5], 20_000, min_updates=9_000) is None  # too few
+
+
+def test_a_short_run_ends_with_the_convergence_warning(tmp_path, capsys):
+    task = toy_task()
+    task.min_updates = 100
+    loop.run(toy_config(4), str(tmp_path / "short"), task)
+    err = capsys.readouterr().err
+    assert "TOY is likely far from converged" in err and "4 updates" in err
+    task.min_updates = 4
+    loop.run(toy_config(4), str(tmp_path / "enough"), task)
+    assert "far from converged" not in capsys.readouterr().err  # 4 log points: slope not judged
 
 
 def test_ema_matches_closed_form():

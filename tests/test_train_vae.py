@@ -162,3 +162,15 @@ def test_one_device_equals_eight_devices(tmp_path):
     assert one["devices"] == 1 and eight["devices"] == 8
     np.testing.assert_allclose(one["losses"], eight["losses"], rtol=2e-4)
     assert one["param_sum"] == pytest.approx(eight["param_sum"], rel=1e-4)
+
+
+def test_build_vae_takes_the_decoder_upsampler_and_old_runs_keep_theirs():
+    import ml_collections
+
+    from jax_mri_ldm.config_loader import load_config
+
+    cfg = load_config("vae", "tiny").model
+    cfg.upsample = "nearest_conv"
+    assert pipeline.build_vae(cfg).upsample == "nearest_conv"
+    old = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "upsample"})
+    assert pipeline.build_vae(old).upsample == "transpose"  # a run saved before the option

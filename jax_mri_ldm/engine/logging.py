@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -131,4 +132,50 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool = True) -> t
         disable=not enabled,
         file=sys.stderr,
         mininterval=1.0,
+    )
+
+
+def convergence_warning(
+    losses: Sequence[float],
+    num_updates: int,
+    *,
+    min_updates: int,
+    name: str = "run",
+    still_falling: float = 0.02,
+) -> str | None:
+    """A one-paragraph warning for a run that stopped far from converged, else None.
+
+    Two signs, either is enough: fewer optimiser updates than ``min_updates``, or a loss still
+    falling at the end (the mean of the last quarter of ``losses`` is more than
+    ``still_falling`` below the mean of the quarter before). Call it once at the end of
+    training with the logged training losses in step order.
+
+    Args:
+      losses: logged training losses, oldest first (fewer than 8 values: slope not judged).
+      num_updates: optimiser updates the run made.
+      min_updates: updates below which the run is called short.
+      name: what to call the run in the message (e.g. ``"LDM"``).
+      still_falling: relative drop between the last two quarters that counts as falling.
+
+    Returns:
+      The warning text, or None when neither sign is present.
+    """
+    reasons = []
+    if num_updates < min_updates:
+        reasons.append(f"it made {num_updates} updates, fewer than the {min_updates} recommended")
+    vals = np.asarray(losses, np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size >= 8:
+        q = vals.size // 4
+        prev, last = vals[-2 * q : -q].mean(), vals[-q:].mean()
+        drop = (prev - last) / max(abs(prev), 1e-12)
+        if drop > still_falling:
+            reasons.append(f"its loss was still falling ({100 * drop:.1f} % over the last quarter)")
+    if not reasons:
+        return None
+    more = max(2 * num_updates, min_updates)
+    return (
+        f"WARNING: {name} is likely far from converged: {' and '.join(reasons)}. Samples and "
+        f"reconstructions will be worse than a longer run's; train longer, e.g. "
+        f"--config.train.num_steps={more} (same --workdir resumes)."
     )

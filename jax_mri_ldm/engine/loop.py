@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "diffusion.min_snr_gamma": 5.0,
     "data.classes": "binary",
     "data.builtin.types": False,
+    "model.upsample": "transpose",
 }
 
 
@@ -96,6 +98,7 @@ class Task:
       finalize: optional host hook (state, workdir) -> extra metadata stored with the final
         checkpoint (e.g. the VAE's latent scale factor).
       metadata: static run metadata stored with every checkpoint (dataset fingerprint, ...).
+      min_updates: updates below which the end of the run warns that it is far from converged.
     """
 
     name: str
@@ -107,6 +110,7 @@ class Task:
     evaluate: Callable[[TrainState, str], dict[str, Any]] | None = None
     finalize: Callable[[TrainState, str], dict[str, Any]] | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    min_updates: int = 0
 
 
 @dataclasses.dataclass
@@ -502,9 +506,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
     checkpointer.save(step, state.checkpoint_items(), final_meta)
     if is_main:
         atomic.write_json(os.path.join(workdir, "run.json"), final_meta)
+        _warn_if_far_from_converged(task, workdir, step)
     writer.close()
     checkpointer.close()
     return RunResult(state=state, interrupted=False, final_meta=final_meta)
+
+
+def _warn_if_far_from_converged(task: Task, workdir: str, num_updates: int) -> None:
+    """Prints `log_lib.convergence_warning` for the finished run to stderr, if any."""
+    losses = [r["loss"] for r in log_lib.read_metrics(workdir, "train") if "loss" in r]
+    text = log_lib.convergence_warning(
+        losses, num_updates, min_updates=task.min_updates, name=task.name.upper()
+    )
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 def unreplicate_to_host(tree: PyTree) -> PyTree:
