@@ -9,7 +9,6 @@ else is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from jax_mri_ldm import config_loader
 from jax_mri_ldm.data.types import DataError
 from jax_mri_ldm.errors import UserError
 
@@ -91,11 +91,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, preset = spec.partition(":")
     if not os.path.isfile(path):
         raise UserError(f"--config={spec}: no such file {path}; e.g. configs/vae.py:tiny.")
-    module_spec = importlib.util.spec_from_file_location("_cli_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     try:
-        return module.get_config(preset) if preset else module.get_config()
+        return config_loader.load_config_file(path, preset)
     except (ValueError, KeyError) as e:  # the config files' message lists the valid presets
         raise UserError(f"--config={spec}: {str(e).strip(chr(39))}") from e
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from jax_mri_ldm import atomic
+
 
 def _to_python(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
@@ -114,10 +116,7 @@ def truncate_metrics(workdir: str, step: int) -> int:
             elif line.strip():
                 dropped += 1
     if dropped:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(kept))
     return dropped
 
 
