@@ -38,7 +38,7 @@ def main(argv):
             command=" ".join(["python evaluate.py", *map(shlex.quote, sys.argv[1:])]),
             verbose=not FLAGS.quiet,
         )
-    except (*user_errors(), ValueError) as e:  # report.py still signals user errors as ValueError
+    except user_errors() as e:
         sys.exit(user_error(str(e)))
     print(f"report: {result['report_md']}")
 

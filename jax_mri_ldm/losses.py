@@ -14,11 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# The paper's reported training-loss curves (Sec. VI-B, Fig. 4), epoch -> loss, drawn beside ours
-# in the loss-curve figures and the report.
-PAPER_VAE_LOSS = ((1, 0.21), (10, 0.05), (25, 0.03), (50, 0.027))
-PAPER_LDM_LOSS = ((1, 1.0), (7, 0.6), (20, 0.5), (60, 0.46), (100, 0.46))
-
 
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Element-wise KL(N(mean, exp(logvar)) || N(0, 1)).

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from jax_mri_ldm import atomic  # noqa: E402
+
 MAX_PNG_BYTES = 300_000
 """Report figures larger than this are re-encoded (palette, then downscaled)."""
 
@@ -25,11 +27,11 @@ PAPER_LDM_LOSS = ((1, 1.0), (7, 0.6), (20, 0.5), (60, 0.46), (100, 0.46))
 
 
 def _atomic_savefig(fig, path: str, dpi: int = 100) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
@@ -51,10 +53,8 @@ def image_grid(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
 def save_grid_png(images: np.ndarray, path: str, ncols: int = 8) -> str:
     """Writes an 8-bit grayscale grid PNG of (N, H, W[, 1]) images in [0, 1]; returns path."""
     grid = np.clip(image_grid(images, ncols) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(grid, mode="L").save(tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        Image.fromarray(grid, mode="L").save(tmp)
     return path
 
 
@@ -168,9 +168,8 @@ def shrink_png(path: str, max_bytes: int = MAX_PNG_BYTES) -> int:
     while True:
         w, h = img.size
         cur = img if scale == 1.0 else img.resize((int(w * scale), int(h * scale)), Image.LANCZOS)
-        tmp = f"{path}.tmp{os.getpid()}.png"
-        cur.quantize(colors=256).save(tmp, optimize=True)
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            cur.quantize(colors=256).save(tmp, optimize=True)
         size = os.path.getsize(path)
         if size <= max_bytes or scale < 0.3:
             return size
@@ -178,11 +177,7 @@ def shrink_png(path: str, max_bytes: int = MAX_PNG_BYTES) -> int:
 
 
 def _save(fig, path: str, dpi: int = 90) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    _atomic_savefig(fig, path, dpi)
     shrink_png(path)
     return path
 

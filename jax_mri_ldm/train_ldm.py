@@ -39,7 +39,6 @@ from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
 from jax_mri_ldm.errors import UserError
-from jax_mri_ldm.losses import PAPER_LDM_LOSS
 from jax_mri_ldm.models.unet import UNet
 from jax_mri_ldm.pipeline import (
     VAEPipeline,
@@ -120,7 +119,7 @@ def save_loss_curve(workdir: str) -> str:
         [r["loss"] for r in records],
         os.path.join(workdir, "figures", "ldm_loss_curve.png"),
         title="Latent diffusion training loss (ε-MSE)",
-        reference={"paper (Fig. 4 right)": tuple(zip(*PAPER_LDM_LOSS, strict=True))},
+        reference={"paper (Fig. 4 right)": tuple(zip(*plots.PAPER_LDM_LOSS, strict=True))},
         logy=True,
     )
 

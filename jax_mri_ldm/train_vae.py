@@ -24,7 +24,7 @@ from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
 from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation import metrics as metrics_lib
-from jax_mri_ldm.losses import PAPER_VAE_LOSS, to_model_space, vae_loss
+from jax_mri_ldm.losses import to_model_space, vae_loss
 from jax_mri_ldm.models.vae import VAE
 from jax_mri_ldm.pipeline import build_vae, make_encode_fn, make_reconstruct_fn
 
@@ -90,7 +90,7 @@ def save_loss_curve(workdir: str) -> str:
         losses,
         os.path.join(workdir, "figures", "vae_loss_curve.png"),
         title="VAE training loss (L1 + beta KL)",
-        reference={"paper (Fig. 4 left)": tuple(zip(*PAPER_VAE_LOSS, strict=True))},
+        reference={"paper (Fig. 4 left)": tuple(zip(*plots.PAPER_VAE_LOSS, strict=True))},
         extra=extra,
         logy=True,
     )

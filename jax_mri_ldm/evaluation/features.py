@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_mri_ldm import atomic
 from jax_mri_ldm.evaluation import metrics
 
 
@@ -225,12 +226,8 @@ def load_or_train(
     params, losses = train_contrastive(images, s, log)
     info = {"first_loss": float(np.mean(losses[:10])), "final_loss": float(np.mean(losses[-10:]))}
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
         state = {"params": flax.serialization.to_state_dict(params), "info": info}
-        with open(tmp, "wb") as f:
-            f.write(flax.serialization.msgpack_serialize(jax.device_get(state)))
-        os.replace(tmp, path)
+        atomic.write_bytes(path, flax.serialization.msgpack_serialize(jax.device_get(state)))
     return params, {**info, "cached": False, "path": path}
 
 

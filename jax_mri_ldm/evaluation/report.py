@@ -31,6 +31,7 @@ import numpy as np
 from jax_mri_ldm import atomic, config_loader
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation import runinfo
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context, clean, walk_nulls
 from jax_mri_ldm.evaluation.generator import SyntheticImages
@@ -126,7 +127,7 @@ def resolve_settings(
     """
     if config is None:
         if preset not in ("paper", "demo", "tiny"):
-            raise ValueError(f"--config=configs/report.py:{preset}: use paper, demo or tiny.")
+            raise UserError(f"--config=configs/report.py:{preset}: use paper, demo or tiny.")
         config = config_loader.load_config("report", preset)
     c = ml_collections.ConfigDict(config.to_dict())
     for key, v in overrides.items():
@@ -137,13 +138,13 @@ def resolve_settings(
         for p in parents:
             node = node.get(p)
         if node is None or leaf not in node:
-            raise ValueError(f"unknown report option {key!r}; see configs/report.py.")
+            raise UserError(f"unknown report option {key!r}; see configs/report.py.")
         node[leaf] = tuple(v) if isinstance(v, list) else v
     for key in _POSITIVE:
         if int(c[key]) < 1:
-            raise ValueError(f"--config.{key}={c[key]} must be >= 1.")
+            raise UserError(f"--config.{key}={c[key]} must be >= 1.")
     if c.num_synthetic_per_class < 2:
-        raise ValueError("--config.num_synthetic_per_class must be >= 2 (diversity needs pairs).")
+        raise UserError("--config.num_synthetic_per_class must be >= 2 (diversity needs pairs).")
     return c
 
 
@@ -151,12 +152,12 @@ def _check_ldm_workdir(workdir: str) -> None:
     """Cheap checks with messages phrased for evaluation (before loading any arrays)."""
     stage = ckpt_lib.read_run_meta(workdir).get("stage")
     if stage != "ldm":
-        raise ValueError(
+        raise UserError(
             f"--workdir={workdir} is a {stage!r} run, not a diffusion run; evaluate the workdir "
             "of `train.py --config=configs/ldm.py` (its VAE is found through it)."
         )
     if not os.path.exists(os.path.join(workdir, "split.json")):
-        raise ValueError(f"{workdir}/split.json is missing; the run directory is incomplete.")
+        raise UserError(f"{workdir}/split.json is missing; the run directory is incomplete.")
 
 
 def _load_data(run: Any) -> tuple[data_lib.ImageSet, dict[str, np.ndarray]]:
@@ -179,7 +180,7 @@ def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) ->
     tr, va, te = (ds.subset(split[k]) for k in ("train", "val", "test"))
     for name, part in (("train", tr), ("test", te)):
         if len(part) == 0:
-            raise ValueError(f"the {name} split of {workdir}/split.json is empty.")
+            raise UserError(f"the {name} split of {workdir}/split.json is empty.")
     ctx = Context(cfg, run, workdir, ds, tr, va, te, out_dir, log=log)
     h = run.latent_shape[0]
     period = run.image_size // h if run.image_size % h == 0 else None
@@ -275,7 +276,7 @@ def write_report(
     cfg = resolve_settings(preset, config, **overrides)
     out_dir = os.path.abspath(out_dir or runinfo.default_out_dir(ldm_workdir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"--out={out_dir} exists and is not a directory; choose another --out.")
+        raise UserError(f"--out={out_dir} exists and is not a directory; choose another --out.")
     _check_ldm_workdir(ldm_workdir)
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
     log = print if verbose else (lambda *a, **k: None)

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from jax_mri_ldm import plots
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation import control_study, features, scoring
 from jax_mri_ldm.evaluation import controls as controls_lib
 from jax_mri_ldm.evaluation.context import Context
@@ -50,7 +51,7 @@ def _choose(ctx: Context, sets: dict) -> tuple[Any, dict]:
     }
     if space != "auto":
         if space not in builders:
-            raise ValueError(
+            raise UserError(
                 f"--config.features.space={space}: use auto or one of {', '.join(builders)}."
             )
         builders = {space: builders[space]}
