@@ -679,3 +679,28 @@ def test_resume_from_a_damaged_checkpoint_is_refused_and_writes_nothing(tmp_path
     assert str(workdir / "checkpoints" / "4") in str(err.value)
     assert "Earlier checkpoints: steps 2" in str(err.value)
     assert _tree_listing(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "error, damaged",
+    [
+        (Exception("Encountered error while reading array index: 3"), True),  # orbax's wrap
+        (ValueError("Error decoding chunk"), True),  # tensorstore
+        (TypeError("a bug"), False),
+    ],
+)
+def test_checkpoint_read_failures_are_damage_and_bugs_stay_bugs(
+    tiny_runs, monkeypatch, error, damaged
+):
+    checkpointer = ckpt_lib.Checkpointer(str(tiny_runs["ldm_dir"]))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpointer._manager, "restore", fail)
+    try:
+        with pytest.raises(CheckpointError if damaged else TypeError) as err:
+            checkpointer.restore_raw()
+    finally:
+        checkpointer.close()
+    assert ("is damaged" in str(err.value)) == damaged

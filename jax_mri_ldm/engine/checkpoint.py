@@ -239,7 +239,11 @@ class Checkpointer:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
             )
-        except (ValueError, OSError) as e:  # tensorstore: undecodable chunks or index
+        except Exception as e:
+            # Undecodable chunks or index: tensorstore raises ValueError / OSError, and orbax
+            # re-raises some read failures as a bare Exception; anything else is a bug.
+            if not isinstance(e, (ValueError, OSError)) and type(e) is not Exception:
+                raise
             reason = str(e).splitlines()[0][:300]
             raise CheckpointError(
                 damaged_message(
