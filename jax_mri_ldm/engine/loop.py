@@ -366,58 +366,133 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
     is_main = jax.process_index() == 0
     check_batch_size(task.global_batch_size)
     mesh = make_mesh()
-    steps_per_epoch = task.steps_per_epoch
-    num_steps = total_steps(config, steps_per_epoch)
-    tx = make_optimizer(config.optim, num_steps)
-    lr_schedule = make_lr_schedule(config.optim, num_steps)
+    num_steps = total_steps(config, task.steps_per_epoch)
+    state = _initial_state(config, task, make_optimizer(config.optim, num_steps), mesh)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    config_json = config_to_json(config)
+    meta = _run_metadata(task, config_json)
+    state, start_step, saved_meta = _restore_latest(
+        checkpointer, state, config, workdir, task, meta, is_main
+    )
+    if saved_meta is not None and saved_meta.get("final") and start_step >= num_steps:
+        if is_main:
+            print(f"{task.name}: already complete at step {start_step}; nothing to train.")
+        checkpointer.close()
+        return RunResult(state=state, interrupted=False, final_meta=saved_meta)
+    if is_main:
+        atomic.write_json(os.path.join(workdir, "config.json"), config_json)
+        log_lib.truncate_metrics(workdir, start_step)  # records past the checkpoint are redone
+    lp = _start_loop(config, workdir, task, mesh, state, start_step, checkpointer, meta, num_steps)
+    if _train(lp):
+        return _stop_interrupted(lp)
+    return _finish(lp, bool(config.train.get("eval_at_end", True)))
 
+
+def _initial_state(
+    config: ml_collections.ConfigDict,
+    task: Task,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """The freshly initialised state from `config.seed`, replicated on the mesh."""
     base_rng = jax.random.PRNGKey(int(config.seed))
     init_rng, state_rng = jax.random.split(base_rng)
     params = jax.jit(task.init_params)(init_rng)
     state = TrainState.create(params, tx, state_rng)
-    state = replicate(state, mesh)
+    return replicate(state, mesh)
 
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
-    config_json = config_to_json(config)
-    meta = {
+
+def _run_metadata(task: Task, config_json: dict[str, Any]) -> dict[str, Any]:
+    """The metadata stored with every checkpoint of this run."""
+    return {
         "stage": task.name,
         "config": config_json,
         "versions": ckpt_lib.package_versions(),
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": task.steps_per_epoch,
         "global_batch_size": task.global_batch_size,
         "num_devices": jax.device_count(),
         "num_processes": jax.process_count(),
         **task.metadata,
     }
-    start_step = 0
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        saved_meta = checkpointer.restore_meta(latest)
-        if saved_meta.get("stage") != task.name:
-            raise UserError(
-                f"--workdir={workdir} holds a {saved_meta.get('stage')!r} run, not {task.name!r}; "
-                "use another --workdir."
-            )
-        check_resume_compatible(saved_meta["config"], config, workdir)
-        check_same_dataset(saved_meta, meta.get("dataset_fingerprint"), workdir)
-        items, saved_meta = checkpointer.restore(state.checkpoint_items(), latest)
-        state = state.replace_items(items)
-        start_step = int(jax.device_get(state.step))
-        if is_main:
-            print(f"Resuming {task.name} from step {start_step} ({checkpointer.directory}).")
-        if saved_meta.get("final") and start_step >= num_steps:
-            if is_main:
-                print(f"{task.name}: already complete at step {start_step}; nothing to train.")
-            checkpointer.close()
-            return RunResult(state=state, interrupted=False, final_meta=saved_meta)
-    if is_main:
-        atomic.write_json(os.path.join(workdir, "config.json"), config_json)
-        log_lib.truncate_metrics(workdir, start_step)  # records past the checkpoint are redone
 
-    writer = log_lib.MetricWriter(
-        workdir, enabled=is_main, tensorboard=bool(config.train.tensorboard)
-    )
-    step_fn = jax.jit(
+
+def _restore_latest(
+    checkpointer: ckpt_lib.Checkpointer,
+    state: TrainState,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    meta: dict[str, Any],
+    is_main: bool,
+) -> tuple[TrainState, int, dict[str, Any] | None]:
+    """Restores the latest checkpoint, if any, once it is known to belong to this run.
+
+    Returns (state, its step, the checkpoint's metadata), or (state, 0, None) without one.
+    """
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return state, 0, None
+    saved_meta = checkpointer.restore_meta(latest)
+    if saved_meta.get("stage") != task.name:
+        raise UserError(
+            f"--workdir={workdir} holds a {saved_meta.get('stage')!r} run, not {task.name!r}; "
+            "use another --workdir."
+        )
+    check_resume_compatible(saved_meta["config"], config, workdir)
+    check_same_dataset(saved_meta, meta.get("dataset_fingerprint"), workdir)
+    items, saved_meta = checkpointer.restore(state.checkpoint_items(), latest)
+    state = state.replace_items(items)
+    start_step = int(jax.device_get(state.step))
+    if is_main:
+        print(f"Resuming {task.name} from step {start_step} ({checkpointer.directory}).")
+    return state, start_step, saved_meta
+
+
+@dataclasses.dataclass
+class _Window:
+    """The per-step metrics since the last log record, and the time their steps took."""
+
+    records: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0  # time spent in training steps only (not evaluation / checkpoints)
+
+    def add(self, metrics: dict[str, Any], seconds: float) -> None:
+        self.seconds += seconds
+        self.records.append({k: float(v) for k, v in metrics.items()})
+
+    def summary(self, global_batch_size: int) -> dict[str, float]:
+        """Mean of each metric, and the training throughput, over the window."""
+        summary = {k: float(np.mean([w[k] for w in self.records])) for k in self.records[0]}
+        summary["images_per_sec"] = len(self.records) * global_batch_size / max(self.seconds, 1e-9)
+        return summary
+
+
+@dataclasses.dataclass
+class _Loop:
+    """What the training loop of one `run` carries from step to step."""
+
+    task: Task
+    workdir: str
+    mesh: jax.sharding.Mesh
+    step_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    run_rng: jax.Array
+    checkpointer: ckpt_lib.Checkpointer
+    writer: log_lib.MetricWriter
+    bar: Any
+    meta: dict[str, Any]
+    lr_schedule: optax.Schedule
+    num_steps: int
+    log_every: int
+    eval_every: int
+    ckpt_every: int
+    is_main: bool
+    state: TrainState
+    step: int
+    window: _Window = dataclasses.field(default_factory=_Window)
+
+
+def _jit_step(config: ml_collections.ConfigDict, task: Task) -> Callable:
+    """`train_step` for the stage's loss, jitted with the state donated."""
+    return jax.jit(
         functools.partial(
             train_step,
             loss_fn=task.loss_fn,
@@ -426,90 +501,147 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> RunResul
         ),
         donate_argnums=(0,),
     )
-    eval_every = max(1, int(config.train.eval_every_epochs)) * steps_per_epoch
-    ckpt_every = max(1, int(config.train.checkpoint_every_epochs)) * steps_per_epoch
-    log_every = max(1, int(config.train.log_every_steps))
+
+
+def _start_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    start_step: int,
+    checkpointer: ckpt_lib.Checkpointer,
+    meta: dict[str, Any],
+    num_steps: int,
+) -> _Loop:
+    """The loop's writer, jitted step, cadences and progress bar, starting at `start_step`."""
+    is_main = jax.process_index() == 0
+    writer = log_lib.MetricWriter(
+        workdir, enabled=is_main, tensorboard=bool(config.train.tensorboard)
+    )
+    step_fn = _jit_step(config, task)
+    steps_per_epoch = task.steps_per_epoch
     bar = log_lib.progress_bar(
         num_steps, start_step, task.name, enabled=is_main and bool(config.train.progress_bar)
     )
+    return _Loop(
+        task=task,
+        workdir=workdir,
+        mesh=mesh,
+        step_fn=step_fn,
+        # A separate buffer: `state` (holding its own copy of the key) is donated to each step.
+        run_rng=jnp.array(jax.device_get(state.rng)),
+        checkpointer=checkpointer,
+        writer=writer,
+        bar=bar,
+        meta=meta,
+        lr_schedule=make_lr_schedule(config.optim, num_steps),
+        num_steps=num_steps,
+        log_every=max(1, int(config.train.log_every_steps)),
+        eval_every=max(1, int(config.train.eval_every_epochs)) * steps_per_epoch,
+        ckpt_every=max(1, int(config.train.checkpoint_every_epochs)) * steps_per_epoch,
+        is_main=is_main,
+        state=state,
+        step=start_step,
+    )
 
-    interrupted = False
-    window: list[dict[str, float]] = []
-    window_seconds = 0.0  # time spent in training steps only (not evaluation / checkpoints)
-    step = start_step
-    # A separate buffer: `state` (holding its own copy of the key) is donated to each step.
-    run_rng = jnp.array(jax.device_get(state.rng))
+
+def _train(lp: _Loop) -> bool:
+    """Runs steps until the last one or a Ctrl-C; returns whether Ctrl-C stopped it."""
     try:
         with _InterruptFlag() as flag:
-            while step < num_steps:
-                t_step = time.perf_counter()
-                host_batch = task.get_batch(step, jax.process_index(), jax.process_count())
-                batch = shard_batch(host_batch, mesh, task.global_batch_size)
-                state, metrics = step_fn(state, batch, run_rng)
-                metrics = jax.device_get(metrics)  # one small host sync per step
-                loss = float(metrics["loss"])
-                if not math.isfinite(loss):
-                    last = checkpointer.latest_step()
-                    raise NonFiniteLossError(
-                        f"{task.name}: non-finite loss ({loss}) at step {step} (epoch "
-                        f"{step // steps_per_epoch + 1}); nothing was saved for it. The last good "
-                        f"checkpoint is step {last} in {checkpointer.directory}. Try a lower "
-                        "config.optim.learning_rate or set config.optim.grad_clip_norm."
-                    )
-                step += 1
-                window_seconds += time.perf_counter() - t_step
-                window.append({k: float(v) for k, v in metrics.items()})
-                bar.update(1)
-                if step % log_every == 0 or step == num_steps:
-                    summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    summary["images_per_sec"] = (
-                        len(window) * task.global_batch_size / max(window_seconds, 1e-9)
-                    )
-                    summary["epoch"] = step / steps_per_epoch
-                    summary["learning_rate"] = float(lr_schedule(step - 1))
-                    writer.write(step, "train", summary)
-                    bar.set_postfix(
-                        epoch=f"{math.ceil(step / steps_per_epoch)}",
-                        loss=f"{summary['loss']:.4f}",
-                        img_s=f"{summary['images_per_sec']:.1f}",
-                    )
-                    window, window_seconds = [], 0.0
-                if step == num_steps:
+            while lp.step < lp.num_steps:
+                _one_step(lp)
+                if lp.step % lp.log_every == 0 or lp.step == lp.num_steps:
+                    _log_window(lp)
+                if lp.step == lp.num_steps:
                     break
                 if flag.requested:
-                    interrupted = True
-                    break
-                if task.evaluate is not None and step % eval_every == 0:
-                    writer.write(step, "val", task.evaluate(state, workdir))
-                if step % ckpt_every == 0:
-                    checkpointer.save(step, state.checkpoint_items(), {**meta, "final": False})
+                    return True
+                _between_steps(lp)
     finally:
-        bar.close()
+        lp.bar.close()
+    return False
 
-    if interrupted:
-        checkpointer.save(step, state.checkpoint_items(), {**meta, "final": False})
-        if is_main:
-            print(
-                f"Saved step {step} to {checkpointer.directory}; rerun the same command to resume."
-            )
-        writer.close()
-        checkpointer.close()
-        return RunResult(state=state, interrupted=True, final_meta=meta)
 
-    if task.evaluate is not None and bool(config.train.get("eval_at_end", True)):
-        writer.write(step, "val", task.evaluate(state, workdir))
-    final_meta = {**meta, "final": True}
-    if task.finalize is not None:
-        final_meta.update(task.finalize(state, workdir))
-    if checkpointer.latest_step() == step:
-        checkpointer.delete(step)
-    checkpointer.save(step, state.checkpoint_items(), final_meta)
-    if is_main:
-        atomic.write_json(os.path.join(workdir, "run.json"), final_meta)
-        _warn_if_far_from_converged(task, workdir, step)
-    writer.close()
-    checkpointer.close()
-    return RunResult(state=state, interrupted=False, final_meta=final_meta)
+def _one_step(lp: _Loop) -> None:
+    """Fetches, shards and trains on the batch of `lp.step`, then advances the step."""
+    t_step = time.perf_counter()
+    host_batch = lp.task.get_batch(lp.step, jax.process_index(), jax.process_count())
+    batch = shard_batch(host_batch, lp.mesh, lp.task.global_batch_size)
+    lp.state, metrics = lp.step_fn(lp.state, batch, lp.run_rng)
+    metrics = jax.device_get(metrics)  # one small host sync per step
+    _check_finite(lp, float(metrics["loss"]))
+    lp.step += 1
+    lp.window.add(metrics, time.perf_counter() - t_step)
+    lp.bar.update(1)
+
+
+def _check_finite(lp: _Loop, loss: float) -> None:
+    """Raises NonFiniteLossError, naming the last good checkpoint, for a NaN/Inf loss."""
+    if math.isfinite(loss):
+        return
+    last = lp.checkpointer.latest_step()
+    raise NonFiniteLossError(
+        f"{lp.task.name}: non-finite loss ({loss}) at step {lp.step} (epoch "
+        f"{lp.step // lp.task.steps_per_epoch + 1}); nothing was saved for it. The last good "
+        f"checkpoint is step {last} in {lp.checkpointer.directory}. Try a lower "
+        "config.optim.learning_rate or set config.optim.grad_clip_norm."
+    )
+
+
+def _log_window(lp: _Loop) -> None:
+    """Writes the window's mean metrics as one train record and starts a new window."""
+    steps_per_epoch = lp.task.steps_per_epoch
+    summary = lp.window.summary(lp.task.global_batch_size)
+    summary["epoch"] = lp.step / steps_per_epoch
+    summary["learning_rate"] = float(lp.lr_schedule(lp.step - 1))
+    lp.writer.write(lp.step, "train", summary)
+    lp.bar.set_postfix(
+        epoch=f"{math.ceil(lp.step / steps_per_epoch)}",
+        loss=f"{summary['loss']:.4f}",
+        img_s=f"{summary['images_per_sec']:.1f}",
+    )
+    lp.window = _Window()
+
+
+def _between_steps(lp: _Loop) -> None:
+    """The evaluation and checkpoint due after `lp.step`, if any."""
+    if lp.task.evaluate is not None and lp.step % lp.eval_every == 0:
+        lp.writer.write(lp.step, "val", lp.task.evaluate(lp.state, lp.workdir))
+    if lp.step % lp.ckpt_every == 0:
+        lp.checkpointer.save(lp.step, lp.state.checkpoint_items(), {**lp.meta, "final": False})
+
+
+def _stop_interrupted(lp: _Loop) -> RunResult:
+    """After Ctrl-C: saves a resumable checkpoint of the current step."""
+    lp.checkpointer.save(lp.step, lp.state.checkpoint_items(), {**lp.meta, "final": False})
+    if lp.is_main:
+        print(
+            f"Saved step {lp.step} to {lp.checkpointer.directory}; rerun the same command to "
+            "resume."
+        )
+    lp.writer.close()
+    lp.checkpointer.close()
+    return RunResult(state=lp.state, interrupted=True, final_meta=lp.meta)
+
+
+def _finish(lp: _Loop, eval_at_end: bool) -> RunResult:
+    """The last evaluation, the final checkpoint (replacing one of the same step) and run.json."""
+    if lp.task.evaluate is not None and eval_at_end:
+        lp.writer.write(lp.step, "val", lp.task.evaluate(lp.state, lp.workdir))
+    final_meta = {**lp.meta, "final": True}
+    if lp.task.finalize is not None:
+        final_meta.update(lp.task.finalize(lp.state, lp.workdir))
+    if lp.checkpointer.latest_step() == lp.step:
+        lp.checkpointer.delete(lp.step)
+    lp.checkpointer.save(lp.step, lp.state.checkpoint_items(), final_meta)
+    if lp.is_main:
+        atomic.write_json(os.path.join(lp.workdir, "run.json"), final_meta)
+        _warn_if_far_from_converged(lp.task, lp.workdir, lp.step)
+    lp.writer.close()
+    lp.checkpointer.close()
+    return RunResult(state=lp.state, interrupted=False, final_meta=final_meta)
 
 
 def _warn_if_far_from_converged(task: Task, workdir: str, num_updates: int) -> None:
