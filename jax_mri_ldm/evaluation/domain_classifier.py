@@ -96,6 +96,31 @@ def check_dataset(name: str, images, labels, num_classes: int) -> tuple[np.ndarr
     return images, labels
 
 
+def _balanced_inputs(
+    train_images, train_labels, num_classes: int, steps: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Checked (images, labels) and each class's member indices; raises on unusable settings."""
+    images, labels = check_dataset("train", train_images, train_labels, num_classes)
+    if steps < 1 or batch_size < num_classes:
+        raise ValueError(f"need steps >= 1, batch_size >= num_classes; got {steps}, {batch_size}.")
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    missing = [c for c, m in enumerate(members) if m.size == 0]
+    if missing:
+        raise ValueError(
+            f"train_labels has no examples of class(es) {missing}; balanced sampling needs "
+            "every class."
+        )
+    return images, labels, members
+
+
+def _resized_val(val: tuple | None, num_classes: int, input_size: int | None) -> tuple | None:
+    """The checked validation (images resized to the model's side, labels), or None."""
+    if val is None:
+        return None
+    val_images, val_labels = check_dataset("val", val[0], val[1], num_classes)
+    return metrics.resize_images(val_images, input_size), val_labels
+
+
 def train_classifier(
     train_images,
     train_labels,
@@ -136,21 +161,11 @@ def train_classifier(
       (classifier, history) where history has lists 'step', 'loss', 'batch_accuracy' (means over
       each logging interval) and 'val' (dicts with 'step' and the binary metrics).
     """
-    images, labels = check_dataset("train", train_images, train_labels, num_classes)
-    if steps < 1 or batch_size < num_classes:
-        raise ValueError(f"need steps >= 1, batch_size >= num_classes; got {steps}, {batch_size}.")
-    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
-    missing = [c for c, m in enumerate(members) if m.size == 0]
-    if missing:
-        raise ValueError(
-            f"train_labels has no examples of class(es) {missing}; balanced sampling needs "
-            "every class."
-        )
-    if val is not None:
-        val_images, val_labels = check_dataset("val", val[0], val[1], num_classes)
-        val_images = metrics.resize_images(val_images, input_size)
+    images, labels, members = _balanced_inputs(
+        train_images, train_labels, num_classes, steps, batch_size
+    )
+    val_data = _resized_val(val, num_classes, input_size)
     images = metrics.resize_images(images, input_size)  # (N, s, s, C), once
-
     model = ClassifierCNN(
         num_classes=num_classes,
         widths=tuple(int(w) for w in widths),
@@ -158,26 +173,12 @@ def train_classifier(
         dropout_rate=float(dropout_rate),
     )
     step_fn, tx = _train_step_fn(model, float(lr), bool(augment))
-    key = jax.random.PRNGKey(seed)
-    init_key, step_key = jax.random.split(key)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(init_key, jnp.asarray(images[:1]))["params"]
-    val_data = (val_images, val_labels) if val is not None else None
     params, history = _fit(
-        model,
-        step_fn,
-        params,
-        tx.init(params),
-        images,
-        labels,
-        members,
-        batch_size,
-        seed,
-        steps,
-        log_every,
-        eval_every,
-        val_data,
-        step_key,
-    )
+        model, step_fn, params, tx.init(params), images, labels, members, batch_size, seed,
+        steps, log_every, eval_every, val_data, step_key,
+    )  # fmt: skip
     return TrainedClassifier(model, params), history
 
 

@@ -184,23 +184,34 @@ def downstream_study(
     per_arm = _run_arms(
         data, arms, seeds, n_per_class, half_fraction, train_kw, class_names, progress
     )
+    _summarise_arms(per_arm, arms, names, confidence)
+    config = {
+        "n_per_class": n_per_class,
+        "seeds": list(seeds),
+        "arms": list(arms),
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
+        "half_fraction": half_fraction,
+        "confidence": confidence,
+        "class_names": list(class_names),
+        "metric_names": list(names),
+    }
+    return _study_result(config, data, per_arm, arms, names, confidence, class_names)
+
+
+def _summarise_arms(per_arm: dict, arms, names: Sequence[str], confidence: float) -> None:
+    """Adds each arm's 'description' and per-metric 'summary' over seeds (in place)."""
     for arm in arms:
         runs = per_arm[arm]["per_seed"]
         per_arm[arm]["description"] = ARM_DESCRIPTIONS[arm]
         per_arm[arm]["summary"] = {m: _summarise([r[m] for r in runs], confidence) for m in names}
+
+
+def _study_result(config, data, per_arm, arms, names, confidence, class_names) -> dict:
+    """The study's JSON-able result (see `downstream_study`)."""
     tr_y, te_y, sy_y = data["train"][1], data["test"][1], data["syn_labels"]
     return _jsonable(
         {
-            "config": {
-                "n_per_class": n_per_class,
-                "seeds": list(seeds),
-                "arms": list(arms),
-                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
-                "half_fraction": half_fraction,
-                "confidence": confidence,
-                "class_names": list(class_names),
-                "metric_names": list(names),
-            },
+            "config": config,
             "data": {
                 "real_train": _counts(tr_y, class_names),
                 "real_test": _counts(te_y, class_names),
