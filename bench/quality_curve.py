@@ -36,6 +36,9 @@ Writes, atomically and again after every step (a long curve is readable while it
 ``<out>/curve.json``, ``<out>/curve.md`` (one table row per step) and ``<out>/grid_step<N>.png``
 (per class a row of samples above a row of real test images). Default ``--out``:
 ``<workdir>/../quality_curve``.
+
+Every step builds its sampler anew, so each compiles the same program; with
+``JAX_COMPILATION_CACHE_DIR`` set, the steps after the first reuse the first one's compile.
 """
 
 from __future__ import annotations
@@ -56,19 +59,12 @@ from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine.loop import total_steps
 from jax_mri_ldm.errors import UserError
-from jax_mri_ldm.evaluation import (
-    control_study,
-    domain_classifier,
-    features,
-    scoring,
-    setmetrics,
-    spectrum,
-)
+from jax_mri_ldm.evaluation import domain_classifier, features, scoring, setmetrics, spectrum
 from jax_mri_ldm.evaluation.context import Nulls, clean
 from jax_mri_ldm.evaluation.markdown import f, table
 
 SPACES = ("random", "contrastive", "classifier")
-"""Feature spaces `--space` takes (evaluation/control_study.py's candidates)."""
+"""Feature spaces `--space` takes (the report's candidates, evaluation/features.py)."""
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -238,20 +234,21 @@ def ssl_settings(cfg: ml_collections.ConfigDict) -> features.SSLSettings:
 def feature_space(
     space: str, cfg: ml_collections.ConfigDict, run: Any, train: Any, clf: Any
 ) -> tuple[Embed, str]:
-    """(embed, description) of one of the report's candidate feature spaces."""
+    """(embed, description) of one of the report's candidate feature spaces (features.py)."""
     s = ssl_settings(cfg)
+    size = f"{sum(s.widths)}-d, {s.input_size} px"
     if space == "random":
-        embed, info = control_study.random_space(s)
-    elif space == "contrastive":
+        return features.random_encoder_embed(s), f"untrained multi-scale CNN ({size})"
+    if space == "contrastive":
         key = features.cache_key(s, run.meta.get("dataset_fingerprint", ""), train.ids)
-        cache = os.path.join(run.workdir, "eval_cache")  # the report's cache, shared
-        embed, info = control_study.contrastive_space(train.images, s, cache, key, print)
-    elif space == "classifier":
+        cache = os.path.join(run.workdir, "eval_cache")  # the report's cache, shared with it
+        params, _ = features.load_or_train(train.images, s, cache, key, log=print)
+        desc = f"self-supervised (SimCLR) multi-scale CNN ({size}), {s.steps} steps"
+        return features.encoder_embed(params, s.widths, s.input_size), desc
+    if space == "classifier":
         embed = lambda x: domain_classifier.classify(clf, x)[1]  # noqa: E731
-        info = {"description": "domain classifier penultimate layer"}
-    else:
-        raise UserError(f"--space={space}: use one of {', '.join(SPACES)}.")
-    return embed, info["description"]
+        return embed, "domain classifier penultimate layer"
+    raise UserError(f"--space={space}: use one of {', '.join(SPACES)}.")
 
 
 def prepare_real(
@@ -333,16 +330,22 @@ def fid_ratios(nulls: Nulls, path: str, feats, labels, real: RealData) -> dict[s
     return out
 
 
-def sample_step(
-    workdir: str, step: int, per_class: int, seed: int, batch_size: int
-) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(run at `step`, images (K*n, H, W, 1), labels): the default sampler, EMA weights."""
+def load_step(workdir: str, step: int) -> Any:
+    """The run at checkpoint `step` (`pipeline.load_ldm`; EMA and raw weights)."""
     from jax_mri_ldm import pipeline  # heavy
 
-    run = pipeline.load_ldm(workdir, step)
+    return pipeline.load_ldm(workdir, step)
+
+
+def sample_run(
+    run: Any, per_class: int, seed: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (K*n, H, W, 1), labels (K*n,)): the default sampler with the EMA weights,
+    image i seeded by fold_in(PRNGKey(seed), i) as the pipeline does."""
+    from jax_mri_ldm import pipeline
+
     labels = np.repeat(np.arange(len(run.class_names)), per_class).astype(np.int32)
-    images = run.sample_images(labels, seed, pipeline.SamplerSpec(), batch_size)
-    return run, images, labels
+    return run.sample_images(labels, seed, pipeline.SamplerSpec(), batch_size), labels
 
 
 def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nulls, path: str):
@@ -358,7 +361,7 @@ def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nu
     out["grid_within_real_iqr"] = grid["within_real_iqr"] if grid else None
     real_nn = float(np.median(real.ref.test_nn))
     out["nn_ssim_ratio"] = row["nn_ssim"] / real_nn if real_nn > 0 else None
-    for k in ("nn_ssim", "memorised", "precision", "recall", "spectrum"):
+    for k in ("nn_ssim", "memorised", "spectrum"):
         out[k] = row[k]
     return out
 
@@ -386,7 +389,7 @@ def render_markdown(curve: dict) -> str:
     for r in curve["rows"]:
         fid = r["fidelity"] or {}
         rows.append(
-            [str(r["step"]), f(r["percent_of_run"], 1), f(r["cpu_minutes"], 1)]
+            [str(r["step"]), f(r["percent_of_run"], 1), f(r["cpu_minutes"], 2)]
             + [f(r["fid_ratio"], 2), f(r["fid_ratio_train"], 2)]
             + [f(fid.get(n), 2) for n in names]
             + [f(r["grid_ratio"], 2), f(r["nn_ssim_ratio"], 2), f(r["memorised"], 3)]
@@ -397,8 +400,11 @@ def render_markdown(curve: dict) -> str:
         f"{curve['sampler']}, {curve['per_class']} images per class per step (same seeds at "
         f"every step), EMA weights; feature space: {curve['feature_space']}. The run plans "
         f"{curve['run_length']} updates; CPU min = training steps only (VAE stage: "
-        f"{f(curve['vae_cpu_minutes'], 1)} min more). Domain classifier recall on real test "
-        f"images: {recall}. Ratios are synthetic / real (1 = as real).",
+        f"{f(curve['vae_cpu_minutes'], 2)} min more). Domain classifier recall on real test "
+        f"images: {recall}. Ratios are synthetic / real (1 = as real): fid_ratio = FID of "
+        "the samples vs the real test split over that of the real val split, at equal n per "
+        "class; fid_ratio (train) = the same with a real-train subset (the report headline's "
+        "form); grid and nn_ssim = medians over the real test images' medians.",
         "",
     ]
     return "\n".join(L + table(head, rows))
@@ -417,11 +423,11 @@ def curve_header(run: Any, real: RealData, space: str, per_class: int, seed: int
     """The curve's settings and once-per-curve numbers (before any row)."""
     from jax_mri_ldm import pipeline
 
+    spec = pipeline.SamplerSpec()
     return {
         "workdir": os.path.abspath(run.workdir),
         "run_length": run_length(run),
-        "sampler": pipeline.SamplerSpec().name(run.schedule.num_timesteps)
-        + f" w={pipeline.SamplerSpec().guidance_scale:g}",
+        "sampler": f"{spec.name(run.schedule.num_timesteps)} w={spec.guidance_scale:g}",
         "per_class": per_class,
         "seed": seed,
         "space": space,
@@ -444,6 +450,28 @@ def curve_row(run: Any, step: int, scores: dict, windows, grid_png: str, seconds
         "grid_png": os.path.basename(grid_png),
         "eval_seconds": seconds,
     }
+
+
+def curve_step(
+    run: Any,
+    index: int,
+    real: RealData,
+    cfg: ml_collections.ConfigDict,
+    per_class: int,
+    windows: Sequence[tuple[int, int, float]],
+    nulls: Nulls,
+    out_dir: str,
+) -> dict:
+    """Samples, scores and draws one checkpoint; returns its row."""
+    t0 = time.perf_counter()
+    images, labels = sample_run(run, per_class, int(cfg.seed), int(cfg.batch_size))
+    scores = score_step(images, labels, real, nulls, f"rows.{index}")
+    pct = 100.0 * run.step / max(run_length(run), 1)
+    title = f"step {run.step} ({pct:.0f} % of the run): samples above real test images"
+    path = os.path.join(out_dir, f"grid_step{run.step}.png")
+    k = min(per_class, int(cfg.figure_images))
+    png = save_step_grid(path, images, labels, real, title, k)
+    return curve_row(run, run.step, scores, windows, png, time.perf_counter() - t0)
 
 
 def run_curve(
@@ -476,27 +504,14 @@ def run_curve(
         raise UserError(f"--per_class={per_class} must be >= 2 (FID needs pairs).")
     todo = select_steps(kept_steps(workdir), steps)
     nulls = Nulls()
-    run, images, labels = sample_step(workdir, todo[0], per_class, cfg.seed, cfg.batch_size)
+    run = load_step(workdir, todo[0])
     real = prepare_real(run, cfg, space, nulls, log)
     curve = curve_header(run, real, space, per_class, int(cfg.seed))
     batch = int(run.meta.get("global_batch_size", run.config.train.batch_size))
     windows = run_windows(workdir, batch)
     for i, step in enumerate(todo):
-        t0 = time.perf_counter()
-        if i:
-            run, images, labels = sample_step(workdir, step, per_class, cfg.seed, cfg.batch_size)
-        scores = score_step(images, labels, real, nulls, f"rows.{i}")
-        pct = 100.0 * step / max(run_length(run), 1)
-        title = f"step {step} ({pct:.0f} % of the run): samples above real test images"
-        png = save_step_grid(
-            os.path.join(out_dir, f"grid_step{step}.png"),
-            images,
-            labels,
-            real,
-            title,
-            min(per_class, int(cfg.figure_images)),
-        )
-        row = curve_row(run, step, scores, windows, png, time.perf_counter() - t0)
+        run = run if i == 0 else load_step(workdir, step)
+        row = curve_step(run, i, real, cfg, per_class, windows, nulls, out_dir)
         curve["rows"].append(row)
         curve["null_reasons"] = dict(sorted(nulls.reasons.items()))
         write_outputs(out_dir, curve)
