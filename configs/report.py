@@ -30,6 +30,8 @@ def _features() -> ml_collections.ConfigDict:
     f.lr = 2e-3  # Adam learning rate of the contrastive encoder
     f.temperature = 0.2  # NT-Xent temperature
     f.prdc_k = 5  # k of the k-NN balls of precision/recall/density/coverage
+    f.prdc_reference = "train"  # PRDC's real manifold: train (the run's training split) | test
+    f.prdc_input_size = 0  # side the encoder sees for PRDC; 0 = the images' own side
     return f
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,6 +110,73 @@ def test_prdc_per_class_handles_a_missing_class():
     f = rng.standard_normal((20, 4))
     out = prdc.prdc_per_class(f, np.arange(20) % 2, f, np.zeros(20, int), ("a", "b"))
     assert out["per_class"]["b"] is None and out["per_class"]["a"]["precision"] == 1.0
+
+
+def _ring(n: int, rng: np.random.Generator, d: int = 16) -> np.ndarray:
+    """(n, d) points on a 2-torus (cos, sin of two angles) in the first four of d dimensions."""
+    t = rng.uniform(0, 2 * np.pi, (n, 2))
+    return np.concatenate([np.cos(t), np.sin(t), np.zeros((n, d - 4))], 1)
+
+
+def test_prdc_dense_reference_rejects_off_manifold_noise_that_a_sparse_one_accepts():
+    """Why the report's PRDC reference is the training split: k-NN balls over a few dozen real
+    points are wide enough to hold noisy copies of real images; a dense reference is not."""
+    rng = np.random.default_rng(0)
+    dense, sparse, held = _ring(400, rng), _ring(25, rng), _ring(40, rng)
+    noisy = held + 0.15 * rng.standard_normal(held.shape)  # off the real manifold
+    real_d, noisy_d = prdc.prdc(dense, held), prdc.prdc(dense, noisy)
+    assert real_d["precision"] >= 0.9 and real_d["recall"] >= 0.9
+    assert noisy_d["precision"] <= 0.3 and noisy_d["density"] < 0.3 * real_d["density"]
+    assert noisy_d["coverage"] < 0.5 * real_d["coverage"]
+    assert prdc.prdc(sparse, noisy)["precision"] >= 0.9  # the failure a sparse reference has
+
+
+def test_prdc_reference_scores_per_class_and_describes_itself():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 1, 1, 4))
+    y = np.arange(30) % 2
+    ref = prdc.build_reference("train", x, y, ("a", "b"), lambda im: im.reshape(len(im), -1), 3)
+    assert ref.describe() == {
+        "split": "train", "n": 30, "n_per_class": {"a": 15, "b": 15}, "k": 3, "input_size": None
+    }  # fmt: skip
+    res = prdc.score(ref, x[:10], y[:10])
+    assert res["overall"]["precision"] == 1.0 and set(res["per_class"]) == {"a", "b"}
+    with pytest.raises(ValueError, match="use one of train, test"):
+        prdc.build_reference("val", x, y, ("a", "b"), lambda im: im.reshape(len(im), -1))
+
+
+def test_rescore_row_replaces_prdc_and_its_null_reasons():
+    from jax_mri_ldm.evaluation.context import Nulls
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((20, 1, 1, 4)), np.arange(20) % 2
+    ref = prdc.build_reference("train", x, y, ("a", "b"), lambda im: im.reshape(len(im), -1))
+    nulls = Nulls()
+    nulls.null("s.prdc", "old reason")
+    nulls.null("s.precision", "old reason")
+    row = prdc.rescore_row(ref, {"precision": None}, x[:6], y[:6], nulls, "s")
+    assert row["precision"] == row["prdc"]["overall"]["precision"] == 1.0
+    assert "s.prdc" not in nulls.reasons and "s.precision" not in nulls.reasons
+    row = prdc.rescore_row(ref, row, x[:1], y[:1], nulls, "s")  # too few images
+    assert row["prdc"] is None and row["recall"] is None
+    assert "s.prdc" in nulls.reasons and "s.recall" in nulls.reasons
+
+
+def test_prdc_reference_sees_the_encoder_at_the_images_own_side():
+    from jax_mri_ldm.evaluation import control_study
+
+    s = features.SSLSettings(widths=(4, 8), input_size=16, steps=1, batch_size=4)
+    space = control_study.random_space(s)
+    x, y = _slices(6, size=32), np.arange(6) % 2
+    ref = control_study.prdc_reference(space, (x, y), (x, y), ("a", "b"), k=2)
+    assert ref.split == "train" and ref.input_size == 32
+    want = features.random_encoder_embed(dataclasses.replace(s, input_size=32))(x)
+    np.testing.assert_allclose(ref.feats, want, rtol=1e-6)
+    assert not np.allclose(ref.feats, space.embed(x))  # 16 px would average the pixels away
+    fixed = control_study.Space(space.embed, {})  # no at_size: the space's own size
+    assert control_study.prdc_reference(fixed, (x, y), (x, y), ("a", "b"), k=2).input_size is None
+    with pytest.raises(ValueError, match="use one of"):
+        control_study.prdc_reference(space, (x, y), (x, y), ("a", "b"), split="val")
 
 
 # ---- trust ----------------------------------------------------------------------------------

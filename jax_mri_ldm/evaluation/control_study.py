@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm.evaluation import controls as controls_lib
-from jax_mri_ldm.evaluation import domain_classifier, features, scoring, trust
+from jax_mri_ldm.evaluation import domain_classifier, features, prdc, scoring, trust
 from jax_mri_ldm.evaluation.context import Nulls
 
 CANDIDATES = ("contrastive", "random", "classifier")
@@ -38,13 +38,34 @@ class RealSplits:
     test: tuple[np.ndarray, np.ndarray]
 
 
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A candidate feature space.
+
+    Attributes:
+      embed: images -> features (FID / KID and the space choice).
+      info: JSON description.
+      at_size: the same weights seeing another input side (the encoders; None: fixed size).
+    """
+
+    embed: Embed
+    info: dict
+    at_size: Callable[[int], Embed] | None = None
+
+    def sized(self, size: int | None) -> tuple[Embed, int | None]:
+        """(embed at `size`, the size used or None = the space's own) for PRDC."""
+        if not size or self.at_size is None:
+            return self.embed, None
+        return self.at_size(int(size)), int(size)
+
+
 def contrastive_space(
     train_images: np.ndarray,
     s: features.SSLSettings,
     cache_dir: str | None,
     key: str,
     log: Callable[[str], None] | None = None,
-) -> tuple[Embed, dict]:
+) -> Space:
     """The self-supervised encoder (trained or from the cache) and its description."""
     params, info = features.load_or_train(train_images, s, cache_dir, key, log=log)
     desc = (
@@ -52,28 +73,59 @@ def contrastive_space(
         f"trained on the {len(train_images)} real training slices for {s.steps} steps"
     )
     info = {k: v for k, v in info.items() if k != "path"}
-    return features.encoder_embed(params, s.widths, s.input_size), {"description": desc, **info}
+    return Space(
+        features.encoder_embed(params, s.widths, s.input_size),
+        {"description": desc, **info},
+        lambda n: features.encoder_embed(params, s.widths, n),
+    )
 
 
-def random_space(s: features.SSLSettings) -> tuple[Embed, dict]:
+def random_space(s: features.SSLSettings) -> Space:
     desc = f"untrained multi-scale CNN ({sum(s.widths)}-d, {s.input_size} px)"
-    return features.random_encoder_embed(s), {"description": desc}
+    return Space(
+        features.random_encoder_embed(s),
+        {"description": desc},
+        lambda n: features.random_encoder_embed(dataclasses.replace(s, input_size=n)),
+    )
+
+
+def prdc_reference(
+    space: Space,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    *,
+    split: str = "train",
+    k: int = prdc.DEFAULT_K,
+    input_size: int = 0,
+) -> prdc.Reference:
+    """PRDC's real manifold: the chosen split embedded in `space` at `input_size`.
+
+    `input_size` 0 means the images' own side (an encoder then sees every pixel, so pixel
+    noise and a faint grid are not averaged away by a resize); a space without `at_size`
+    keeps its own size.
+    """
+    x, y = {"train": train, "test": test}.get(split, (None, None))
+    if x is None:
+        raise ValueError(f"PRDC reference {split!r}: use one of {', '.join(prdc.REFERENCES)}.")
+    embed, size = space.sized(input_size or int(x.shape[1]))
+    return prdc.build_reference(split, x, y, class_names, embed, k, size)
 
 
 def choose_space(
-    candidates: Mapping[str, Callable[[], tuple[Embed, dict]]],
+    candidates: Mapping[str, Callable[[], Space]],
     sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
     test_images: np.ndarray,
-) -> tuple[str, Embed, dict]:
+) -> tuple[str, Space, dict]:
     """Builds every candidate, ranks the corruption controls by FID, keeps the best.
 
     Args:
-      candidates: name -> builder returning (embed, description dict).
+      candidates: name -> builder returning a `Space`.
       sets: the control sets (may be empty: the first candidate is taken).
       test_images: the FID reference.
 
     Returns:
-      (chosen name, its embed, JSON: 'chosen', 'rule', 'description', 'candidates').
+      (chosen name, its Space, JSON: 'chosen', 'rule', 'description', 'candidates').
     """
     corr = {k: v for k, v in sets.items() if k == "real" or k in controls_lib.CORRUPTIONS}
     built, rankings = {}, {}
@@ -81,9 +133,9 @@ def choose_space(
         built[name] = build()
         if corr:
             rank = features.control_ranking(
-                built[name][0], corr, test_images, controls_lib.CORRUPTIONS
+                built[name].embed, corr, test_images, controls_lib.CORRUPTIONS
             )
-            rankings[name] = {**built[name][1], **rank}
+            rankings[name] = {**built[name].info, **rank}
     chosen = features.choose_space(rankings) if rankings else next(iter(candidates))
     rule = (
         "the candidate whose FID to the test split ranks the most corruptions worse than the "
@@ -91,8 +143,8 @@ def choose_space(
     )
     if len(candidates) == 1:
         rule = "set by config.features.space"
-    info = {"chosen": chosen, "rule": rule, "description": built[chosen][1]["description"]}
-    return chosen, built[chosen][0], {**info, "candidates": rankings}
+    info = {"chosen": chosen, "rule": rule, "description": built[chosen].info["description"]}
+    return chosen, built[chosen], {**info, "candidates": rankings}
 
 
 def score_controls(
@@ -100,12 +152,18 @@ def score_controls(
     sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
     nulls: Nulls,
     path: str = "controls.sets",
+    prdc_ref: prdc.Reference | None = None,
 ) -> tuple[dict[str, dict], dict]:
-    """Scores every control set; returns (rows by set, `trust.controls_table`)."""
-    rows = {
-        name: scoring.score_set(ref, x, y, nulls, f"{path}.{name}")[0]
-        for name, (x, y) in sets.items()
-    }
+    """Scores every control set; returns (rows by set, `trust.controls_table`).
+
+    With `prdc_ref`, precision / recall / density / coverage are measured against it (see
+    `prdc.rescore_row`) instead of the test features of `ref`.
+    """
+    rows = {}
+    for name, (x, y) in sets.items():
+        rows[name] = scoring.score_set(ref, x, y, nulls, f"{path}.{name}")[0]
+        if prdc_ref is not None:
+            prdc.rescore_row(prdc_ref, rows[name], x, y, nulls, f"{path}.{name}")
     if not rows:
         return rows, {"metrics": {}, "untrusted": []}
     scores = {m: {c: rows[c][m] for c in rows} for m in scoring.SCALARS}
@@ -125,15 +183,19 @@ def run_controls(
     cache_dir: str | None = None,
     cache_key: str = "",
     seed: int = 0,
+    prdc_split: str = "train",
+    prdc_k: int = prdc.DEFAULT_K,
+    prdc_input_size: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Controls table for a data set without a generator (no 'vae_prior' control).
 
     `cache_key` names the cached contrastive encoder (`features.cache_key` of the settings and
-    data); without one nothing is cached.
+    data); without one nothing is cached. `prdc_*`: see `prdc_reference`.
 
     Returns:
-      {'feature_space': choice JSON, 'sets': rows, 'table': controls table}.
+      {'feature_space': choice JSON, 'prdc_reference': `prdc.Reference.describe()`, 'sets':
+       rows, 'table': controls table}.
     """
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits.train, splits.val, splits.test
     say = log or (lambda _: None)
@@ -151,22 +213,25 @@ def run_controls(
             tr_x, ssl, cache_dir if cache_key else None, cache_key, log
         ),
         "random": lambda: random_space(ssl),
-        "classifier": lambda: (
-            lambda x: domain_classifier.classify(clf, x)[1],
-            {"description": "classifier"},
+        "classifier": lambda: Space(
+            lambda x: domain_classifier.classify(clf, x)[1], {"description": "classifier"}
         ),
     }
     if space != "auto":
         builders = {space: builders[space]}
     sets = controls_lib.make_controls(va_x, va_y, tr_x, tr_y, seed=seed)
     say(f"feature spaces: {', '.join(builders)}")
-    _, embed, info = choose_space(builders, sets, te_x)
+    _, space, info = choose_space(builders, sets, te_x)
     say(f"scoring {len(sets)} control sets in the {info['chosen']} space")
     ref = scoring.build_reference(
-        te_x, te_y, tr_x, class_names, embed, classify, period, search_size
+        te_x, te_y, tr_x, class_names, space.embed, classify, period, search_size
     )
-    rows, table = score_controls(ref, sets, Nulls())
-    return {"feature_space": info, "sets": rows, "table": table}
+    pref = prdc_reference(
+        space, splits.train, splits.test, class_names,
+        split=prdc_split, k=prdc_k, input_size=prdc_input_size,
+    )  # fmt: skip
+    rows, table = score_controls(ref, sets, Nulls(), prdc_ref=pref)
+    return {"feature_space": info, "prdc_reference": pref.describe(), "sets": rows, "table": table}
 
 
 def format_table(table: dict) -> str:
@@ -186,6 +251,15 @@ def format_table(table: dict) -> str:
             + f" | {ok.get(t['trustworthy'], 'n/a')} |"
         )
     return "\n".join(lines)
+
+
+def format_prdc_reference(d: dict) -> str:
+    """One line: which real images precision / recall / density / coverage measure against."""
+    size = "the space's own size" if d["input_size"] is None else f"{d['input_size']} px"
+    return (
+        f"precision/recall/density/coverage: real {d['split']} split as the manifold "
+        f"(n = {d['n']}, {d['n_per_class']}), k = {d['k']}, features at {size}"
+    )
 
 
 def format_candidates(fs: dict) -> str:
@@ -235,10 +309,14 @@ def _main(argv: Sequence[str]) -> None:
         classifier_steps=f.classifier_steps,
         cache_dir=os.path.expanduser("~/.cache/jax_mri_ldm/control_study"),
         cache_key=features.cache_key(ssl, ds.fingerprint, parts[0].ids),
+        prdc_split=str(fc.prdc_reference),
+        prdc_k=int(fc.prdc_k),
+        prdc_input_size=int(fc.prdc_input_size),
         log=print,
     )
     print(f"splits: {[len(p) for p in parts]} (train, val = real held-out, test = reference)")
     print(format_candidates(res["feature_space"]))
+    print(format_prdc_reference(res["prdc_reference"]))
     print(format_table(res["table"]))
     print(json.dumps({"untrusted": res["table"]["untrusted"]}))
 

@@ -7,9 +7,16 @@ features inside the generated manifold (does the generator cover the data?). Den
 coverage follow Naeem et al. (2020): density counts how many real balls hold each sample
 (divided by k; about 1 for a sample set drawn like the real one, robust to real outliers) and
 coverage is the share of real balls that hold at least one sample.
+
+The real manifold is, as in both papers, the real training distribution: the report uses the
+run's training split (`Reference`), which is dense enough that a k-NN ball no longer swallows
+noisy, blurred or gridded copies of real images; a few dozen test images are not.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -85,3 +92,98 @@ def prdc_per_class(
         rs, fs = np.asarray(real_feats)[rl == c], np.asarray(fake_feats)[fl == c]
         out["per_class"][name] = prdc(rs, fs, k) if min(len(rs), len(fs)) >= 2 else None
     return out
+
+
+REFERENCES = ("train", "test")
+"""Real sets PRDC can measure against: the run's training split (the real data distribution,
+as in Kynkäänniemi et al. and Naeem et al.) or its test split."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The real manifold that precision / recall / density / coverage measure against.
+
+    Attributes:
+      split: which real split the manifold is made of (one of `REFERENCES`).
+      embed: images -> PRDC features (the report's space, possibly at its own input size).
+      feats / labels: (N, D) features and (N,) labels of that split.
+      class_names: label id -> name.
+      k: neighbours of the ball radii.
+      input_size: side the encoder sees for PRDC (None: the space's own resolution).
+    """
+
+    split: str
+    embed: Callable[[np.ndarray], np.ndarray]
+    feats: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    k: int
+    input_size: int | None
+
+    def describe(self) -> dict:
+        """JSON for report.json: which reference, how many images (per class), k, size."""
+        counts = {n: int(np.sum(self.labels == c)) for c, n in enumerate(self.class_names)}
+        return {"split": self.split, "n": int(len(self.feats)), "n_per_class": counts,
+                "k": self.k, "input_size": self.input_size}  # fmt: skip
+
+
+def build_reference(
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    embed: Callable[[np.ndarray], np.ndarray],
+    k: int = DEFAULT_K,
+    input_size: int | None = None,
+) -> Reference:
+    """Embeds the real reference split once.
+
+    Raises:
+      ValueError: `split` is not one of `REFERENCES`.
+    """
+    if split not in REFERENCES:
+        raise ValueError(f"PRDC reference {split!r}: use one of {', '.join(REFERENCES)}.")
+    return Reference(
+        split, embed, embed(images), np.asarray(labels), tuple(class_names), int(k), input_size
+    )
+
+
+def score(ref: Reference, images: np.ndarray, labels: np.ndarray) -> dict:
+    """`prdc_per_class` of a labelled image set against `ref` (raises ValueError like `prdc`)."""
+    feats = ref.embed(images)
+    return prdc_per_class(ref.feats, ref.labels, feats, labels, ref.class_names, ref.k)
+
+
+KEYS = ("precision", "recall", "density", "coverage")
+"""The four numbers, in table order."""
+
+
+def rescore_row(ref: Reference, row: dict, images, labels, nulls, path: str) -> dict:
+    """Puts PRDC against `ref` into a `scoring.score_set` row (replacing its 'prdc' block and
+    the four scalars), so every scored set is measured against the same real manifold.
+
+    Args:
+      ref: the PRDC reference.
+      row: the set's row (changed in place and returned).
+      images / labels: the set's images and labels.
+      nulls: a `context.Nulls`; reasons go to `<path>.prdc...` and `<path>.<key>`.
+      path: the set's dotted path in report.json.
+    """
+    for key in [k for k in nulls.reasons if k.startswith(f"{path}.prdc")]:
+        del nulls.reasons[key]  # reasons of the block this call replaces
+    try:
+        res = score(ref, images, labels)
+    except ValueError as e:
+        nulls.null(f"{path}.prdc", str(e))
+        res = None
+    for name, v in (res or {}).get("per_class", {}).items():
+        if v is None:
+            nulls.null(f"{path}.prdc.per_class.{name}", "fewer than 2 images of the class")
+    row["prdc"] = res
+    for k in KEYS:
+        row[k] = res["overall"][k] if res else None
+        if res is not None:
+            nulls.reasons.pop(f"{path}.{k}", None)
+        elif f"{path}.{k}" not in nulls.reasons:
+            nulls.null(f"{path}.{k}", "too few images for this estimate")
+    return row

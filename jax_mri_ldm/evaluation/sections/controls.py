@@ -13,7 +13,7 @@ from typing import Any
 
 from jax_mri_ldm import plots
 from jax_mri_ldm.errors import UserError
-from jax_mri_ldm.evaluation import control_study, features, scoring
+from jax_mri_ldm.evaluation import control_study, features, prdc, scoring
 from jax_mri_ldm.evaluation import controls as controls_lib
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
@@ -33,8 +33,8 @@ def _ssl_settings(ctx: Context) -> features.SSLSettings:
     )
 
 
-def _choose(ctx: Context, sets: dict) -> tuple[Any, dict]:
-    """The chosen space's embed fn and the JSON describing the choice."""
+def _choose(ctx: Context, sets: dict) -> tuple[control_study.Space, dict]:
+    """The chosen space and the JSON describing the choice."""
     space, s = ctx.cfg.features.space, _ssl_settings(ctx)
     key = features.cache_key(s, ctx.ds.fingerprint, ctx.train.ids)
     cache = os.path.join(ctx.workdir, "eval_cache")
@@ -44,7 +44,7 @@ def _choose(ctx: Context, sets: dict) -> tuple[Any, dict]:
             ctx.train.images, s, cache, key, ctx.log
         ),
         "random": lambda: control_study.random_space(s),
-        "classifier": lambda: (
+        "classifier": lambda: control_study.Space(
             ctx.shared["classifier_embed"],
             {"description": f"domain classifier penultimate layer ({d}-d)"},
         ),
@@ -55,8 +55,27 @@ def _choose(ctx: Context, sets: dict) -> tuple[Any, dict]:
                 f"--config.features.space={space}: use auto or one of {', '.join(builders)}."
             )
         builders = {space: builders[space]}
-    _, embed, info = control_study.choose_space(builders, sets, ctx.test.images)
-    return embed, info
+    _, chosen, info = control_study.choose_space(builders, sets, ctx.test.images)
+    return chosen, info
+
+
+def _prdc_reference(ctx: Context, space: control_study.Space) -> prdc.Reference:
+    """PRDC's real manifold as configured (`config.features.prdc_*`)."""
+    fc = ctx.cfg.features
+    if fc.prdc_reference not in prdc.REFERENCES:
+        raise UserError(
+            f"--config.features.prdc_reference={fc.prdc_reference}: use "
+            f"{' or '.join(prdc.REFERENCES)}."
+        )
+    return control_study.prdc_reference(
+        space,
+        (ctx.train.images, ctx.train.labels),
+        (ctx.test.images, ctx.test.labels),
+        ctx.class_names,
+        split=str(fc.prdc_reference),
+        k=int(fc.prdc_k),
+        input_size=int(fc.prdc_input_size),
+    )
 
 
 def _control_sets(ctx: Context) -> dict:
@@ -80,8 +99,8 @@ def _control_sets(ctx: Context) -> dict:
 
 def compute(ctx: Context) -> dict[str, Any]:
     sets = _control_sets(ctx)
-    embed, space = _choose(ctx, sets)
-    fc = ctx.cfg.features
+    chosen, space = _choose(ctx, sets)
+    embed = chosen.embed
     ref = scoring.build_reference(
         ctx.test.images,
         ctx.test.labels,
@@ -93,11 +112,12 @@ def compute(ctx: Context) -> dict[str, Any]:
         ctx.cfg.memorisation_search_size,
         ctx.cfg.kid_subsets,
         ctx.cfg.kid_subset_size,
-        int(fc.prdc_k),
+        int(ctx.cfg.features.prdc_k),
     )
-    ctx.shared["ref"] = ref
+    pref = _prdc_reference(ctx, chosen)
+    ctx.shared["ref"], ctx.shared["prdc_ref"] = ref, pref
     ctx.shared["train_feats"] = embed(ctx.train.images)
-    rows, tab = control_study.score_controls(ref, sets, ctx.nulls)
+    rows, tab = control_study.score_controls(ref, sets, ctx.nulls, prdc_ref=pref)
     ctx.shared["control_sets"] = sets
     ctx.shared["trust"] = tab
     if sets:
@@ -107,7 +127,8 @@ def compute(ctx: Context) -> dict[str, Any]:
             title="control sets: real held-out images and their corruptions",
         )
     held = {"held_out": "validation split", "n": int(len(ctx.val))} if sets else None
-    return {"feature_space": space, "controls": {"sets": rows, "table": tab, "set": held}}
+    out = {"feature_space": space, "prdc_reference": pref.describe()}
+    return {**out, "controls": {"sets": rows, "table": tab, "set": held}}
 
 
 def is_trusted(r: dict, metric: str) -> bool | None:
@@ -145,6 +166,8 @@ def render(r: dict) -> str:
         "",
     ]
     L += _space_lines(r["feature_space"])
+    if r.get("prdc_reference"):
+        L += [control_study.format_prdc_reference(r["prdc_reference"]) + ".", ""]
     c = r.get("controls") or {}
     tab = c.get("table", {}).get("metrics", {})
     if tab:

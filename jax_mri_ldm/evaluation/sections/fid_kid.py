@@ -26,12 +26,9 @@ def _fk(ctx: Context, path: str, fa, la, fb, lb) -> dict:
     )
 
 
-def _prdc(ctx: Context, path: str, feats, labels) -> dict | None:
-    ref = ctx.shared["ref"]
+def _prdc(ctx: Context, path: str, images, labels) -> dict | None:
     try:
-        res = prdc.prdc_per_class(
-            ref.test_feats, ref.test_labels, feats, labels, ctx.class_names, ref.prdc_k
-        )
+        res = prdc.score(ctx.shared["prdc_ref"], images, labels)
     except ValueError as e:
         ctx.nulls.null(path, str(e))
         return None
@@ -73,11 +70,12 @@ def compute(ctx: Context) -> dict[str, Any]:
     out["ratio_synthetic_to_real_train"] = ratio
     if ratio is None:
         ctx.nulls.null("fid_kid.ratio_synthetic_to_real_train", "one of the two FIDs is n/a or 0")
-    pr = {"synthetic": _prdc(ctx, "prdc.synthetic", syn_feats, y)}
-    pr["real_val"] = _prdc(ctx, "prdc.real_val", val_feats, va.labels) if len(va) > 1 else None
-    if pr["real_val"] is None:
+    pr = {"synthetic": _prdc(ctx, "prdc.synthetic", x, y)}
+    pr["real_val"] = _prdc(ctx, "prdc.real_val", va.images, va.labels) if len(va) > 1 else None
+    if pr["real_val"] is None and "prdc.real_val" not in ctx.nulls.reasons:
         ctx.nulls.null("prdc.real_val", "fewer than 2 validation images")
-    pr["k"] = ref.prdc_k
+    pr["k"] = ctx.shared["prdc_ref"].k
+    pr["reference"] = ctx.shared["prdc_ref"].describe()
     return {"fid_kid": out, "prdc": pr}
 
 
@@ -106,7 +104,9 @@ def _fid_rows(fk: dict, names: list[str]) -> list[list[str]]:
 
 def _prdc_rows(pr: dict, names: list[str]) -> list[list[str]]:
     rows = []
-    for key, label in (("synthetic", "synthetic vs test"), ("real_val", "real val vs test")):
+    split = pr.get("reference", {}).get("split", "test")
+    for key, label in (("synthetic", "synthetic"), ("real_val", "real val")):
+        label = f"{label} vs {split}"
         b = pr.get(key)
         for scope in ("overall", *names):
             v = (
@@ -116,6 +116,29 @@ def _prdc_rows(pr: dict, names: list[str]) -> list[list[str]]:
             )
             rows.append([label, scope, *(f(None if v is None else v[k]) for k in PRDC_KEYS)])
     return rows
+
+
+def _prdc_reading(pr: dict) -> str:
+    """How to read the PRDC table, naming the real manifold it measures against."""
+    ref = pr.get("reference") or {"split": "test", "n": None, "input_size": None}
+    size = "" if ref["input_size"] is None else f", features at {ref['input_size']} px"
+    head = (
+        "Precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. "
+        f"2020) against the real {ref['split']} split (n = {ref['n']}, k = {pr['k']}{size})"
+    )
+    if ref["split"] == "train":
+        return (
+            f"{head}, the real training distribution, as in both papers: precision = share of "
+            "samples inside the real training manifold (realism), recall = share of the real "
+            "manifold covered by the samples' manifold (diversity); real val (unseen by every "
+            "model) is what real images reach, so a sample set near it is as real as real "
+            "held-out images"
+        )
+    return (
+        f"{head}: precision = share of samples inside the real manifold (realism), recall = "
+        "share of real images inside the samples' manifold (coverage of the data); real val "
+        "vs test is what real images reach"
+    )
 
 
 def render(r: dict) -> str:
@@ -139,13 +162,6 @@ def render(r: dict) -> str:
             "FID at equal n.",
             "",
         ]
-    L += [
-        f"Precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. "
-        f"2020) against the real test split, k = {pr['k']}: precision = share of samples "
-        "inside the real manifold (realism), recall = share of real images inside the "
-        "samples' manifold (coverage of the data); real val vs test is what real images "
-        "reach" + untrusted_note(r, list(PRDC_KEYS)) + ".",
-        "",
-    ]
+    L += [_prdc_reading(pr) + untrusted_note(r, list(PRDC_KEYS)) + ".", ""]
     L += table(["set", "class", *PRDC_KEYS], _prdc_rows(pr, names))
     return "\n".join(L + nulls_note(r["null_reasons"], ["fid_kid.", "prdc."]))
