@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,9 @@ ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 # None, a symmetric bound c, or per-channel (lo, hi) bounds; see `normalize_clip`.
 ClipX0 = float | tuple[tuple[float, ...], tuple[float, ...]] | None
+# x, t -> (x0, eps) at one step, and step i -> the noise injected after it; see `_sample_impl`.
+Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Noise = Callable[[jax.Array], jax.Array]
 
 
 def _strictly_decreasing(ts: np.ndarray, num_timesteps: int) -> np.ndarray:
@@ -110,46 +113,61 @@ def timesteps_for(
         a schedule.
     """
     T = int(num_timesteps)
+    _check_sampler_and_spacing(sampler, spacing)
+    S = T if steps is None else int(steps)
+    _check_steps(sampler, steps, S, T)
+    if S == T:
+        return np.arange(T - 1, -1, -1, dtype=np.int32)
+    return _strictly_decreasing(_spaced_indices(spacing, S, T, schedule), T)
+
+
+def _check_sampler_and_spacing(sampler: str, spacing: str) -> None:
+    """Raises ValueError for a sampler or spacing name that does not exist."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {SPACINGS}")
-    S = T if steps is None else int(steps)
+
+
+def _check_steps(sampler: str, steps: int | None, S: int, T: int) -> None:
+    """Raises ValueError unless ``S`` network calls suit `sampler` over ``T`` timesteps."""
     if sampler == "ddpm":
         if S != T:
             raise ValueError(
                 f"sampler 'ddpm' runs all {T} steps but steps={steps}; use sampler='ddim' with "
                 "eta=1.0 for fewer ancestral steps"
             )
-        return np.arange(T - 1, -1, -1, dtype=np.int32)
-    if not 1 <= S <= T:
+    elif not 1 <= S <= T:
         raise ValueError(f"steps must be in [1, {T}] (num_timesteps), got {steps}")
-    if S == T:
-        return np.arange(T - 1, -1, -1, dtype=np.int32)
+
+
+def _spaced_indices(spacing: str, S: int, T: int, schedule: Schedule | None) -> np.ndarray:
+    """The ``S < T`` indices of `spacing`, before collisions are nudged apart (any order)."""
     if spacing == "uniform":
-        ts = np.round(np.linspace(0, T - 1, S))
-        if S == 1:
-            ts = np.array([T - 1])
-    elif spacing == "leading":
-        ts = np.arange(S) * (T // S)
-    elif spacing == "trailing":
-        ts = np.round(T - np.arange(S) * T / S) - 1
-    elif spacing == "quadratic":
-        ts = np.round(np.linspace(0.0, np.sqrt(T - 1), S) ** 2)
-    else:  # logSNR
-        if schedule is None:
-            raise ValueError("timestep spacing 'logSNR' needs the schedule (schedule=...)")
-        if schedule.num_timesteps != T:
-            raise ValueError(f"schedule has {schedule.num_timesteps} steps, expected {T}")
-        try:
-            a = np.asarray(schedule.sqrt_alphas_cumprod, np.float64)
-            s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64)
-        except jax.errors.TracerArrayConversionError as e:
-            raise ValueError(
-                "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
-            ) from e
-        ts = _logsnr_indices(a, s, S)
-    return _strictly_decreasing(ts, T)
+        return np.array([T - 1]) if S == 1 else np.round(np.linspace(0, T - 1, S))
+    if spacing == "leading":
+        return np.arange(S) * (T // S)
+    if spacing == "trailing":
+        return np.round(T - np.arange(S) * T / S) - 1
+    if spacing == "quadratic":
+        return np.round(np.linspace(0.0, np.sqrt(T - 1), S) ** 2)
+    return _logsnr_indices(*_concrete_alphas_sigmas(schedule, T), S)
+
+
+def _concrete_alphas_sigmas(schedule: Schedule | None, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sqrt(abar), sqrt(1 - abar))`` as float64 host arrays, for the 'logSNR' spacing."""
+    if schedule is None:
+        raise ValueError("timestep spacing 'logSNR' needs the schedule (schedule=...)")
+    if schedule.num_timesteps != T:
+        raise ValueError(f"schedule has {schedule.num_timesteps} steps, expected {T}")
+    try:
+        a = np.asarray(schedule.sqrt_alphas_cumprod, np.float64)
+        s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64)
+    except jax.errors.TracerArrayConversionError as e:
+        raise ValueError(
+            "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
+        ) from e
+    return a, s
 
 
 def _logsnr_indices(a: np.ndarray, s: np.ndarray, steps: int) -> np.ndarray:
@@ -198,6 +216,159 @@ def _guided_output(
     return uncond + guidance_scale * (cond - uncond)
 
 
+class _StepGrid(NamedTuple):
+    """Per-step scalars of a timestep list, gathered once outside the loop; ``(S,)`` each.
+
+    "next" after the last index is the clean data (index -1): ``alpha = 1``, ``sigma = 0``.
+    """
+
+    idx: jax.Array  # 0 .. S-1
+    ts: jax.Array  # the timestep indices
+    is_final: jax.Array  # True on the last step (next = clean data)
+    a_t: jax.Array  # sqrt(abar) at ts
+    s_t: jax.Array  # sqrt(1 - abar) at ts
+    a_n: jax.Array  # sqrt(abar) at the next index
+    s_n: jax.Array  # sqrt(1 - abar) at the next index
+
+
+def _step_grid(schedule: Schedule, timesteps: tuple[int, ...]) -> _StepGrid:
+    """The `_StepGrid` of a static timestep list."""
+    ts = jnp.asarray(timesteps, jnp.int32)  # (S,)
+    ts_next = jnp.asarray(list(timesteps[1:]) + [-1], jnp.int32)  # (S,) -1 = clean data
+    idx = jnp.arange(len(timesteps), dtype=jnp.int32)  # (S,)
+    is_final = ts_next < 0
+    safe_next = jnp.maximum(ts_next, 0)
+    a_t = schedule.sqrt_alphas_cumprod[ts]  # (S,)
+    s_t = schedule.sqrt_one_minus_alphas_cumprod[ts]
+    a_n = jnp.where(is_final, 1.0, schedule.sqrt_alphas_cumprod[safe_next])
+    s_n = jnp.where(is_final, 0.0, schedule.sqrt_one_minus_alphas_cumprod[safe_next])
+    return _StepGrid(idx, ts, is_final, a_t, s_t, a_n, s_n)
+
+
+def _bcast(c: jax.Array, ndim: int) -> jax.Array:
+    """A scalar as ``(1, ..., 1)``, to broadcast against ``(B, ...)`` of rank `ndim`."""
+    return jnp.reshape(c, (1,) * ndim)
+
+
+def _predict(
+    x: jax.Array,
+    t: jax.Array,
+    *,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    labels: jax.Array | None,
+    guidance_scale: float,
+    null_label: int | None,
+    prediction: str,
+    clip_x0: ClipX0,
+) -> tuple[jax.Array, jax.Array]:
+    """The guided ``(x0, eps)`` estimates at ``x: (B, ...)`` and the scalar index `t`."""
+    t_vec = jnp.full((x.shape[0],), t, jnp.int32)  # (B,)
+    out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
+    x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
+    if clip_x0 is not None:
+        lo, hi = _clip_bounds(clip_x0, schedule.sqrt_alphas_cumprod.dtype)
+        x0 = jnp.clip(x0, lo, hi)
+        # Re-derive eps from the clipped x0 so the DDIM direction stays consistent.
+        a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
+        eps = (x - a * x0) / s
+    return x0, eps
+
+
+def _step_noise(step_rng: jax.Array, shape: tuple[int, ...], dtype: Any, i: jax.Array) -> jax.Array:
+    """The noise injected after the ``i``-th network call (module docstring's RNG contract)."""
+    return jax.random.normal(jax.random.fold_in(step_rng, i), shape, dtype=dtype)
+
+
+def _run_ddpm(
+    predict: Predict,
+    noise: Noise,
+    schedule: Schedule,
+    grid: _StepGrid,
+    x_init: jax.Array,
+    variance: str,
+) -> jax.Array:
+    """Ancestral sampling with the posterior mean and a fixed variance (Ho et al. 2020)."""
+    ts = grid.ts
+    if variance == "fixed_small":
+        var = schedule.posterior_variance[ts]  # beta_tilde; exactly 0 at t = 0
+    else:
+        # "fixed large" (sigma^2 = beta_t), with beta_tilde_1 at t = 0 as in Nichol &
+        # Dhariwal's code; masked below since no noise is added on the last step.
+        large = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
+        var = large[ts]
+    std = jnp.where(ts == 0, 0.0, jnp.sqrt(var))  # (S,)
+    coef1 = schedule.posterior_mean_coef1[ts]
+    coef2 = schedule.posterior_mean_coef2[ts]
+    nd = x_init.ndim
+
+    def step(x, xs):
+        i, t, c1, c2, sd = xs
+        x0, _ = predict(x, t)
+        x = _bcast(c1, nd) * x0 + _bcast(c2, nd) * x + _bcast(sd, nd) * noise(i)
+        return x, None
+
+    x, _ = jax.lax.scan(step, x_init, (grid.idx, ts, coef1, coef2, std))
+    return x
+
+
+def _run_ddim(
+    predict: Predict, noise: Noise, grid: _StepGrid, x_init: jax.Array, eta: float
+) -> jax.Array:
+    """DDIM (Song et al. 2021); `eta` scales the injected noise (0 = deterministic)."""
+    a_t, s_t, a_n, s_n = grid.a_t, grid.s_t, grid.a_n, grid.s_n
+    abar_t, abar_n = a_t**2, a_n**2
+    # Song et al. eq. 16: sigma = eta * sqrt((1 - abar_n) / (1 - abar_t)) *
+    # sqrt(1 - abar_t / abar_n). It is 0 on the final step, where 1 - abar_n = 0.
+    sig = eta * (s_n / s_t) * jnp.sqrt(jnp.maximum(1.0 - abar_t / abar_n, 0.0))  # (S,)
+    dir_coef = jnp.sqrt(jnp.maximum(s_n**2 - sig**2, 0.0))  # sqrt(1 - abar_n - sigma^2)
+    nd = x_init.ndim
+
+    def step(x, xs):
+        i, t, an, dc, sg = xs
+        x0, eps = predict(x, t)
+        x = _bcast(an, nd) * x0 + _bcast(dc, nd) * eps
+        if eta > 0.0:
+            x = x + _bcast(sg, nd) * noise(i)
+        return x, None
+
+    x, _ = jax.lax.scan(step, x_init, (grid.idx, grid.ts, a_n, dir_coef, sig))
+    return x
+
+
+def _run_dpmpp_2m(predict: Predict, grid: _StepGrid, x_init: jax.Array) -> jax.Array:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, in ``lambda``.
+
+    ``lambda = log(alpha / sigma)``; ``x_next = (s_n / s_t) x - a_n * expm1(-h) * D`` with
+    ``h = lam_n - lam_t``, ``D = x0`` (first order: first step) or
+    ``(1 + 1/(2r)) x0 - 1/(2r) x0_prev``, ``r = h_prev / h``. The last step goes to
+    ``sigma = 0`` (``lambda = inf``), where the update is exactly ``x0``: a first-order final
+    step ("lower_order_final").
+    """
+    a_t, s_t, a_n, s_n, is_final = grid.a_t, grid.s_t, grid.a_n, grid.s_n, grid.is_final
+    lam_t = jnp.log(a_t) - jnp.log(s_t)  # (S,)
+    lam_n = jnp.log(a_n) - jnp.log(jnp.where(is_final, 1.0, s_n))  # finite placeholder at end
+    h = lam_n - lam_t  # (S,)
+    h_prev = jnp.concatenate([jnp.ones((1,), h.dtype), h[:-1]])
+    second = (grid.idx > 0) & ~is_final
+    w_prev = jnp.where(second, -0.5 * h / h_prev, 0.0)  # -1/(2r)
+    w_cur = 1.0 - w_prev
+    c_x = jnp.where(is_final, 0.0, s_n / s_t)
+    c_d = jnp.where(is_final, 1.0, -a_n * jnp.expm1(-h))
+    nd = x_init.ndim
+
+    def step(carry, xs):
+        x, x0_prev = carry
+        t, cx, cd, wc, wp = xs
+        x0, _ = predict(x, t)
+        d = _bcast(wc, nd) * x0 + _bcast(wp, nd) * x0_prev
+        return (_bcast(cx, nd) * x + _bcast(cd, nd) * d, x0), None
+
+    xs = (grid.ts, c_x, c_d, w_cur, w_prev)
+    (x, _), _ = jax.lax.scan(step, (x_init, jnp.zeros_like(x_init)), xs)
+    return x
+
+
 def _sample_impl(
     model_fn: ModelFn,
     schedule: Schedule,
@@ -215,7 +386,6 @@ def _sample_impl(
     variance: str,
 ) -> jax.Array:
     """Traceable body shared by `sample` and `make_sample_fn` (all config static)."""
-    batch = shape[0]
     # The state is integrated in the schedule's dtype: float32 normally (float64 only for a
     # schedule built under jax_enable_x64, used to check the float32 rounding error).
     dtype = schedule.sqrt_alphas_cumprod.dtype
@@ -223,101 +393,23 @@ def _sample_impl(
     x_init = jax.random.normal(init_rng, shape, dtype=dtype)  # (B, ...) x at timesteps[0]
     if labels is not None:
         labels = jnp.asarray(labels, jnp.int32)
-    n = len(timesteps)
-    ts = jnp.asarray(timesteps, jnp.int32)  # (S,)
-    ts_next = jnp.asarray(list(timesteps[1:]) + [-1], jnp.int32)  # (S,) -1 = clean data
-    idx = jnp.arange(n, dtype=jnp.int32)  # (S,)
-    is_final = ts_next < 0
-    safe_next = jnp.maximum(ts_next, 0)
-
-    # Per-step scalars, gathered once outside the loop. "next" at index -1 is the clean data:
-    # alpha = 1, sigma = 0.
-    a_t = schedule.sqrt_alphas_cumprod[ts]  # (S,)
-    s_t = schedule.sqrt_one_minus_alphas_cumprod[ts]
-    a_n = jnp.where(is_final, 1.0, schedule.sqrt_alphas_cumprod[safe_next])
-    s_n = jnp.where(is_final, 0.0, schedule.sqrt_one_minus_alphas_cumprod[safe_next])
-
-    def bcast(c: jax.Array) -> jax.Array:  # scalar -> (1, ..., 1) against (B, ...)
-        return jnp.reshape(c, (1,) * len(shape))
-
-    def predict(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        t_vec = jnp.full((batch,), t, jnp.int32)  # (B,)
-        out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
-        x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
-        if clip_x0 is not None:
-            lo, hi = _clip_bounds(clip_x0, dtype)
-            x0 = jnp.clip(x0, lo, hi)
-            # Re-derive eps from the clipped x0 so the DDIM direction stays consistent.
-            a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
-            eps = (x - a * x0) / s
-        return x0, eps
-
-    def noise(i: jax.Array) -> jax.Array:
-        return jax.random.normal(jax.random.fold_in(step_rng, i), shape, dtype=dtype)
-
+    grid = _step_grid(schedule, timesteps)
+    predict = functools.partial(
+        _predict,
+        model_fn=model_fn,
+        schedule=schedule,
+        labels=labels,
+        guidance_scale=guidance_scale,
+        null_label=null_label,
+        prediction=prediction,
+        clip_x0=clip_x0,
+    )
+    noise = functools.partial(_step_noise, step_rng, shape, dtype)
     if sampler == "ddpm":
-        if variance == "fixed_small":
-            var = schedule.posterior_variance[ts]  # beta_tilde; exactly 0 at t = 0
-        else:
-            # "fixed large" (sigma^2 = beta_t), with beta_tilde_1 at t = 0 as in Nichol &
-            # Dhariwal's code; masked below since no noise is added on the last step.
-            large = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
-            var = large[ts]
-        std = jnp.where(ts == 0, 0.0, jnp.sqrt(var))  # (S,)
-        coef1 = schedule.posterior_mean_coef1[ts]
-        coef2 = schedule.posterior_mean_coef2[ts]
-
-        def step(x, xs):
-            i, t, c1, c2, sd = xs
-            x0, _ = predict(x, t)
-            x = bcast(c1) * x0 + bcast(c2) * x + bcast(sd) * noise(i)
-            return x, None
-
-        x, _ = jax.lax.scan(step, x_init, (idx, ts, coef1, coef2, std))
-        return x
-
+        return _run_ddpm(predict, noise, schedule, grid, x_init, variance)
     if sampler == "ddim":
-        abar_t, abar_n = a_t**2, a_n**2
-        # Song et al. eq. 16: sigma = eta * sqrt((1 - abar_n) / (1 - abar_t)) *
-        # sqrt(1 - abar_t / abar_n). It is 0 on the final step, where 1 - abar_n = 0.
-        sig = eta * (s_n / s_t) * jnp.sqrt(jnp.maximum(1.0 - abar_t / abar_n, 0.0))  # (S,)
-        dir_coef = jnp.sqrt(jnp.maximum(s_n**2 - sig**2, 0.0))  # sqrt(1 - abar_n - sigma^2)
-
-        def step(x, xs):
-            i, t, an, dc, sg = xs
-            x0, eps = predict(x, t)
-            x = bcast(an) * x0 + bcast(dc) * eps
-            if eta > 0.0:
-                x = x + bcast(sg) * noise(i)
-            return x, None
-
-        x, _ = jax.lax.scan(step, x_init, (idx, ts, a_n, dir_coef, sig))
-        return x
-
-    # dpmpp_2m: Lu et al. 2022 (DPM-Solver++ 2M, Alg. 2), data prediction, in lambda =
-    # log(alpha / sigma). x_next = (s_n / s_t) x - a_n * expm1(-h) * D with h = lam_n - lam_t,
-    # D = x0 (first order: first step) or (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h.
-    # The last step goes to sigma = 0 (lambda = inf), where the update is exactly x0: a
-    # first-order final step ("lower_order_final").
-    lam_t = jnp.log(a_t) - jnp.log(s_t)  # (S,)
-    lam_n = jnp.log(a_n) - jnp.log(jnp.where(is_final, 1.0, s_n))  # finite placeholder at end
-    h = lam_n - lam_t  # (S,)
-    h_prev = jnp.concatenate([jnp.ones((1,), h.dtype), h[:-1]])
-    second = (idx > 0) & ~is_final
-    w_prev = jnp.where(second, -0.5 * h / h_prev, 0.0)  # -1/(2r)
-    w_cur = 1.0 - w_prev
-    c_x = jnp.where(is_final, 0.0, s_n / s_t)
-    c_d = jnp.where(is_final, 1.0, -a_n * jnp.expm1(-h))
-
-    def step(carry, xs):
-        x, x0_prev = carry
-        t, cx, cd, wc, wp = xs
-        x0, _ = predict(x, t)
-        d = bcast(wc) * x0 + bcast(wp) * x0_prev
-        return (bcast(cx) * x + bcast(cd) * d, x0), None
-
-    (x, _), _ = jax.lax.scan(step, (x_init, jnp.zeros_like(x_init)), (ts, c_x, c_d, w_cur, w_prev))
-    return x
+        return _run_ddim(predict, noise, grid, x_init, eta)
+    return _run_dpmpp_2m(predict, grid, x_init)
 
 
 _STATIC = (
