@@ -137,7 +137,8 @@ def test_prdc_reference_scores_per_class_and_describes_itself():
     y = np.arange(30) % 2
     ref = prdc.build_reference("train", x, y, ("a", "b"), lambda im: im.reshape(len(im), -1), 3)
     assert ref.describe() == {
-        "split": "train", "n": 30, "n_per_class": {"a": 15, "b": 15}, "k": 3, "input_size": None
+        "split": "train", "n": 30, "n_per_class": {"a": 15, "b": 15}, "k": 3,
+        "features_at": "the space's own size",
     }  # fmt: skip
     res = prdc.score(ref, x[:10], y[:10])
     assert res["overall"]["precision"] == 1.0 and set(res["per_class"]) == {"a", "b"}

@@ -255,10 +255,9 @@ def format_table(table: dict) -> str:
 
 def format_prdc_reference(d: dict) -> str:
     """One line: which real images precision / recall / density / coverage measure against."""
-    size = "the space's own size" if d["input_size"] is None else f"{d['input_size']} px"
     return (
         f"precision/recall/density/coverage: real {d['split']} split as the manifold "
-        f"(n = {d['n']}, {d['n_per_class']}), k = {d['k']}, features at {size}"
+        f"(n = {d['n']}, {d['n_per_class']}), k = {d['k']}, features at {d['features_at']}"
     )
 
 

@@ -121,10 +121,12 @@ class Reference:
     input_size: int | None
 
     def describe(self) -> dict:
-        """JSON for report.json: which reference, how many images (per class), k, size."""
+        """JSON for report.json: which reference, how many images (per class), k, and the
+        side the encoder saw ('features_at')."""
         counts = {n: int(np.sum(self.labels == c)) for c, n in enumerate(self.class_names)}
+        size = "the space's own size" if self.input_size is None else f"{self.input_size} px"
         return {"split": self.split, "n": int(len(self.feats)), "n_per_class": counts,
-                "k": self.k, "input_size": self.input_size}  # fmt: skip
+                "k": self.k, "features_at": size}  # fmt: skip
 
 
 def build_reference(

@@ -120,19 +120,18 @@ def _prdc_rows(pr: dict, names: list[str]) -> list[list[str]]:
 
 def _prdc_reading(pr: dict) -> str:
     """How to read the PRDC table, naming the real manifold it measures against."""
-    ref = pr.get("reference") or {"split": "test", "n": None, "input_size": None}
-    size = "" if ref["input_size"] is None else f", features at {ref['input_size']} px"
+    ref = pr.get("reference") or {"split": "test", "n": "?", "features_at": "?"}
     head = (
         "Precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. "
-        f"2020) against the real {ref['split']} split (n = {ref['n']}, k = {pr['k']}{size})"
+        f"2020) against the real {ref['split']} split (n = {ref['n']}, k = {pr['k']}, "
+        f"features at {ref['features_at']})"
     )
     if ref["split"] == "train":
         return (
             f"{head}, the real training distribution, as in both papers: precision = share of "
             "samples inside the real training manifold (realism), recall = share of the real "
             "manifold covered by the samples' manifold (diversity); real val (unseen by every "
-            "model) is what real images reach, so a sample set near it is as real as real "
-            "held-out images"
+            "model) vs train is what real images reach"
         )
     return (
         f"{head}: precision = share of samples inside the real manifold (realism), recall = "
