@@ -22,9 +22,11 @@ workdir (`pipeline.load_ldm`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -256,6 +258,19 @@ def make_loss_fn(
     return loss_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class _Latents:
+    """The cached training posteriors, their labels, and how the diffusion model sees them."""
+
+    mean: np.ndarray  # (N, V, h, w, c) posterior means (V views: original, mirrored)
+    logvar: np.ndarray  # (N, V, h, w, c) posterior log-variances
+    labels: np.ndarray  # (N,) int32 class ids
+    shape: tuple[int, ...]  # (h, w, c)
+    shift: np.ndarray  # (C,) see latent_normalization
+    scale: np.ndarray  # (C,)
+    x0_clip: tuple[list[float], list[float]] | None  # per-channel sampler clip bounds
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.RunResult:
     """Trains the conditional latent diffusion model of the paper on the VAE run's data.
 
@@ -269,6 +284,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     loop.ensure_writable_workdir(workdir)
     vae = load_vae(config.vae_workdir)
     vae_config = ml_collections.ConfigDict(vae.meta["config"])
+    ds, train_set = _vae_training_split(config, vae, vae_config, workdir)
+    class_names = tuple(ds.class_names)
+    null_label = len(class_names)
+    batch_size = int(config.train.batch_size)
+    vae_sha = _write_vae_copy(workdir, vae.params)
+    lat = _prepare_latents(config, workdir, vae, train_set, batch_size)
+    schedule = diffusion.schedule_from_config(config.diffusion)
+    unet = build_unet(config.model, len(class_names))
+    sampler = data_lib.BalancedSampler(lat.labels, batch_size, seed=int(config.seed))
+    task = loop.Task(
+        name="ldm",
+        min_updates=MIN_UPDATES,
+        init_params=_init_params_fn(unet, lat.shape),
+        loss_fn=make_loss_fn(unet, schedule, config, null_label, lat.shift, lat.scale),
+        get_batch=_batch_fn(sampler, lat),
+        global_batch_size=batch_size,
+        steps_per_epoch=sampler.steps_per_epoch,
+        evaluate=_make_evaluate(
+            config, vae, unet, schedule, lat, class_names, sampler.steps_per_epoch
+        ),
+        finalize=lambda state, workdir: {"schedule": diffusion.schedule_to_dict(schedule)},
+        metadata=_run_metadata(config, vae, vae_config, ds, len(train_set), lat, vae_sha),
+    )
+    return loop.run(config, workdir, task)
+
+
+def _vae_training_split(
+    config: ml_collections.ConfigDict,
+    vae: VAEPipeline,
+    vae_config: ml_collections.ConfigDict,
+    workdir: str,
+) -> tuple[data_lib.ImageSet, data_lib.ImageSet]:
+    """The VAE run's data set (refused if it changed since) and its training subset.
+
+    The split is the VAE run's, written to `<workdir>/split.json` too.
+    """
     ds = data_lib.load_imageset(vae_config.data)
     if ds.fingerprint != vae.meta.get("dataset_fingerprint"):
         raise UserError(
@@ -283,14 +334,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     )
     if jax.process_index() == 0:
         data_lib.save_split(os.path.join(workdir, "split.json"), ds, split)
-    train_set = ds.subset(split["train"])
-    class_names = tuple(ds.class_names)
-    num_classes = len(class_names)
-    null_label = num_classes
-    batch_size = int(config.train.batch_size)
-    latent_shape = tuple(int(d) for d in vae.meta["latent_shape"])  # (h, w, c)
+    return ds, ds.subset(split["train"])
 
-    vae_sha = _write_vae_copy(workdir, vae.params)
+
+def _prepare_latents(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    vae: VAEPipeline,
+    train_set: data_lib.ImageSet,
+    batch_size: int,
+) -> _Latents:
+    """Encodes (or loads the cached) training posteriors and their normalisation."""
     mean, logvar = cached_latents(
         workdir, vae, train_set, bool(config.latents.flip), batch_size
     )  # (N, V, h, w, c)
@@ -303,9 +357,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         bool(config.latents.sample_posterior),
         float(config.latents.x0_clip_percentile),
     )  # (C,), (C,), per-channel clip bounds (see latent_normalization for why)
-    schedule = diffusion.schedule_from_config(config.diffusion)
-    unet = build_unet(config.model, num_classes)
-    sampler = data_lib.BalancedSampler(labels, batch_size, seed=int(config.seed))
+    shape = tuple(int(d) for d in vae.meta["latent_shape"])  # (h, w, c)
+    return _Latents(mean, logvar, labels, shape, shift, scale, x0_clip)
+
+
+def _init_params_fn(unet: UNet, latent_shape: tuple[int, ...]) -> Callable[[jax.Array], Any]:
+    """rng -> UNet parameters, initialised on one latent of `latent_shape`."""
 
     def init_params(rng):
         x = jnp.zeros((1,) + latent_shape, jnp.float32)
@@ -313,29 +370,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         y = jnp.zeros((1,), jnp.int32)
         return unet.init({"params": rng, "dropout": rng}, x, t, y, train=False)["params"]
 
-    loss_fn = make_loss_fn(unet, schedule, config, null_label, shift, scale)
+    return init_params
+
+
+def _batch_fn(
+    sampler: data_lib.BalancedSampler, lat: _Latents
+) -> Callable[[int, int, int], dict[str, np.ndarray]]:
+    """The engine's get_batch: this process's share of the class-balanced batch of a step."""
 
     def get_batch(step, process_index, process_count):
         idx = sampler.indices(step, process_index, process_count)
-        return {"mean": mean[idx], "logvar": logvar[idx], "label": labels[idx]}
+        return {"mean": lat.mean[idx], "logvar": lat.logvar[idx], "label": lat.labels[idx]}
 
+    return get_batch
+
+
+def _make_evaluate(
+    config: ml_collections.ConfigDict,
+    vae: VAEPipeline,
+    unet: UNet,
+    schedule: diffusion.Schedule,
+    lat: _Latents,
+    class_names: tuple[str, ...],
+    steps_per_epoch: int,
+) -> Callable[[TrainState, str], dict[str, Any]]:
+    """The evaluation hook: a labelled grid of EMA samples per class, and the loss curve."""
     n_per_class = int(config.train.eval_num_images)
-    eval_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), n_per_class)
-    decode = make_decode_fn(vae.module, shift, scale)
+    eval_labels = jnp.repeat(jnp.arange(len(class_names), dtype=jnp.int32), n_per_class)
+    decode = make_decode_fn(vae.module, lat.shift, lat.scale)
     sample_fn = make_latent_sampler(
         make_apply_fn(unet),
         schedule,
-        latent_shape,
+        lat.shape,
         grid_sampler_spec(config.train),
-        null_label=null_label,
+        null_label=len(class_names),
         prediction=config.diffusion.prediction,
-        clip_x0=x0_clip,
+        clip_x0=lat.x0_clip,
     )
-    steps_per_epoch = sampler.steps_per_epoch
 
     def evaluate(state: TrainState, workdir: str) -> dict[str, Any]:
-        step = int(jax.device_get(state.step))
-        epoch = step // steps_per_epoch
+        epoch = int(jax.device_get(state.step)) // steps_per_epoch
         z = sample_fn(
             loop.unreplicate_to_host(state.ema_params),
             eval_labels,
@@ -354,38 +428,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         z = np.asarray(z)
         return {"sample_latent_std": float(z.std()), "sample_latent_mean": float(z.mean())}
 
-    def finalize(state: TrainState, workdir: str) -> dict[str, Any]:
-        return {"schedule": diffusion.schedule_to_dict(schedule)}
+    return evaluate
 
-    task = loop.Task(
-        name="ldm",
-        min_updates=MIN_UPDATES,
-        init_params=init_params,
-        loss_fn=loss_fn,
-        get_batch=get_batch,
-        global_batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch,
-        evaluate=evaluate,
-        finalize=finalize,
-        metadata={
-            "dataset_fingerprint": ds.fingerprint,
-            "class_names": list(class_names),
-            "null_label": null_label,
-            "num_train": len(train_set),
-            "latent_shape": list(latent_shape),
-            "latent_scale_factor": vae.latent_scale_factor,
-            "latent_normalize": str(config.latents.normalize),
-            "latent_shift": [float(v) for v in shift],
-            "latent_channel_scale": [float(v) for v in scale],
-            "x0_clip": x0_clip,
-            "image_size": int(vae_config.data.image_size),
-            "vae": {
-                "file": VAE_PARAMS_FILE,
-                "sha256": vae_sha,
-                "model": vae.meta["config"]["model"],
-                "source_workdir": os.path.abspath(config.vae_workdir),
-                "data": vae.meta["config"]["data"],
-            },
+
+def _run_metadata(
+    config: ml_collections.ConfigDict,
+    vae: VAEPipeline,
+    vae_config: ml_collections.ConfigDict,
+    ds: data_lib.ImageSet,
+    num_train: int,
+    lat: _Latents,
+    vae_sha: str,
+) -> dict[str, Any]:
+    """What every LDM checkpoint records so that sampling needs only the workdir."""
+    return {
+        "dataset_fingerprint": ds.fingerprint,
+        "class_names": list(ds.class_names),
+        "null_label": len(ds.class_names),
+        "num_train": num_train,
+        "latent_shape": list(lat.shape),
+        "latent_scale_factor": vae.latent_scale_factor,
+        "latent_normalize": str(config.latents.normalize),
+        "latent_shift": [float(v) for v in lat.shift],
+        "latent_channel_scale": [float(v) for v in lat.scale],
+        "x0_clip": lat.x0_clip,
+        "image_size": int(vae_config.data.image_size),
+        "vae": {
+            "file": VAE_PARAMS_FILE,
+            "sha256": vae_sha,
+            "model": vae.meta["config"]["model"],
+            "source_workdir": os.path.abspath(config.vae_workdir),
+            "data": vae.meta["config"]["data"],
         },
-    )
-    return loop.run(config, workdir, task)
+    }
