@@ -7,7 +7,9 @@ The run directory ends up self-describing:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -146,80 +148,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     ds, split = prepare_data(config, workdir)
     train_set, val_set, test_set = (ds.subset(split[k]) for k in ("train", "val", "test"))
     model = build_vae(config.model)
-    size = int(config.data.image_size)
-    if size % 8:
-        raise UserError(
-            f"config.data.image_size={size} must be a multiple of 8 (three 2x downsamplings)."
-        )
+    size = _checked_image_size(config)
     batch_size = int(config.train.batch_size)
     sampler = data_lib.BalancedSampler(train_set.labels, batch_size, seed=int(config.seed))
-
-    def init_params(rng):
-        x = jnp.zeros((1, size, size, 1), jnp.float32)
-        return model.init({"params": rng, "latent": rng}, x)["params"]
-
-    loss_fn = make_loss_fn(model, config)
-
-    def get_batch(step, process_index, process_count):
-        idx = sampler.indices(step, process_index, process_count)
-        return {"image": train_set.images[idx], "label": train_set.labels[idx]}
-
-    n_fig = min(int(config.train.eval_num_images), len(val_set))
-    reconstruct = make_reconstruct_fn(model)
-
-    def evaluate(state: TrainState, workdir: str) -> dict[str, Any]:
-        step = int(jax.device_get(state.step))
-        scores, recon = reconstruction_metrics(
-            reconstruct, loop.unreplicate_to_host(state.params), val_set.images, batch_size
-        )
-        if jax.process_index() == 0:
-            plots.save_reconstruction_figure(
-                val_set.images[:n_fig],
-                recon[:n_fig],
-                os.path.join(workdir, "figures", f"vae_recon_step{step:06d}.png"),
-                title=f"validation, step {step}: PSNR {scores['psnr']:.2f} dB, "
-                f"SSIM {scores['ssim']:.3f}",
-            )
-            save_loss_curve(workdir)
-        return scores
-
-    def finalize(state: TrainState, workdir: str) -> dict[str, Any]:
-        params = loop.unreplicate_to_host(state.params)
-        _, _, z_std = latent_statistics(
-            model, params, train_set.images, batch_size, seed=int(config.seed)
-        )
-        test_scores, recon = reconstruction_metrics(
-            reconstruct, params, test_set.images, batch_size
-        )
-        if jax.process_index() == 0:
-            plots.save_reconstruction_figure(
-                test_set.images[:n_fig],
-                recon[:n_fig],
-                os.path.join(workdir, "figures", "vae_recon_test.png"),
-                title=f"test split: PSNR {test_scores['psnr']:.2f} dB, "
-                f"SSIM {test_scores['ssim']:.3f}",
-            )
-            log_lib.MetricWriter(workdir, tensorboard=False).write(
-                int(jax.device_get(state.step)), "test", test_scores
-            )
-        return {
-            "latent_scale_factor": 1.0 / max(z_std, 1e-8),
-            "latent_std": z_std,
-            "latent_shape": [size // 8, size // 8, int(config.model.latent_channels)],
-            "inference_params": "params",
-            "test_metrics": test_scores,
-        }
-
+    hooks = _Hooks(
+        config=config,
+        model=model,
+        reconstruct=make_reconstruct_fn(model),
+        train_set=train_set,
+        val_set=val_set,
+        test_set=test_set,
+        batch_size=batch_size,
+        size=size,
+        n_fig=min(int(config.train.eval_num_images), len(val_set)),
+    )
     task = loop.Task(
         name="vae",
         min_updates=MIN_UPDATES,
-        init_params=init_params,
-        loss_fn=loss_fn,
-        get_batch=get_batch,
+        init_params=_init_params_fn(model, size),
+        loss_fn=make_loss_fn(model, config),
+        get_batch=_batch_fn(sampler, train_set),
         global_batch_size=batch_size,
         steps_per_epoch=sampler.steps_per_epoch,
-        evaluate=evaluate,
-        finalize=finalize,
+        evaluate=hooks.evaluate,
+        finalize=hooks.finalize,
         metadata={
             "dataset_fingerprint": ds.fingerprint,
             "class_names": list(ds.class_names),
@@ -228,3 +180,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         },
     )
     return loop.run(config, workdir, task)
+
+
+def _checked_image_size(config: ml_collections.ConfigDict) -> int:
+    """config.data.image_size, refused unless the VAE's three downsamplings divide it."""
+    size = int(config.data.image_size)
+    if size % 8:
+        raise UserError(
+            f"config.data.image_size={size} must be a multiple of 8 (three 2x downsamplings)."
+        )
+    return size
+
+
+def _init_params_fn(model: VAE, size: int) -> Callable[[jax.Array], Any]:
+    """rng -> VAE parameters, initialised on one (1, size, size, 1) image."""
+
+    def init_params(rng):
+        x = jnp.zeros((1, size, size, 1), jnp.float32)
+        return model.init({"params": rng, "latent": rng}, x)["params"]
+
+    return init_params
+
+
+def _batch_fn(
+    sampler: data_lib.BalancedSampler, train_set: data_lib.ImageSet
+) -> Callable[[int, int, int], dict[str, np.ndarray]]:
+    """The engine's get_batch: this process's share of the class-balanced batch of a step."""
+
+    def get_batch(step, process_index, process_count):
+        idx = sampler.indices(step, process_index, process_count)
+        return {"image": train_set.images[idx], "label": train_set.labels[idx]}
+
+    return get_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """The engine's evaluation and finalisation hooks of a VAE run."""
+
+    config: ml_collections.ConfigDict
+    model: VAE
+    reconstruct: Callable[..., Any]  # from make_reconstruct_fn, compiled once per run
+    train_set: data_lib.ImageSet
+    val_set: data_lib.ImageSet
+    test_set: data_lib.ImageSet
+    batch_size: int
+    size: int  # image side
+    n_fig: int  # images per reconstruction figure
+
+    def evaluate(self, state: TrainState, workdir: str) -> dict[str, Any]:
+        """Validation PSNR / SSIM, a reconstruction figure and the loss curve."""
+        step = int(jax.device_get(state.step))
+        scores, recon = reconstruction_metrics(
+            self.reconstruct,
+            loop.unreplicate_to_host(state.params),
+            self.val_set.images,
+            self.batch_size,
+        )
+        if jax.process_index() == 0:
+            plots.save_reconstruction_figure(
+                self.val_set.images[: self.n_fig],
+                recon[: self.n_fig],
+                os.path.join(workdir, "figures", f"vae_recon_step{step:06d}.png"),
+                title=f"validation, step {step}: PSNR {scores['psnr']:.2f} dB, "
+                f"SSIM {scores['ssim']:.3f}",
+            )
+            save_loss_curve(workdir)
+        return scores
+
+    def finalize(self, state: TrainState, workdir: str) -> dict[str, Any]:
+        """The latent scale factor and the test-split scores, for the final checkpoint."""
+        params = loop.unreplicate_to_host(state.params)
+        _, _, z_std = latent_statistics(
+            self.model, params, self.train_set.images, self.batch_size, seed=int(self.config.seed)
+        )
+        test_scores, recon = reconstruction_metrics(
+            self.reconstruct, params, self.test_set.images, self.batch_size
+        )
+        if jax.process_index() == 0:
+            self._save_test_results(state, workdir, test_scores, recon)
+        size = self.size
+        return {
+            "latent_scale_factor": 1.0 / max(z_std, 1e-8),
+            "latent_std": z_std,
+            "latent_shape": [size // 8, size // 8, int(self.config.model.latent_channels)],
+            "inference_params": "params",
+            "test_metrics": test_scores,
+        }
+
+    def _save_test_results(
+        self, state: TrainState, workdir: str, scores: dict[str, float], recon: np.ndarray
+    ) -> None:
+        """The test-split reconstruction figure and its "test" metrics record."""
+        plots.save_reconstruction_figure(
+            self.test_set.images[: self.n_fig],
+            recon[: self.n_fig],
+            os.path.join(workdir, "figures", "vae_recon_test.png"),
+            title=f"test split: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}",
+        )
+        log_lib.MetricWriter(workdir, tensorboard=False).write(
+            int(jax.device_get(state.step)), "test", scores
+        )
