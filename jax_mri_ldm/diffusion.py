@@ -523,6 +523,36 @@ def check_parameterisation(
         )
 
 
+def _dropped_labels(
+    labels: jax.Array | None, drop_rng: jax.Array, p_uncond: float, null_label: int | None
+) -> tuple[jax.Array | None, jax.Array]:
+    """Labels with a Bernoulli(``p_uncond``) share replaced by ``null_label``, and that share.
+
+    Returns ``(y, drop_frac)``: ``(B,)`` labels (None for an unconditional model) and the
+    scalar fraction dropped.
+    """
+    if labels is None:
+        return None, jnp.zeros((), jnp.float32)
+    if p_uncond > 0.0:
+        if null_label is None:
+            raise ValueError("diffusion_loss: p_uncond > 0 needs null_label (the 'no class' id)")
+        mask = _drop_mask(drop_rng, labels.shape, p_uncond)  # (B,)
+        y = jnp.where(mask, jnp.asarray(null_label, labels.dtype), labels)
+        return y, jnp.mean(mask.astype(jnp.float32))
+    return labels, jnp.zeros((), jnp.float32)
+
+
+def _target(
+    schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array, noise: jax.Array
+) -> jax.Array:
+    """What a ``prediction`` model should output at ``x_t = q_sample(x0, t, noise)``. (B, ...)"""
+    if prediction == "eps":
+        return noise
+    if prediction == "v":
+        return get_v(schedule, x0, t, noise)
+    return x0
+
+
 def diffusion_loss(
     model_fn: ModelFn,
     schedule: Schedule,
@@ -575,27 +605,8 @@ def diffusion_loss(
     noise = jax.random.normal(noise_rng, x0.shape, dtype=jnp.float32)  # (B, ...)
     x0 = x0.astype(jnp.float32)
     x_t = q_sample(schedule, x0, t, noise)
-
-    if labels is None:
-        y = None
-        drop_frac = jnp.zeros((), jnp.float32)
-    elif p_uncond > 0.0:
-        if null_label is None:
-            raise ValueError("diffusion_loss: p_uncond > 0 needs null_label (the 'no class' id)")
-        mask = _drop_mask(drop_rng, labels.shape, p_uncond)  # (B,)
-        y = jnp.where(mask, jnp.asarray(null_label, labels.dtype), labels)
-        drop_frac = jnp.mean(mask.astype(jnp.float32))
-    else:
-        y = labels
-        drop_frac = jnp.zeros((), jnp.float32)
-
-    if prediction == "eps":
-        target = noise
-    elif prediction == "v":
-        target = get_v(schedule, x0, t, noise)
-    else:
-        target = x0
-
+    y, drop_frac = _dropped_labels(labels, drop_rng, p_uncond, null_label)
+    target = _target(schedule, prediction, x0, t, noise)
     out = model_fn(x_t, t, y).astype(jnp.float32)
     if out.shape != x_t.shape:
         raise ValueError(f"model output shape {out.shape} != input shape {x_t.shape}")
