@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("auto", "builtin", "folder", "nifti", "tfds")
 CACHE_FORMAT_VERSION = 1
+# Decodes a cached source on a cache miss: () -> (ImageSet, report details).
+BuildFn = Callable[[], tuple[ImageSet, dict]]
 
 
 def default_cache_dir() -> Path:
@@ -234,6 +237,37 @@ def _read_tfds(data_cfg: Any, size: int) -> tuple[ImageSet, dict]:
 
     root = Path(str(data_cfg.path)).expanduser()
     name = str(data_cfg.tfds_name)
+    dirs = _tfds_version_dirs(root, name, size)
+    candidates = []
+    for d in dirs:
+        b = tfds.builder_from_directory(str(d))
+        shape = tuple(b.info.features["image"].shape)
+        candidates.append((d, b, shape))
+    d, builder, shape = _pick_tfds_config(candidates, name, size)
+    info_hash = hashlib.sha256((d / "dataset_info.json").read_bytes())
+    images, labels, ids, keys, skipped = _read_tfds_examples(builder, size)
+    if not images:
+        raise DataError(f"{d}: the TFDS dataset holds no usable examples")
+    order = np.argsort(np.asarray(ids), kind="stable")  # TFDS stores examples hash-shuffled
+    ids = [ids[i] for i in order]
+    keys = [keys[i] for i in order]
+    fp = hashlib.sha256()
+    fp.update(info_hash.digest())
+    fp.update(json.dumps([ids, keys, size, preprocess.PREPROCESS_VERSION]).encode())
+    ds = ImageSet(
+        images=np.stack(images)[order].astype(np.float32),
+        labels=np.asarray(labels, np.int32)[order],
+        class_names=_tfds_class_names(builder),
+        ids=ids,
+        groups=groups_from_keys(keys),
+        fingerprint=fp.hexdigest(),
+        skipped=skipped,
+    )
+    return ds, {"tfds_dir": str(d), "stored_shape": list(shape)}
+
+
+def _tfds_version_dirs(root: Path, name: str, size: int) -> list[Path]:
+    """Every `<root>/<name>/[<config>/]<version>` directory, or a DataError saying what to do."""
     ds_dir = root / name
     dirs = sorted({p.parent for p in ds_dir.glob("*/*/dataset_info.json")})
     dirs += sorted({p.parent for p in ds_dir.glob("*/dataset_info.json")})
@@ -244,32 +278,35 @@ def _read_tfds(data_cfg: Any, size: int) -> tuple[ImageSet, dict]:
             f"`python -m jax_mri_ldm.data --path=IMAGE_FOLDER --build_tfds={root} "
             f"--image_size={size}`."
         )
-    candidates = []
-    for d in dirs:
-        b = tfds.builder_from_directory(str(d))
-        shape = tuple(b.info.features["image"].shape)
-        candidates.append((d, b, shape))
+    return dirs
+
+
+def _pick_tfds_config(candidates: list[tuple[Path, Any, tuple]], name: str, size: int) -> tuple:
+    """The (dir, builder, stored shape) to read: `size` px if built, else the largest."""
     exact = [c for c in candidates if c[2][:2] == (size, size)]
     if exact:
         # Prefer the default class map config ('<size>px'), then the newest version.
         exact.sort(key=lambda c: (c[0].parent.name == f"{size}px", c[0].name))
-        d, builder, shape = exact[-1]
-    else:
-        d, builder, shape = max(candidates, key=lambda c: (c[2][0], c[0].name))
-        log.warning(
-            "TFDS %s has no %dpx config (found %s); resizing %s to %dx%d. Build the exact size "
-            "with --build_tfds --image_size=%d for the paper's preprocessing.",
-            name,
-            size,
-            sorted({c[2] for c in candidates}),
-            d,
-            size,
-            size,
-            size,
-        )
+        return exact[-1]
+    d, builder, shape = max(candidates, key=lambda c: (c[2][0], c[0].name))
+    log.warning(
+        "TFDS %s has no %dpx config (found %s); resizing %s to %dx%d. Build the exact size "
+        "with --build_tfds --image_size=%d for the paper's preprocessing.",
+        name,
+        size,
+        sorted({c[2] for c in candidates}),
+        d,
+        size,
+        size,
+        size,
+    )
+    return d, builder, shape
+
+
+def _read_tfds_examples(builder: Any, size: int) -> tuple[list, list, list, list, list]:
+    """(images, labels, ids, keys, skipped) of every split, in storage order, preprocessed."""
     images, labels, ids, keys = [], [], [], []
     skipped: list[tuple[str, str]] = []
-    info_hash = hashlib.sha256((d / "dataset_info.json").read_bytes())
     for split in sorted(builder.info.splits.keys()):
         source = builder.as_data_source(split=split)
         n = len(source)
@@ -277,44 +314,42 @@ def _read_tfds(data_cfg: Any, size: int) -> tuple[ImageSet, dict]:
             for j, ex in enumerate(source.__getitems__(list(range(start, min(n, start + 256))))):
                 ex_id = ex.get("id", f"{split}/{start + j:06d}")
                 ex_id = ex_id.decode() if isinstance(ex_id, bytes) else str(ex_id)
-                img = np.asarray(ex["image"])
-                if img.ndim == 3 and img.shape[-1] == 3:
-                    img = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-                elif img.ndim == 3:
-                    img = img[..., 0]
                 try:
-                    arr = preprocess.preprocess_array(img.astype(np.float32), size)
+                    arr = preprocess.preprocess_array(_tfds_gray(ex["image"]), size)
                 except preprocess.RejectedImage as err:
                     skipped.append((ex_id, str(err)))
                     continue
-                key = ex.get("sha256")
-                key = key.decode() if isinstance(key, bytes) else key
                 images.append(arr)
                 labels.append(int(ex["label"]))
                 ids.append(ex_id)
-                keys.append(key or hashlib.sha256(np.asarray(ex["image"]).tobytes()).hexdigest())
-    if not images:
-        raise DataError(f"{d}: the TFDS dataset holds no usable examples")
-    order = np.argsort(np.asarray(ids), kind="stable")  # TFDS stores examples hash-shuffled
-    ids = [ids[i] for i in order]
-    keys = [keys[i] for i in order]
-    fp = hashlib.sha256()
-    fp.update(info_hash.digest())
-    fp.update(json.dumps([ids, keys, size, preprocess.PREPROCESS_VERSION]).encode())
+                keys.append(_tfds_key(ex))
+    return images, labels, ids, keys, skipped
+
+
+def _tfds_gray(image: Any) -> np.ndarray:
+    """A stored TFDS image as one float32 grey channel (RGB by luma, else the first channel)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 3:
+        img = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif img.ndim == 3:
+        img = img[..., 0]
+    return img.astype(np.float32)
+
+
+def _tfds_key(ex: dict[str, Any]) -> str:
+    """The example's duplicate-grouping key: its stored source SHA-256, else its pixels'."""
+    key = ex.get("sha256")
+    key = key.decode() if isinstance(key, bytes) else key
+    return key or hashlib.sha256(np.asarray(ex["image"]).tobytes()).hexdigest()
+
+
+def _tfds_class_names(builder: Any) -> tuple[str, ...]:
+    """The label feature's names when it has more than the binary set's, else CLASS_NAMES."""
     class_names = tuple(CLASS_NAMES)
     feat = builder.info.features["label"]
     if hasattr(feat, "names") and len(feat.names) > len(CLASS_NAMES):
         class_names = tuple(feat.names)
-    ds = ImageSet(
-        images=np.stack(images)[order].astype(np.float32),
-        labels=np.asarray(labels, np.int32)[order],
-        class_names=class_names,
-        ids=ids,
-        groups=groups_from_keys(keys),
-        fingerprint=fp.hexdigest(),
-        skipped=skipped,
-    )
-    return ds, {"tfds_dir": str(d), "stored_shape": list(shape)}
+    return class_names
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -345,74 +380,93 @@ def load_imageset_with_report(data_cfg: Any, *, use_cache: bool = True) -> tuple
     mode = classes_lib.mode_of(data_cfg)
     report: dict[str, Any] = {"source": source, "cache_path": None, "cache_hit": False}
     if source == "tfds":
-        if mode != "binary":
-            raise UserError(
-                "config.data.classes=folders is not supported for the TFDS source (its builder "
-                "stores the binary labels); read the image folder itself (config.data.path="
-                "<folder>) instead."
-            )
-        ds, extra = _read_tfds(data_cfg, size)
-        check_classes(ds, str(data_cfg.path))
-        report.update(extra)
-        report["seconds"] = time.perf_counter() - t0
-        return ds, report
+        ds = _load_tfds_source(data_cfg, size, mode, report)
+    else:
+        fingerprint, build = _cached_source_reader(data_cfg, source, size, mode)
+        path = str(data_cfg.path or "").strip()
+        cpath = (
+            _cache_path(cache_dir_for(data_cfg), source, size, fingerprint) if use_cache else None
+        )
+        ds = _load_through_cache(cpath, fingerprint, build, path or "the built-in set", report)
+    report["seconds"] = time.perf_counter() - t0
+    return ds, report
 
+
+def _load_tfds_source(data_cfg: Any, size: int, mode: str, report: dict[str, Any]) -> ImageSet:
+    """Reads the TFDS source (never cached again), adding its details to `report`."""
+    if mode != "binary":
+        raise UserError(
+            "config.data.classes=folders is not supported for the TFDS source (its builder "
+            "stores the binary labels); read the image folder itself (config.data.path="
+            "<folder>) instead."
+        )
+    ds, extra = _read_tfds(data_cfg, size)
+    check_classes(ds, str(data_cfg.path))
+    report.update(extra)
+    return ds
+
+
+def _cached_source_reader(data_cfg: Any, source: str, size: int, mode: str) -> tuple[str, BuildFn]:
+    """(fingerprint, build) of a cached source: the cache key, and how to decode on a miss."""
     path = str(data_cfg.path or "").strip()
     if source == "builtin":
         fingerprint = _builtin_fingerprint(data_cfg, size)
+        return fingerprint, lambda: _load_builtin(data_cfg, size, fingerprint)
+    if source == "folder":
+        return _folder_reader(data_cfg, path, size, mode)
+    if source == "nifti":
+        return _nifti_reader(data_cfg, path, size, mode)
+    raise AssertionError(source)  # pragma: no cover - resolve_source only returns the above
 
-        def build() -> tuple[ImageSet, dict]:
-            return _load_builtin(data_cfg, size, fingerprint)
 
-    elif source == "folder":
-        from jax_mri_ldm.data import folders
+def _folder_reader(data_cfg: Any, path: str, size: int, mode: str) -> tuple[str, BuildFn]:
+    """The image-folder source; its build also reports each decoded file's mode and size."""
+    from jax_mri_ldm.data import folders
 
-        scan = folders.scan_folder(path, str(data_cfg.class_map or ""), classes=mode)
-        fingerprint = scan.fingerprint(size)
+    scan = folders.scan_folder(path, str(data_cfg.class_map or ""), classes=mode)
 
-        def build() -> tuple[ImageSet, dict]:
-            files: dict[str, Any] = {}
+    def build() -> tuple[ImageSet, dict]:
+        files: dict[str, Any] = {}
 
-            def on_file(entry, img):
-                files[entry.id] = (
-                    None if img is None else {"mode": img.mode, "size": list(img.size)}
-                )
+        def on_file(entry, img):
+            files[entry.id] = None if img is None else {"mode": img.mode, "size": list(img.size)}
 
-            return folders.load_scan(scan, size, on_file=on_file), {"files": files}
+        return folders.load_scan(scan, size, on_file=on_file), {"files": files}
 
-    elif source == "nifti":
-        from jax_mri_ldm.data import nifti
+    return scan.fingerprint(size), build
 
-        nscan = nifti.scan_csv(
-            path,
-            slice_range=str(data_cfg.nifti.slice_range or ""),
-            slice_fraction=float(data_cfg.nifti.slice_fraction),
-            min_foreground=float(data_cfg.nifti.min_foreground),
-            class_map=str(data_cfg.class_map or ""),
-            classes=mode,
-        )
-        fingerprint = nscan.fingerprint(size)
 
-        def build() -> tuple[ImageSet, dict]:
-            return nifti.load_scan(nscan, size), {}
+def _nifti_reader(data_cfg: Any, path: str, size: int, mode: str) -> tuple[str, BuildFn]:
+    """The NIfTI CSV source (`config.data.nifti` picks the slices)."""
+    from jax_mri_ldm.data import nifti
 
-    else:  # pragma: no cover - resolve_source only returns the names above
-        raise AssertionError(source)
+    nscan = nifti.scan_csv(
+        path,
+        slice_range=str(data_cfg.nifti.slice_range or ""),
+        slice_fraction=float(data_cfg.nifti.slice_fraction),
+        min_foreground=float(data_cfg.nifti.min_foreground),
+        class_map=str(data_cfg.class_map or ""),
+        classes=mode,
+    )
+    return nscan.fingerprint(size), lambda: (nifti.load_scan(nscan, size), {})
 
-    cpath = _cache_path(cache_dir_for(data_cfg), source, size, fingerprint) if use_cache else None
+
+def _load_through_cache(
+    cpath: Path | None, fingerprint: str, build: BuildFn, where: str, report: dict[str, Any]
+) -> ImageSet:
+    """The cached set at `cpath` if valid, else `build()`, checked and cached; fills `report`."""
     cached = _read_cache(cpath, fingerprint) if cpath is not None else None
     if cached is not None:
         ds, meta = cached
         report.update(meta)
         report.update(cache_path=str(cpath), cache_hit=True)
-    else:
-        ds, meta = build()
-        report.update(meta)
-        check_classes(ds, path or "the built-in set")
-        if cpath is not None and _write_cache(cpath, ds, meta):
-            report["cache_path"] = str(cpath)
-    report["seconds"] = time.perf_counter() - t0
-    return ds, report
+        return ds
+    ds, meta = build()
+    report.update(meta)
+    check_classes(ds, where)
+    if cpath is not None and _write_cache(cpath, ds, meta):
+        report["cache_path"] = str(cpath)
+    return ds
 
 
 def check_classes(ds: ImageSet, where: str) -> None:
