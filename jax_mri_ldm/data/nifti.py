@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,6 +159,31 @@ def scan_csv(
       ValueError: bad slice settings (named by their config option).
     """
     csv_path = Path(csv_path).expanduser()
+    _check_settings(csv_path, slice_range, slice_fraction, min_foreground)
+    mode = classes_lib.check_mode(classes)
+    mapping = parse_class_map(class_map) if mode == "binary" else parse_folder_class_map(class_map)
+    rows = _read_csv_rows(csv_path)
+    entries, names = _csv_entries(csv_path, rows, mode, mapping)
+    class_names = tuple(CLASS_NAMES)
+    if mode == "folders":
+        class_names = classes_lib.class_order(names)
+        for e, name in zip(entries, names, strict=True):
+            e.label = class_names.index(name)
+    return NiftiScan(
+        csv_path=csv_path,
+        entries=entries,
+        slice_range=slice_range,
+        slice_fraction=float(slice_fraction),
+        min_foreground=float(min_foreground),
+        class_names=class_names,
+        mode=mode,
+    )
+
+
+def _check_settings(
+    csv_path: Path, slice_range: str, slice_fraction: float, min_foreground: float
+) -> None:
+    """Refuses bad slice settings (named by their option) and a CSV that does not exist."""
     _parse_slice_range(slice_range, 10)  # validates the syntax early
     if not 0.0 < slice_fraction <= 1.0:
         raise UserError(f"config.data.nifti.slice_fraction={slice_fraction} must be in (0, 1]")
@@ -168,8 +194,10 @@ def scan_csv(
             f"config.data.path={str(csv_path)!r}: CSV file does not exist. The NIfTI reader "
             f"needs a CSV with columns path,label (paths relative to the CSV's directory)."
         )
-    mode = classes_lib.check_mode(classes)
-    mapping = parse_class_map(class_map) if mode == "binary" else parse_folder_class_map(class_map)
+
+
+def _read_csv_rows(csv_path: Path) -> list[dict[str, Any]]:
+    """The CSV's rows as dicts, once it is known to have rows and 'path', 'label' columns."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -184,6 +212,17 @@ def scan_csv(
             f"{csv_path}: CSV header must name the columns 'path' and 'label' "
             f"(found {', '.join(fields)})"
         )
+    return rows
+
+
+def _csv_entries(
+    csv_path: Path, rows: list[dict[str, Any]], mode: str, mapping: dict[str, Any]
+) -> tuple[list[NiftiEntry], list[str]]:
+    """One hashed entry per row, and (mode 'folders') each entry's label name.
+
+    In mode 'binary' the entries carry their labels; in mode 'folders' they carry -1 until the
+    caller knows every name. Missing or non-NIfTI files are all named in one DataError.
+    """
     base = csv_path.parent
     entries, missing, not_nifti, names = [], [], [], []
     for lineno, row in enumerate(rows, start=2):
@@ -204,36 +243,28 @@ def scan_csv(
             label = _parse_label(row["label"], mapping, where)
         else:
             names.append(_parse_label_name(row["label"], mapping, where))
-            label = -1  # set below, once every name is known
+            label = -1  # set by the caller, once every name is known
         entries.append(
             NiftiEntry(path=p, id=Path(rel).as_posix(), label=label, sha256=file_sha256(p))
         )
+    _check_listed_files(csv_path, missing, not_nifti)
+    return entries, names
+
+
+def _check_listed_files(csv_path: Path, missing: list[str], not_nifti: list[str]) -> None:
+    """Names the listed paths that do not exist, then those that are not NIfTI files."""
     if missing:
         shown = ", ".join(repr(m) for m in missing[:10])
         more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
         raise DataError(
             f"{csv_path}: {len(missing)} listed file(s) do not exist: {shown}{more}. Paths "
-            f"are relative to {base}; fix the CSV or add the files."
+            f"are relative to {csv_path.parent}; fix the CSV or add the files."
         )
     if not_nifti:
         raise DataError(
             f"{csv_path}: not NIfTI files (need .nii or .nii.gz): "
             f"{', '.join(repr(m) for m in not_nifti[:10])}"
         )
-    class_names = tuple(CLASS_NAMES)
-    if mode == "folders":
-        class_names = classes_lib.class_order(names)
-        for e, name in zip(entries, names, strict=True):
-            e.label = class_names.index(name)
-    return NiftiScan(
-        csv_path=csv_path,
-        entries=entries,
-        slice_range=slice_range,
-        slice_fraction=float(slice_fraction),
-        min_foreground=float(min_foreground),
-        class_names=class_names,
-        mode=mode,
-    )
 
 
 def _parse_slice_range(spec: str, depth: int) -> range | None:
