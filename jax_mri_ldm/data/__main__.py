@@ -117,69 +117,11 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
     print(f"Source: {report['source']}   image size: {cfg.image_size}x{cfg.image_size}")
     counts = ds.counts()
     print(f"Images loaded: {len(ds)}  (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
-
     files = report.get("files") or {}
-    out: dict[str, Any] = {}
-    if files:
-        found = collections.Counter(i.split("/", 1)[0] for i in files)
-        loaded = collections.Counter(i.split("/", 1)[0] for i in ds.ids)
-        label_of = {i.split("/", 1)[0]: int(lab) for i, lab in zip(ds.ids, ds.labels, strict=True)}
-        print("Image files per class directory (found -> loaded):")
-        for d in sorted(found):
-            cname = ds.class_names[label_of[d]] if d in label_of else "?"
-            print(f"  {d:<14} -> {cname:<12} {found[d]:>5} -> {loaded.get(d, 0)}")
-        modes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        sizes = []
-        for i, meta in files.items():
-            if meta is None:
-                continue
-            modes[i.split("/", 1)[0]][meta["mode"]] += 1
-            sizes.append(tuple(meta["size"]))
-        print("Modes seen:")
-        for d in sorted(modes):
-            print(f"  {d}: " + ", ".join(f"{m} {n}" for m, n in sorted(modes[d].items())))
-        if sizes:
-            w = np.array([s[0] for s in sizes])
-            h = np.array([s[1] for s in sizes])
-            common = collections.Counter(sizes).most_common(8)
-            print(
-                f"Sizes (W x H): {len(set(sizes))} distinct; width min/median/max "
-                f"{w.min()}/{int(np.median(w))}/{w.max()}, height {h.min()}/"
-                f"{int(np.median(h))}/{h.max()}"
-            )
-            print("  most common: " + ", ".join(f"{a}x{b} ({n})" for (a, b), n in common))
-            out["sizes"] = {
-                "distinct": len(set(sizes)),
-                "width": [int(w.min()), int(np.median(w)), int(w.max())],
-                "height": [int(h.min()), int(np.median(h)), int(h.max())],
-                "most_common": [[f"{a}x{b}", n] for (a, b), n in common],
-            }
-        out["modes"] = {d: dict(c) for d, c in sorted(modes.items())}
-        out["files_found"] = dict(sorted(found.items()))
-        out["size_per_class_dir"] = _sizes_per_dir(files)
-
-    dups = _duplicate_groups(ds)
+    out: dict[str, Any] = _files_summary(ds, files) if files else {}
+    dups, conflicts = _duplicates_summary(ds, show)
     redundant = sum(len(g) - 1 for g in dups)
-    print(
-        f"Duplicates (identical source bytes, kept in one split): {len(dups)} groups, "
-        f"{redundant} redundant, {len(np.unique(ds.groups))} unique"
-    )
-    label_by_id = dict(zip(ds.ids, ds.labels.tolist(), strict=True))
-    conflicts = [g for g in dups if len({label_by_id[i] for i in g}) > 1]
-    for g in dups[:show]:
-        print("  " + " = ".join(g))
-    if len(dups) > show:
-        print(f"  ... and {len(dups) - show} more groups")
-    for g in conflicts:
-        print("  WARNING: identical files with different labels: " + ", ".join(g))
-
-    print(f"Skipped: {len(ds.skipped)}")
-    for i, reason in ds.skipped[:show]:
-        print(f"  {i}: {reason}")
-    if len(ds.skipped) > show:
-        print(f"  ... and {len(ds.skipped) - show} more")
-    reasons = collections.Counter(r.split(" (")[0] for _, r in ds.skipped)
-
+    reasons = _skipped_summary(ds, show)
     means = {
         c: round(float(ds.images[ds.labels == k].mean()), 4)
         for k, c in enumerate(ds.class_names)
@@ -190,7 +132,6 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
     print(f"Cache: {cache} {report.get('cache_path') or ''}  ({report['seconds']:.2f} s)")
     split, warnings = _split_summary(ds, cfg)
     out.update(split=split, warnings=warnings)
-
     out.update(
         {
             "source": report["source"],
@@ -214,6 +155,100 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
         }
     )
     return out
+
+
+def _class_dir(file_id: str) -> str:
+    """The class directory of a folder-source id (`<class_dir>/<file>`)."""
+    return file_id.split("/", 1)[0]
+
+
+def _files_summary(ds: ImageSet, files: dict[str, Any]) -> dict[str, Any]:
+    """Prints per class directory the files found and loaded, their modes and original sizes.
+
+    Args:
+      ds: the loaded set.
+      files: the folder reader's report, id -> {'mode', 'size'} (None: not decodable).
+
+    Returns:
+      The JSON summary's 'sizes' (when any file decoded), 'modes', 'files_found' and
+      'size_per_class_dir'.
+    """
+    found = collections.Counter(_class_dir(i) for i in files)
+    loaded = collections.Counter(_class_dir(i) for i in ds.ids)
+    label_of = {_class_dir(i): int(lab) for i, lab in zip(ds.ids, ds.labels, strict=True)}
+    print("Image files per class directory (found -> loaded):")
+    for d in sorted(found):
+        cname = ds.class_names[label_of[d]] if d in label_of else "?"
+        print(f"  {d:<14} -> {cname:<12} {found[d]:>5} -> {loaded.get(d, 0)}")
+    modes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    sizes = []
+    for i, meta in files.items():
+        if meta is None:
+            continue
+        modes[_class_dir(i)][meta["mode"]] += 1
+        sizes.append(tuple(meta["size"]))
+    print("Modes seen:")
+    for d in sorted(modes):
+        print(f"  {d}: " + ", ".join(f"{m} {n}" for m, n in sorted(modes[d].items())))
+    out: dict[str, Any] = {}
+    if sizes:
+        out["sizes"] = _sizes_summary(sizes)
+    out["modes"] = {d: dict(c) for d, c in sorted(modes.items())}
+    out["files_found"] = dict(sorted(found.items()))
+    out["size_per_class_dir"] = _sizes_per_dir(files)
+    return out
+
+
+def _sizes_summary(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    """Prints and returns the spread of the decoded files' original (W, H) sizes."""
+    w = np.array([s[0] for s in sizes])
+    h = np.array([s[1] for s in sizes])
+    common = collections.Counter(sizes).most_common(8)
+    print(
+        f"Sizes (W x H): {len(set(sizes))} distinct; width min/median/max "
+        f"{w.min()}/{int(np.median(w))}/{w.max()}, height {h.min()}/"
+        f"{int(np.median(h))}/{h.max()}"
+    )
+    print("  most common: " + ", ".join(f"{a}x{b} ({n})" for (a, b), n in common))
+    return {
+        "distinct": len(set(sizes)),
+        "width": [int(w.min()), int(np.median(w)), int(w.max())],
+        "height": [int(h.min()), int(np.median(h)), int(h.max())],
+        "most_common": [[f"{a}x{b}", n] for (a, b), n in common],
+    }
+
+
+def _duplicates_summary(ds: ImageSet, show: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Prints the duplicate groups (the first `show`) and warns of any with mixed labels.
+
+    Returns:
+      (every duplicate group, the groups whose files carry different labels).
+    """
+    dups = _duplicate_groups(ds)
+    redundant = sum(len(g) - 1 for g in dups)
+    print(
+        f"Duplicates (identical source bytes, kept in one split): {len(dups)} groups, "
+        f"{redundant} redundant, {len(np.unique(ds.groups))} unique"
+    )
+    label_by_id = dict(zip(ds.ids, ds.labels.tolist(), strict=True))
+    conflicts = [g for g in dups if len({label_by_id[i] for i in g}) > 1]
+    for g in dups[:show]:
+        print("  " + " = ".join(g))
+    if len(dups) > show:
+        print(f"  ... and {len(dups) - show} more groups")
+    for g in conflicts:
+        print("  WARNING: identical files with different labels: " + ", ".join(g))
+    return dups, conflicts
+
+
+def _skipped_summary(ds: ImageSet, show: int) -> collections.Counter:
+    """Prints the skipped files (the first `show`); returns how many per reason."""
+    print(f"Skipped: {len(ds.skipped)}")
+    for i, reason in ds.skipped[:show]:
+        print(f"  {i}: {reason}")
+    if len(ds.skipped) > show:
+        print(f"  ... and {len(ds.skipped) - show} more")
+    return collections.Counter(r.split(" (")[0] for _, r in ds.skipped)
 
 
 def _sizes_per_dir(files: dict[str, Any]) -> dict[str, dict[str, Any]]:
