@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_mri_ldm.evaluation import metrics, scoring, setmetrics
+from jax_mri_ldm.evaluation import metrics, prdc, scoring, setmetrics
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context
 from jax_mri_ldm.pipeline import SamplerSpec
 
@@ -26,6 +26,8 @@ def score_row(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """`scoring.score_set` plus mean within-class MS-SSIM diversity, nulls explained."""
     row, per = scoring.score_set(ctx.shared["ref"], images, labels, ctx.nulls, path)
+    if "prdc_ref" in ctx.shared:  # the report's PRDC manifold (sections/controls.py)
+        prdc.rescore_row(ctx.shared["prdc_ref"], row, images, labels, ctx.nulls, path)
     div = setmetrics.diversity(
         ctx.nulls,
         f"{path}.diversity_detail",
