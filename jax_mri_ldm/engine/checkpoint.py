@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import platform
 import sys
@@ -245,6 +246,9 @@ class Checkpointer:
             if not isinstance(e, (ValueError, OSError)) and type(e) is not Exception:
                 raise
             reason = str(e).splitlines()[0][:300]
+            # orbax's other read tasks for this step fail too; asyncio would later log each
+            # ("Task exception was never retrieved", with a traceback) after the clear error.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             raise CheckpointError(
                 damaged_message(
                     self.directory, step, self.all_steps(), f"orbax cannot read it ({reason})"
