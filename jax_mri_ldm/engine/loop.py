@@ -18,7 +18,6 @@ import functools
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,12 +28,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from jax_mri_ldm import atomic
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
+from jax_mri_ldm.engine.devices import (
+    check_batch_size,
+    initialize_distributed,
+    make_mesh,
+    replicate,
+    shard_batch,
+    unreplicate_to_host,
+)
+from jax_mri_ldm.engine.interrupt import InterruptFlag
 from jax_mri_ldm.engine.state import (
     TrainState,
     ema_decay_at,
@@ -167,64 +173,6 @@ def train_step(
     return new_state, metrics
 
 
-# ----------------------------------------------------------------------------- devices
-
-
-def initialize_distributed(
-    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
-) -> None:
-    """Multi-host entry: calls `jax.distributed.initialize` when asked to.
-
-    With no arguments nothing happens (single process). On a cluster that JAX can auto-detect
-    (TPU pods, SLURM), pass `coordinator_address="auto"`.
-    """
-    if not coordinator_address:
-        return
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
-        # CPU-only processes need a collectives backend for cross-process all-reduces.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator_address == "auto":
-        jax.distributed.initialize()
-    else:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-        )
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named `data` over every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def check_batch_size(global_batch_size: int, option: str = "config.train.batch_size") -> None:
-    """Raises a clear error unless the global batch divides over devices and processes."""
-    n_dev, n_proc = jax.device_count(), jax.process_count()
-    if global_batch_size <= 0 or global_batch_size % n_dev or global_batch_size % n_proc:
-        raise UserError(
-            f"{option}={global_batch_size} must be a positive multiple of the number of devices "
-            f"({n_dev}) and processes ({n_proc}); e.g. use "
-            f"{max(n_dev, n_proc) * max(1, round(global_batch_size / max(n_dev, n_proc)))}."
-        )
-
-
-def shard_batch(batch: Batch, mesh: jax.sharding.Mesh, global_batch_size: int) -> dict:
-    """Assembles each process's host batch into global arrays sharded on `data`."""
-    sharding = NamedSharding(mesh, P("data"))
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        global_shape = (global_batch_size,) + value.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-    return out
-
-
-def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-    """Places every leaf fully replicated on the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 # ----------------------------------------------------------------------------- config checks
 
 
@@ -287,32 +235,6 @@ def ensure_writable_workdir(workdir: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-class _InterruptFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop; a second one aborts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not in the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to abort).", flush=True)
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -549,7 +471,7 @@ def _start_loop(
 def _train(lp: _Loop) -> bool:
     """Runs steps until the last one or a Ctrl-C; returns whether Ctrl-C stopped it."""
     try:
-        with _InterruptFlag() as flag:
+        with InterruptFlag() as flag:
             while lp.step < lp.num_steps:
                 _one_step(lp)
                 if lp.step % lp.log_every == 0 or lp.step == lp.num_steps:
@@ -654,11 +576,6 @@ def _warn_if_far_from_converged(task: Task, workdir: str, num_updates: int) -> N
         print(text, file=sys.stderr, flush=True)
 
 
-def unreplicate_to_host(tree: PyTree) -> PyTree:
-    """Fetches a replicated pytree as host numpy arrays."""
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
 __all__ = [
     "NonFiniteLossError",
     "RunResult",
@@ -670,4 +587,5 @@ __all__ = [
     "run",
     "shard_batch",
     "train_step",
+    "unreplicate_to_host",
 ]
