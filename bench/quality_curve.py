@@ -220,15 +220,7 @@ def train_judge(cfg: ml_collections.ConfigDict, train: Any, num_classes: int):
 
 def ssl_settings(cfg: ml_collections.ConfigDict) -> features.SSLSettings:
     """The encoder settings of `cfg.features` (configs/report.py)."""
-    fc = cfg.features
-    return features.SSLSettings(
-        widths=tuple(fc.widths),
-        input_size=int(fc.input_size),
-        steps=int(fc.steps),
-        batch_size=int(fc.batch_size),
-        lr=float(fc.lr),
-        temperature=float(fc.temperature),
-    )
+    return features.SSLSettings.from_config(cfg.features)
 
 
 def feature_space(

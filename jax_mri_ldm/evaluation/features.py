@@ -60,6 +60,18 @@ class SSLSettings:
     temperature: float = 0.2
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, fc) -> SSLSettings:
+        """The settings of a report config's `features` block (configs/report.py)."""
+        return cls(
+            widths=tuple(fc.widths),
+            input_size=int(fc.input_size),
+            steps=int(fc.steps),
+            batch_size=int(fc.batch_size),
+            lr=float(fc.lr),
+            temperature=float(fc.temperature),
+        )
+
 
 class MultiScaleEncoder(nn.Module):
     """CNN whose features are the mean-pooled activations of every block, concatenated.

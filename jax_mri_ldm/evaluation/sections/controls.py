@@ -21,21 +21,9 @@ from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
 HEADER = "## 11. Controls: which metrics can be trusted"
 
 
-def _ssl_settings(ctx: Context) -> features.SSLSettings:
-    fc = ctx.cfg.features
-    return features.SSLSettings(
-        widths=tuple(fc.widths),
-        input_size=int(fc.input_size),
-        steps=int(fc.steps),
-        batch_size=int(fc.batch_size),
-        lr=float(fc.lr),
-        temperature=float(fc.temperature),
-    )
-
-
 def _choose(ctx: Context, sets: dict) -> tuple[control_study.Space, dict]:
     """The chosen space and the JSON describing the choice."""
-    space, s = ctx.cfg.features.space, _ssl_settings(ctx)
+    space, s = ctx.cfg.features.space, features.SSLSettings.from_config(ctx.cfg.features)
     key = features.cache_key(s, ctx.ds.fingerprint, ctx.train.ids)
     cache = os.path.join(ctx.workdir, "eval_cache")
     d = int(ctx.cfg.classifier_widths[-1])
