@@ -215,6 +215,25 @@ def test_nt_xent_prefers_matching_views():
     assert float(features.nt_xent(z, z, 0.2)) < float(features.nt_xent(z, other, 0.2))
 
 
+def test_batch_standardise_centres_every_feature():
+    h = 3.0 + jax.random.normal(jax.random.PRNGKey(0), (16, 5)) * jnp.arange(1.0, 6.0)
+    out = features.batch_standardise(h)
+    np.testing.assert_allclose(np.asarray(out.mean(0)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.std(0)), 1.0, atol=1e-3)
+
+
+def test_contrastive_encoder_learns_and_flags_collapse():
+    # Distinct slices: NT-Xent must leave chance (a collapsed head sits at log(2B - 1)).
+    s = features.SSLSettings(widths=(8, 16), input_size=32, steps=40, batch_size=8)
+    _, info = features.load_or_train(_slices(32, size=32, seed=2), s, None, "k")
+    assert info["chance_loss"] == pytest.approx(np.log(15))
+    assert info["final_loss"] < 0.9 * info["chance_loss"] and not info["collapsed"]
+    # Identical slices: no view can be told from another, so the loss stays at chance.
+    same = np.repeat(_slices(1, size=32, seed=2), 16, axis=0)
+    _, flat = features.load_or_train(same, dataclasses.replace(s, steps=10), None, "k")
+    assert flat["collapsed"]
+
+
 def test_contrastive_encoder_trains_caches_and_sees_noise(tmp_path):
     train = _slices(24, size=32, seed=3)
     s = features.SSLSettings(widths=(8, 16), input_size=32, steps=12, batch_size=8)

@@ -72,6 +72,8 @@ def contrastive_space(
         f"self-supervised (SimCLR) multi-scale CNN ({sum(s.widths)}-d, {s.input_size} px), "
         f"trained on the {len(train_images)} real training slices for {s.steps} steps"
     )
+    if info.get("collapsed"):
+        desc += " (collapsed: its NT-Xent ended at chance, so it is a random map)"
     info = {k: v for k, v in info.items() if k != "path"}
     return Space(
         features.encoder_embed(params, s.widths, s.input_size),

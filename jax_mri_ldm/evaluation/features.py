@@ -97,8 +97,21 @@ class MultiScaleEncoder(nn.Module):
         feats = jnp.concatenate(pooled, axis=-1)  # (B, D)
         if not project:
             return feats
-        z = nn.Dense(self.proj_dim)(nn.relu(nn.Dense(feats.shape[-1])(feats)))
+        h = nn.Dense(feats.shape[-1])(batch_standardise(feats))
+        z = nn.Dense(self.proj_dim)(nn.relu(batch_standardise(h)))  # (B, proj_dim)
         return feats, z
+
+
+def batch_standardise(h: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+    """Zero mean, unit variance per feature over the batch (SimCLR's head BatchNorm, no state).
+
+    Pooled ReLU activations share a large common component, so without centring every
+    projection points the same way, NT-Xent sits at log(2B - 1) and its gradient vanishes
+    (the head collapses). Used only by the training-time projection head.
+    """
+    mean = jnp.mean(h, axis=0, keepdims=True)
+    var = jnp.var(h, axis=0, keepdims=True)
+    return (h - mean) * jax.lax.rsqrt(var + eps)  # (B, D)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,9 +220,15 @@ def train_contrastive(
     return params, losses
 
 
+# Bumped whenever the encoder or its training changes, so a cached encoder of an older
+# recipe is retrained rather than reused (2: batch-standardised projection head).
+ENCODER_VERSION = 2
+
+
 def cache_key(s: SSLSettings, fingerprint: str, train_ids: Sequence[str]) -> str:
-    """Hex key of the settings, the data fingerprint and the training ids."""
-    blob = json.dumps([dataclasses.asdict(s), fingerprint, list(train_ids)], default=list)
+    """Hex key of the settings, the encoder version, the data fingerprint and the ids."""
+    blob = [dataclasses.asdict(s), ENCODER_VERSION, fingerprint, list(train_ids)]
+    blob = json.dumps(blob, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -223,7 +242,8 @@ def load_or_train(
     """The trained encoder params from `cache_dir/contrastive_<key>.msgpack`, or trains them.
 
     Returns:
-      (params, info) with info {'cached': bool, 'final_loss', 'first_loss', 'path'}.
+      (params, info) with info {'cached': bool, 'first_loss', 'final_loss', 'chance_loss',
+      'collapsed' (final loss at chance: the encoder learnt nothing), 'path'}.
     """
     path = os.path.join(cache_dir, f"contrastive_{key}.msgpack") if cache_dir else None
     model = MultiScaleEncoder(tuple(s.widths))
@@ -237,10 +257,21 @@ def load_or_train(
         return params, {**blob["info"], "cached": True, "path": path}
     params, losses = train_contrastive(images, s, log)
     info = {"first_loss": float(np.mean(losses[:10])), "final_loss": float(np.mean(losses[-10:]))}
+    info["chance_loss"] = chance_loss(min(int(s.batch_size), len(images)))
+    info["collapsed"] = bool(info["final_loss"] >= COLLAPSE_FRACTION * info["chance_loss"])
     if path:
         state = {"params": flax.serialization.to_state_dict(params), "info": info}
         atomic.write_bytes(path, flax.serialization.msgpack_serialize(jax.device_get(state)))
     return params, {**info, "cached": False, "path": path}
+
+
+# A final NT-Xent at or above this fraction of chance means the projections collapsed.
+COLLAPSE_FRACTION = 0.97
+
+
+def chance_loss(batch_size: int) -> float:
+    """NT-Xent when every projection is the same: uniform over the 2B - 1 other views."""
+    return math.log(2 * batch_size - 1)
 
 
 @functools.lru_cache(maxsize=8)
