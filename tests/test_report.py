@@ -18,7 +18,7 @@ from conftest import REPO, env_for_subprocess
 from jax_mri_ldm import plots
 from jax_mri_ldm.evaluation import control_study, controls, report, scoring, setmetrics, trust
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Nulls
-from jax_mri_ldm.evaluation.sections import downstream, headline
+from jax_mri_ldm.evaluation.sections import downstream, headline, memorisation
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 HEADLINE_FIELDS = (
@@ -320,6 +320,22 @@ def test_interpretation_follows_the_intervals():
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "no detectable effect" in text and "did not measurably help" in text
     assert "(0.700) is below the classifier's accuracy" in text and "3.0x" in text
+
+
+def test_realism_reading_names_low_novelty_and_unrealistic_sets():
+    def mem(syn: float, flagged: float = 0.0) -> dict:
+        summ = lambda m: {"summary": {"median": m}}  # noqa: E731
+        return {
+            "synthetic_to_train": summ(syn),
+            "test_to_train": summ(0.3),
+            "fraction_flagged": flagged,
+        }
+
+    assert memorisation.realism(mem(0.3))["reading"].startswith("as close")
+    assert memorisation.realism(mem(0.15))["reading"].startswith("too far")
+    high = memorisation.realism(mem(0.72))
+    assert high["ratio"] == pytest.approx(2.4) and high["reading"].startswith("low novelty")
+    assert memorisation.realism(mem(0.72, flagged=0.05))["reading"].startswith("too close")
 
 
 def test_nulls_record_reasons():

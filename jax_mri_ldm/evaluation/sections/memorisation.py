@@ -62,7 +62,15 @@ def _difference_maps(ctx: Context, x, y, mem: dict, refs: np.ndarray) -> dict:
     return out
 
 
-def _realism(mem: dict) -> dict:
+# Nearest-training SSIM ratios (synthetic / real test) outside [LOW, HIGH] are read as too
+# far from every real slice (unrealistic) or as closer to the training set than new patients
+# are (low novelty, short of flagged copies).
+REALISM_RATIO_LOW = 0.8
+REALISM_RATIO_HIGH = 1.5
+
+
+def realism(mem: dict) -> dict:
+    """The samples' median nearest-training SSIM against the real test images', and a reading."""
     syn = mem["synthetic_to_train"]["summary"]["median"]
     real = mem["test_to_train"]["summary"]["median"]
     ratio = syn / real if real > 0 else None
@@ -70,8 +78,13 @@ def _realism(mem: dict) -> dict:
         reading = "undefined"
     elif mem["fraction_flagged"] > 0.01:
         reading = "too close: part of the set copies training images"
-    elif ratio < 0.8:
+    elif ratio < REALISM_RATIO_LOW:
         reading = "too far: the samples are unlike every real slice (unrealistic)"
+    elif ratio > REALISM_RATIO_HIGH:
+        reading = (
+            "low novelty: much closer to the training images than real unseen images are "
+            "(no flagged copies; expect look-alike samples)"
+        )
     else:
         reading = "as close to the training images as real unseen images are"
     return {"synthetic_median": syn, "real_test_median": real, "ratio": ratio, "reading": reading}
@@ -95,7 +108,7 @@ def compute(ctx: Context) -> dict[str, Any]:
     diff = _difference_maps(ctx, x, y, mem, refs)
     return {
         "memorisation": {**mem, "flagged_count": len(mem["flagged"])},
-        "realism": _realism(mem),
+        "realism": realism(mem),
         "difference_maps": diff,
     }
 
