@@ -42,9 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_mri_ldm.diffusion import Schedule, check_parameterisation, x0_eps_from_output
+from jax_mri_ldm.timesteps import SAMPLERS, SPACINGS, timesteps_for  # noqa: F401 (re-export)
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
-SPACINGS: tuple[str, ...] = ("uniform", "leading", "trailing", "quadratic", "logSNR")
 DDPM_VARIANCES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
@@ -54,137 +53,6 @@ ClipX0 = float | tuple[tuple[float, ...], tuple[float, ...]] | None
 # x, t -> (x0, eps) at one step, and step i -> the noise injected after it; see `_sample_impl`.
 Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 Noise = Callable[[jax.Array], jax.Array]
-
-
-def _strictly_decreasing(ts: np.ndarray, num_timesteps: int) -> np.ndarray:
-    """Nudges collisions apart so ``ts`` (ascending on input) is strictly increasing in
-    ``[0, T-1]``, then returns it descending. Needs ``len(ts) <= T``."""
-    ts = np.clip(np.asarray(ts, dtype=np.int64), 0, num_timesteps - 1)
-    ts = np.sort(ts)
-    for i in range(1, ts.size):  # push duplicates up ...
-        ts[i] = max(ts[i], ts[i - 1] + 1)
-    ts[-1] = min(ts[-1], num_timesteps - 1)
-    for i in range(ts.size - 2, -1, -1):  # ... and back down if they ran past T-1
-        ts[i] = min(ts[i], ts[i + 1] - 1)
-    return ts[::-1].astype(np.int32)
-
-
-def timesteps_for(
-    sampler: str,
-    steps: int | None,
-    num_timesteps: int,
-    spacing: str = "uniform",
-    *,
-    schedule: Schedule | None = None,
-) -> np.ndarray:
-    """The strictly decreasing timestep indices a sampler visits (one network call each).
-
-    Spacings (``S = steps``, ``T = num_timesteps``):
-      - ``'uniform'``: ``round(linspace(T-1, 0, S))``: starts at the noisiest index and ends
-        at 0 (the "linspace" spacing of Lin et al. 2024, table 2).
-      - ``'leading'``: ``arange(S) * (T // S)``, the DDIM paper's spacing (starts below T-1).
-      - ``'trailing'``: ``round(T - arange(S) * T / S) - 1``: starts at T-1, ends at ``T/S-1``.
-      - ``'quadratic'``: ``round(linspace(0, sqrt(T-1), S) ** 2)``: dense near the data end.
-        The DDIM paper's CIFAR-10 variant stops at ``0.8 T``, which suits the linear schedule
-        (``abar[0.8T] ~ 1.5e-3``) but not the cosine one (``abar[0.8T] ~ 0.09``, far from
-        noise), so this one spans the whole range.
-      - ``'logSNR'``: the indices whose ``lambda = log(alpha / sigma)`` is nearest to ``S``
-        points uniform in lambda between ``lambda[T-1]`` and ``lambda[0]`` (DPM-Solver's
-        ``logSNR`` spacing; needs ``schedule``).
-    Rounding collisions (e.g. 'quadratic' near 0, 'logSNR' at the clipped last cosine step) are
-    nudged to neighbouring indices so exactly ``S`` distinct indices come back.
-
-    ``'ddpm'`` always visits all ``T`` indices (``steps`` must be None or ``T``; for fewer
-    stochastic steps use ``'ddim'`` with ``eta = 1``). ``steps = None`` means ``T`` for every
-    sampler.
-
-    Args:
-      sampler: one of `SAMPLERS`.
-      steps: number of network calls ``S`` in ``[1, T]``, or None for ``T``.
-      num_timesteps: ``T``.
-      spacing: one of `SPACINGS` (ignored for ``'ddpm'``).
-      schedule: the schedule; needed for ``'logSNR'`` only (must be concrete, not traced).
-
-    Returns:
-      ``(S,)`` int32 array, strictly decreasing, in ``[0, T-1]``.
-
-    Raises:
-      ValueError: unknown sampler or spacing, ``steps`` out of range, or ``'logSNR'`` without
-        a schedule.
-    """
-    T = int(num_timesteps)
-    _check_sampler_and_spacing(sampler, spacing)
-    S = T if steps is None else int(steps)
-    _check_steps(sampler, steps, S, T)
-    if S == T:
-        return np.arange(T - 1, -1, -1, dtype=np.int32)
-    return _strictly_decreasing(_spaced_indices(spacing, S, T, schedule), T)
-
-
-def _check_sampler_and_spacing(sampler: str, spacing: str) -> None:
-    """Raises ValueError for a sampler or spacing name that does not exist."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {SPACINGS}")
-
-
-def _check_steps(sampler: str, steps: int | None, S: int, T: int) -> None:
-    """Raises ValueError unless ``S`` network calls suit `sampler` over ``T`` timesteps."""
-    if sampler == "ddpm":
-        if S != T:
-            raise ValueError(
-                f"sampler 'ddpm' runs all {T} steps but steps={steps}; use sampler='ddim' with "
-                "eta=1.0 for fewer ancestral steps"
-            )
-    elif not 1 <= S <= T:
-        raise ValueError(f"steps must be in [1, {T}] (num_timesteps), got {steps}")
-
-
-def _spaced_indices(spacing: str, S: int, T: int, schedule: Schedule | None) -> np.ndarray:
-    """The ``S < T`` indices of `spacing`, before collisions are nudged apart (any order)."""
-    if spacing == "uniform":
-        return np.array([T - 1]) if S == 1 else np.round(np.linspace(0, T - 1, S))
-    if spacing == "leading":
-        return np.arange(S) * (T // S)
-    if spacing == "trailing":
-        return np.round(T - np.arange(S) * T / S) - 1
-    if spacing == "quadratic":
-        return np.round(np.linspace(0.0, np.sqrt(T - 1), S) ** 2)
-    return _logsnr_indices(*_concrete_alphas_sigmas(schedule, T), S)
-
-
-def _concrete_alphas_sigmas(schedule: Schedule | None, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(sqrt(abar), sqrt(1 - abar))`` as float64 host arrays, for the 'logSNR' spacing."""
-    if schedule is None:
-        raise ValueError("timestep spacing 'logSNR' needs the schedule (schedule=...)")
-    if schedule.num_timesteps != T:
-        raise ValueError(f"schedule has {schedule.num_timesteps} steps, expected {T}")
-    try:
-        a = np.asarray(schedule.sqrt_alphas_cumprod, np.float64)
-        s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64)
-    except jax.errors.TracerArrayConversionError as e:
-        raise ValueError(
-            "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
-        ) from e
-    return a, s
-
-
-def _logsnr_indices(a: np.ndarray, s: np.ndarray, steps: int) -> np.ndarray:
-    """Indices nearest to ``steps`` points uniform in ``lambda = log(a / s)``, unsorted.
-
-    On a zero-terminal-SNR schedule ``lambda[T-1] = -inf``: the points span the finite range
-    and the noisiest one is moved to ``T-1``, so sampling still starts from pure noise.
-    """
-    with np.errstate(divide="ignore"):
-        lam = np.log(a) - np.log(s)  # (T,) decreasing in t
-    finite = np.isfinite(lam)
-    targets = np.linspace(lam[finite][-1], lam[0], steps)  # (S,)
-    dist = np.abs(np.where(finite, lam, np.inf)[None, :] - targets[:, None])  # (S, T)
-    ts = np.argmin(dist, axis=1)
-    if not finite[-1]:
-        ts[np.argmax(ts)] = a.size - 1
-    return ts
 
 
 def _guided_output(
