@@ -163,3 +163,11 @@ def test_rerunning_with_a_wider_model_is_refused(tiny_runs, capsys):
     assert run_training(cfg, str(tiny_runs["ldm_dir"])) == 2
     err = capsys.readouterr().err
     assert "model.channels: checkpoint=(16, 32) now=(32, 64)" in err
+
+
+def test_the_convergence_floor_scales_with_the_training_set() -> None:
+    # A 202-image set is short below ~1.6k updates; a large set keeps the published 9k floor.
+    assert train_ldm.min_updates_for(202) == 8 * 202
+    assert train_ldm.min_updates_for(480) == 8 * 480
+    assert train_ldm.min_updates_for(100_000) == train_ldm.MIN_UPDATES
+    assert train_ldm.min_updates_for(10) < train_ldm.min_updates_for(1000)
