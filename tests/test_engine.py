@@ -338,3 +338,17 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_old_meaning()
         diffusion.schedule_from_config(old).betas,
         diffusion.make_schedule("cosine", 50, zero_terminal_snr=zt).betas,
     )
+
+
+def test_processes_sharing_a_workdir_can_all_check_it_at_once(tmp_path) -> None:
+    # Every process of a multi-host run checks the same --workdir at start; a shared probe file
+    # name let one process delete another's probe (FileNotFoundError -> "not writable").
+    import concurrent.futures
+
+    def check_many(_):
+        for _ in range(200):
+            loop.ensure_writable_workdir(str(tmp_path / "run"))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(check_many, range(8)))
+    assert list((tmp_path / "run").iterdir()) == []  # no probe left behind

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -220,13 +221,15 @@ def check_resume_compatible(
 
 
 def ensure_writable_workdir(workdir: str) -> None:
-    """Creates `workdir` or raises a clear error naming it."""
+    """Creates `workdir` or raises a clear error naming it.
+
+    The probe file has a unique name: every process of a multi-host run checks the same
+    workdir at once, and a shared name let one process delete another's probe.
+    """
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test.") as f:
+            f.write(b"ok")
     except OSError as e:
         raise UserError(
             f"--workdir={workdir} is not writable ({e.strerror}); choose a directory you can "
