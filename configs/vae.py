@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # decoder x2 upsampling: transpose (paper) | transpose_icnr | nearest_conv | bilinear_conv
     c.model.upsample = "transpose"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # weights used after training (val/test scores, latents, decoding): params | ema_params
+    c.model.inference_params = "params"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.beta = 1e-3  # KL weight (paper: 0.001)
@@ -44,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0  # linear warmup steps before the schedule
     c.optim.min_lr_ratio = 0.0  # cosine: final lr = learning_rate * min_lr_ratio
     c.optim.grad_clip_norm = 0.0  # > 0 clips gradients to this global norm
-    c.optim.ema_decay = 0.999  # EMA of weights (kept for the record; VAE infers with raw params)
+    c.optim.ema_decay = 0.999  # EMA of weights (the VAE infers with them if model.inference_params)
     c.optim.ema_warmup = True  # EMA decay min(decay, (1+s)/(10+s))
 
     c.train = ml_collections.ConfigDict()

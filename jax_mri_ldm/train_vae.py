@@ -33,6 +33,8 @@ from jax_mri_ldm.pipeline import build_vae, make_encode_fn, make_reconstruct_fn
 # The paper's schedule on the built-in set (50 epochs = 1,000 updates) reaches the paper's loss;
 # a run with fewer updates (small data sets with epoch-counted presets) ends with a warning.
 MIN_UPDATES = 1_000
+# The weight sets a finished VAE can infer with (`config.model.inference_params`).
+INFERENCE_PARAMS: tuple[str, ...] = ("params", "ema_params")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
@@ -145,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
       The engine's RunResult (final metadata holds `latent_scale_factor`).
     """
     loop.ensure_writable_workdir(workdir)
+    inference_params_key(config)  # refuse a bad value before loading any data
     ds, split = prepare_data(config, workdir)
     train_set, val_set, test_set = (ds.subset(split[k]) for k in ("train", "val", "test"))
     model = build_vae(config.model)
@@ -180,6 +183,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
         },
     )
     return loop.run(config, workdir, task)
+
+
+def inference_params_key(config: ml_collections.ConfigDict) -> str:
+    """`config.model.inference_params` ('params' for configs written before the field existed)."""
+    key = str(config.model.get("inference_params", "params"))
+    if key not in INFERENCE_PARAMS:
+        raise UserError(
+            f"config.model.inference_params={key!r} is not one of {INFERENCE_PARAMS}: 'params' "
+            "uses the trained weights, 'ema_params' their exponential moving average."
+        )
+    return key
 
 
 def _checked_image_size(config: ml_collections.ConfigDict) -> int:
@@ -232,10 +246,7 @@ class _Hooks:
         """Validation PSNR / SSIM, a reconstruction figure and the loss curve."""
         step = int(jax.device_get(state.step))
         scores, recon = reconstruction_metrics(
-            self.reconstruct,
-            loop.unreplicate_to_host(state.params),
-            self.val_set.images,
-            self.batch_size,
+            self.reconstruct, self.inference_params(state), self.val_set.images, self.batch_size
         )
         if jax.process_index() == 0:
             plots.save_reconstruction_figure(
@@ -248,9 +259,13 @@ class _Hooks:
             save_loss_curve(workdir)
         return scores
 
+    def inference_params(self, state: TrainState) -> Any:
+        """The weights named by `config.model.inference_params`, on the host."""
+        return loop.unreplicate_to_host(getattr(state, inference_params_key(self.config)))
+
     def finalize(self, state: TrainState, workdir: str) -> dict[str, Any]:
         """The latent scale factor and the test-split scores, for the final checkpoint."""
-        params = loop.unreplicate_to_host(state.params)
+        params = self.inference_params(state)
         _, _, z_std = latent_statistics(
             self.model, params, self.train_set.images, self.batch_size, seed=int(self.config.seed)
         )
@@ -264,7 +279,7 @@ class _Hooks:
             "latent_scale_factor": 1.0 / max(z_std, 1e-8),
             "latent_std": z_std,
             "latent_shape": [size // 8, size // 8, int(self.config.model.latent_channels)],
-            "inference_params": "params",
+            "inference_params": inference_params_key(self.config),
             "test_metrics": test_scores,
         }
 

@@ -174,3 +174,42 @@ def test_build_vae_takes_the_decoder_upsampler_and_old_runs_keep_theirs():
     assert pipeline.build_vae(cfg).upsample == "nearest_conv"
     old = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "upsample"})
     assert pipeline.build_vae(old).upsample == "transpose"  # a run saved before the option
+
+
+def test_vae_can_infer_with_its_ema_weights(tmp_path):
+    """model.inference_params=ema_params: scores, latent scale and load_vae use the EMA weights."""
+    import jax
+
+    cfg = tiny_vae_config(tmp_path)
+    cfg.model.inference_params = "ema_params"
+    cfg.train.num_steps = 6
+    cfg.train.tensorboard = False
+    result = train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))
+    vae = pipeline.load_vae(str(tmp_path / "run"))
+    assert vae.meta["inference_params"] == "ema_params"
+    ema, raw = (jax.device_get(p) for p in (result.state.ema_params, result.state.params))
+    loaded = [np.asarray(a) for a in jax.tree.leaves(vae.params)]
+    for a, b in zip(loaded, jax.tree.leaves(ema), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert any(
+        not np.array_equal(a, np.asarray(b))
+        for a, b in zip(loaded, jax.tree.leaves(raw), strict=True)
+    )
+    images = _train_images(cfg, tmp_path / "run")
+    _, _, z_std = train_vae.latent_statistics(
+        vae.module, vae.params, images, int(cfg.train.batch_size), seed=int(cfg.seed)
+    )
+    assert vae.meta["latent_std"] == pytest.approx(z_std, rel=1e-4)
+
+
+def _train_images(cfg, run_dir) -> np.ndarray:
+    ds, split = train_vae.prepare_data(cfg, str(run_dir))
+    return ds.subset(split["train"]).images
+
+
+def test_vae_refuses_an_unknown_inference_params(tmp_path):
+    cfg = tiny_vae_config(tmp_path)
+    cfg.model.inference_params = "swa"
+    with pytest.raises(ValueError, match="config.model.inference_params='swa'"):
+        train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -77,6 +77,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.classes": "binary",
     "data.builtin.types": False,
     "model.upsample": "transpose",
+    "model.inference_params": "params",
 }
 
 
