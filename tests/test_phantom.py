@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from jax_mri_ldm.data import phantom, phantom_types
+from jax_mri_ldm.data import phantom, phantom_types, sources
+from jax_mri_ldm.data.config import get_data_config
 
 
 def _best_threshold_accuracy(feature: np.ndarray, labels: np.ndarray) -> float:
@@ -99,6 +102,77 @@ def test_bad_arguments_raise():
         phantom.generate(num_normal=-1, num_tumour=3)
     with pytest.raises(ValueError, match="seed"):
         phantom.generate(num_normal=1, num_tumour=1, seed=-1)
+
+
+# ----------------------------------------------------------------------------- pinned output
+
+# Reference output of phantom GENERATOR_VERSION 1 (and of phantom_types, which reuses its
+# helpers); rewrite it only together with a version bump: `python tests/test_phantom.py`.
+_REFERENCE = Path(__file__).parent / "data" / "phantom_v1_reference.npz"
+_BUMP = (
+    "the phantom generator's output changed: if that is intended, bump GENERATOR_VERSION in "
+    "jax_mri_ldm/data/phantom.py (or phantom_types.py) and rewrite {} with "
+    "`python tests/test_phantom.py`; if not (a refactor), keep every rng draw and float op "
+    "in its original order"
+)
+
+
+def _reference_arrays() -> dict[str, np.ndarray]:
+    """What the reference file pins: small slices, coarse block means of larger ones, labels."""
+    bin32, bin32_lab = phantom.generate(num_normal=2, num_tumour=2, size=32, seed=0)
+    bin64, bin64_lab = phantom.generate(num_normal=2, num_tumour=2, size=64, seed=1)
+    typ32, typ32_lab = phantom_types.generate(num_normal=1, num_tumour=3, size=32, seed=0)
+    blocks64 = bin64[..., 0].astype(np.float64).reshape(4, 8, 8, 8, 8).mean(axis=(2, 4))
+    return {
+        "binary_32": bin32[..., 0],  # (4, 32, 32)
+        "binary_32_labels": bin32_lab,
+        "binary_64_blocks": blocks64,  # (4, 8, 8): 8x8-pixel block means
+        "binary_64_labels": bin64_lab,
+        "types_32": typ32[..., 0],  # (4, 32, 32)
+        "types_32_labels": typ32_lab,
+    }
+
+
+def test_generator_output_is_pinned():
+    assert phantom.GENERATOR_VERSION == 1 and phantom_types.GENERATOR_VERSION == 1, (
+        "a generator version was bumped: rewrite the reference with `python tests/test_phantom.py`"
+        " and update this test and sources._PHANTOM_V1_SHA256's rule"
+    )
+    with np.load(_REFERENCE) as ref:
+        expected = dict(ref)
+    actual = _reference_arrays()
+    assert sorted(actual) == sorted(expected)
+    for key, want in expected.items():
+        # atol: float32 cos may differ in the last bit between CPUs; a changed draw moves
+        # pixels by far more.
+        assert actual[key].shape == want.shape, f"{key}: " + _BUMP.format(_REFERENCE)
+        assert np.allclose(actual[key], want, rtol=0.0, atol=1e-5), (
+            f"{key}: max |diff| {np.max(np.abs(actual[key] - want)):.3g}; "
+            + _BUMP.format(_REFERENCE)
+        )
+
+
+def test_builtin_fingerprint_of_generator_v1_is_unchanged():
+    # Keys of the binary built-in set recorded when the fingerprint still hashed phantom.py's
+    # bytes (commit 44c9d53): existing runs and caches on that set must stay valid.
+    recorded = {
+        32: "f23c31559cb2243c30c5c54df1b155102c5a199e48d987544d03fc9b90fc0174",
+        64: "1a9323ed7730804879e0a69f9077d3b49c85c7ab0e4028f5a4a0bdca14dad717",
+        128: "3d1e19454bb5e74462a9cf8c74d736d6928feeb2b2259334c9dbef14ad1ee653",
+        256: "6827e8751bb909e34660fdd2b7e2877b73bf65a0a41ea01705f5cd4e162902ef",
+    }
+    cfg = get_data_config()
+    for size, want in recorded.items():
+        assert sources._builtin_fingerprint(cfg, size) == want, size
+
+
+def test_builtin_fingerprint_follows_the_generator_version(monkeypatch):
+    cfg = get_data_config()
+    v1 = sources._builtin_fingerprint(cfg, 32)
+    monkeypatch.setattr(phantom, "GENERATOR_VERSION", 2)
+    v2 = sources._builtin_fingerprint(cfg, 32)
+    assert v2 != v1
+    assert sources._phantom_generator_sha256(2) is None
 
 
 def test_not_separable_by_global_intensity_statistics():
@@ -256,3 +330,10 @@ def test_small_cnn_learns_the_tumour_types():
     # 3e-3 (the binary test's rate) can collapse the 4-way net to one class; 1e-3 does not.
     accuracy = _train_and_evaluate(images, labels, n_train=900, steps=1500, num_classes=4, lr=1e-3)
     assert accuracy > 0.6, f"held-out 4-way accuracy {accuracy:.3f} (chance 0.25)"
+
+
+if __name__ == "__main__":
+    # Rewrites the pinned reference: only after bumping a generator version (see _BUMP).
+    _REFERENCE.parent.mkdir(exist_ok=True)
+    np.savez_compressed(_REFERENCE, **_reference_arrays())
+    print(f"wrote {_REFERENCE} ({_REFERENCE.stat().st_size} bytes)")

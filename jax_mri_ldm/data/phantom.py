@@ -33,10 +33,14 @@ differ in the last bit between CPU instruction sets or NumPy builds.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage
 
-# Bumped whenever the generator's output for a given (seed, size) changes; data caches key on it.
+# Bumped whenever the generator's output for a given (seed, size) changes: data caches and run
+# fingerprints key on it (sources._builtin_fingerprint), not on this file's bytes, and
+# tests/test_phantom.py pins the output, so a refactor must keep every draw and float op in order.
 GENERATOR_VERSION = 1
 
 # Tissue intensity tables (before per-subject jitter) for the three weightings we imitate.
@@ -162,96 +166,134 @@ def _contrast(rng: np.random.Generator) -> dict[str, float]:
     return out
 
 
-def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.ndarray:
-    """Draws one axial brain-MRI-like slice.
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """Pixel grid and the subject's head frame (anterior-posterior half-length 1, y down)."""
 
-    Args:
-      rng: source of all randomness for this slice (seed it per image for reproducibility).
-      label: 0 for a normal slice, 1 for a slice with one or two tumours.
-      size: output height and width in pixels (>= 32); all geometry scales with it.
+    gx: np.ndarray  # (H, W) image x in [-1, 1] across the field of view
+    gy: np.ndarray  # (H, W) image y, pointing down (anterior at the top, as displayed)
+    x0: np.ndarray  # (H, W) head-frame x before any mass effect
+    y0: np.ndarray  # (H, W) head-frame y before any mass effect
+    px: float  # one pixel in head units: the edge anti-aliasing width
 
-    Returns:
-      (size, size) float32 image, min-max normalised so its minimum is 0 and maximum is 1.
-    """
-    if label not in (0, 1):
-        raise ValueError(f"phantom label must be 0 (normal) or 1 (tumour), got {label!r}")
-    if size < 32:
-        raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
 
-    # ---- pixel grid in image units: [-1, 1] across the field of view, y pointing down
-    # (anterior is at the top, as radiological axial slices are displayed).
+@dataclasses.dataclass(frozen=True)
+class _HeadShape:
+    """Head outline: ellipse, wider at the back (egg shape), with a few smooth harmonics."""
+
+    aspect: float  # width / length
+    egg: float
+    harm_amp: list[float]  # amplitudes of the harmonics m = 2..5
+    harm_ph: list[float]
+
+    def radius(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised head radius (1 on the scalp surface) and radial depth from the scalp."""
+        ax = self.aspect * (1.0 + self.egg * y)
+        r = np.sqrt((x / ax) ** 2 + y**2)
+        psi = np.arctan2(np.abs(x), -y)  # angle from anterior, mirrored: 0..pi
+        mod = 1.0
+        for m in range(4):
+            mod = mod + self.harm_amp[m] * np.cos((m + 2) * psi + self.harm_ph[m])
+        rho = r / mod
+        dist = np.hypot(x, y)
+        depth = dist * (1.0 / np.maximum(rho, 1e-6) - 1.0)  # along the ray, in head units
+        return rho, depth
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layers:
+    """Thicknesses (head units) of the layers between the scalp surface and the brain."""
+
+    scalp: float
+    bone: float
+    csf: float  # subarachnoid space; wider in "older" subjects
+
+    @property
+    def brain_surf(self) -> float:
+        """Depth of the brain surface below the scalp surface."""
+        return self.scalp + self.bone + self.csf
+
+
+def _frame(rng: np.random.Generator, size: int) -> _Frame:
+    """Draws the subject pose (head size, tilt, offset) and maps the pixel grid into it."""
     # Everything is float32 (fast transcendental functions); scalars stay Python floats so
     # NumPy's promotion rules keep it that way.
     t = ((np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
     gy, gx = np.meshgrid(t, t, indexing="ij")  # (H, W) each
-
-    # ---- subject pose: the head frame has its anterior-posterior half-length = 1.
     scale = rng.uniform(0.74, 0.93)  # head AP half-length as a fraction of the half FOV
     tilt = rng.normal(0.0, np.deg2rad(7.0))
     cx, cy = rng.normal(0.0, 0.03, size=2).tolist()
     cos_t, sin_t = float(np.cos(tilt)), float(np.sin(tilt))
     x0 = (cos_t * (gx - cx) + sin_t * (gy - cy)) / scale
     y0 = (-sin_t * (gx - cx) + cos_t * (gy - cy)) / scale
-    px = 2.0 / (size * scale)  # one pixel in head units: edge anti-aliasing width
+    return _Frame(gx=gx, gy=gy, x0=x0, y0=y0, px=2.0 / (size * scale))
 
-    # ---- head outline: ellipse, wider at the back (egg shape), with a few smooth harmonics.
-    aspect = rng.uniform(0.74, 0.86)  # width / length
+
+def _head_shape(rng: np.random.Generator) -> _HeadShape:
+    """Draws the head outline's aspect, egg shape and harmonics."""
+    aspect = rng.uniform(0.74, 0.86)
     egg = rng.uniform(0.0, 0.12)
     harm_amp = (rng.normal(0.0, 0.012, size=4) / np.arange(1, 5)).tolist()  # m = 2..5
     harm_ph = rng.uniform(0.0, 2.0 * np.pi, size=4).tolist()
+    return _HeadShape(aspect=aspect, egg=egg, harm_amp=harm_amp, harm_ph=harm_ph)
 
-    def head_radius(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised head radius (1 on the scalp surface) and radial depth from the scalp."""
-        ax = aspect * (1.0 + egg * y)
-        r = np.sqrt((x / ax) ** 2 + y**2)
-        psi = np.arctan2(np.abs(x), -y)  # angle from anterior, mirrored: 0..pi
-        mod = 1.0
-        for m in range(4):
-            mod = mod + harm_amp[m] * np.cos((m + 2) * psi + harm_ph[m])
-        rho = r / mod
-        dist = np.hypot(x, y)
-        depth = dist * (1.0 / np.maximum(rho, 1e-6) - 1.0)  # along the ray, in head units
-        return rho, depth
 
-    _, depth0 = head_radius(x0, y0)  # depth below the scalp surface (negative outside)
-
+def _layers(rng: np.random.Generator) -> _Layers:
+    """Draws the scalp, skull and CSF-layer thicknesses."""
     t_scalp = rng.uniform(0.035, 0.06)
     t_bone = rng.uniform(0.03, 0.05)
-    t_csf = rng.uniform(0.008, 0.022)  # subarachnoid space; wider in "older" subjects
-    brain_surf = t_scalp + t_bone + t_csf
+    t_csf = rng.uniform(0.008, 0.022)
+    return _Layers(scalp=t_scalp, bone=t_bone, csf=t_csf)
 
-    # ---- lesions (drawn before anatomy so the mass effect can warp it).
-    lesions = []
-    if label == 1:
-        n_les = 1 if rng.random() < 0.75 else 2
-        for _ in range(n_les):
-            # Uniform position inside the inner brain (rejection sampling on a disc/ellipse).
-            for _ in range(100):
-                lx, ly = rng.uniform(-0.62, 0.62), rng.uniform(-0.72, 0.72)
-                if (lx / (aspect * 0.8)) ** 2 + (ly / 0.8) ** 2 < 0.78**2:
-                    break
-            radius = float(np.exp(rng.uniform(np.log(0.1), np.log(0.26))))
-            if n_les == 2:
-                radius *= 0.8
-            lesions.append(
-                {
-                    "c": (lx, ly),
-                    "r": radius,
-                    "harm": (rng.normal(0.0, 0.09, size=4) / np.sqrt(np.arange(2, 6))).tolist(),
-                    "harm_ph": rng.uniform(0.0, 2.0 * np.pi, size=4).tolist(),
-                    "necrosis": rng.uniform(0.0, 0.6),  # core fraction that is necrotic
-                    "rim_w": rng.uniform(0.18, 0.35),  # rim thickness as a fraction of radius
-                    # Oedema extent as a multiple of the radius; small lesions (metastases)
-                    # often carry disproportionate oedema, hence the additive part.
-                    "oedema": rng.uniform(1.4, 2.4) + rng.uniform(0.04, 0.1) / radius,
-                    "oedema_amp": rng.uniform(0.7, 1.0),
-                    "push": rng.uniform(0.3, 0.6),  # mass effect strength
-                }
-            )
 
-    # ---- mass effect: inverse radial warp q = p - (p - c) g(|p - c|), fading to zero near the
-    # skull so the head outline stays put. A Gaussian g with peak `push` < 1 keeps r (1 - g(r))
-    # increasing, so the warp folds nothing over.
+def _lesion_centre(rng: np.random.Generator, aspect: float) -> tuple[float, float]:
+    """Uniform position inside the inner brain (rejection sampling on an ellipse)."""
+    for _ in range(100):
+        lx, ly = rng.uniform(-0.62, 0.62), rng.uniform(-0.72, 0.72)
+        if (lx / (aspect * 0.8)) ** 2 + (ly / 0.8) ** 2 < 0.78**2:
+            break
+    return lx, ly
+
+
+def _lesion(rng: np.random.Generator, aspect: float, n_les: int) -> dict:
+    """Draws one lesion's centre, radius, outline, composition, oedema and mass effect."""
+    lx, ly = _lesion_centre(rng, aspect)
+    radius = float(np.exp(rng.uniform(np.log(0.1), np.log(0.26))))
+    if n_les == 2:
+        radius *= 0.8
+    return {
+        "c": (lx, ly),
+        "r": radius,
+        "harm": (rng.normal(0.0, 0.09, size=4) / np.sqrt(np.arange(2, 6))).tolist(),
+        "harm_ph": rng.uniform(0.0, 2.0 * np.pi, size=4).tolist(),
+        "necrosis": rng.uniform(0.0, 0.6),  # core fraction that is necrotic
+        "rim_w": rng.uniform(0.18, 0.35),  # rim thickness as a fraction of radius
+        # Oedema extent as a multiple of the radius; small lesions (metastases) often carry
+        # disproportionate oedema, hence the additive part.
+        "oedema": rng.uniform(1.4, 2.4) + rng.uniform(0.04, 0.1) / radius,
+        "oedema_amp": rng.uniform(0.7, 1.0),
+        "push": rng.uniform(0.3, 0.6),  # mass effect strength
+    }
+
+
+def _lesions(rng: np.random.Generator, label: int, aspect: float) -> list[dict]:
+    """No lesion for a normal slice; one (75 %) or two, each a bit smaller, for a tumour."""
+    if label != 1:
+        return []
+    n_les = 1 if rng.random() < 0.75 else 2
+    return [_lesion(rng, aspect, n_les) for _ in range(n_les)]
+
+
+def _mass_effect(
+    frame: _Frame, depth0: np.ndarray, brain_surf: float, lesions: list[dict]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warped head-frame coordinates (x, y) at which the brain's inner structures are sampled.
+
+    Inverse radial warp q = p - (p - c) g(|p - c|), fading to zero near the skull so the head
+    outline stays put. A Gaussian g with peak `push` < 1 keeps r (1 - g(r)) increasing, so the
+    warp folds nothing over.
+    """
+    x0, y0 = frame.x0, frame.y0
     x, y = x0.copy(), y0.copy()
     fade = np.clip((depth0 - brain_surf) / 0.12, 0.0, 1.0)
     for les in lesions:
@@ -261,14 +303,16 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
         g = les["push"] * np.exp(-r2 / (2.0 * (1.6 * les["r"]) ** 2)) * fade
         x = x - dx * g
         y = y - dy * g
+    return x, y
 
-    _, depth_w = head_radius(x, y)
-    d = depth_w - brain_surf  # depth below the brain surface, warped frame
-    ax_ = np.abs(x)
 
-    # ---- cortex: sulci are the zero set of a band-limited field in (arc length, depth)
-    # coordinates, with wave vectors mostly along the surface so sulci run radially inwards.
-    psi = np.arctan2(ax_, -y)
+def _sulci(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Distance to the nearest sulcus: the zero set of a band-limited field in (arc, depth).
+
+    Wave vectors run mostly along the surface, so sulci run radially inwards; `d` is the depth
+    below the brain surface.
+    """
+    psi = np.arctan2(np.abs(x), -y)
     arc = psi * 0.75  # ~arc length along the brain surface (mean radius ~0.75 head units)
     wav = rng.uniform(20.0, 28.0)
     k_s, k_d = (0.6 * wav, 1.3 * wav), (0.0, 1.1 * wav)
@@ -283,39 +327,62 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
     depth_var = _fourier_field(rng, arc, 0.0 * d, 6, (0.2 * wav, 0.6 * wav), (0.0, 0.0))[0]
     sulcus_depth = rng.uniform(0.11, 0.18) * np.clip(1.0 + 0.45 * depth_var, 0.35, 2.0)
     d_line = np.abs(n) / grad  # ~distance to the nearest sulcus axis
-    d_sulc = np.hypot(d_line, np.maximum(d - sulcus_depth, 0.0))  # rounded fundus
+    return np.hypot(d_line, np.maximum(d - sulcus_depth, 0.0))  # rounded fundus
 
-    # Interhemispheric fissure: midline cleft from the frontal pole back to the genu and from
-    # the occipital pole forward to the splenium of the corpus callosum.
+
+def _fissure(rng: np.random.Generator, ax_: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance to the interhemispheric fissure (`ax_` = |x|).
+
+    A midline cleft from the frontal pole back to the genu and from the occipital pole forward
+    to the splenium of the corpus callosum.
+    """
     y_genu = rng.uniform(-0.38, -0.25)
     y_splen = rng.uniform(0.3, 0.45)
     d_fiss = np.minimum(
         np.hypot(ax_, np.maximum(y - y_genu, 0.0)),
         np.hypot(ax_, np.maximum(y_splen - y, 0.0)),
     )
-    d_fiss = d_fiss + 0.02 * np.abs(_fourier_field(rng, y, 0.0 * y, 3, (5.0, 12.0), (0, 0))[0])
-    d_csf = np.minimum(np.minimum(np.maximum(d, 0.0), d_sulc), d_fiss)
+    return d_fiss + 0.02 * np.abs(_fourier_field(rng, y, 0.0 * y, 3, (5.0, 12.0), (0, 0))[0])
 
+
+def _cortex(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, d: np.ndarray, px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grey-matter and CSF fractions of the folded cortex, sulci and fissure (warped frame)."""
+    d_sulc = _sulci(rng, x, y, d)
+    d_fiss = _fissure(rng, np.abs(x), y)
+    d_csf = np.minimum(np.minimum(np.maximum(d, 0.0), d_sulc), d_fiss)
     gm_thick = rng.uniform(0.036, 0.05)
     sulc_w = rng.uniform(0.003, 0.009)  # half-width of the CSF in each sulcus
     sulc_w = sulc_w * (1.0 + 1.5 * np.exp(-np.maximum(d, 0.0) / 0.02))  # sulci open at the top
     gm_frac = _ramp(gm_thick - d_csf, px)  # 1 in cortex, 0 in white matter
     csf_frac = np.maximum(_ramp(sulc_w - np.minimum(d_sulc, d_fiss), px), _ramp(-d, px))
+    return gm_frac, csf_frac
 
-    # ---- deep grey nuclei and lateral ventricles (the slice level sets how much shows).
-    level = rng.uniform(0.0, 1.0)  # 0: through the basal ganglia, 1: above them (bodies only)
+
+def _deep_nuclei(
+    rng: np.random.Generator, ax_: np.ndarray, y: np.ndarray, level: float, px: float
+) -> np.ndarray:
+    """Fraction of deep grey (caudate, putamen, thalamus); fades out at higher slice levels."""
     nuc_vis = min(max(1.2 - 1.4 * level, 0.0), 1.0)
-    deep = np.zeros_like(x)
-    if nuc_vis > 0.0:
-        sx = rng.uniform(0.9, 1.1)
-        caudate = _ellipse(ax_, y, 0.13 * sx, -0.2, 0.06, 0.1, 0.5)
-        putamen = _ellipse(ax_, y, 0.29 * sx, -0.02, 0.055, 0.16, -0.2)
-        thalamus = _ellipse(ax_, y, 0.09 * sx, 0.13, 0.075, 0.11, 0.15)
-        nuc = np.minimum(np.minimum(caudate, putamen), thalamus)
-        deep = nuc_vis * _ramp(1.0 - nuc, 4.0 * px / 0.1)
+    if nuc_vis <= 0.0:
+        return np.zeros_like(ax_)
+    sx = rng.uniform(0.9, 1.1)
+    caudate = _ellipse(ax_, y, 0.13 * sx, -0.2, 0.06, 0.1, 0.5)
+    putamen = _ellipse(ax_, y, 0.29 * sx, -0.02, 0.055, 0.16, -0.2)
+    thalamus = _ellipse(ax_, y, 0.09 * sx, 0.13, 0.075, 0.11, 0.15)
+    nuc = np.minimum(np.minimum(caudate, putamen), thalamus)
+    return nuc_vis * _ramp(1.0 - nuc, 4.0 * px / 0.1)
 
-    # Lateral ventricles: two tubes around a centre line x_c(t), t in [-1, 1] front to back,
-    # that bows outwards at both ends (frontal horns and atria: the axial "butterfly").
+
+def _ventricles(
+    rng: np.random.Generator, ax_: np.ndarray, y: np.ndarray, level: float, px: float
+) -> np.ndarray:
+    """Fraction of lateral ventricle: the axial "butterfly".
+
+    Two tubes around a centre line x_c(t), t in [-1, 1] front to back, that bows outwards at
+    both ends (frontal horns and atria).
+    """
     vent_size = float(np.exp(rng.normal(0.0, 0.3)))  # ventricle width factor (age, atrophy)
     v_gap = rng.uniform(0.01, 0.025)  # septum pellucidum half-thickness
     v_front, v_back = -0.34 + 0.06 * level, 0.4 - 0.12 * level
@@ -336,59 +403,87 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
     )
     width = width * np.clip(1.0 - 0.9 * np.maximum(tv - 0.7, 0.0) / 0.3, 0.1, 1.0)  # occipital tip
     f_vent = ((ax_ - centre) / width) ** 2 + tv**6
-    vent = _ramp(1.0 - f_vent, 2.5 * px / w0)
+    return _ramp(1.0 - f_vent, 2.5 * px / w0)
 
-    # ---- per-subject contrast and tissue composition (painter's order with soft masks).
-    tis = _contrast(rng)  # tissue -> intensity for this subject
-    wm_texture = 1.0 + 0.04 * _fourier_field(rng, x, y, 10, (10.0, 25.0), (0.0, 25.0))[0]
 
-    img = np.zeros_like(x)  # (H, W) background
+def _paint_head(
+    tis: dict[str, float], depth0: np.ndarray, layers: _Layers, brain: np.ndarray, px: float
+) -> np.ndarray:
+    """Background, scalp, bone with its diploe line, then the brain tissue inside the skull."""
+    img = np.zeros_like(depth0)  # (H, W) background
     head = _ramp(depth0, px)
     img = img + head * tis["fat"]
-    bone = _ramp(depth0 - t_scalp, px)
+    bone = _ramp(depth0 - layers.scalp, px)
     img = img + bone * (tis["bone"] - img)
-    marrow = _ramp(0.25 * t_bone - np.abs(depth0 - t_scalp - 0.5 * t_bone), px)
+    marrow = _ramp(0.25 * layers.bone - np.abs(depth0 - layers.scalp - 0.5 * layers.bone), px)
     img = img + 0.6 * marrow * (tis["marrow"] - img)
-    intracranial = _ramp(depth0 - t_scalp - t_bone, px)
-    brain_tissue = tis["gm"] * gm_frac + tis["wm"] * wm_texture * (1.0 - gm_frac)
-    brain_tissue = brain_tissue + deep * (tis["deep"] - brain_tissue)
-    brain_tissue = brain_tissue + csf_frac * (tis["csf"] - brain_tissue)
-    brain_tissue = brain_tissue + vent * (tis["csf"] - brain_tissue)
-    img = img + intracranial * (brain_tissue - img)
-    wm_frac = (1.0 - gm_frac) * (1.0 - csf_frac) * (1.0 - vent) * (d > 0)
+    intracranial = _ramp(depth0 - layers.scalp - layers.bone, px)
+    return img + intracranial * (brain - img)
 
-    # ---- lesions, in the unwarped frame (the tissue they displaced was pushed outward).
-    brain_mask = _ramp(depth0 - brain_surf, px)
-    for les in lesions:
-        lx, ly = les["c"]
-        dx, dy = x0 - lx, y0 - ly
-        r = np.hypot(dx, dy)
-        ang = np.arctan2(dy, dx)
-        shape = 1.0
-        for m in range(4):
-            shape = shape + les["harm"][m] * np.cos((m + 2) * ang + les["harm_ph"][m])
-        q = r / (les["r"] * shape)  # < 1 inside the tumour
-        edge = px / les["r"]
 
-        # Oedema: a fuzzy, finger-like halo that prefers white matter.
-        fingers = _fourier_field(rng, x0 / les["r"], y0 / les["r"], 6, (1.5, 3.5), (0.0, 3.5))[0]
-        qe = q / (les["oedema"] * (1.0 + 0.18 * fingers))
-        oed = np.clip((1.0 - qe) / 0.35, 0.0, 1.0) ** 0.7
-        oed = les["oedema_amp"] * oed * (0.35 + 0.65 * wm_frac) * brain_mask
-        img = img + oed * (tis["oedema"] - img)
+def _brain_tissue(
+    tis: dict[str, float],
+    wm_texture: np.ndarray,
+    gm_frac: np.ndarray,
+    csf_frac: np.ndarray,
+    deep: np.ndarray,
+    vent: np.ndarray,
+) -> np.ndarray:
+    """Brain intensities: textured white matter, cortex, deep grey, then CSF (painter's order)."""
+    brain = tis["gm"] * gm_frac + tis["wm"] * wm_texture * (1.0 - gm_frac)
+    brain = brain + deep * (tis["deep"] - brain)
+    brain = brain + csf_frac * (tis["csf"] - brain)
+    return brain + vent * (tis["csf"] - brain)
 
-        # Core: viable tumour with a noisy texture, necrotic patches inside, enhancing rim.
-        tex = _fourier_field(rng, x0 / les["r"], y0 / les["r"], 12, (4.0, 9.0), (0.0, 9.0))[0]
-        necro = _ramp(les["necrosis"] * (1.0 - les["rim_w"]) - q + 0.08 * tex, 2.0 * edge)
-        core_val = tis["solid"] * (1.0 + 0.12 * tex)
-        core_val = core_val + necro * (tis["necrosis"] * (1.0 + 0.08 * tex) - core_val)
-        rim = _ramp(q - (1.0 - les["rim_w"]), 2.0 * edge) * (1.0 - necro)
-        rim_strength = rng.uniform(0.7, 1.0)
-        core_val = core_val + rim_strength * rim * (tis["rim"] - core_val)
-        inside = _ramp(1.0 - q, 1.5 * edge) * brain_mask
-        img = img + inside * (core_val - img)
 
-    # ---- acquisition: point-spread blur, bias field, Rician noise, min-max normalisation.
+def _lesion_radius(les: dict, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+    """Normalised radius of a lesion's irregular outline: < 1 inside the tumour."""
+    lx, ly = les["c"]
+    dx, dy = x0 - lx, y0 - ly
+    r = np.hypot(dx, dy)
+    ang = np.arctan2(dy, dx)
+    shape = 1.0
+    for m in range(4):
+        shape = shape + les["harm"][m] * np.cos((m + 2) * ang + les["harm_ph"][m])
+    return r / (les["r"] * shape)
+
+
+def _paint_lesion(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    les: dict,
+    frame: _Frame,
+    tis: dict[str, float],
+    wm_frac: np.ndarray,
+    brain_mask: np.ndarray,
+) -> np.ndarray:
+    """Paints one lesion in the unwarped frame (the tissue it displaced was pushed outward)."""
+    x0, y0 = frame.x0, frame.y0
+    q = _lesion_radius(les, x0, y0)
+    edge = frame.px / les["r"]
+
+    # Oedema: a fuzzy, finger-like halo that prefers white matter.
+    fingers = _fourier_field(rng, x0 / les["r"], y0 / les["r"], 6, (1.5, 3.5), (0.0, 3.5))[0]
+    qe = q / (les["oedema"] * (1.0 + 0.18 * fingers))
+    oed = np.clip((1.0 - qe) / 0.35, 0.0, 1.0) ** 0.7
+    oed = les["oedema_amp"] * oed * (0.35 + 0.65 * wm_frac) * brain_mask
+    img = img + oed * (tis["oedema"] - img)
+
+    # Core: viable tumour with a noisy texture, necrotic patches inside, enhancing rim.
+    tex = _fourier_field(rng, x0 / les["r"], y0 / les["r"], 12, (4.0, 9.0), (0.0, 9.0))[0]
+    necro = _ramp(les["necrosis"] * (1.0 - les["rim_w"]) - q + 0.08 * tex, 2.0 * edge)
+    core_val = tis["solid"] * (1.0 + 0.12 * tex)
+    core_val = core_val + necro * (tis["necrosis"] * (1.0 + 0.08 * tex) - core_val)
+    rim = _ramp(q - (1.0 - les["rim_w"]), 2.0 * edge) * (1.0 - necro)
+    rim_strength = rng.uniform(0.7, 1.0)
+    core_val = core_val + rim_strength * rim * (tis["rim"] - core_val)
+    inside = _ramp(1.0 - q, 1.5 * edge) * brain_mask
+    return img + inside * (core_val - img)
+
+
+def _acquire(rng: np.random.Generator, img: np.ndarray, frame: _Frame, size: int) -> np.ndarray:
+    """Point-spread blur, bias field, Rician noise, then min-max normalisation to [0, 1]."""
+    gx, gy = frame.gx, frame.gy
     img = ndimage.gaussian_filter(img, sigma=0.6 * size / 256.0 + 0.25)
     b = rng.normal(0.0, 0.12, size=5).tolist()
     bias = 1.0 + b[0] * gx + b[1] * gy + 0.5 * b[2] * gx * gy + 0.5 * b[3] * gx**2
@@ -403,6 +498,47 @@ def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.
     img = (img - lo) / (hi - lo)  # float32: the max pixel maps to exactly 1, the min to 0
     assert img.dtype == np.float32, img.dtype
     return img
+
+
+def generate_slice(rng: np.random.Generator, label: int, size: int = 256) -> np.ndarray:
+    """Draws one axial brain-MRI-like slice.
+
+    The steps draw from `rng` in a fixed order (pose, head outline, layers, lesions, cortex,
+    fissure, deep grey, ventricles, contrast, lesion textures, acquisition); reordering them
+    changes the output and so requires bumping GENERATOR_VERSION.
+
+    Args:
+      rng: source of all randomness for this slice (seed it per image for reproducibility).
+      label: 0 for a normal slice, 1 for a slice with one or two tumours.
+      size: output height and width in pixels (>= 32); all geometry scales with it.
+
+    Returns:
+      (size, size) float32 image, min-max normalised so its minimum is 0 and maximum is 1.
+    """
+    if label not in (0, 1):
+        raise ValueError(f"phantom label must be 0 (normal) or 1 (tumour), got {label!r}")
+    if size < 32:
+        raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
+    frame = _frame(rng, size)
+    head = _head_shape(rng)
+    _, depth0 = head.radius(frame.x0, frame.y0)  # depth below the scalp (negative outside)
+    layers = _layers(rng)
+    lesions = _lesions(rng, label, head.aspect)  # before the anatomy: their mass effect warps it
+    x, y = _mass_effect(frame, depth0, layers.brain_surf, lesions)
+    d = head.radius(x, y)[1] - layers.brain_surf  # depth below the brain surface, warped frame
+    gm_frac, csf_frac = _cortex(rng, x, y, d, frame.px)
+    level = rng.uniform(0.0, 1.0)  # 0: through the basal ganglia, 1: above them (bodies only)
+    deep = _deep_nuclei(rng, np.abs(x), y, level, frame.px)
+    vent = _ventricles(rng, np.abs(x), y, level, frame.px)
+    tis = _contrast(rng)  # tissue -> intensity for this subject
+    wm_texture = 1.0 + 0.04 * _fourier_field(rng, x, y, 10, (10.0, 25.0), (0.0, 25.0))[0]
+    brain = _brain_tissue(tis, wm_texture, gm_frac, csf_frac, deep, vent)
+    img = _paint_head(tis, depth0, layers, brain, frame.px)
+    wm_frac = (1.0 - gm_frac) * (1.0 - csf_frac) * (1.0 - vent) * (d > 0)
+    brain_mask = _ramp(depth0 - layers.brain_surf, frame.px)
+    for les in lesions:
+        img = _paint_lesion(rng, img, les, frame, tis, wm_frac, brain_mask)
+    return _acquire(rng, img, frame, size)
 
 
 def generate(

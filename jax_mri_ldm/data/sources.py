@@ -16,12 +16,12 @@ Cache: `builtin`, `folder` and `nifti` results are stored as `.npz` in `config.d
 (default `$XDG_CACHE_HOME/jax_mri_ldm`, else `~/.cache/jax_mri_ldm`), named after a
 fingerprint of the inputs: SHA-256 of every source file's bytes (hashing reads the files but
 decodes none; ~10 MB takes milliseconds) plus the reader/preprocessing versions and every
-setting that changes the arrays. For `builtin` the fingerprint covers the generator's source
-code (`phantom.py` bytes), counts, seed and size. A cache file is written to a temporary name
-in the same directory and renamed into place, so an interrupted run never leaves a half-written
-file; an unreadable cache file is ignored and rebuilt; an unwritable cache directory only costs
-the speed-up (warning). The TFDS source is not cached again: it already is preprocessed
-arrays on disk.
+setting that changes the arrays. For `builtin` the fingerprint covers the generator's version
+(its output is pinned by a test; see `_PHANTOM_V1_SHA256`), counts, seed and size. A cache
+file is written to a temporary name in the same directory and renamed into place, so an
+interrupted run never leaves a half-written file; an unreadable cache file is ignored and
+rebuilt; an unwritable cache directory only costs the speed-up (warning). The TFDS source is
+not cached again: it already is preprocessed arrays on disk.
 
 Classes: `config.data.classes` ('binary' | 'folders', see `classes.py`) picks the labelling of
 folder and NIfTI sources; the fingerprint covers it only when it is not 'binary', so runs and
@@ -178,15 +178,28 @@ def _write_cache(path: Path, ds: ImageSet, meta: dict) -> bool:
 # ----------------------------------------------------------------------------- readers
 
 
+# SHA-256 of phantom.py's bytes as they were at GENERATOR_VERSION 1 (commit 44c9d53). Earlier
+# fingerprints hashed the file itself, so every edit, even a pure refactor, changed the key of the
+# built-in set and stopped runs on it from resuming. Now the generator's output is pinned by a test
+# (tests/test_phantom.py) and any change to it must bump GENERATOR_VERSION; version 1 keeps this
+# recorded hash so its existing keys stay valid, later versions are keyed by the version alone.
+_PHANTOM_V1_SHA256 = "fa36bbff958a05dffe36df1f818dce2d3487d69b8d89284b5630756c3ac2fe21"
+
+
+def _phantom_generator_sha256(version: int) -> str | None:
+    """The `generator_sha256` fingerprint entry of phantom generator `version` (see above)."""
+    return _PHANTOM_V1_SHA256 if version == 1 else None
+
+
 def _builtin_fingerprint(data_cfg: Any, size: int) -> str:
     from jax_mri_ldm.data import phantom  # lazy: only the built-in source needs it
 
     b = data_cfg.builtin
+    version = phantom.GENERATOR_VERSION
     payload = {
         "reader": "builtin",
-        "generator_version": getattr(phantom, "GENERATOR_VERSION", None),
-        # The generator's own source: any change to phantom.py invalidates cached sets.
-        "generator_sha256": hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest(),
+        "generator_version": version,
+        "generator_sha256": _phantom_generator_sha256(version),
         "num_normal": int(b.num_normal),
         "num_tumour": int(b.num_tumour),
         "seed": int(b.seed),
