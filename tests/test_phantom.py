@@ -173,6 +173,22 @@ def test_builtin_fingerprint_of_generator_v1_is_unchanged():
         assert sources._builtin_fingerprint(cfg, size) == want, size
 
 
+def test_builtin_fingerprint_of_the_types_generator_v1_is_unchanged():
+    # Keys of the four-class built-in set recorded when the fingerprint still hashed
+    # phantom_types.py's bytes (commit c423f41): existing runs and caches must stay valid.
+    recorded = {
+        32: "8aac447e23905aca2472c8870b554c721f7f240c936660c75c00f40ec645ffae",
+        64: "e7bdac54d51cb25a467b4a01c32f03c432eb4154475d5ae84d0434cad62b8e83",
+        128: "64220ef6a4db831bed240705fd23b3fdb7767bc8e11aa5f5f284c500c34c24c7",
+        256: "4fa608b98e0fc0d31e54b9d8997d1a000af1143ecf2d234349257d0c462de86b",
+    }
+    cfg = get_data_config()
+    cfg.builtin.types = True
+    for size, want in recorded.items():
+        assert sources._builtin_fingerprint(cfg, size) == want, size
+    assert sources._types_generator_sha256(2) is None
+
+
 def test_builtin_fingerprint_follows_the_generator_version(monkeypatch):
     cfg = get_data_config()
     v1 = sources._builtin_fingerprint(cfg, 32)

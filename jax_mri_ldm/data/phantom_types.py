@@ -16,9 +16,9 @@ min-max), with one lesion whose kind follows what tells the three types apart on
   the frontal horns symmetrically.
 
 Every class draws its anatomy, pose, slice level, contrast and acquisition from the same
-distributions, so nothing but the lesion separates them. `phantom.py` is kept byte-for-byte
-as it is: the binary built-in set's fingerprint covers that file, so existing runs on it stay
-valid; this module has its own fingerprint (`GENERATOR_VERSION` and its own bytes).
+distributions, so nothing but the lesion separates them. Both generators' outputs are pinned by
+tests/test_phantom.py; a change to either output must bump that module's `GENERATOR_VERSION`,
+which is what the data caches and run fingerprints key on.
 
 Determinism: the k-th image of class c is drawn from `np.random.default_rng([seed, 10 + c, k])`;
 `generate` interleaves the classes with a permutation from

@@ -184,11 +184,18 @@ def _write_cache(path: Path, ds: ImageSet, meta: dict) -> bool:
 # (tests/test_phantom.py) and any change to it must bump GENERATOR_VERSION; version 1 keeps this
 # recorded hash so its existing keys stay valid, later versions are keyed by the version alone.
 _PHANTOM_V1_SHA256 = "fa36bbff958a05dffe36df1f818dce2d3487d69b8d89284b5630756c3ac2fe21"
+# The same for phantom_types.py (the four-class built-in set) at its GENERATOR_VERSION 1.
+_PHANTOM_TYPES_V1_SHA256 = "20eb64a49e782556f69ca43ecfb947e57b7124b7687d7edc2aa6a3d5a05c4b48"
 
 
 def _phantom_generator_sha256(version: int) -> str | None:
     """The `generator_sha256` fingerprint entry of phantom generator `version` (see above)."""
     return _PHANTOM_V1_SHA256 if version == 1 else None
+
+
+def _types_generator_sha256(version: int) -> str | None:
+    """The `types_sha256` fingerprint entry of phantom_types generator `version` (see above)."""
+    return _PHANTOM_TYPES_V1_SHA256 if version == 1 else None
 
 
 def _builtin_fingerprint(data_cfg: Any, size: int) -> str:
@@ -210,8 +217,7 @@ def _builtin_fingerprint(data_cfg: Any, size: int) -> str:
 
         payload["types"] = True
         payload["types_version"] = phantom_types.GENERATOR_VERSION
-        src = Path(phantom_types.__file__).read_bytes()
-        payload["types_sha256"] = hashlib.sha256(src).hexdigest()
+        payload["types_sha256"] = _types_generator_sha256(phantom_types.GENERATOR_VERSION)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
