@@ -159,32 +159,29 @@ def test_generator_output_is_pinned():
         )
 
 
-def test_builtin_fingerprint_of_generator_v1_is_unchanged():
-    # Keys of the binary built-in set recorded when the fingerprint still hashed phantom.py's
-    # bytes (commit 44c9d53): existing runs and caches on that set must stay valid.
-    recorded = {
+# Keys recorded when the fingerprints still hashed the generators' source bytes (phantom.py at
+# commit 44c9d53, phantom_types.py at c423f41): existing runs and caches must stay valid.
+_RECORDED_V1_KEYS = {
+    False: {  # binary built-in set (phantom.py)
         32: "f23c31559cb2243c30c5c54df1b155102c5a199e48d987544d03fc9b90fc0174",
         64: "1a9323ed7730804879e0a69f9077d3b49c85c7ab0e4028f5a4a0bdca14dad717",
         128: "3d1e19454bb5e74462a9cf8c74d736d6928feeb2b2259334c9dbef14ad1ee653",
         256: "6827e8751bb909e34660fdd2b7e2877b73bf65a0a41ea01705f5cd4e162902ef",
-    }
-    cfg = get_data_config()
-    for size, want in recorded.items():
-        assert sources._builtin_fingerprint(cfg, size) == want, size
-
-
-def test_builtin_fingerprint_of_the_types_generator_v1_is_unchanged():
-    # Keys of the four-class built-in set recorded when the fingerprint still hashed
-    # phantom_types.py's bytes (commit c423f41): existing runs and caches must stay valid.
-    recorded = {
+    },
+    True: {  # four-class built-in set (phantom_types.py)
         32: "8aac447e23905aca2472c8870b554c721f7f240c936660c75c00f40ec645ffae",
         64: "e7bdac54d51cb25a467b4a01c32f03c432eb4154475d5ae84d0434cad62b8e83",
         128: "64220ef6a4db831bed240705fd23b3fdb7767bc8e11aa5f5f284c500c34c24c7",
         256: "4fa608b98e0fc0d31e54b9d8997d1a000af1143ecf2d234349257d0c462de86b",
-    }
+    },
+}
+
+
+@pytest.mark.parametrize("types", [False, True])
+def test_builtin_fingerprint_of_generator_v1_is_unchanged(types):
     cfg = get_data_config()
-    cfg.builtin.types = True
-    for size, want in recorded.items():
+    cfg.builtin.types = types
+    for size, want in _RECORDED_V1_KEYS[types].items():
         assert sources._builtin_fingerprint(cfg, size) == want, size
     assert sources._types_generator_sha256(2) is None
 
