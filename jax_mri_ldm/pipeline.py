@@ -51,6 +51,8 @@ DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 25
 # Timestep spacing per sampler: DPM-Solver++ needs steps uniform in log-SNR at few steps (with
 # time-uniform steps on the cosine schedule its last jump overshoots; see sampling.py).
 DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp_2m": "logSNR"}
+# The weight sets a finished VAE can infer with (its run's `inference_params`; absent: "params").
+VAE_INFERENCE_PARAMS: tuple[str, ...] = ("params", "ema_params")
 _PRETTY = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
 
 
@@ -331,7 +333,7 @@ def load_vae(workdir: str) -> VAEPipeline:
         items, meta = checkpointer.restore_raw()
     finally:
         checkpointer.close()
-    which = "params" if meta.get("inference_params", "params") == "params" else "ema_params"
+    which = meta.get("inference_params", VAE_INFERENCE_PARAMS[0])
     module = build_vae(ml_collections.ConfigDict(meta["config"]["model"]))
     return VAEPipeline(module=module, params=items[which], meta=meta)
 

@@ -28,13 +28,16 @@ from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation import metrics as metrics_lib
 from jax_mri_ldm.losses import to_model_space, vae_loss
 from jax_mri_ldm.models.vae import VAE
-from jax_mri_ldm.pipeline import build_vae, make_encode_fn, make_reconstruct_fn
+from jax_mri_ldm.pipeline import (
+    VAE_INFERENCE_PARAMS,
+    build_vae,
+    make_encode_fn,
+    make_reconstruct_fn,
+)
 
 # The paper's schedule on the built-in set (50 epochs = 1,000 updates) reaches the paper's loss;
 # a run with fewer updates (small data sets with epoch-counted presets) ends with a warning.
 MIN_UPDATES = 1_000
-# The weight sets a finished VAE can infer with (`config.model.inference_params`).
-INFERENCE_PARAMS: tuple[str, ...] = ("params", "ema_params")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
@@ -187,10 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
 
 def inference_params_key(config: ml_collections.ConfigDict) -> str:
     """`config.model.inference_params` ('params' for configs written before the field existed)."""
-    key = str(config.model.get("inference_params", "params"))
-    if key not in INFERENCE_PARAMS:
+    key = str(config.model.get("inference_params", VAE_INFERENCE_PARAMS[0]))
+    if key not in VAE_INFERENCE_PARAMS:
         raise UserError(
-            f"config.model.inference_params={key!r} is not one of {INFERENCE_PARAMS}: 'params' "
+            f"config.model.inference_params={key!r} is not one of {VAE_INFERENCE_PARAMS}: 'params' "
             "uses the trained weights, 'ema_params' their exponential moving average."
         )
     return key
