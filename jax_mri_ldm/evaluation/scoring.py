@@ -213,3 +213,20 @@ def bootstrap_interval(
     draws = [stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)]
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def proportion_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of the mean of 0/1 values.
+
+    A bootstrap of all-correct (or all-wrong) images resamples the same value every time and
+    returns a zero-width interval; the Wilson interval keeps the uncertainty of a small n
+    (8 of 8 correct: about [0.68, 1]).
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0 or np.any((v != 0) & (v != 1)):
+        raise ValueError(f"proportion_interval needs a non-empty array of 0/1 values; got {v!r}.")
+    n, p = v.size, float(v.mean())
+    denom = 1.0 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))

@@ -1,9 +1,11 @@
 """Section 10: sampler comparison at the main w, and the fastest sampler that matches DDPM.
 
 "Matches DDPM" is judged on the per-image metrics that passed the controls (fidelity,
-nearest-train SSIM, spectrum distance, grid score): the sampler's value must lie within the
-95 % bootstrap interval of DDPM's or on its better side. Set-level numbers (FID, precision,
-recall) are shown but too noisy at DDPM's few images to decide.
+nearest-train SSIM, spectrum distance, grid score): the sampler's value must lie within DDPM's
+95 % interval or on its better side. The interval is a percentile bootstrap of the median for
+the continuous metrics and a Wilson interval for fidelity (a 0/1 outcome per image, whose
+bootstrap collapses to a point when DDPM's few images are all classified right). Set-level
+numbers (FID, precision, recall) are shown but too noisy at DDPM's few images to decide.
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ from jax_mri_ldm.evaluation.sections.guidance import ROW_DETAIL
 from jax_mri_ldm.pipeline import SamplerSpec
 
 HEADER = "## 10. Sampler comparison"
-# per-image metric -> (statistic, higher is better); fidelity is a mean of 0/1 per image.
+# per-image metric -> (per-image key, statistic, higher is better); higher None: closer to
+# DDPM's is better (two-sided). Fidelity is the mean of a 0/1 outcome per image.
 PER_IMAGE = {
     "fidelity": ("correct", np.mean, True),
     "nn_ssim": ("nn_ssim", np.median, True),
     "spectrum": ("spectrum", np.median, False),
-    "grid": ("grid", np.median, None),  # None: closer to DDPM's is better (two-sided)
+    "grid": ("grid", np.median, None),
 }
+
+
+def ddpm_interval(metric: str, values: np.ndarray) -> tuple[float, float]:
+    """DDPM's 95 % interval of a PER_IMAGE metric: Wilson for fidelity, else a bootstrap."""
+    if metric == "fidelity":
+        return scoring.proportion_interval(values)
+    return scoring.bootstrap_interval(values, PER_IMAGE[metric][1])
 
 
 def _row(ctx: Context, i: int, sampler: str, steps, spacing: str, eta: float) -> tuple:
@@ -76,7 +86,7 @@ def _matches(ddpm: dict, other: dict, metrics: list[str]) -> dict[str, bool]:
         key, stat, higher = PER_IMAGE[m]
         if key not in ddpm or key not in other:
             continue
-        lo, hi = scoring.bootstrap_interval(ddpm[key], stat)
+        lo, hi = ddpm_interval(m, ddpm[key])
         v = float(stat(other[key]))
         out[m] = bool(lo <= v <= hi or (higher is True and v > hi) or (higher is False and v < lo))
     return out
@@ -110,7 +120,8 @@ def _fast_sampler(ctx: Context, rows: list[dict], pers: list[dict]) -> dict:
         "metrics_used": use,
         "checks": checks,
         "rule": "fastest sampler whose trusted per-image metrics lie within (or beyond, on the "
-        "better side) DDPM's 95 % bootstrap interval",
+        "better side) DDPM's 95 % interval (Wilson for fidelity, bootstrap of the median "
+        "otherwise)",
     }
 
 

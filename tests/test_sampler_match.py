@@ -1,0 +1,117 @@
+"""The report's "fast sampler matches DDPM" rule and the intervals it judges with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jax_mri_ldm.evaluation import scoring
+from jax_mri_ldm.evaluation.sections import samplers
+
+
+def _wilson_reference(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval written out from its textbook form."""
+    p = k / n
+    a = p + z * z / (2 * n)
+    b = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (a - b) / (1 + z * z / n), (a + b) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 8), (8, 8), (5, 8), (31, 64), (60, 64)])
+def test_proportion_interval_is_the_wilson_interval(k, n):
+    lo, hi = scoring.proportion_interval(np.r_[np.ones(k), np.zeros(n - k)])
+    ref = _wilson_reference(k, n)
+    assert lo == pytest.approx(max(ref[0], 0.0), abs=1e-12)
+    assert hi == pytest.approx(min(ref[1], 1.0), abs=1e-12)
+    assert lo <= k / n <= hi
+
+
+def test_proportion_interval_covers_the_true_rate_about_95_percent():
+    rng = np.random.default_rng(0)
+    hits = [
+        lo <= 0.9 <= hi
+        for lo, hi in (scoring.proportion_interval(rng.random(20) < 0.9) for _ in range(2000))
+    ]
+    assert 0.92 <= np.mean(hits) <= 0.99  # Wilson is near nominal; a point interval is ~0.12
+
+
+def test_all_correct_keeps_a_small_sample_uncertain():
+    """The bootstrap of 8/8 correct collapses to [1, 1]; Wilson keeps the width of n = 8."""
+    v = np.ones(8)
+    assert scoring.bootstrap_interval(v, np.mean) == (1.0, 1.0)
+    lo, hi = scoring.proportion_interval(v)
+    assert hi == 1.0 and lo == pytest.approx(0.676, abs=0.001)
+    exact_lo = stats.beta.ppf(0.025, 8, 1)  # Clopper-Pearson lower bound, more conservative
+    assert exact_lo < lo < 0.75
+
+
+def test_proportion_interval_refuses_non_binary_values():
+    with pytest.raises(ValueError, match="0/1"):
+        scoring.proportion_interval(np.array([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="0/1"):
+        scoring.proportion_interval(np.array([]))
+
+
+def _per(correct, nn_ssim, spectrum, grid) -> dict[str, np.ndarray]:
+    return {
+        "correct": np.asarray(correct, np.float64),
+        "nn_ssim": np.asarray(nn_ssim, np.float64),
+        "spectrum": np.asarray(spectrum, np.float64),
+        "grid": np.asarray(grid, np.float64),
+    }
+
+
+def test_fast_sampler_with_one_miss_matches_an_all_correct_ddpm():
+    rng = np.random.default_rng(1)
+    ddpm = _per(
+        np.ones(16),
+        0.6 + 0.05 * rng.standard_normal(16),
+        0.4 + 0.05 * rng.random(16),
+        1.1 + 0.05 * rng.standard_normal(16),
+    )
+    fast = _per(
+        np.r_[np.ones(63), 0.0],
+        0.6 + 0.05 * rng.standard_normal(64),
+        0.4 + 0.05 * rng.random(64),
+        1.1 + 0.05 * rng.standard_normal(64),
+    )
+    checks = samplers._matches(ddpm, fast, list(samplers.PER_IMAGE))
+    assert checks == {"fidelity": True, "nn_ssim": True, "spectrum": True, "grid": True}
+
+
+def test_fast_sampler_that_is_clearly_worse_does_not_match():
+    rng = np.random.default_rng(2)
+    ddpm = _per(
+        np.ones(16),
+        0.6 + 0.02 * rng.standard_normal(16),
+        0.4 + 0.02 * rng.random(16),
+        1.1 + 0.02 * rng.standard_normal(16),
+    )
+    worse = _per(
+        np.r_[np.ones(32), np.zeros(32)],
+        0.3 + 0.02 * rng.standard_normal(64),
+        0.8 + 0.02 * rng.random(64),
+        1.6 + 0.02 * rng.standard_normal(64),
+    )
+    checks = samplers._matches(ddpm, worse, list(samplers.PER_IMAGE))
+    assert checks == {"fidelity": False, "nn_ssim": False, "spectrum": False, "grid": False}
+
+
+def test_better_side_passes_and_grid_is_two_sided():
+    rng = np.random.default_rng(3)
+    ddpm = _per(
+        np.r_[np.ones(12), np.zeros(4)],
+        0.6 + 0.02 * rng.standard_normal(16),
+        0.4 + 0.02 * rng.random(16),
+        1.1 + 0.02 * rng.standard_normal(16),
+    )
+    better = _per(
+        np.ones(64),
+        0.9 + 0.02 * rng.standard_normal(64),
+        0.1 + 0.02 * rng.random(64),
+        0.6 + 0.02 * rng.standard_normal(64),
+    )
+    checks = samplers._matches(ddpm, better, list(samplers.PER_IMAGE))
+    # fidelity, nn_ssim and spectrum beyond on the better side; grid far from DDPM's: no match.
+    assert checks == {"fidelity": True, "nn_ssim": True, "spectrum": True, "grid": False}
