@@ -53,65 +53,44 @@ def test_proportion_interval_refuses_non_binary_values():
         scoring.proportion_interval(np.array([]))
 
 
-def _per(correct, nn_ssim, spectrum, grid) -> dict[str, np.ndarray]:
+def _per(
+    rng: np.random.Generator,
+    n_wrong: int,
+    n: int,
+    centres: tuple[float, float, float],
+    spread: float,
+) -> dict[str, np.ndarray]:
+    """Per-image metrics of n images: n_wrong misclassified, nn_ssim / spectrum / grid drawn
+    around `centres` with a spread of `spread`."""
+    nn_ssim, spectrum, grid = centres
     return {
-        "correct": np.asarray(correct, np.float64),
-        "nn_ssim": np.asarray(nn_ssim, np.float64),
-        "spectrum": np.asarray(spectrum, np.float64),
-        "grid": np.asarray(grid, np.float64),
+        "correct": np.r_[np.ones(n - n_wrong), np.zeros(n_wrong)],
+        "nn_ssim": nn_ssim + spread * rng.standard_normal(n),
+        "spectrum": spectrum + spread * rng.random(n),
+        "grid": grid + spread * rng.standard_normal(n),
     }
 
 
 def test_fast_sampler_with_one_miss_matches_an_all_correct_ddpm():
     rng = np.random.default_rng(1)
-    ddpm = _per(
-        np.ones(16),
-        0.6 + 0.05 * rng.standard_normal(16),
-        0.4 + 0.05 * rng.random(16),
-        1.1 + 0.05 * rng.standard_normal(16),
-    )
-    fast = _per(
-        np.r_[np.ones(63), 0.0],
-        0.6 + 0.05 * rng.standard_normal(64),
-        0.4 + 0.05 * rng.random(64),
-        1.1 + 0.05 * rng.standard_normal(64),
-    )
+    ddpm = _per(rng, 0, 16, (0.6, 0.4, 1.1), 0.05)
+    fast = _per(rng, 1, 64, (0.6, 0.4, 1.1), 0.05)
     checks = samplers._matches(ddpm, fast, list(samplers.PER_IMAGE))
     assert checks == {"fidelity": True, "nn_ssim": True, "spectrum": True, "grid": True}
 
 
 def test_fast_sampler_that_is_clearly_worse_does_not_match():
     rng = np.random.default_rng(2)
-    ddpm = _per(
-        np.ones(16),
-        0.6 + 0.02 * rng.standard_normal(16),
-        0.4 + 0.02 * rng.random(16),
-        1.1 + 0.02 * rng.standard_normal(16),
-    )
-    worse = _per(
-        np.r_[np.ones(32), np.zeros(32)],
-        0.3 + 0.02 * rng.standard_normal(64),
-        0.8 + 0.02 * rng.random(64),
-        1.6 + 0.02 * rng.standard_normal(64),
-    )
+    ddpm = _per(rng, 0, 16, (0.6, 0.4, 1.1), 0.02)
+    worse = _per(rng, 32, 64, (0.3, 0.8, 1.6), 0.02)
     checks = samplers._matches(ddpm, worse, list(samplers.PER_IMAGE))
     assert checks == {"fidelity": False, "nn_ssim": False, "spectrum": False, "grid": False}
 
 
 def test_better_side_passes_and_grid_is_two_sided():
     rng = np.random.default_rng(3)
-    ddpm = _per(
-        np.r_[np.ones(12), np.zeros(4)],
-        0.6 + 0.02 * rng.standard_normal(16),
-        0.4 + 0.02 * rng.random(16),
-        1.1 + 0.02 * rng.standard_normal(16),
-    )
-    better = _per(
-        np.ones(64),
-        0.9 + 0.02 * rng.standard_normal(64),
-        0.1 + 0.02 * rng.random(64),
-        0.6 + 0.02 * rng.standard_normal(64),
-    )
+    ddpm = _per(rng, 4, 16, (0.6, 0.4, 1.1), 0.02)
+    better = _per(rng, 0, 64, (0.9, 0.1, 0.6), 0.02)
     checks = samplers._matches(ddpm, better, list(samplers.PER_IMAGE))
     # fidelity, nn_ssim and spectrum beyond on the better side; grid far from DDPM's: no match.
     assert checks == {"fidelity": True, "nn_ssim": True, "spectrum": True, "grid": False}
