@@ -68,6 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.classifier_widths = (16, 32, 64, 128)  # its channels per block
     c.seeds = 5  # seeds of the downstream study (0..seeds-1)
     c.study_steps = 300  # classifier steps per (arm, seed) in the study
+    # Held-out splits that score the study (never trained on by the VAE/LDM); empty val -> test.
+    c.downstream_eval_splits = ("val", "test")
+    # Synthetic-amount sweep: half+syn at these multiples of the half real set's per-class size.
+    c.downstream_syn_multiples = (1.0, 2.0)
     c.diversity_max_pairs = 500  # pairs per class for mean pairwise MS-SSIM
     c.kid_subsets = 100  # KID subsets
     c.kid_subset_size = 1000  # KID subset size (clipped to the set sizes)
@@ -96,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.classifier_batch_size = 16
         c.seeds = 2
         c.study_steps = 60
+        c.downstream_syn_multiples = ()  # the demo's main set is smaller than the half real set
         c.diversity_max_pairs = 100
         c.kid_subsets = 50
         c.features.steps = 100
@@ -114,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.classifier_widths = (8, 16)
         c.seeds = 2
         c.study_steps = 10
+        c.downstream_syn_multiples = (1.0,)
         c.diversity_max_pairs = 20
         c.kid_subsets = 10
         c.memorisation_search_size = 32

@@ -30,6 +30,32 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     return mean, float(t * v.std(ddof=1) / np.sqrt(v.size))
 
 
+def paired_mean_ci(a, b, confidence: float = 0.95) -> tuple[float, float, int]:
+    """Mean of the paired differences a_i - b_i and its Student-t half-width (a paired t interval).
+
+    Pairing (e.g. two arms of one seed: same data draw, same initialisation) removes the variance
+    the two share, so this interval is the one to read for "did A beat B", not two separate ones.
+
+    Args:
+      a: 1D values of the first condition, one per pair.
+      b: 1D values of the second condition, in the same pair order.
+      confidence: two-sided confidence level.
+
+    Returns:
+      (mean, half_width, n): n counts the pairs whose two values are both finite (the others are
+      left out); mean is nan when n == 0 and half_width nan when n < 2.
+    """
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired values differ in length: {x.shape} vs {y.shape}.")
+    d = x - y
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), 0
+    mean, half = mean_ci(d, confidence)
+    return mean, half, int(d.size)
+
+
 def _binary_labels(labels) -> np.ndarray:
     y = np.asarray(labels).ravel()
     if not np.all(np.isin(y, (0, 1))):

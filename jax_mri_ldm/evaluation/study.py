@@ -1,7 +1,8 @@
 """Downstream study: does adding synthetic slices help a classifier of the run's classes?
 
 A small CNN (models/classifier.py) is trained per arm and per seed and scored on the same real
-test split:
+evaluation set (`evaluation_set`: the held-out validation and test splits, which neither the
+generator nor any arm trains on):
 
 * ``real``      all real training images;
 * ``real+syn``  all real training images plus ``n_per_class`` synthetic images per class;
@@ -9,10 +10,16 @@ test split:
 * ``half+syn``  a stratified half of the real training images plus the synthetic images;
 * ``half``      that same half alone.
 
-Within a seed every arm shares the classifier initialisation, the synthetic subset and the half
-split, so arm differences are paired; across seeds all three are redrawn. ``half`` vs
-``half+syn`` vs ``real`` answers "how much real data is the synthetic set worth": the share of
-the half -> all-real gap that adding synthetic images recovers.
+Within a seed every arm shares the classifier initialisation (`train_classifier` draws it from
+PRNGKey(seed) for the same input shape), the synthetic subset and the half split, so arm
+differences are paired: a gain is the mean of per-seed differences with a paired Student-t
+interval (`stats.paired_mean_ci`); across seeds all three are redrawn. ``half`` vs ``half+syn``
+vs ``real`` answers "how much real data is the synthetic set worth": the share of the half ->
+all-real gap that adding synthetic images recovers.
+
+The optional synthetic-amount sweep repeats ``half+syn`` with ``round(m * h_c)`` synthetic images
+of class c for each multiple m of `syn_multiples` (h_c: the half's size of class c), drawn
+nested (a larger m adds images to a smaller m's draw), each scored as a paired gain over ``half``.
 
 The classifier and its training live in `domain_classifier`.
 """
@@ -20,7 +27,7 @@ The classifier and its training live in `domain_classifier`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +62,12 @@ def metric_names(class_names: Sequence[str]) -> tuple[str, ...]:
         return METRIC_NAMES
     return ("accuracy", "auc", *(f"recall_{n}" for n in class_names))
 
+
+HALF_FRACTION = 0.5
+"""Share of each real class kept in the 'half' arms (and the sweep's unit, `half_sizes`)."""
+
+EVAL_SPLITS: tuple[str, ...] = ("val", "test")
+"""Splits the study may be scored on: held out from the VAE, the LDM and every arm."""
 
 # (arm, baseline) pairs reported as paired per-seed differences.
 _COMPARISONS: tuple[tuple[str, str], ...] = (
@@ -97,6 +110,78 @@ def _summarise(values: Sequence[float], confidence: float) -> dict:
     return {"mean": mean, "half_width": half, "n": int(v.size)}
 
 
+def _paired(runs_a: Sequence[dict], runs_b: Sequence[dict], m: str, confidence: float) -> dict:
+    """Paired summary of metric m over seeds: per-seed differences, their mean and t interval."""
+    a = [np.nan if r[m] is None else r[m] for r in runs_a]
+    b = [np.nan if r[m] is None else r[m] for r in runs_b]
+    mean, half, n = stats.paired_mean_ci(a, b, confidence)
+    return {
+        "mean": mean if n else None,
+        "half_width": half if n >= 2 else None,
+        "n": n,
+        "per_seed": [x - y for x, y in zip(a, b, strict=True)],
+    }
+
+
+def evaluation_set(
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]], requested: Sequence[str]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[str, ...], str | None]:
+    """The study's real evaluation set: the requested held-out splits, concatenated.
+
+    Only EVAL_SPLITS qualify: the VAE and the LDM train on the train split alone (train_vae.py
+    and train_ldm.py subset the data with split["train"]; the VAE reads the val split only for its
+    monitoring PSNR / figures, never for a gradient or a checkpoint choice), so no image here
+    was seen by the generator or by any arm. An empty requested split (tiny data) is left out;
+    if all are empty, the test split is used.
+
+    Args:
+      splits: split name -> (images (N, H, W, C), labels (N,)); must hold every requested name
+        and 'test'.
+      requested: split names, e.g. ("val", "test") (`--config.downstream_eval_splits`).
+
+    Returns:
+      ((images, labels), the splits used, a note on left-out splits or None).
+    """
+    requested = tuple(requested)
+    if not requested or len(set(requested)) != len(requested) or set(requested) - set(EVAL_SPLITS):
+        raise ValueError(
+            f"--config.downstream_eval_splits={requested}: use a non-empty subset of "
+            f"{EVAL_SPLITS} without repeats (splits the generator never trained on)."
+        )
+    used = tuple(s for s in requested if len(splits[s][1]) > 0)
+    empty = [s for s in requested if s not in used]
+    used = used or ("test",)
+    if len(splits[used[0]][1]) == 0:
+        raise ValueError("the val and test splits are both empty: the study has nothing to score.")
+    note = None
+    if empty:
+        note = f"{' and '.join(empty)} split empty: scored on {' + '.join(used)} only"
+    x = np.concatenate([splits[s][0] for s in used])
+    y = np.concatenate([splits[s][1] for s in used])
+    return (x, y), used, note
+
+
+def half_sizes(class_sizes: Sequence[int], half_fraction: float) -> list[int]:
+    """Per-class size of the stratified half: max(1, round(half_fraction * n_c))."""
+    return [max(1, round(half_fraction * int(n))) for n in class_sizes]
+
+
+def sweep_counts(half: Sequence[int], multiples: Sequence[float]) -> list[list[int]]:
+    """Synthetic images per class of each sweep row: max(1, round(m * h_c)) for multiple m.
+
+    Args:
+      half: the half real set's size per class (`half_sizes`).
+      multiples: positive multiples of it.
+
+    Returns:
+      One per-class count list per multiple, in order.
+    """
+    bad = [m for m in multiples if not float(m) > 0]
+    if bad:
+        raise ValueError(f"--config.downstream_syn_multiples must be > 0; got {bad}.")
+    return [[max(1, round(float(m) * int(h))) for h in half] for m in multiples]
+
+
 def _arm_data(
     arm: str,
     real: tuple[np.ndarray, np.ndarray],
@@ -121,33 +206,36 @@ def _arm_data(
 
 def downstream_study(
     real_train: tuple,
-    real_test: tuple,
+    real_eval: tuple,
     synthetic: tuple | None,
     *,
     n_per_class: int,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     arms: Sequence[str] = ARMS,
+    syn_multiples: Sequence[float] = (),
     steps: int = 300,
     batch_size: int = 32,
     lr: float = 1e-3,
     input_size: int | None = 64,
     widths: Sequence[int] = (16, 32, 64, 128),
     augment: bool = True,
-    half_fraction: float = 0.5,
+    half_fraction: float = HALF_FRACTION,
     confidence: float = 0.95,
     progress: Callable[[str], None] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
 ) -> dict:
-    """Trains one classifier per (arm, seed) and scores it on the real test split.
+    """Trains one classifier per (arm, seed) and scores it on the real evaluation set.
 
     Args:
       real_train: (images (N, H, W, C), labels (N,)) real training split, labels 0/1.
-      real_test: (images, labels) real test split used to score every arm.
+      real_eval: (images, labels) real held-out images that score every arm (`evaluation_set`).
       synthetic: (images, labels) pool of synthetic images; each seed draws n_per_class per
         class from it without replacement. May be None if no arm uses synthetic images.
       n_per_class: synthetic images per class added in the '+syn' arms and used by 'syn'.
       seeds: one run per seed and arm (classifier init, synthetic subset, half split).
       arms: subset of ARMS to run.
+      syn_multiples: the synthetic-amount sweep (needs the 'half' arm): one more 'half+syn' run
+        per seed and multiple m, with `sweep_counts` images per class; () = no sweep.
       steps: training steps per run (same for every arm, so arms differ only in data).
       batch_size: images per step.
       lr: Adam learning rate.
@@ -161,41 +249,58 @@ def downstream_study(
 
     Returns:
       JSON-able dict (non-finite numbers become None):
-        'config': the settings above;
-        'data': class counts of real_train, real_test and synthetic;
+        'config': the settings above (and 'pairing', how the comparisons are paired);
+        'data': class counts of real_train, real_eval and synthetic;
         'arms': {arm: {'description', 'train_counts': {'real': {...}, 'synthetic': {...}},
                  'per_seed': [{'seed', 'accuracy', 'auc', 'sensitivity', 'specificity',
                  'final_loss'}], 'summary': {metric: {'mean', 'half_width', 'n'}}}};
-        'comparisons': {'A - B': {metric: {'mean', 'half_width', 'n'}}} paired over seeds, for
-                 every (A, B) in real+syn-real, syn-real, half+syn-half, half+syn-real,
-                 half-real whose arms were both run;
+        'comparisons': {'A - B': {metric: {'mean', 'half_width', 'n', 'per_seed'}}} paired
+                 over seeds (`_paired`), for every (A, B) in real+syn-real, syn-real,
+                 half+syn-half, half+syn-real, half-real whose arms were both run;
         'real_data_equivalence': {metric: {'half', 'half+syn', 'real', 'gap_recovered'}} where
                  gap_recovered = (half+syn - half) / (real - half) on seed means (None when the
-                 gap is below 1e-6): 1 means the synthetic set made up for the missing half.
+                 gap is below 1e-6): 1 means the synthetic set made up for the missing half;
+        'syn_sweep': {'baseline': 'half', 'rows': [{'multiple', 'arm', 'synthetic_per_class',
+                 'per_seed', 'summary', 'gain'}]} (gain: paired over 'half', as 'comparisons').
     """
-    arms, seeds = _check_study_args(arms, seeds, half_fraction)
+    arms, seeds = _check_study_args(arms, seeds, half_fraction, syn_multiples)
     class_names = tuple(class_names)
     names = metric_names(class_names)
     data = _prepare_study_data(
-        real_train, real_test, synthetic, arms, n_per_class, class_names, input_size
-    )
+        real_train, real_eval, synthetic, arms, bool(syn_multiples), n_per_class, class_names,
+        input_size,
+    )  # fmt: skip
+    data["multiples"] = tuple(float(m) for m in syn_multiples)
+    data["half_sizes"] = half_sizes([m.size for m in data["real_members"]], half_fraction)
+    data["sweep"] = sweep_counts(data["half_sizes"], syn_multiples)
+    _check_pool(data, class_names)
     train_kw = dict(steps=steps, batch_size=batch_size, lr=lr, augment=augment)
     train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=len(class_names))
-    per_arm = _run_arms(
-        data, arms, seeds, n_per_class, half_fraction, train_kw, class_names, progress
-    )
+    per_arm, sweep = _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress)
     _summarise_arms(per_arm, arms, names, confidence)
     config = {
         "n_per_class": n_per_class,
         "seeds": list(seeds),
         "arms": list(arms),
+        "syn_multiples": [float(m) for m in syn_multiples],
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
         "half_fraction": half_fraction,
         "confidence": confidence,
         "class_names": list(class_names),
         "metric_names": list(names),
+        "pairing": PAIRING,
     }
-    return _study_result(config, data, per_arm, arms, names, confidence, class_names)
+    result = _study_result(config, data, per_arm, arms, names, confidence, class_names)
+    if syn_multiples:
+        result["syn_sweep"] = _jsonable(_sweep_result(sweep, per_arm, names, data, confidence))
+    return result
+
+
+PAIRING = (
+    "paired over seeds: within a seed every arm shares the classifier initialisation, the half "
+    "split and the synthetic draw; a difference is the mean of the per-seed differences with a "
+    "Student-t interval over seeds"
+)
 
 
 def _summarise_arms(per_arm: dict, arms, names: Sequence[str], confidence: float) -> None:
@@ -206,6 +311,16 @@ def _summarise_arms(per_arm: dict, arms, names: Sequence[str], confidence: float
         per_arm[arm]["summary"] = {m: _summarise([r[m] for r in runs], confidence) for m in names}
 
 
+def _sweep_result(sweep: list[dict], per_arm: dict, names, data, confidence: float) -> dict:
+    """The synthetic-amount sweep: each row's summary and its paired gain over 'half'."""
+    base = per_arm["half"]["per_seed"]
+    for row in sweep:
+        runs = row["per_seed"]
+        row["summary"] = {m: _summarise([r[m] for r in runs], confidence) for m in names}
+        row["gain"] = {m: _paired(runs, base, m, confidence) for m in names}
+    return {"baseline": "half", "half_per_class": data["half_sizes"], "rows": sweep}
+
+
 def _study_result(config, data, per_arm, arms, names, confidence, class_names) -> dict:
     """The study's JSON-able result (see `downstream_study`)."""
     tr_y, te_y, sy_y = data["train"][1], data["test"][1], data["syn_labels"]
@@ -214,7 +329,7 @@ def _study_result(config, data, per_arm, arms, names, confidence, class_names) -
             "config": config,
             "data": {
                 "real_train": _counts(tr_y, class_names),
-                "real_test": _counts(te_y, class_names),
+                "real_eval": _counts(te_y, class_names),
                 "synthetic": None if sy_y is None else _counts(sy_y, class_names),
             },
             "arms": {a: per_arm[a] for a in arms},
@@ -224,7 +339,9 @@ def _study_result(config, data, per_arm, arms, names, confidence, class_names) -
     )
 
 
-def _check_study_args(arms, seeds, half_fraction) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def _check_study_args(
+    arms, seeds, half_fraction, syn_multiples
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
     arms = tuple(arms)
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
@@ -236,22 +353,24 @@ def _check_study_args(arms, seeds, half_fraction) -> tuple[tuple[str, ...], tupl
         raise ValueError("downstream_study needs at least one seed.")
     if not 0.0 < half_fraction < 1.0:
         raise ValueError(f"half_fraction must be in (0, 1); got {half_fraction}.")
+    if syn_multiples and "half" not in arms:
+        raise ValueError("syn_multiples measures gains over the 'half' arm; add it to arms.")
     return arms, seeds
 
 
 def _prepare_study_data(
-    real_train, real_test, synthetic, arms, n_per_class, class_names, input_size
+    real_train, real_eval, synthetic, arms, sweep, n_per_class, class_names, input_size
 ) -> dict[str, Any]:
     """Checked, resized arrays (resized once: training and prediction then skip it)."""
     k = len(class_names)
     tr_x, tr_y = check_dataset("real_train", *real_train, k)
-    te_x, te_y = check_dataset("real_test", *real_test, k)
+    te_x, te_y = check_dataset("real_eval", *real_eval, k)
     tr_x, te_x = metrics.resize_images(tr_x, input_size), metrics.resize_images(te_x, input_size)
     out: dict[str, Any] = {"train": (tr_x, tr_y), "test": (te_x, te_y), "syn": None}
     out["syn_labels"] = None
-    if any("syn" in a for a in arms):
+    if sweep or any("syn" in a for a in arms):
         if synthetic is None:
-            raise ValueError(f"arms {arms} use synthetic images but synthetic is None.")
+            raise ValueError(f"arms {arms} or the sweep use synthetic images; synthetic is None.")
         sy_x, sy_y = check_dataset("synthetic", *synthetic, k)
         sy_x = metrics.resize_images(sy_x, input_size)
         if sy_x.shape[1:] != tr_x.shape[1:]:
@@ -271,51 +390,102 @@ def _prepare_study_data(
     return out
 
 
-def _run_arms(data, arms, seeds, n_per_class, half_fraction, train_kw, class_names, progress):
-    """Trains and scores one classifier per (seed, arm); returns {arm: {'per_seed', ...}}."""
-    per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
-    te_x, te_y = data["test"]
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        half_idx = np.sort(
-            np.concatenate(
-                [
-                    rng.choice(m, max(1, round(half_fraction * m.size)), replace=False)
-                    for m in data["real_members"]
-                ]
-            )
+def _check_pool(data: dict, class_names: Sequence[str]) -> None:
+    """Every sweep row must fit in the synthetic pool (draws are without replacement)."""
+    if not data["sweep"]:
+        return
+    pool = [m.size for m in data["syn_members"]]
+    need = [max(row[c] for row in data["sweep"]) for c in range(len(pool))]
+    if any(n > p for n, p in zip(need, pool, strict=True)):
+        need_d, pool_d = (dict(zip(class_names, v, strict=True)) for v in (need, pool))
+        raise ValueError(
+            f"syn_multiples need up to {need_d} synthetic images per class; the pool has "
+            f"{pool_d}. Lower the multiples or generate more (--config.num_synthetic_per_class)."
         )
-        syn = None
-        if data["syn"] is not None:
-            pick = np.concatenate(
-                [rng.choice(m, n_per_class, replace=False) for m in data["syn_members"]]
-            )
-            syn = (data["syn"][0][pick], data["syn"][1][pick])
+
+
+def _seed_draws(data: dict, seed: int, n_per_class: int) -> tuple[np.ndarray, tuple | None]:
+    """One seed's stratified half (indices into the real train split) and synthetic subset."""
+    rng = np.random.default_rng(seed)
+    half_idx = np.sort(
+        np.concatenate(
+            [
+                rng.choice(m, h, replace=False)
+                for m, h in zip(data["real_members"], data["half_sizes"], strict=True)
+            ]
+        )
+    )
+    syn = None
+    if data["syn"] is not None:
+        pick = np.concatenate(
+            [rng.choice(m, n_per_class, replace=False) for m in data["syn_members"]]
+        )
+        syn = (data["syn"][0][pick], data["syn"][1][pick])
+    return half_idx, syn
+
+
+def _sweep_draws(data: dict, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One seed's synthetic sets of the sweep rows, nested: every row takes the first counts of
+    one per-class permutation (its own stream, so the main arms' draws do not depend on it)."""
+    if not data["sweep"]:
+        return []
+    rng = np.random.default_rng([seed, 1])
+    perms = [rng.permutation(m) for m in data["syn_members"]]
+    out = []
+    for counts in data["sweep"]:
+        pick = np.concatenate([p[:n] for p, n in zip(perms, counts, strict=True)])
+        out.append((data["syn"][0][pick], data["syn"][1][pick]))
+    return out
+
+
+def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress):
+    """Trains and scores one classifier per (seed, arm) and per (seed, sweep row).
+
+    Returns:
+      ({arm: {'per_seed', 'train_counts'}}, [{'multiple', 'arm', 'synthetic_per_class',
+      'per_seed'}] of the sweep rows).
+    """
+    per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
+    multiples = data["multiples"]
+    sweep = [
+        {
+            "multiple": m,
+            "arm": f"half+syn x{m:g}",
+            "synthetic_per_class": dict(zip(class_names, c, strict=True)),
+            "per_seed": [],
+        }
+        for m, c in zip(multiples, data["sweep"], strict=True)
+    ]
+
+    def run(name: str, x, y, seed: int) -> dict:
+        clf, hist = train_classifier(x, y, seed=seed, **train_kw)  # init: PRNGKey(seed)
+        scores = evaluate_classifier(clf, *data["test"], class_names=class_names)
+        if progress is not None:
+            line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
+            progress(f"seed {seed} arm {name}: {line}")
+        return {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
+
+    for seed in seeds:
+        half_idx, syn = _seed_draws(data, seed, n_per_class)
         for arm in arms:
             x, y, real_used, syn_used = _arm_data(arm, data["train"], half_idx, syn)
-            clf, hist = train_classifier(x, y, seed=seed, **train_kw)
-            scores = evaluate_classifier(clf, te_x, te_y, class_names=class_names)
-            per_arm[arm]["per_seed"].append(
-                {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
-            )
+            per_arm[arm]["per_seed"].append(run(arm, x, y, seed))
             per_arm[arm]["train_counts"] = {
                 "real": _counts(real_used, class_names),
                 "synthetic": _counts(syn_used, class_names),
             }
-            if progress is not None:
-                line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
-                progress(f"seed {seed} arm {arm}: {line}")
-    return per_arm
+        for row, s in zip(sweep, _sweep_draws(data, seed), strict=True):
+            x, y, _, _ = _arm_data("half+syn", data["train"], half_idx, s)
+            row["per_seed"].append(run(row["arm"], x, y, seed))
+    return per_arm, sweep
 
 
 def _comparisons(per_arm: dict, names: Sequence[str], confidence: float) -> dict:
     out = {}
     for a, b in _COMPARISONS:
         if a in per_arm and b in per_arm:
-            pairs = list(zip(per_arm[a]["per_seed"], per_arm[b]["per_seed"], strict=True))
-            out[f"{a} - {b}"] = {
-                m: _summarise([ra[m] - rb[m] for ra, rb in pairs], confidence) for m in names
-            }
+            runs_a, runs_b = per_arm[a]["per_seed"], per_arm[b]["per_seed"]
+            out[f"{a} - {b}"] = {m: _paired(runs_a, runs_b, m, confidence) for m in names}
     return out
 
 

@@ -13,35 +13,54 @@ from jax_mri_ldm.evaluation.sections.classifier import classifier_kwargs
 HEADER = "## 8. Downstream study"
 
 
-def explain_nulls(nulls: Nulls, ds: dict, test_counts: dict[str, int]) -> None:
+def _ci_reason(summ: dict, eval_counts: dict[str, int]) -> str:
+    if summ.get("mean") is None:
+        return (
+            "no finite per-seed value: the metric is undefined on this evaluation set "
+            f"(counts {eval_counts}) for every seed"
+        )
+    return f"a 95 % CI needs >= 2 finite per-seed values; got n={summ.get('n')}"
+
+
+def _explain_runs(nulls: Nulls, path: str, runs: list, names, eval_counts) -> None:
+    for i, r in enumerate(runs):
+        for m in names:
+            if r.get(m) is None:
+                nulls.null(
+                    f"{path}.per_seed.{i}.{m}",
+                    f"{m} is undefined when the evaluation set lacks a class "
+                    f"(counts {eval_counts})",
+                )
+
+
+def _explain_paired(nulls: Nulls, path: str, comp: dict, eval_counts) -> None:
+    for m, summ in comp.items():
+        for k in ("mean", "half_width"):
+            if summ.get(k) is None:
+                nulls.null(f"{path}.{m}.{k}", _ci_reason(summ, eval_counts))
+        for i, v in enumerate(summ.get("per_seed", [])):
+            if v is None:
+                nulls.null(f"{path}.{m}.per_seed.{i}", "undefined in either arm for this seed")
+
+
+def explain_nulls(nulls: Nulls, ds: dict, eval_counts: dict[str, int]) -> None:
     """Records why each null number of the study is null."""
-
-    def ci_reason(summ: dict) -> str:
-        if summ.get("mean") is None:
-            return (
-                "no finite per-seed value: the metric is undefined on this test split "
-                f"(test counts {test_counts}) for every seed"
-            )
-        return f"a 95 % CI needs >= 2 finite per-seed values; got n={summ.get('n')}"
-
+    names = ds["config"]["metric_names"]
     for arm, a in ds["arms"].items():
-        for i, r in enumerate(a["per_seed"]):
-            for m in ds["config"]["metric_names"]:
-                if r.get(m) is None:
-                    nulls.null(
-                        f"downstream.arms.{arm}.per_seed.{i}.{m}",
-                        f"{m} is undefined when the test split lacks a class "
-                        f"(test counts {test_counts})",
-                    )
+        _explain_runs(nulls, f"downstream.arms.{arm}", a["per_seed"], names, eval_counts)
         for m, summ in a["summary"].items():
             for k in ("mean", "half_width"):
                 if summ.get(k) is None:
-                    nulls.null(f"downstream.arms.{arm}.summary.{m}.{k}", ci_reason(summ))
+                    nulls.null(
+                        f"downstream.arms.{arm}.summary.{m}.{k}", _ci_reason(summ, eval_counts)
+                    )
     for name, comp in ds["comparisons"].items():
-        for m, summ in comp.items():
-            for k in ("mean", "half_width"):
-                if summ.get(k) is None:
-                    nulls.null(f"downstream.comparisons.{name}.{m}.{k}", ci_reason(summ))
+        _explain_paired(nulls, f"downstream.comparisons.{name}", comp, eval_counts)
+    for i, row in enumerate(ds.get("syn_sweep", {}).get("rows", [])):
+        path = f"downstream.syn_sweep.rows.{i}"
+        _explain_runs(nulls, path, row["per_seed"], names, eval_counts)
+        _explain_paired(nulls, f"{path}.summary", row["summary"], eval_counts)
+        _explain_paired(nulls, f"{path}.gain", row["gain"], eval_counts)
     for m, eq in ds["real_data_equivalence"].items():
         for k, v in eq.items():
             if v is None:
@@ -77,7 +96,7 @@ def interpret_downstream(
     Args:
       ds: `study.downstream_study` output.
       fidelity: overall class fidelity of the synthetic images.
-      real_fidelity: the classifier's accuracy on real test images.
+      real_fidelity: the domain classifier's accuracy on real test images (section 3).
       fid_ratio: synthetic FID / real-train-vs-test FID (same n), or None.
 
     Returns:
@@ -101,6 +120,8 @@ def interpret_downstream(
                 comps["half+syn - half"]["accuracy"],
                 "With half the real data, adding synthetic images: accuracy",
             )
+            + "; "
+            + describe_diff(comps["half+syn - half"]["auc"], "AUC")
             + "."
         )
     eq = ds.get("real_data_equivalence", {}).get("accuracy")
@@ -114,7 +135,7 @@ def interpret_downstream(
     if syn and real and syn["mean"] is not None and real["mean"] is not None:
         parts.append(
             f"A classifier trained on synthetic images only reaches {syn['mean']:.3f} accuracy "
-            f"on real test images vs {real['mean']:.3f} when trained on real ones."
+            f"on the real evaluation images vs {real['mean']:.3f} when trained on real ones."
         )
     helped = False
     if "real+syn - real" in comps:
@@ -134,7 +155,7 @@ def interpret_downstream(
 def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> list[str]:
     """Reasons, read off the numbers, why synthetic data may not have helped."""
     limits = []
-    n_test = sum(ds["data"]["real_test"].values())
+    n_eval = sum(_eval_counts(ds).values())
     if real and real["mean"] is not None and real["mean"] >= 0.95:
         limits.append(f"the real-only baseline is already at {real['mean']:.3f} (ceiling)")
     if fidelity is not None and real_fidelity is not None and fidelity < real_fidelity - 0.05:
@@ -148,8 +169,8 @@ def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> 
             f"the domain FID is {fid_ratio:.1f}x the real-vs-real reference: the synthetic "
             "images are separable from real ones in feature space"
         )
-    if n_test < 100:
-        limits.append(f"the test split has only {n_test} images, so intervals are wide")
+    if n_eval < 100:
+        limits.append(f"the evaluation set has only {n_eval} real images, so intervals are wide")
     if len(ds["config"]["seeds"]) < 5:
         limits.append(f"only {len(ds['config']['seeds'])} seed(s) were run")
     limits.append(
@@ -159,21 +180,75 @@ def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> 
     return limits
 
 
+def _eval_counts(ds: dict) -> dict[str, int]:
+    """Class counts of the set that scored the study (`real_test` in reports before 'real_eval')."""
+    data = ds["data"]
+    return data.get("real_eval") or data["real_test"]
+
+
+def evaluation_set(ctx: Context) -> tuple[tuple, dict[str, Any]]:
+    """The real evaluation set (`study.evaluation_set` of the configured splits) and its JSON."""
+    parts = {"val": ctx.val, "test": ctx.test}
+    requested = tuple(ctx.cfg.downstream_eval_splits)
+    (x, y), used, note = study.evaluation_set(
+        {k: (v.images, v.labels) for k, v in parts.items()}, requested
+    )
+    info: dict[str, Any] = {
+        "requested": list(requested),
+        "splits": list(used),
+        "per_split": {k: parts[k].counts() for k in used},
+        "size": int(y.shape[0]),
+    }
+    if note:
+        info["fallback"] = note
+    return (x, y), info
+
+
+def sweep_plan(
+    train_counts: dict[str, int], multiples, pool: int
+) -> tuple[tuple[float, ...], list[dict]]:
+    """The sweep multiples whose synthetic counts fit the main set (`pool` per class), and one
+    {'multiple', 'needs', 'reason'} per multiple left out."""
+    half = study.half_sizes(list(train_counts.values()), study.HALF_FRACTION)
+    keep, skipped = [], []
+    for m, counts in zip(multiples, study.sweep_counts(half, multiples), strict=True):
+        if max(counts) <= pool:
+            keep.append(float(m))
+            continue
+        needs = dict(zip(train_counts, counts, strict=True))
+        reason = (
+            f"needs {needs} synthetic images per class; the main set has {pool} per class "
+            "(raise --config.num_synthetic_per_class)"
+        )
+        skipped.append({"multiple": float(m), "needs": needs, "reason": reason})
+    return tuple(keep), skipped
+
+
 def compute(ctx: Context) -> dict[str, Any]:
     x, y = ctx.shared["syn"]
-    tr, te = ctx.train, ctx.test
+    tr = ctx.train
+    (ev_x, ev_y), eval_info = evaluation_set(ctx)
+    cfg = ctx.cfg
+    multiples, skipped = sweep_plan(
+        tr.counts(), cfg.downstream_syn_multiples, cfg.num_synthetic_per_class
+    )
     ds = study.downstream_study(
         (tr.images, tr.labels),
-        (te.images, te.labels),
+        (ev_x, ev_y),
         (x, y),
-        n_per_class=ctx.cfg.num_synthetic_per_class,
-        seeds=tuple(range(ctx.cfg.seeds)),
-        steps=ctx.cfg.study_steps,
+        n_per_class=cfg.num_synthetic_per_class,
+        seeds=tuple(range(cfg.seeds)),
+        syn_multiples=multiples,
+        steps=cfg.study_steps,
         progress=lambda line: ctx.log(f"  {line}"),
         class_names=ctx.class_names,
         **classifier_kwargs(ctx),
     )
-    explain_nulls(ctx.nulls, ds, te.counts())
+    ds["data"]["real_test"] = ctx.test.counts()  # the test split alone, as before 'real_eval'
+    ds["eval_set"] = eval_info
+    if skipped:
+        ds.setdefault("syn_sweep", {"baseline": "half", "rows": []})["skipped"] = skipped
+    explain_nulls(ctx.nulls, ds, ds["data"]["real_eval"])
     fid_ratio = ctx.results["fid_kid"]["ratio_synthetic_to_real_train"]
     real_fidelity = ctx.shared["real_fidelity"]
     text = interpret_downstream(ds, ctx.shared["syn_fidelity"], real_fidelity, fid_ratio)
@@ -183,6 +258,65 @@ def compute(ctx: Context) -> dict[str, Any]:
     return {"downstream": {**ds, "interpretation": text}}
 
 
+def describe_eval_set(dsr: dict) -> str:
+    """'the real evaluation set: ...' with its splits and per-class counts (old reports: test)."""
+    info = dsr.get("eval_set")
+    if info is None:
+        return f"the real test split ({_eval_counts(dsr)})"
+    counts = ", ".join(f"{k} {v}" for k, v in _eval_counts(dsr).items())
+    per = "; ".join(
+        f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in info["per_split"].items()
+    )
+    text = (
+        f"the real evaluation set, {' + '.join(info['splits'])} splits ({info['size']} images: "
+        f"{counts}; {per}), held-out images that neither the VAE, the LDM nor any arm trained on"
+    )
+    if "fallback" in info:
+        text += f" ({info['fallback']})"
+    return text
+
+
+def _sweep_rows(dsr: dict) -> list[list]:
+    comp = dsr["comparisons"].get("half+syn - half")
+    base = dsr["arms"].get("half+syn")
+    rows = []
+    if comp and base:
+        n = dsr["config"]["n_per_class"]
+        rows.append(
+            [f"fixed N = {n} per class (headline)", ci(base["summary"]["accuracy"]),
+             ci(base["summary"]["auc"]), ci(comp["accuracy"]), ci(comp["auc"])]
+        )  # fmt: skip
+    for row in dsr.get("syn_sweep", {}).get("rows", []):
+        counts = ", ".join(f"{k} {v}" for k, v in row["synthetic_per_class"].items())
+        s, g = row["summary"], row["gain"]
+        rows.append(
+            [f"{row['multiple']:g} x half ({counts})", ci(s["accuracy"]), ci(s["auc"]),
+             ci(g["accuracy"]), ci(g["auc"])]
+        )  # fmt: skip
+    return rows
+
+
+def render_sweep(dsr: dict) -> list[str]:
+    """The synthetic-amount table (markdown lines; none without a sweep)."""
+    sweep = dsr.get("syn_sweep")
+    if not sweep:
+        return []
+    half = dsr["arms"]["half"]["train_counts"]["real"]
+    L = [
+        "How much synthetic data: half + synthetic at multiples of the half real set's size per "
+        f"class ({', '.join(f'{k} {v}' for k, v in half.items())}); gains over `half` are "
+        "paired as above. The fixed-N row is the headline arm; its definition does not depend "
+        "on the sweep.",
+        "",
+    ]
+    L += table(
+        ["synthetic per class", "accuracy", "AUC", "accuracy gain", "AUC gain"], _sweep_rows(dsr)
+    )
+    for sk in sweep.get("skipped", []):
+        L += [f"- multiple {sk['multiple']:g} not run: {sk['reason']}."]
+    return L + ([""] if sweep.get("skipped") else [])
+
+
 def render(r: dict) -> str:
     dsr = r["downstream"]
     cfg = dsr["config"]
@@ -190,7 +324,7 @@ def render(r: dict) -> str:
     L = [HEADER, ""]
     L += [
         f"{len(cfg['class_names'])}-class CNN (same architecture as section 3) trained per arm "
-        f"and seed for {cfg['steps']} steps, scored on the real test split; "
+        f"and seed for {cfg['steps']} steps, scored on {describe_eval_set(dsr)}; "
         f"{len(cfg['seeds'])} seeds ({cfg['seeds']}), mean ± 95 % Student-t CI over seeds. "
         f"N = {cfg['n_per_class']} synthetic images per class from the main set (when N equals "
         "the main set size every seed uses all of it; seeds then vary the initialisation, the "
@@ -205,8 +339,14 @@ def render(r: dict) -> str:
         arm_rows.append([f"{arm}: {a['description']}", n_real, n_syn, *cells])
     L += table(["arm", "real", "synthetic", *names], arm_rows)
     comp_rows = [[k, *(ci(c[m]) for m in names)] for k, c in dsr["comparisons"].items()]
-    L += ["Paired differences (same seed, same init, same half):", ""]
+    L += [
+        "Paired differences: the mean over seeds of each seed's difference (within a seed both "
+        "arms share the classifier initialisation, the real half and the synthetic draw), "
+        "± the paired Student-t 95 % CI:",
+        "",
+    ]
     L += table(["difference", *names], comp_rows)
+    L += render_sweep(dsr)
     L += [
         img(r["figures"]["downstream"], "downstream study"),
         "",
