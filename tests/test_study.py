@@ -79,7 +79,14 @@ def test_train_classifier_rejects_missing_class():
 def tiny_study() -> dict:
     real_train, real_test, syn = _toy(32, seed=4), _toy(32, seed=5), _toy(24, seed=6)
     return study.downstream_study(
-        real_train, real_test, syn, n_per_class=6, seeds=(0, 1), steps=20, **TINY
+        real_train,
+        real_test,
+        syn,
+        n_per_class=6,
+        seeds=(0, 1),
+        steps=20,
+        syn_multiples=(0.5, 1.0),
+        **TINY,
     )
 
 
@@ -123,6 +130,120 @@ def test_downstream_study_runs_every_arm(tiny_study):
     assert diff == pytest.approx(want)
     assert set(res["real_data_equivalence"]) == set(study.METRIC_NAMES)
     assert res["data"]["synthetic"] == {"normal": 12, "tumour": 12}
+    assert res["data"]["real_eval"] == {"normal": 16, "tumour": 16}
+    assert "paired" in res["config"]["pairing"]
+
+
+def _diffs(runs_a, runs_b, m):
+    return [a[m] - b[m] for a, b in zip(runs_a, runs_b, strict=True)]
+
+
+def test_paired_gain_is_the_mean_of_per_seed_differences(tiny_study):
+    res = tiny_study
+    half = res["arms"]["half"]["per_seed"]
+    for m in study.METRIC_NAMES:
+        comp = res["comparisons"]["half+syn - half"][m]
+        d = _diffs(res["arms"]["half+syn"]["per_seed"], half, m)
+        assert comp["per_seed"] == pytest.approx(d)
+        mean, half_width = stats.mean_ci(d)
+        assert comp["mean"] == pytest.approx(mean) and comp["n"] == 2
+        assert comp["half_width"] == pytest.approx(half_width)
+    # Sweep rows are paired with the same 'half' runs.
+    for row in res["syn_sweep"]["rows"]:
+        d = _diffs(row["per_seed"], half, "accuracy")
+        assert row["gain"]["accuracy"]["mean"] == pytest.approx(np.mean(d))
+        assert row["gain"]["accuracy"]["per_seed"] == pytest.approx(d)
+
+
+def test_sweep_rows_use_multiples_of_the_half(tiny_study):
+    sweep = tiny_study["syn_sweep"]
+    assert sweep["baseline"] == "half" and sweep["half_per_class"] == [8, 8]
+    assert [r["multiple"] for r in sweep["rows"]] == [0.5, 1.0]
+    assert [r["synthetic_per_class"] for r in sweep["rows"]] == [
+        {"normal": 4, "tumour": 4},
+        {"normal": 8, "tumour": 8},
+    ]
+    assert [r["arm"] for r in sweep["rows"]] == ["half+syn x0.5", "half+syn x1"]
+    for row in sweep["rows"]:
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1]
+        assert set(row["summary"]) == set(row["gain"]) == set(study.METRIC_NAMES)
+    assert tiny_study["config"]["syn_multiples"] == [0.5, 1.0]
+
+
+def test_sweep_counts_and_half_sizes():
+    assert study.half_sizes([78, 124], 0.5) == [39, 62]
+    assert study.half_sizes([1, 3], 0.5) == [1, 2]  # at least one image, Python rounding
+    assert study.sweep_counts([39, 62], (1.0, 2.0)) == [[39, 62], [78, 124]]
+    assert study.sweep_counts([39, 62], (0.01,)) == [[1, 1]]
+    with pytest.raises(ValueError, match="downstream_syn_multiples"):
+        study.sweep_counts([39, 62], (1.0, 0.0))
+
+
+def test_sweep_input_errors():
+    real, syn = _toy(16, seed=8), _toy(8, seed=9)  # half: 4 per class; pool: 4 per class
+    with pytest.raises(ValueError, match="syn_multiples need up to"):
+        study.downstream_study(real, real, syn, n_per_class=2, syn_multiples=(2.0,), **TINY)
+    with pytest.raises(ValueError, match="'half' arm"):
+        study.downstream_study(
+            real, real, syn, n_per_class=2, arms=("real",), syn_multiples=(1.0,), **TINY
+        )
+
+
+def _split(n_normal: int, n_tumour: int, value: float) -> tuple[np.ndarray, np.ndarray]:
+    y = np.array([0] * n_normal + [1] * n_tumour, np.int32)
+    return np.full((y.size, 4, 4, 1), value, np.float32), y
+
+
+def test_evaluation_set_joins_val_and_test():
+    splits = {"val": _split(3, 2, 0.1), "test": _split(1, 4, 0.2)}
+    (x, y), used, note = study.evaluation_set(splits, ("val", "test"))
+    assert used == ("val", "test") and note is None
+    assert x.shape == (10, 4, 4, 1) and np.bincount(y).tolist() == [4, 6]
+    assert np.all(x[:5] == 0.1) and np.all(x[5:] == 0.2)  # val first, then test
+    (x, y), used, _ = study.evaluation_set(splits, ("test",))
+    assert used == ("test",) and np.bincount(y).tolist() == [1, 4]
+
+
+def test_evaluation_set_falls_back_to_test_when_val_is_empty():
+    splits = {"val": _split(0, 0, 0.1), "test": _split(1, 1, 0.2)}
+    for requested in (("val", "test"), ("val",)):
+        (x, y), used, note = study.evaluation_set(splits, requested)
+        assert used == ("test",) and y.tolist() == [0, 1] and np.all(x == 0.2)
+        assert note == "val split empty: scored on test only"
+    with pytest.raises(ValueError, match="both empty"):
+        study.evaluation_set({"val": _split(0, 0, 0), "test": _split(0, 0, 0)}, ("val", "test"))
+    for bad in (("train",), (), ("test", "test")):
+        with pytest.raises(ValueError, match="downstream_eval_splits"):
+            study.evaluation_set(splits, bad)
+
+
+def test_paired_mean_ci_hand_values():
+    a, b = [0.8, 0.9, 0.7, np.nan], [0.7, 0.85, 0.7, 0.6]
+    mean, half, n = stats.paired_mean_ci(a, b)
+    assert n == 3 and mean == pytest.approx(0.05)
+    assert half == pytest.approx(4.302652729911275 * 0.05 / np.sqrt(3))  # t(0.975, 2) * s / sqrt(n)
+    one = stats.paired_mean_ci([1.0], [0.5])
+    assert one[0] == 0.5 and math.isnan(one[1]) and one[2] == 1
+    with pytest.raises(ValueError, match="differ in length"):
+        stats.paired_mean_ci([1.0, 2.0], [1.0])
+    # A shared per-seed offset cancels in the paired interval but not in separate ones.
+    base = np.array([0.6, 0.9, 0.7, 0.8, 0.65])
+    gain = base + np.array([0.05, 0.04, 0.06, 0.05, 0.05])
+    paired = stats.paired_mean_ci(gain, base)[1]
+    assert paired < 0.1 * stats.mean_ci(base)[1]
+
+
+def test_arms_of_a_seed_share_the_classifier_initialisation():
+    """With lr = 0 the weights stay at their initialisation: two arms' data of different sizes
+    and class balance give identical weights for one seed, and other weights for another."""
+    kw = {**TINY, "lr": 0.0}
+    small, large = _toy(8, seed=10), _toy(40, seed=11)
+    p1 = dc.train_classifier(*small, seed=3, steps=2, **kw)[0].params
+    p2 = dc.train_classifier(*large, seed=3, steps=2, **kw)[0].params
+    p3 = dc.train_classifier(*small, seed=4, steps=2, **kw)[0].params
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.array_equal(u, v) for u, v in zip(leaves(p1), leaves(p2), strict=True))
+    assert not all(np.array_equal(u, v) for u, v in zip(leaves(p1), leaves(p3), strict=True))
 
 
 def test_downstream_study_ci_shrinks_with_more_seeds():
