@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,16 @@ from PIL import Image
 
 from conftest import REPO, env_for_subprocess
 from jax_mri_ldm import plots
-from jax_mri_ldm.evaluation import control_study, controls, report, scoring, setmetrics, trust
+from jax_mri_ldm.data import ImageSet
+from jax_mri_ldm.evaluation import (
+    control_study,
+    controls,
+    report,
+    scoring,
+    setmetrics,
+    study,
+    trust,
+)
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Nulls
 from jax_mri_ldm.evaluation.sections import downstream, headline, memorisation
 
@@ -159,6 +169,7 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert set(ds["arms"]) == {"real", "real+syn", "syn", "half+syn", "half"}
     assert all(len(a["per_seed"]) == s.seeds for a in ds["arms"].values())
     assert ds["interpretation"].strip()
+    _check_downstream_sets(r, s)
     sweep = r["guidance_sweep"]
     assert [row["guidance"] for row in sweep["rows"]] == list(s.guidance_scales)
     assert r["main_set"]["guidance"] == sweep["chosen"]
@@ -168,6 +179,73 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert rows[0]["steps"] == 100  # the tiny LDM's T: DDPM runs the full chain
     assert all(row["seconds_per_image"] > 0 for row in rows)
     assert r["spectrum"]["grid"]["median"] > 0 and r["timings_seconds"]["total"] > 0
+
+
+def _check_downstream_sets(r: dict, s) -> None:
+    """The study's evaluation set is every non-empty held-out split; its sweep rows have
+    `sweep_counts` synthetic images per class (or are listed as skipped)."""
+    ds, split = r["downstream"], r["run"]["data"]["split"]
+    used = [k for k in s.downstream_eval_splits if sum(split[k].values())] or ["test"]
+    assert ds["eval_set"]["splits"] == used
+    assert ds["data"]["real_eval"] == {c: sum(split[k][c] for k in used) for c in split["test"]}
+    assert ds["data"]["real_test"] == split["test"]
+    assert ds["eval_set"]["size"] == sum(ds["data"]["real_eval"].values())
+    half = study.half_sizes(list(split["train"].values()), study.HALF_FRACTION)
+    want = study.sweep_counts(half, s.downstream_syn_multiples)
+    sweep = ds["syn_sweep"]
+    done = [list(row["synthetic_per_class"].values()) for row in sweep["rows"]]
+    skipped = [sk["multiple"] for sk in sweep.get("skipped", [])]
+    assert len(done) + len(skipped) == len(want) >= 1
+    assert all(counts in want for counts in done)
+    assert all(len(row["per_seed"]) == s.seeds for row in sweep["rows"])
+    md = downstream.render(r)
+    assert "How much synthetic data" in md and "scored on the real evaluation set" in md
+    assert all(f"{m:g} x half (" in md for m in s.downstream_syn_multiples if m not in skipped)
+    comp = ds["comparisons"]["half+syn - half"]["accuracy"]
+    gain = r["headline"]["downstream_half_gain_acc"]
+    assert gain is None or gain == pytest.approx(
+        [comp["mean"], comp["mean"] - comp["half_width"], comp["mean"] + comp["half_width"]]
+    )
+
+
+def _imageset(n_normal: int, n_tumour: int) -> ImageSet:
+    y = np.array([0] * n_normal + [1] * n_tumour, np.int32)
+    x = np.zeros((y.size, 4, 4, 1), np.float32)
+    ids = [f"i{i}" for i in range(y.size)]
+    return ImageSet(x, y, ("normal", "tumour"), ids, np.arange(y.size), "fp")
+
+
+def test_downstream_evaluation_set_names_its_splits_and_counts():
+    ctx = SimpleNamespace(cfg=report.resolve_settings("paper"))
+    ctx.val, ctx.test = _imageset(10, 16), _imageset(10, 15)
+    (_, y), info = downstream.evaluation_set(ctx)
+    assert y.size == 51 and info == {
+        "requested": ["val", "test"],
+        "splits": ["val", "test"],
+        "per_split": {"val": {"normal": 10, "tumour": 16}, "test": {"normal": 10, "tumour": 15}},
+        "size": 51,
+    }
+    dsr = {"data": {"real_eval": {"normal": 20, "tumour": 31}}, "eval_set": info}
+    text = downstream.describe_eval_set(dsr)
+    assert "val + test splits (51 images: normal 20, tumour 31; val: normal 10" in text
+    ctx.val = _imageset(0, 0)  # tiny data: an empty validation split
+    (_, y), info = downstream.evaluation_set(ctx)
+    assert y.size == 25 and info["splits"] == ["test"]
+    dsr = {"data": {"real_eval": {"normal": 10, "tumour": 15}}, "eval_set": info}
+    text = downstream.describe_eval_set(dsr)
+    assert "test split (25 images" in text and "(val split empty: scored on test only)" in text
+    old = {"data": {"real_test": {"normal": 10, "tumour": 15}}}  # a report.json before eval_set
+    assert downstream.describe_eval_set(old) == "the real test split (normal 10, tumour 15)"
+
+
+def test_downstream_sweep_plan_skips_what_the_main_set_cannot_fill():
+    keep, skipped = downstream.sweep_plan({"normal": 78, "tumour": 124}, (1.0, 2.0, 4.0), 200)
+    assert keep == (1.0, 2.0)
+    assert [(sk["multiple"], sk["needs"]) for sk in skipped] == [
+        (4.0, {"normal": 156, "tumour": 248})
+    ]
+    assert "--config.num_synthetic_per_class" in skipped[0]["reason"]
+    assert downstream.sweep_plan({"normal": 78, "tumour": 124}, (), 200) == ((), [])
 
 
 def test_controls_section_scores_every_control(tiny_report):
@@ -320,6 +398,13 @@ def test_interpretation_follows_the_intervals():
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "no detectable effect" in text and "did not measurably help" in text
     assert "(0.700) is below the classifier's accuracy" in text and "3.0x" in text
+    assert "evaluation set has only" not in text  # 130 images
+    ds["data"]["real_eval"] = {"normal": 20, "tumour": 31}  # real_eval wins over real_test
+    ds["comparisons"]["half+syn - half"] = {"accuracy": summ(0.02, 0.01), "auc": summ(0.0, 0.01)}
+    text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
+    assert "the evaluation set has only 51 real images" in text
+    assert "adding synthetic images: accuracy changed by +0.020" in text
+    assert "AUC changed by +0.000 (95 % CI [-0.010, +0.010]): no detectable effect" in text
 
 
 def test_realism_reading_names_low_novelty_and_unrealistic_sets():

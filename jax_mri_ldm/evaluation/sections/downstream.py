@@ -258,18 +258,21 @@ def compute(ctx: Context) -> dict[str, Any]:
     return {"downstream": {**ds, "interpretation": text}}
 
 
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 def describe_eval_set(dsr: dict) -> str:
     """'the real evaluation set: ...' with its splits and per-class counts (old reports: test)."""
     info = dsr.get("eval_set")
     if info is None:
-        return f"the real test split ({_eval_counts(dsr)})"
-    counts = ", ".join(f"{k} {v}" for k, v in _eval_counts(dsr).items())
-    per = "; ".join(
-        f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in info["per_split"].items()
-    )
+        return f"the real test split ({_fmt_counts(_eval_counts(dsr))})"
+    per = "; ".join(f"{s}: {_fmt_counts(c)}" for s, c in info["per_split"].items())
     text = (
-        f"the real evaluation set, {' + '.join(info['splits'])} splits ({info['size']} images: "
-        f"{counts}; {per}), held-out images that neither the VAE, the LDM nor any arm trained on"
+        f"the real evaluation set, {' + '.join(info['splits'])} "
+        f"split{'s' if len(info['splits']) > 1 else ''} ({info['size']} images: "
+        f"{_fmt_counts(_eval_counts(dsr))}; {per}), held-out images that neither the VAE, the "
+        "LDM nor any arm trained on"
     )
     if "fallback" in info:
         text += f" ({info['fallback']})"
@@ -287,7 +290,7 @@ def _sweep_rows(dsr: dict) -> list[list]:
              ci(base["summary"]["auc"]), ci(comp["accuracy"]), ci(comp["auc"])]
         )  # fmt: skip
     for row in dsr.get("syn_sweep", {}).get("rows", []):
-        counts = ", ".join(f"{k} {v}" for k, v in row["synthetic_per_class"].items())
+        counts = _fmt_counts(row["synthetic_per_class"])
         s, g = row["summary"], row["gain"]
         rows.append(
             [f"{row['multiple']:g} x half ({counts})", ci(s["accuracy"]), ci(s["auc"]),
@@ -304,7 +307,7 @@ def render_sweep(dsr: dict) -> list[str]:
     half = dsr["arms"]["half"]["train_counts"]["real"]
     L = [
         "How much synthetic data: half + synthetic at multiples of the half real set's size per "
-        f"class ({', '.join(f'{k} {v}' for k, v in half.items())}); gains over `half` are "
+        f"class ({_fmt_counts(half)}); gains over `half` are "
         "paired as above. The fixed-N row is the headline arm; its definition does not depend "
         "on the sweep.",
         "",
