@@ -1,4 +1,9 @@
-"""Section 8: the downstream study (does adding synthetic slices help a real-data classifier?)."""
+"""Section 8: the downstream study (does adding synthetic slices help a real-data classifier?).
+
+Scored on every real image held out from the generator (`evaluation_set`: the splits of
+`downstream_eval_splits`), with paired gains and the synthetic-amount sweep of `study`; the
+reading guide is docs/evaluation.md.
+"""
 
 from __future__ import annotations
 
