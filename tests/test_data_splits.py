@@ -1,14 +1,27 @@
-"""Stratified, duplicate-aware splits and their JSON round trip."""
+"""Stratified, duplicate-aware splits (exact and near-duplicates) and their JSON round trip."""
 
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from jax_mri_ldm.data.splits import load_split, save_split, split_indices
+from jax_mri_ldm.data import near_duplicates
+from jax_mri_ldm.data.config import get_data_config
+from jax_mri_ldm.data.splits import (
+    load_split,
+    save_split,
+    spanning_groups,
+    split_groups,
+    split_indices,
+)
 from jax_mri_ldm.data.types import DataError, ImageSet
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_tumor_yes_no"
 
 
 def _ds(labels, groups=None) -> ImageSet:
@@ -119,3 +132,191 @@ def test_load_split_detects_changed_data(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="cannot read split file"):
         load_split(tmp_path / "bad.json")
+
+
+# ----------------------------------------------------------------------------- near-duplicates
+
+
+def _smooth_pictures(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
+    """(n, size, size, 1) distinct smooth random pictures in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for coarse in rng.normal(size=(n, 6, 6)).astype(np.float32):
+        img = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC))
+        out.append((img - img.min()) / (img.max() - img.min()))
+    return np.stack(out)[..., None]
+
+
+def _rescaled(img: np.ndarray, via: int) -> np.ndarray:
+    """`img` (S, S, 1) resized to via x via and back, as a re-saved copy at another size."""
+    s = img.shape[0]
+    big = Image.fromarray(img[..., 0], "F").resize((via, via), Image.BILINEAR)
+    return np.asarray(big.resize((s, s), Image.BILINEAR))[..., None]
+
+
+def _near_dup_ds(n: int = 40, seed: int = 0) -> tuple[ImageSet, list[tuple[int, int]]]:
+    """n distinct pictures (half per class) plus three copies with other bytes (other groups):
+    a noisy copy, a rescaled copy and a mirrored copy. Returns the set and (original, copy)."""
+    pics = _smooth_pictures(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    copies = [
+        (3, pics[3] + rng.normal(0, 0.005, pics[3].shape).astype(np.float32)),
+        (n // 2 + 5, _rescaled(pics[n // 2 + 5], 48)),
+        (8, pics[8][:, ::-1]),
+    ]
+    images = np.concatenate([pics, np.stack([c for _, c in copies])]).astype(np.float32)
+    labels = np.array([0] * (n // 2) + [1] * (n - n // 2) + [int(o >= n // 2) for o, _ in copies])
+    ds = ImageSet(
+        images=images,
+        labels=labels.astype(np.int32),
+        class_names=("normal", "tumour"),
+        ids=[f"img{i:03d}" for i in range(len(labels))],
+        groups=np.arange(len(labels), dtype=np.int64),  # all bytes differ
+        fingerprint="fp",
+    )
+    return ds, [(o, n + k) for k, (o, _) in enumerate(copies)]
+
+
+def _split_of(split: dict[str, np.ndarray], i: int) -> str:
+    return next(k for k, v in split.items() if i in v)
+
+
+def test_near_duplicates_share_a_split_for_every_seed():
+    ds, pairs = _near_dup_ds()
+    for seed in range(12):
+        split = split_indices(ds, 0.6, 0.2, seed=seed)
+        for a, b in pairs:
+            assert _split_of(split, a) == _split_of(split, b), (seed, a, b)
+    merged = split_groups(ds)
+    assert len(np.unique(merged)) == len(ds) - len(pairs)
+    for a, b in pairs:  # the merged group keeps the smaller (original's) id
+        assert merged[a] == merged[b] == ds.groups[a]
+
+
+def test_distinct_pictures_are_not_merged():
+    ds, _ = _near_dup_ds()
+    distinct = ds.subset(np.arange(40))
+    np.testing.assert_array_equal(split_groups(distinct), distinct.groups)
+    fps = near_duplicates.fingerprints(distinct.images)
+    best, _ = near_duplicates.best_matches(fps, fps, exclude_self=True)
+    assert best.max() < get_data_config().split.near_duplicate_threshold
+    # A constant image has an all-zero fingerprint and matches nothing, not even itself.
+    flat = near_duplicates.fingerprints(np.full((2, 16, 16, 1), 0.5, np.float32))
+    assert not flat.any() and near_duplicates.near_pairs(flat, 0.5).shape == (0, 2)
+
+
+def test_threshold_option_disables_near_duplicate_grouping():
+    ds, pairs = _near_dup_ds()
+    np.testing.assert_array_equal(split_groups(ds, near_duplicate_threshold=0.0), ds.groups)
+    np.testing.assert_array_equal(split_groups(ds, near_duplicate_threshold=-1.0), ds.groups)
+    separated = 0
+    for seed in range(12):
+        split = split_indices(ds, 0.6, 0.2, seed=seed, near_duplicate_threshold=0.0)
+        separated += sum(_split_of(split, a) != _split_of(split, b) for a, b in pairs)
+    assert separated > 0  # without the merge, copies do land in different splits
+
+
+def test_near_duplicate_grouping_only_moves_leaked_images():
+    """Where nothing leaks the split is the old one; otherwise test and val only lose images."""
+    ds = _dup_ds()  # constant images: no near-duplicates
+    for seed in range(3):
+        old = split_indices(ds, seed=seed, near_duplicate_threshold=0.0)
+        new = split_indices(ds, seed=seed)
+        for k in old:
+            np.testing.assert_array_equal(old[k], new[k])
+    ds, _ = _near_dup_ds()
+    for seed in range(12):
+        old = split_indices(ds, 0.6, 0.2, seed=seed, near_duplicate_threshold=0.0)
+        new = split_indices(ds, 0.6, 0.2, seed=seed)
+        assert set(new["test"]) <= set(old["test"]) and set(old["train"]) <= set(new["train"])
+
+
+def test_near_duplicate_groups_are_dealt_whole_when_moving_empties_a_class():
+    pics = _smooth_pictures(3, seed=4)
+    images = np.concatenate([pics, pics[:1] + 0.001, _smooth_pictures(6, seed=5)])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], np.int32)  # class 0: 3 pictures, 4 files
+    ds = ImageSet(
+        images=images.astype(np.float32),
+        labels=labels,
+        class_names=("normal", "tumour"),
+        ids=[f"img{i}" for i in range(10)],
+        groups=np.arange(10, dtype=np.int64),
+        fingerprint="fp",
+    )
+    for seed in range(12):  # 3 distinct normal pictures still fill train, val and test
+        split = split_indices(ds, 0.6, 0.2, seed=seed)
+        assert _split_of(split, 0) == _split_of(split, 3)
+        for name, idx in split.items():
+            assert 0 in ds.labels[idx], (seed, name)
+
+
+def test_chunked_correlations_equal_unchunked():
+    ds, _ = _near_dup_ds()
+    fps = near_duplicates.fingerprints(ds.images)
+    full = near_duplicates.near_pairs(fps, 0.3, chunk_rows=len(fps))
+    assert len(full) > 10  # many pairs, not only the three copies
+    for rows in (1, 7, 16):
+        np.testing.assert_array_equal(near_duplicates.near_pairs(fps, 0.3, chunk_rows=rows), full)
+        b, _ = near_duplicates.best_matches(fps, fps, exclude_self=True, chunk_rows=rows)
+        b0, _ = near_duplicates.best_matches(fps, fps, exclude_self=True)
+        np.testing.assert_allclose(b, b0, rtol=0, atol=1e-6)  # (indices may differ on ties)
+    groups = ds.groups
+    np.testing.assert_array_equal(
+        near_duplicates.merge_groups(ds.images, groups, 0.99, chunk_rows=3),
+        near_duplicates.merge_groups(ds.images, groups, 0.99),
+    )
+
+
+def test_fingerprint_area_average_and_mirror():
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    small = (
+        near_duplicates._area_matrix(4, 2) @ x[0, :, :, 0] @ near_duplicates._area_matrix(4, 2).T
+    )
+    np.testing.assert_allclose(small, [[2.5, 4.5], [10.5, 12.5]])  # 2x2 box means
+    np.testing.assert_allclose(near_duplicates._area_matrix(5, 3).sum(1), 1.0, rtol=1e-6)
+    fps = near_duplicates.fingerprints(np.concatenate([x, x[:, :, ::-1]]), size=4)
+    np.testing.assert_allclose(np.linalg.norm(fps.reshape(2, -1), axis=1), 1.0, rtol=1e-6)
+    assert near_duplicates.near_pairs(fps, 0.999).tolist() == [[0, 1]]  # mirrored = same
+
+
+def test_saved_split_predating_near_duplicates_is_used_as_saved_with_a_warning(tmp_path, caplog):
+    ds, pairs = _near_dup_ds()
+    seed = next(
+        s
+        for s in range(50)
+        if spanning_groups(
+            ds, split_indices(ds, 0.6, 0.2, seed=s, near_duplicate_threshold=0), split_groups(ds)
+        )
+    )
+    old = split_indices(ds, 0.6, 0.2, seed=seed, near_duplicate_threshold=0)
+    path = tmp_path / "run" / "split.json"
+    save_split(path, ds, old)
+    with caplog.at_level(logging.WARNING):
+        back = load_split(path, ds)
+    for k in old:
+        np.testing.assert_array_equal(back[k], old[k])  # used as saved
+    assert str(path) in caplog.text and "predates near-duplicate grouping" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_split(path, ds, near_duplicate_threshold=0)
+        save_split(path, ds, split_indices(ds, 0.6, 0.2, seed=seed))
+        load_split(path, ds)
+    assert "predates" not in caplog.text
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
+def test_real_yes_no_test_split_has_no_near_duplicate_in_train(tmp_path):
+    from jax_mri_ldm.data.sources import load_imageset
+
+    cfg = get_data_config()
+    cfg.path, cfg.image_size, cfg.cache_dir = str(REAL), 128, str(tmp_path)
+    ds = load_imageset(cfg)
+    threshold = cfg.split.near_duplicate_threshold
+    fps = near_duplicates.fingerprints(ds.images)
+    old = split_indices(ds, 0.8, 0.1, seed=0, near_duplicate_threshold=0)
+    leak, _ = near_duplicates.best_matches(fps[old["test"]], fps[old["train"]])
+    assert np.sum(leak >= threshold) == 2  # the two re-saved slices the old split leaked
+    split = split_indices(ds, **cfg.split)
+    best, _ = near_duplicates.best_matches(fps[split["test"]], fps[split["train"]])
+    assert best.max() < threshold
+    assert not spanning_groups(ds, split, split_groups(ds))

@@ -36,6 +36,9 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.split.train = 0.8  # stratified train fraction
     c.split.val = 0.1  # stratified validation fraction (test gets the rest)
     c.split.seed = 0  # split seed; duplicate groups always share a split
+    # Correlation of 32x32 thumbnails (as is or mirrored) at which two files are one slice and
+    # share a split like identical files do (docs/data.md has the calibration); <= 0: off.
+    c.split.near_duplicate_threshold = 0.99
 
     c.augment = ml_collections.ConfigDict()
     c.augment.enabled = True  # online augmentation for training batches (off for evaluation)

@@ -11,20 +11,56 @@ is not (a class with fewer groups than splits, or no image at all) `split_indice
 DataError saying how many images the class needs, before any training starts; the data
 doctor calls it with `require_all=False` and reports the problems as warnings instead.
 Classes are every id of `ds.class_names`, so any number of classes K is stratified alike.
+
+Near-duplicates (the same slice saved as two different files, see `near_duplicates.py`) are
+kept together too: after the deal, every near-duplicate group spread over several splits is
+moved whole into the first of them in train, val, test order. Dealing the exact groups first
+keeps a split unchanged wherever nothing leaks, and the test split only ever loses images, so
+a model trained on a split made before near-duplicate grouping never finds its own training
+images in the new test split. Should the move leave a split without a class, the
+near-duplicate groups are dealt as groups instead. A split saved by `save_split` is read back
+as saved by `load_split`, which warns when it predates near-duplicate grouping.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from jax_mri_ldm import atomic
+from jax_mri_ldm.data import near_duplicates
+from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.types import DataError, ImageSet
 from jax_mri_ldm.errors import UserError
 
+log = logging.getLogger(__name__)
+
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+def resolve_threshold(value: float | None = None) -> float:
+    """`value`, or config.data.split.near_duplicate_threshold's default when it is None."""
+    if value is None:
+        return float(get_data_config().split.near_duplicate_threshold)
+    return float(value)
+
+
+def split_groups(ds: ImageSet, near_duplicate_threshold: float | None = None) -> np.ndarray:
+    """The groups a split keeps whole: `ds.groups` joined where images are near-duplicates.
+
+    Args:
+      ds: the dataset.
+      near_duplicate_threshold: config.data.split.near_duplicate_threshold (None: its
+        default; <= 0: exact groups only).
+
+    Returns:
+      (N,) int64 group ids (a group without near-duplicates keeps its `ds.groups` id).
+    """
+    threshold = resolve_threshold(near_duplicate_threshold)
+    return near_duplicates.merge_groups(ds.images, ds.groups, threshold)
 
 
 def split_indices(
@@ -33,15 +69,18 @@ def split_indices(
     val: float = 0.1,
     seed: int = 0,
     *,
+    near_duplicate_threshold: float | None = None,
     require_all: bool = True,
 ) -> dict[str, np.ndarray]:
     """Splits `ds` into train/val/test, stratified by label, keeping duplicate groups whole.
 
     Args:
-      ds: the dataset (its `labels` and `groups` are used).
+      ds: the dataset (its `labels`, `groups` and, for near-duplicates, `images` are used).
       train: fraction of each class for training (config.data.split.train), in (0, 1].
       val: fraction for validation (config.data.split.val); test gets 1 - train - val.
       seed: shuffling seed (config.data.split.seed).
+      near_duplicate_threshold: config.data.split.near_duplicate_threshold (None: its
+        default; <= 0: only identical files are kept together).
       require_all: raise unless every split with a positive fraction holds every class.
 
     Returns:
@@ -51,6 +90,21 @@ def split_indices(
       ValueError: fractions out of range (named by their config option).
       DataError: `require_all` and a split would miss a class (message: `split_problems`).
     """
+    fracs = _fractions(train, val)
+    labels = np.asarray(ds.labels)
+    exact = np.asarray(ds.groups, np.int64)
+    merged = split_groups(ds, near_duplicate_threshold)
+    split = _keep_together(_deal(labels, exact, fracs, seed), merged)
+    if split_problems(ds, split, fracs, merged) and not np.array_equal(merged, exact):
+        split = _deal(labels, merged, fracs, seed)  # moving emptied a class: deal whole groups
+    problems = split_problems(ds, split, fracs, merged) if require_all else []
+    if problems:
+        raise DataError(" ".join(problems))
+    return split
+
+
+def _fractions(train: float, val: float) -> dict[str, float]:
+    """Split name -> fraction, after checking the config values (named in the errors)."""
     if not 0.0 < train <= 1.0:
         raise UserError(f"config.data.split.train={train} must be in (0, 1]")
     if not 0.0 <= val < 1.0:
@@ -59,10 +113,14 @@ def split_indices(
         raise UserError(
             f"config.data.split.train + config.data.split.val = {train + val:g} exceeds 1"
         )
-    fracs = {"train": train, "val": val, "test": max(0.0, 1.0 - train - val)}
+    return {"train": train, "val": val, "test": max(0.0, 1.0 - train - val)}
+
+
+def _deal(
+    labels: np.ndarray, groups: np.ndarray, fracs: dict[str, float], seed: int
+) -> dict[str, np.ndarray]:
+    """The stratified deal of whole groups described in the module docstring."""
     active = [s for s in SPLIT_NAMES if fracs[s] > 1e-9]
-    labels = np.asarray(ds.labels)
-    groups = np.asarray(ds.groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
     # A group's class: majority label of its members (ties -> smaller label id).
@@ -89,18 +147,37 @@ def split_indices(
             s = max(active, key=lambda s: (target[s] - count[s], -SPLIT_NAMES.index(s)))
             out[s].append(members[g])
             count[s] += sizes[g]
-    split = {
+    return {
         s: np.sort(np.concatenate(out[s])).astype(np.int64) if out[s] else np.zeros((0,), np.int64)
         for s in SPLIT_NAMES
     }
-    problems = split_problems(ds, split, fracs) if require_all else []
-    if problems:
-        raise DataError(" ".join(problems))
-    return split
+
+
+def _keep_together(split: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Moves every group spread over several splits into the first of them (train, val, test).
+
+    Args:
+      split: name -> indices, a partition.
+      groups: (N,) group ids that must not span splits.
+
+    Returns:
+      The split with each group in one split; a later split only loses images.
+    """
+    _, dense = np.unique(groups, return_inverse=True)  # (N,) ids 0..G-1
+    where = np.zeros(len(groups), np.int64)  # position of each image's split in SPLIT_NAMES
+    for k, s in enumerate(SPLIT_NAMES):
+        where[split[s]] = k
+    first = np.full(dense.max() + 1 if len(dense) else 0, len(SPLIT_NAMES), np.int64)
+    np.minimum.at(first, dense, where)
+    target = first[dense]  # (N,)
+    return {s: np.flatnonzero(target == k).astype(np.int64) for k, s in enumerate(SPLIT_NAMES)}
 
 
 def split_problems(
-    ds: ImageSet, split: dict[str, np.ndarray], fracs: dict[str, float]
+    ds: ImageSet,
+    split: dict[str, np.ndarray],
+    fracs: dict[str, float],
+    groups: np.ndarray | None = None,
 ) -> list[str]:
     """One message per class that some split with a positive fraction does not hold.
 
@@ -108,23 +185,27 @@ def split_problems(
       ds: the dataset.
       split: from `split_indices`.
       fracs: split name -> fraction (train, val, test).
+      groups: the groups the split keeps whole (`split_groups`); default `ds.groups`.
 
     Returns:
       Messages naming the class, the empty split(s), how many distinct images (duplicate
-      groups: identical files, or the slices of one NIfTI volume) it has and how many it needs.
+      groups: identical or near-identical files, or the slices of one NIfTI volume) it has and
+      how many it needs.
     """
+    groups = ds.groups if groups is None else np.asarray(groups)
     active = [s for s in SPLIT_NAMES if fracs[s] > 1e-9]
     out = []
     for c, name in enumerate(ds.class_names):
         missing = [s for s in active if not np.any(ds.labels[split[s]] == c)]
         if not missing:
             continue
-        n_groups = len(np.unique(ds.groups[ds.labels == c]))
+        n_groups = len(np.unique(groups[ds.labels == c]))
         out.append(
-            f"class {name!r} has {n_groups} distinct image(s) (identical files and the slices "
-            f"of one NIfTI volume count once) and no image in the {'/'.join(missing)} "
-            f"split(s) (config.data.split: train={fracs['train']:g}, val={fracs['val']:g}); "
-            f"every split needs each class: give it at least {len(active)} distinct images."
+            f"class {name!r} has {n_groups} distinct image(s) (identical or near-identical "
+            f"files and the slices of one NIfTI volume count once) and no image in the "
+            f"{'/'.join(missing)} split(s) (config.data.split: train={fracs['train']:g}, "
+            f"val={fracs['val']:g}); every split needs each class: give it at least "
+            f"{len(active)} distinct images."
         )
     return out
 
@@ -156,13 +237,19 @@ def save_split(path: str | Path, ds: ImageSet, split: dict[str, np.ndarray]) -> 
 
 
 def load_split(
-    path: str | Path, ds: ImageSet | None = None
+    path: str | Path,
+    ds: ImageSet | None = None,
+    *,
+    near_duplicate_threshold: float | None = None,
 ) -> dict[str, list[str]] | dict[str, np.ndarray]:
-    """Reads a split written by `save_split`.
+    """Reads a split written by `save_split`; a saved split is always used as saved.
 
     Args:
       path: the JSON file.
-      ds: optional dataset; when given, ids are mapped back to indices into it.
+      ds: optional dataset; when given, ids are mapped back to indices into it, and a warning
+        is logged when near-duplicate groups of `ds` span the saved splits (a split written
+        before near-duplicate grouping existed).
+      near_duplicate_threshold: for that check (None: the config default; <= 0: no check).
 
     Returns:
       name -> list of ids when `ds` is None; otherwise name -> sorted int64 indices into `ds`.
@@ -187,4 +274,41 @@ def load_split(
             f"(e.g. {missing[:3]}); the data changed since the split was written. Use the "
             f"same data, or start a new run directory."
         )
-    return {k: np.sort(np.asarray([index[i] for i in v], np.int64)) for k, v in ids.items()}
+    split = {k: np.sort(np.asarray([index[i] for i in v], np.int64)) for k, v in ids.items()}
+    spans = spanning_groups(ds, split, split_groups(ds, near_duplicate_threshold))
+    if spans:
+        log.warning(
+            "%s: %d group(s) of near-identical images span splits (e.g. %s); this split "
+            "predates near-duplicate grouping (config.data.split.near_duplicate_threshold). "
+            "It is used as saved, so scores on those held-out images and the memorisation "
+            "threshold are flattered; a new run directory gets a split that keeps them together.",
+            path,
+            len(spans),
+            " ~ ".join(f"{i} ({s})" for s, i in spans[0]),
+        )
+    return split
+
+
+def spanning_groups(
+    ds: ImageSet, split: dict[str, np.ndarray], groups: np.ndarray
+) -> list[list[tuple[str, str]]]:
+    """The groups whose images lie in more than one split.
+
+    Args:
+      ds: the dataset (for ids).
+      split: name -> indices into `ds`.
+      groups: (N,) group ids, e.g. from `split_groups`.
+
+    Returns:
+      One list of (split name, image id) per spanning group, in id order.
+    """
+    where: dict[int, str] = {int(i): s for s, idx in split.items() for i in np.asarray(idx)}
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(np.asarray(groups).tolist()):
+        if i in where:
+            by_group.setdefault(g, []).append(i)
+    return [
+        [(where[i], ds.ids[i]) for i in members]
+        for members in by_group.values()
+        if len({where[i] for i in members}) > 1
+    ]
