@@ -81,3 +81,35 @@ def test_doctor_builtin_in_process(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["num_images"] == 4 and summary["source"] == "builtin"
     assert summary["classes"] == {"normal": 2, "tumour": 2} and summary["skipped"] == 0
+
+
+def _smooth(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    coarse = rng.normal(size=(6, 6)).astype(np.float32)
+    img = np.asarray(Image.fromarray(coarse, "F").resize(size, Image.BICUBIC))
+    return Image.fromarray(((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8))
+
+
+def test_doctor_reports_near_duplicate_groups(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "data"
+    for cls, n in (("no", 4), ("yes", 4)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            _smooth(rng, (40, 40)).save(root / cls / f"{cls}{i}.png")
+    same = Image.open(root / "yes" / "yes0.png")
+    same.resize((64, 64), Image.BILINEAR).save(root / "yes" / "yes0_big.png")  # re-saved larger
+    Image.open(root / "no" / "no1.png").save(root / "yes" / "no1_as_yes.jpg", quality=95)
+    args = [f"--path={root}", "--image_size=32", "--no_cache"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["duplicate_groups"] == 0 and summary["unique_images"] == 10
+    assert summary["near_duplicate_groups"] == 2 and summary["near_duplicate_files"] == 4
+    assert summary["near_duplicate_classes"] == {"normal+tumour": 1, "tumour": 1}
+    assert summary["near_duplicate_mixed_labels"] == 1 and summary["distinct_images"] == 8
+    assert "yes/yes0.png ~ yes/yes0_big.png" in out
+    assert "WARNING: near-identical files with different labels: no/no1.png" in out
+
+    assert main([*args, "--near_duplicate_threshold=0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["near_duplicate_groups"] == 0 and summary["distinct_images"] == 10

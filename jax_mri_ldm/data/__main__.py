@@ -1,10 +1,13 @@
 """The data doctor: `python -m jax_mri_ldm.data --path=DIR` summarises a dataset.
 
 Prints the images found and loaded per class, the file modes and sizes seen, exact-duplicate
-groups, the files skipped and why, the train/val/test split per class, then, as its LAST
+groups, near-duplicate groups (the same slice saved as different files; mixed-label ones as a
+WARNING), the files skipped and why, the train/val/test split per class, then, as its LAST
 line, one JSON object with at least `num_images`, `classes` (name -> count, in class-id
 order), `class_names` (id -> name) and `skipped` (count), plus `split`, `warnings`,
-`duplicate_groups`, `redundant_files`, `unique_images`, `sizes`, `modes`, `skipped_files`,
+`duplicate_groups`, `redundant_files`, `unique_images`, `near_duplicate_groups`,
+`near_duplicate_files`, `near_duplicate_classes`, `near_duplicate_mixed_labels`,
+`near_duplicate_threshold`, `distinct_images`, `sizes`, `modes`, `skipped_files`,
 `fingerprint`, ...
 
 It loads and splits the data exactly as training does (same readers, preprocessing, cache
@@ -36,7 +39,13 @@ import numpy as np
 from jax_mri_ldm.data.classes import CLASS_MODES
 from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.sources import SOURCES, load_imageset_with_report
-from jax_mri_ldm.data.splits import SPLIT_NAMES, split_indices, split_problems
+from jax_mri_ldm.data.splits import (
+    SPLIT_NAMES,
+    resolve_threshold,
+    split_groups,
+    split_indices,
+    split_problems,
+)
 from jax_mri_ldm.data.types import DataError, ImageSet
 from jax_mri_ldm.errors import UserError
 
@@ -63,6 +72,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split_train", type=float, default=None, help="config.data.split.train")
     p.add_argument("--split_val", type=float, default=None, help="config.data.split.val")
     p.add_argument("--split_seed", type=int, default=None, help="config.data.split.seed")
+    p.add_argument(
+        "--near_duplicate_threshold",
+        type=float,
+        default=None,
+        help="config.data.split.near_duplicate_threshold (<= 0: exact duplicates only)",
+    )
     p.add_argument("--slice_range", default=None, help="NIfTI: axial slices 'a:b'")
     p.add_argument("--slice_fraction", type=float, default=None, help="NIfTI: central fraction")
     p.add_argument("--min_foreground", type=float, default=None, help="NIfTI: skip emptier")
@@ -95,6 +110,8 @@ def _data_config(args: argparse.Namespace) -> Any:
     for key in ("train", "val", "seed"):
         if getattr(args, f"split_{key}") is not None:
             setattr(cfg.split, key, getattr(args, f"split_{key}"))
+    if args.near_duplicate_threshold is not None:
+        cfg.split.near_duplicate_threshold = args.near_duplicate_threshold
     for key in ("num_normal", "num_tumour", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg.builtin, key, getattr(args, key))
@@ -121,6 +138,8 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
     out: dict[str, Any] = _files_summary(ds, files) if files else {}
     dups, conflicts = _duplicates_summary(ds, show)
     redundant = sum(len(g) - 1 for g in dups)
+    groups = split_groups(ds, cfg.split.near_duplicate_threshold)
+    out.update(_near_duplicates_summary(ds, groups, cfg.split.near_duplicate_threshold, show))
     reasons = _skipped_summary(ds, show)
     means = {
         c: round(float(ds.images[ds.labels == k].mean()), 4)
@@ -130,7 +149,7 @@ def _summary(ds: ImageSet, report: dict, cfg: Any, show: int) -> dict[str, Any]:
     print(f"Mean intensity per class after preprocessing: {means}")
     cache = "hit" if report.get("cache_hit") else ("written" if report.get("cache_path") else "off")
     print(f"Cache: {cache} {report.get('cache_path') or ''}  ({report['seconds']:.2f} s)")
-    split, warnings = _split_summary(ds, cfg)
+    split, warnings = _split_summary(ds, cfg, groups)
     out.update(split=split, warnings=warnings)
     out.update(
         {
@@ -241,6 +260,58 @@ def _duplicates_summary(ds: ImageSet, show: int) -> tuple[list[list[str]], list[
     return dups, conflicts
 
 
+def _near_duplicates_summary(
+    ds: ImageSet, groups: np.ndarray, threshold: float, show: int
+) -> dict[str, Any]:
+    """Prints the near-duplicate groups (the first `show`) and warns of mixed-label ones.
+
+    A near-duplicate group joins files of two or more exact-duplicate groups (see
+    `near_duplicates.py`); its files are listed as `a ~ b`, with their class names.
+
+    Args:
+      ds: the loaded set.
+      groups: from `split_groups` (exact groups joined where images are near-identical).
+      threshold: config.data.split.near_duplicate_threshold.
+      show: how many groups to list.
+
+    Returns:
+      The JSON summary's `near_duplicate_*` counts and `distinct_images`.
+    """
+    threshold = resolve_threshold(threshold)
+    members: dict[int, list[int]] = collections.defaultdict(list)
+    for i, g in enumerate(groups.tolist()):
+        members[g].append(i)
+    near = [m for m in members.values() if len(set(ds.groups[m].tolist())) > 1]
+    names = [sorted({ds.class_names[ds.labels[i]] for i in m}) for m in near]
+    state = f"correlation >= {threshold:g}" if threshold > 0 else "off"
+    print(
+        f"Near-duplicates (same slice in different files, 32x32 thumbnail {state}, as is or "
+        f"mirrored; kept in one split): {len(near)} groups, {sum(map(len, near))} files, "
+        f"{len(members)} distinct images"
+    )
+    by_classes = collections.Counter("+".join(c) for c in names)
+    if by_classes:
+        print("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(by_classes.items())))
+    for m, cls in list(zip(near, names, strict=True))[:show]:
+        print("  " + " ~ ".join(ds.ids[i] for i in m) + f"  ({'+'.join(cls)})")
+    if len(near) > show:
+        print(f"  ... and {len(near) - show} more groups")
+    mixed = [m for m, cls in zip(near, names, strict=True) if len(cls) > 1]
+    for m in mixed:
+        print(
+            "  WARNING: near-identical files with different labels: "
+            + ", ".join(f"{ds.ids[i]} ({ds.class_names[ds.labels[i]]})" for i in m)
+        )
+    return {
+        "near_duplicate_threshold": threshold,
+        "near_duplicate_groups": len(near),
+        "near_duplicate_files": int(sum(map(len, near))),
+        "near_duplicate_classes": dict(sorted(by_classes.items())),
+        "near_duplicate_mixed_labels": len(mixed),
+        "distinct_images": len(members),
+    }
+
+
 def _skipped_summary(ds: ImageSet, show: int) -> collections.Counter:
     """Prints the skipped files (the first `show`); returns how many per reason."""
     print(f"Skipped: {len(ds.skipped)}")
@@ -274,11 +345,26 @@ def _sizes_per_dir(files: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _split_summary(ds: ImageSet, cfg: Any) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Prints the split training would make, per class; returns it and its problems."""
+def _split_summary(
+    ds: ImageSet, cfg: Any, groups: np.ndarray
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Prints the split training would make, per class; returns it and its problems.
+
+    Args:
+      ds: the loaded set.
+      cfg: the data config (its `split` block).
+      groups: the groups the split keeps whole (`split_groups`), for the problem messages.
+    """
     sp = cfg.split
     fracs = {"train": sp.train, "val": sp.val, "test": max(0.0, 1.0 - sp.train - sp.val)}
-    split = split_indices(ds, sp.train, sp.val, sp.seed, require_all=False)
+    split = split_indices(
+        ds,
+        sp.train,
+        sp.val,
+        sp.seed,
+        near_duplicate_threshold=sp.near_duplicate_threshold,
+        require_all=False,
+    )
     table = {
         s: {c: int(np.sum(ds.labels[split[s]] == k)) for k, c in enumerate(ds.class_names)}
         for s in SPLIT_NAMES
@@ -286,7 +372,7 @@ def _split_summary(ds: ImageSet, cfg: Any) -> tuple[dict[str, dict[str, int]], l
     print(f"Split (config.data.split train={sp.train:g} val={sp.val:g} seed={sp.seed}):")
     for s in SPLIT_NAMES:
         print(f"  {s:<5} " + ", ".join(f"{c}: {n}" for c, n in table[s].items()))
-    problems = split_problems(ds, split, fracs)
+    problems = split_problems(ds, split, fracs, groups)
     for msg in problems:
         print(f"WARNING: training would stop here: {msg}")
     return table, problems
