@@ -15,6 +15,7 @@ from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.splits import (
     load_split,
     save_split,
+    saved_or_new_split,
     spanning_groups,
     split_groups,
     split_indices,
@@ -216,22 +217,37 @@ def test_threshold_option_disables_near_duplicate_grouping():
     assert separated > 0  # without the merge, copies do land in different splits
 
 
-def test_near_duplicate_grouping_only_moves_leaked_images():
-    """Where nothing leaks the split is the old one; otherwise test and val only lose images."""
-    ds = _dup_ds()  # constant images: no near-duplicates
+def test_split_unchanged_without_near_duplicates_and_balanced_with_a_cluster():
+    ds = _dup_ds()  # constant images: no near-duplicates, so the threshold changes nothing
     for seed in range(3):
         old = split_indices(ds, seed=seed, near_duplicate_threshold=0.0)
         new = split_indices(ds, seed=seed)
         for k in old:
             np.testing.assert_array_equal(old[k], new[k])
-    ds, _ = _near_dup_ds()
-    for seed in range(12):
-        old = split_indices(ds, 0.6, 0.2, seed=seed, near_duplicate_threshold=0.0)
-        new = split_indices(ds, 0.6, 0.2, seed=seed)
-        assert set(new["test"]) <= set(old["test"]) and set(old["train"]) <= set(new["train"])
+    # 20 normal files of which 5 are copies of one picture: dealt first, the cluster goes to
+    # train, and the single pictures fill every split to its target exactly.
+    pics = _smooth_pictures(36, seed=7)
+    normal = np.concatenate(
+        [np.repeat(pics[:1], 5, 0) + 1e-3 * np.arange(5)[:, None, None, None], pics[1:16]]
+    )
+    images = np.concatenate([normal, pics[16:]]).astype(np.float32)
+    ds = ImageSet(
+        images=images,
+        labels=np.array([0] * 20 + [1] * 20, np.int32),
+        class_names=("normal", "tumour"),
+        ids=[f"img{i:02d}" for i in range(40)],
+        groups=np.arange(40, dtype=np.int64),
+        fingerprint="fp",
+    )
+    for seed in range(10):
+        split = split_indices(ds, 0.6, 0.2, seed=seed)
+        assert np.isin(np.arange(5), split["train"]).all(), seed
+        for c in (0, 1):
+            got = [int(np.sum(ds.labels[split[k]] == c)) for k in ("train", "val", "test")]
+            assert got == [12, 4, 4], (seed, c, got)
 
 
-def test_near_duplicate_groups_are_dealt_whole_when_moving_empties_a_class():
+def test_near_duplicates_count_once_for_the_class_per_split_guarantee():
     pics = _smooth_pictures(3, seed=4)
     images = np.concatenate([pics, pics[:1] + 0.001, _smooth_pictures(6, seed=5)])
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], np.int32)  # class 0: 3 pictures, 4 files
@@ -304,6 +320,26 @@ def test_saved_split_predating_near_duplicates_is_used_as_saved_with_a_warning(t
     assert "predates" not in caplog.text
 
 
+def test_saved_or_new_split_keeps_a_run_on_its_saved_split(tmp_path):
+    ds, _ = _near_dup_ds()
+    cfg = get_data_config().split
+    cfg.train, cfg.val, cfg.seed = 0.6, 0.2, 3
+    new = saved_or_new_split(ds, cfg, tmp_path / "absent.json")
+    expected = split_indices(ds, 0.6, 0.2, seed=3)
+    for k in expected:
+        np.testing.assert_array_equal(new[k], expected[k])
+    old = split_indices(ds, 0.6, 0.2, seed=5, near_duplicate_threshold=0)
+    save_split(tmp_path / "split.json", ds, old)
+    back = saved_or_new_split(ds, cfg, tmp_path / "split.json")
+    for k in old:
+        np.testing.assert_array_equal(back[k], old[k])
+    legacy = get_data_config().split
+    del legacy["near_duplicate_threshold"]  # a config saved before the field existed
+    legacy.train, legacy.val, legacy.seed = 0.6, 0.2, 3
+    for k, v in saved_or_new_split(ds, legacy, None).items():
+        np.testing.assert_array_equal(v, expected[k])
+
+
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
 def test_real_yes_no_test_split_has_no_near_duplicate_in_train(tmp_path):
     from jax_mri_ldm.data.sources import load_imageset
@@ -313,10 +349,12 @@ def test_real_yes_no_test_split_has_no_near_duplicate_in_train(tmp_path):
     ds = load_imageset(cfg)
     threshold = cfg.split.near_duplicate_threshold
     fps = near_duplicates.fingerprints(ds.images)
-    old = split_indices(ds, 0.8, 0.1, seed=0, near_duplicate_threshold=0)
-    leak, _ = near_duplicates.best_matches(fps[old["test"]], fps[old["train"]])
-    assert np.sum(leak >= threshold) == 2  # the two re-saved slices the old split leaked
+    groups, index = split_groups(ds), {i: n for n, i in enumerate(ds.ids)}
+    # Two re-saved slices that the exact-duplicate split of seed 0 put in test and train.
+    for a, b in (("yes/Y92.png", "yes/Y20.jpg"), ("no/no 90.jpg", "no/12 no.jpg")):
+        assert ds.groups[index[a]] != ds.groups[index[b]]
+        assert groups[index[a]] == groups[index[b]]
     split = split_indices(ds, **cfg.split)
     best, _ = near_duplicates.best_matches(fps[split["test"]], fps[split["train"]])
     assert best.max() < threshold
-    assert not spanning_groups(ds, split, split_groups(ds))
+    assert not spanning_groups(ds, split, groups)

@@ -13,13 +13,11 @@ doctor calls it with `require_all=False` and reports the problems as warnings in
 Classes are every id of `ds.class_names`, so any number of classes K is stratified alike.
 
 Near-duplicates (the same slice saved as two different files, see `near_duplicates.py`) are
-kept together too: after the deal, every near-duplicate group spread over several splits is
-moved whole into the first of them in train, val, test order. Dealing the exact groups first
-keeps a split unchanged wherever nothing leaks, and the test split only ever loses images, so
-a model trained on a split made before near-duplicate grouping never finds its own training
-images in the new test split. Should the move leave a split without a class, the
-near-duplicate groups are dealt as groups instead. A split saved by `save_split` is read back
-as saved by `load_split`, which warns when it predates near-duplicate grouping.
+joined to one group before the deal (`split_groups`). Groups are dealt largest first (equal
+sizes in the seeded order), so a cluster of copies cannot overshoot a small split; with groups
+of one image each (the built-in sets) this is the plain seeded order. A split saved by
+`save_split` is read back as saved by `load_split`, which warns when near-duplicate groups
+span it (a split made before near-duplicate grouping).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,12 +91,9 @@ def split_indices(
     """
     fracs = _fractions(train, val)
     labels = np.asarray(ds.labels)
-    exact = np.asarray(ds.groups, np.int64)
-    merged = split_groups(ds, near_duplicate_threshold)
-    split = _keep_together(_deal(labels, exact, fracs, seed), merged)
-    if split_problems(ds, split, fracs, merged) and not np.array_equal(merged, exact):
-        split = _deal(labels, merged, fracs, seed)  # moving emptied a class: deal whole groups
-    problems = split_problems(ds, split, fracs, merged) if require_all else []
+    groups = split_groups(ds, near_duplicate_threshold)  # exact groups joined by near-duplicates
+    split = _deal(labels, groups, fracs, seed)
+    problems = split_problems(ds, split, fracs, groups) if require_all else []
     if problems:
         raise DataError(" ".join(problems))
     return split
@@ -143,6 +139,7 @@ def _deal(
                 pending.remove(g)
                 out[s].append(members[g])
                 count[s] += sizes[g]
+        pending.sort(key=lambda g: -sizes[g])  # big groups first, single images fill the gaps
         for g in pending:
             s = max(active, key=lambda s: (target[s] - count[s], -SPLIT_NAMES.index(s)))
             out[s].append(members[g])
@@ -153,24 +150,36 @@ def _deal(
     }
 
 
-def _keep_together(split: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, np.ndarray]:
-    """Moves every group spread over several splits into the first of them (train, val, test).
+def saved_or_new_split(
+    ds: ImageSet, split_cfg: Any, path: str | Path | None
+) -> dict[str, np.ndarray]:
+    """The split saved at `path` when that file exists (used as saved), else a new one.
+
+    For trainers: a resumed run, or a diffusion run on a VAE run's split, keeps the split it
+    started with even when the split rules changed since (near-duplicate grouping did).
 
     Args:
-      split: name -> indices, a partition.
-      groups: (N,) group ids that must not span splits.
+      ds: the dataset.
+      split_cfg: config.data.split (`near_duplicate_threshold` may be absent in old configs).
+      path: a run's split.json, or None.
 
     Returns:
-      The split with each group in one split; a later split only loses images.
+      {'train', 'val', 'test'} -> sorted int64 indices into `ds`.
+
+    Raises:
+      DataError: see `load_split` and `split_indices`.
     """
-    _, dense = np.unique(groups, return_inverse=True)  # (N,) ids 0..G-1
-    where = np.zeros(len(groups), np.int64)  # position of each image's split in SPLIT_NAMES
-    for k, s in enumerate(SPLIT_NAMES):
-        where[split[s]] = k
-    first = np.full(dense.max() + 1 if len(dense) else 0, len(SPLIT_NAMES), np.int64)
-    np.minimum.at(first, dense, where)
-    target = first[dense]  # (N,)
-    return {s: np.flatnonzero(target == k).astype(np.int64) for k, s in enumerate(SPLIT_NAMES)}
+    if path is not None and Path(path).is_file():
+        return load_split(
+            path, ds, near_duplicate_threshold=split_cfg.get("near_duplicate_threshold")
+        )
+    return split_indices(
+        ds,
+        float(split_cfg.train),
+        float(split_cfg.val),
+        int(split_cfg.seed),
+        near_duplicate_threshold=split_cfg.get("near_duplicate_threshold"),
+    )
 
 
 def split_problems(
