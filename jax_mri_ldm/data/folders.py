@@ -21,7 +21,10 @@ What is read and what is skipped:
   `preprocess.py`); RGB/RGBA/palette/16-bit images are converted, never errors.
 
 Each file's SHA-256 is computed while scanning: it keys the on-disk cache and groups exact
-duplicates (same bytes -> same `groups` id) so splits keep them together.
+duplicates (same bytes -> same `groups` id) so splits keep them together. Near-duplicates (the
+same slice re-saved with other bytes) are joined to these groups when a split is made
+(`splits.split_groups`), not here, so the groups, the cache and the fingerprint depend only on
+the files.
 """
 
 from __future__ import annotations
