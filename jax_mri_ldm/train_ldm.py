@@ -334,12 +334,9 @@ def _vae_training_split(
             f"the data the VAE in {config.vae_workdir!r} was trained on changed since "
             "(dataset fingerprint differs); retrain the VAE or restore the data."
         )
-    split = data_lib.split_indices(
-        ds,
-        train=vae_config.data.split.train,
-        val=vae_config.data.split.val,
-        seed=vae_config.data.split.seed,
-    )
+    # The VAE run's saved split, as saved (its rules may predate the current ones).
+    vae_split = os.path.join(config.vae_workdir, "split.json")
+    split = data_lib.saved_or_new_split(ds, vae_config.data.split, vae_split)
     if jax.process_index() == 0:
         data_lib.save_split(os.path.join(workdir, "split.json"), ds, split)
     return ds, ds.subset(split["train"])

@@ -48,13 +48,21 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
     """
     ds = data_lib.load_imageset(config.data)
     split_path = os.path.join(workdir, "split.json") if workdir else None
-    split = data_lib.split_indices(
-        ds, train=config.data.split.train, val=config.data.split.val, seed=config.data.split.seed
-    )
-    if split_path and jax.process_index() == 0:
+    # A resumed run keeps its saved split even if the split rules changed since; a new run
+    # (no checkpoint yet) makes its split from the current config.
+    if split_path:
         loop.check_dataset_unchanged(workdir, ds.fingerprint)  # a refused resume writes nothing
+    resuming = split_path is not None and _has_checkpoint(workdir)
+    split = data_lib.saved_or_new_split(ds, config.data.split, split_path if resuming else None)
+    if split_path and jax.process_index() == 0:
         data_lib.save_split(split_path, ds, split)
     return ds, split
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a checkpoint a run would resume from."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
 
 
 def reconstruction_metrics(

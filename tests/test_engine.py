@@ -276,6 +276,7 @@ def test_resumable_settings_cover_logging_evaluation_grids_and_length():
         "train.num_steps",
         "data.cache_dir",
         "vae_workdir",
+        "data.split.near_duplicate_threshold",  # trainers reuse the saved split.json
     }
     assert keys == expected
     for fixed in ("train.batch_size", "model.channels", "optim.learning_rate", "seed"):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -213,3 +214,36 @@ def test_vae_refuses_an_unknown_inference_params(tmp_path):
     with pytest.raises(ValueError, match="config.model.inference_params='swa'"):
         train_vae.train_and_evaluate(cfg, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _swap_one_train_and_test_image(split_path) -> dict:
+    """Rewrites a saved split.json with one train and one test id of the same class swapped."""
+    saved = json.loads(split_path.read_text())
+    train, test = saved["ids"]["train"], saved["ids"]["test"]
+    a = next(i for i in train if i.split("/")[0] == test[0].split("/")[0])
+    train[train.index(a)], test[0] = test[0], a
+    split_path.write_text(json.dumps(saved))
+    return saved
+
+
+def test_resumed_vae_and_its_ldm_keep_the_saved_split(tmp_path):
+    """Trainers reuse a run's split.json as saved, so new split rules never reshuffle a run."""
+    from conftest import tiny_ldm_config
+    from jax_mri_ldm import train_ldm
+
+    cfg = tiny_vae_config(tmp_path)
+    cfg.train.num_steps, cfg.train.tensorboard = 2, False
+    run = tmp_path / "run"
+    train_vae.train_and_evaluate(cfg, str(run))
+    fresh_ds, fresh = train_vae.prepare_data(cfg, str(tmp_path / "new"))
+    saved = _swap_one_train_and_test_image(run / "split.json")
+    ds, split = train_vae.prepare_data(cfg, str(run))
+    assert [ds.ids[i] for i in split["test"]] == sorted(saved["ids"]["test"], key=ds.ids.index)
+    assert not np.array_equal(split["test"], fresh["test"])
+    vae = pipeline.load_vae(str(run))
+    vae_cfg = ml_collections.ConfigDict(vae.meta["config"])
+    (tmp_path / "ldm").mkdir()
+    _, train_set = train_ldm._vae_training_split(
+        tiny_ldm_config(run), vae, vae_cfg, str(tmp_path / "ldm")
+    )
+    assert sorted(train_set.ids) == sorted(saved["ids"]["train"])

@@ -38,7 +38,13 @@ from jax_mri_ldm.data.sources import (
     load_imageset_with_report,
     resolve_source,
 )
-from jax_mri_ldm.data.splits import load_split, save_split, split_indices, split_problems
+from jax_mri_ldm.data.splits import (
+    load_split,
+    save_split,
+    saved_or_new_split,
+    split_indices,
+    split_problems,
+)
 from jax_mri_ldm.data.types import DataError, ImageSet
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "load_split",
     "resolve_source",
     "save_split",
+    "saved_or_new_split",
     "split_indices",
     "split_problems",
 ]

@@ -65,6 +65,8 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("train.checkpoint_every_epochs", "train.keep_checkpoints"),
     "run length": ("train.num_epochs", "train.num_steps"),
     "locations": ("data.cache_dir", "vae_workdir"),
+    # trainers reuse a run's saved split.json as saved, so the rule that made it may change
+    "split rules": ("data.split.near_duplicate_threshold",),
 }
 
 
