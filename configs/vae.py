@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.beta = 1e-3  # KL weight (paper: 0.001)
     c.loss.kl_reduction = "mean"  # KL averaged per latent element ('mean') or summed ('sum')
+    c.loss.spectral_weight = 0.0  # radial log-spectrum L1 term (losses.py); 0 = paper's loss
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3  # Adam learning rate (paper: 1e-3)
@@ -84,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The EMA weights reconstruct with higher SSIM at the same PSNR and draw less of a grid
         # (docs/results.md), so scores, latents and decoding use them.
         c.model.inference_params = "ema_params"
+        # L1 + KL alone averages fine texture away (reconstructions miss high-frequency power
+        # that real slices have); the spectral term restores it (docs/results.md).
+        c.loss.spectral_weight = 0.1
         c.train.num_steps = 3000
         c.train.eval_every_epochs = 50
         c.train.checkpoint_every_epochs = 25

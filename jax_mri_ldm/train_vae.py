@@ -123,7 +123,8 @@ def make_loss_fn(model: VAE, config: ml_collections.ConfigDict):
     """The stage-1 training loss ``loss_fn(params, batch, rng) -> (loss, metrics)``.
 
     Augments the ``[0, 1]`` images on device (``config.data.augment``), maps them to model space
-    ``[-1, 1]``, and returns L1 + beta KL (`jax_mri_ldm.losses.vae_loss`). Shared by training and
+    ``[-1, 1]``, and returns L1 + beta KL, plus the spectral term when
+    ``config.loss.spectral_weight`` > 0 (`jax_mri_ldm.losses.vae_loss`). Shared by training and
     ``bench/run.py`` so the benchmark times exactly this.
 
     Args:
@@ -136,13 +137,22 @@ def make_loss_fn(model: VAE, config: ml_collections.ConfigDict):
     """
     aug_cfg = config.data.augment
     beta, kl_reduction = float(config.loss.beta), config.loss.kl_reduction
+    spectral_weight = float(config.loss.get("spectral_weight", 0.0))
 
     def loss_fn(params, batch, rng):
         aug_rng, latent_rng = jax.random.split(rng)
         images = augment_from_config(aug_rng, batch["image"], aug_cfg)
         x = to_model_space(images)  # (B, H, W, 1) in [-1, 1]
         x_hat, mean, logvar = model.apply({"params": params}, x, rngs={"latent": latent_rng})
-        return vae_loss(x, x_hat, mean, logvar, beta=beta, kl_reduction=kl_reduction)
+        return vae_loss(
+            x,
+            x_hat,
+            mean,
+            logvar,
+            beta=beta,
+            kl_reduction=kl_reduction,
+            spectral_weight=spectral_weight,
+        )
 
     return loss_fn
 

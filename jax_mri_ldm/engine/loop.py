@@ -80,6 +80,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "data.builtin.types": False,
     "model.upsample": "transpose",
     "model.inference_params": "params",
+    "loss.spectral_weight": 0.0,
 }
 
 
