@@ -363,13 +363,16 @@ def save_guidance_figure(sweep: dict, path: str) -> str:
     return _save(fig, path)
 
 
-def save_downstream_figure(result: dict, path: str, metric_names: Sequence[str]) -> str:
+def save_downstream_figure(
+    result: dict, path: str, metric_names: Sequence[str], scored_on: str = "real test split"
+) -> str:
     """Bar chart: per arm mean +- 95 % CI of each metric (accuracy, AUC, ...).
 
     Args:
       result: `study.downstream_study` output.
       path: output PNG.
       metric_names: the metrics to show, in order.
+      scored_on: the real images the classifiers were scored on (the y-axis label).
 
     Returns:
       path.
@@ -385,7 +388,7 @@ def save_downstream_figure(result: dict, path: str, metric_names: Sequence[str])
         ax.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=arm)
     ax.set_xticks(x, metric_names)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("real test split")
+    ax.set_ylabel(scored_on)
     ax.legend(fontsize=7, ncol=len(arms))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

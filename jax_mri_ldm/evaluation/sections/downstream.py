@@ -257,8 +257,9 @@ def compute(ctx: Context) -> dict[str, Any]:
     fid_ratio = ctx.results["fid_kid"]["ratio_synthetic_to_real_train"]
     real_fidelity = ctx.shared["real_fidelity"]
     text = interpret_downstream(ds, ctx.shared["syn_fidelity"], real_fidelity, fid_ratio)
+    splits = " + ".join(eval_info["splits"])
     ctx.figures["downstream"] = plots.save_downstream_figure(
-        ds, ctx.figure_path("downstream"), ds["config"]["metric_names"]
+        ds, ctx.figure_path("downstream"), ds["config"]["metric_names"], f"real {splits}"
     )
     return {"downstream": {**ds, "interpretation": text}}
 
