@@ -69,10 +69,16 @@ def radial_log_power(x: jax.Array) -> jax.Array:
     return jnp.log10(p.reshape(p.shape[0], -1) @ m + 1e-12)  # (B, R)
 
 
-def spectral_loss(x: jax.Array, x_hat: jax.Array) -> jax.Array:
-    """Mean |log10 radial power of x_hat - that of x| over radii and batch (x is the target)."""
+def spectral_loss(x: jax.Array, x_hat: jax.Array, min_var: float = 1e-6) -> jax.Array:
+    """Mean |log10 radial power of x_hat - that of x| over radii and batch (x is the target).
+
+    A blank target (pixel variance below `min_var`) has no spectrum to match: it is left out
+    of the mean (0 when every target is blank), so an empty slice never asks for texture.
+    """
     target = jax.lax.stop_gradient(radial_log_power(x))
-    return jnp.mean(jnp.abs(radial_log_power(x_hat) - target))
+    per_image = jnp.mean(jnp.abs(radial_log_power(x_hat) - target), axis=1)  # (B,)
+    keep = (jnp.var(x.astype(jnp.float32), axis=(1, 2, 3)) > min_var).astype(jnp.float32)
+    return jnp.sum(per_image * keep) / jnp.maximum(jnp.sum(keep), 1.0)
 
 
 def vae_loss(

@@ -336,7 +336,16 @@ def _vae_training_split(
         )
     # The VAE run's saved split, as saved (its rules may predate the current ones).
     vae_split = os.path.join(config.vae_workdir, "split.json")
-    split = data_lib.saved_or_new_split(ds, vae_config.data.split, vae_split)
+    if not os.path.isfile(vae_split):
+        raise UserError(
+            f"{vae_split} is missing: the diffusion stage trains on the VAE run's own training "
+            "split. Restore the file, or retrain the VAE."
+        )
+    split = data_lib.load_split(
+        vae_split,
+        ds,
+        near_duplicate_threshold=vae_config.data.split.get("near_duplicate_threshold"),
+    )
     if jax.process_index() == 0:
         data_lib.save_split(os.path.join(workdir, "split.json"), ds, split)
     return ds, ds.subset(split["train"])

@@ -21,6 +21,7 @@ from jax_mri_ldm import data as data_lib
 from jax_mri_ldm import plots
 from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.data.augment import augment_from_config
+from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.state import TrainState
@@ -53,6 +54,11 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
     if split_path:
         loop.check_dataset_unchanged(workdir, ds.fingerprint)  # a refused resume writes nothing
     resuming = split_path is not None and _has_checkpoint(workdir)
+    if resuming and not os.path.isfile(split_path):
+        raise UserError(
+            f"{split_path} is missing: a resumed run must keep the split it trained on. Restore "
+            "the file, or start a new run in an empty --workdir."
+        )
     split = data_lib.saved_or_new_split(ds, config.data.split, split_path if resuming else None)
     if split_path and jax.process_index() == 0:
         data_lib.save_split(split_path, ds, split)
@@ -60,9 +66,14 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | None):
 
 
 def _has_checkpoint(workdir: str) -> bool:
-    """Whether `workdir` holds a checkpoint a run would resume from."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+    """Whether `workdir` holds a checkpoint the engine would resume from."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return False
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    try:
+        return checkpointer.latest_step() is not None
+    finally:
+        checkpointer.close()
 
 
 def reconstruction_metrics(

@@ -217,6 +217,17 @@ def test_threshold_option_disables_near_duplicate_grouping():
     assert separated > 0  # without the merge, copies do land in different splits
 
 
+@pytest.mark.parametrize(
+    "seed, val, test",
+    [(0, [2, 12, 14], [9, 17, 22]), (1, [11, 18, 22], [8, 25, 29]), (2, [0, 15, 24], [2, 19, 27])],
+)
+def test_single_image_groups_split_as_before_near_duplicate_grouping(seed, val, test):
+    """Pinned to the splits of the code before near-duplicate grouping (commit 70fb6e0): data
+    without duplicates (the built-in sets) keeps its old split for every seed."""
+    split = split_indices(_ds([0] * 12 + [1] * 18), seed=seed)
+    assert split["val"].tolist() == val and split["test"].tolist() == test
+
+
 def test_split_unchanged_without_near_duplicates_and_balanced_with_a_cluster():
     ds = _dup_ds()  # constant images: no near-duplicates, so the threshold changes nothing
     for seed in range(3):

@@ -65,3 +65,13 @@ def test_vae_loss_adds_the_weighted_spectral_term(weight):
     else:
         np.testing.assert_allclose(metrics["spectral"], spectral_loss(x, x_hat), rtol=1e-6)
         np.testing.assert_allclose(loss, base + weight * metrics["spectral"], rtol=1e-6)
+
+
+def test_spectral_loss_leaves_blank_targets_out():
+    x = jnp.asarray(_images(3))
+    x_hat = jnp.asarray(_blur(np.asarray(x)))
+    blank = jnp.full_like(x[:1], -1.0)  # an empty slice in model space
+    with_blank = spectral_loss(jnp.concatenate([x, blank]), jnp.concatenate([x_hat, x_hat[:1]]))
+    np.testing.assert_allclose(with_blank, spectral_loss(x, x_hat), rtol=1e-6)
+    assert float(spectral_loss(blank, x_hat[:1])) == 0.0
+    assert np.isfinite(np.asarray(jax.grad(lambda a: spectral_loss(blank, a))(x_hat[:1]))).all()

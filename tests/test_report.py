@@ -359,6 +359,14 @@ def test_resolve_settings_presets_and_errors():
         report.resolve_settings("tiny", num_images=3)
     with pytest.raises(ValueError, match="--config.seeds=0"):
         report.resolve_settings("tiny", seeds=0)
+    bad = {
+        "downstream_eval_splits": [("valid",), ("train", "test"), ("test", "test"), ()],
+        "downstream_syn_multiples": [(0.0,), (1.0, 1.0), (-2.0,)],
+    }
+    for option, values in bad.items():
+        for value in values:  # refused up front, before any sampling
+            with pytest.raises(ValueError, match=f"--config.{option}="):
+                report.resolve_settings("tiny", **{option: value})
 
 
 def test_cli_errors_exit_2(tiny_runs, tmp_path):

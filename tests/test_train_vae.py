@@ -247,3 +247,20 @@ def test_resumed_vae_and_its_ldm_keep_the_saved_split(tmp_path):
         tiny_ldm_config(run), vae, vae_cfg, str(tmp_path / "ldm")
     )
     assert sorted(train_set.ids) == sorted(saved["ids"]["train"])
+
+
+def test_resuming_without_the_saved_split_is_refused(tmp_path):
+    """Checkpoints but no split.json: the VAE and an LDM on it name the file, train nothing."""
+    from conftest import tiny_ldm_config
+    from jax_mri_ldm import train_ldm
+
+    cfg = tiny_vae_config(tmp_path)
+    cfg.train.num_steps, cfg.train.tensorboard = 2, False
+    run = tmp_path / "run"
+    train_vae.train_and_evaluate(cfg, str(run))
+    (run / "split.json").unlink()
+    with pytest.raises(ValueError, match="split.json is missing"):
+        train_vae.prepare_data(cfg, str(run))
+    with pytest.raises(ValueError, match="split.json is missing"):
+        train_ldm.train_and_evaluate(tiny_ldm_config(run), str(tmp_path / "ldm"))
+    assert not (tmp_path / "ldm" / "checkpoints").exists()

@@ -145,7 +145,25 @@ def resolve_settings(
             raise UserError(f"--config.{key}={c[key]} must be >= 1.")
     if c.num_synthetic_per_class < 2:
         raise UserError("--config.num_synthetic_per_class must be >= 2 (diversity needs pairs).")
+    _check_downstream_options(c)
     return c
+
+
+def _check_downstream_options(c: ml_collections.ConfigDict) -> None:
+    """Refuses bad downstream-study options before any sampling (they are used in section 8)."""
+    from jax_mri_ldm.evaluation.study import EVAL_SPLITS  # heavy: after the cheap checks
+
+    splits = tuple(c.get("downstream_eval_splits", EVAL_SPLITS))
+    if not splits or len(set(splits)) != len(splits) or set(splits) - set(EVAL_SPLITS):
+        raise UserError(
+            f"--config.downstream_eval_splits={splits}: use a non-empty subset of {EVAL_SPLITS} "
+            "without repeats (splits the generator never trained on)."
+        )
+    multiples = [float(m) for m in c.get("downstream_syn_multiples", ())]
+    if any(not m > 0 for m in multiples) or len(set(multiples)) != len(multiples):
+        raise UserError(
+            f"--config.downstream_syn_multiples={tuple(multiples)}: use distinct multiples > 0."
+        )
 
 
 def _check_ldm_workdir(workdir: str) -> None:
@@ -168,7 +186,11 @@ def _load_data(run: Any) -> tuple[data_lib.ImageSet, dict[str, np.ndarray]]:
             f"the data of the run in {run.workdir} (config.data.path={data_cfg.path!r}) changed "
             "since training (dataset fingerprint differs); restore the data or retrain."
         )
-    split = data_lib.load_split(os.path.join(run.workdir, "split.json"), ds)
+    split = data_lib.load_split(
+        os.path.join(run.workdir, "split.json"),
+        ds,
+        near_duplicate_threshold=data_cfg.split.get("near_duplicate_threshold"),
+    )
     return ds, split
 
 
