@@ -648,7 +648,18 @@ TROUBLESHOOTING_TESTS = {
     "warning: checkpoint ... has no content checksums": "without_checksums_loads",
     "warning: ... is an unfinished run": "unfinished_run_warns",
     "note: removed .../.samples.tmpXXXX": "cleans_stale_temp_folders",
+    "error: .../split.json is missing: a resumed run must keep the split it trained on": (
+        "without_the_saved_split_is_refused"
+    ),
+    "...split.json: N group(s) of near-identical images span splits ...; this split predates "
+    "near-duplicate grouping": "predating_near_duplicates_is_used_as_saved",
 }
+
+# The two split cases are tested where the split code is; listed here for the README check.
+from test_data_splits import (  # noqa: E402
+    test_saved_split_predating_near_duplicates_is_used_as_saved_with_a_warning,  # noqa: F401
+)
+from test_train_vae import test_resuming_without_the_saved_split_is_refused  # noqa: E402, F401
 
 
 def test_every_troubleshooting_case_of_the_readme_is_tested():
