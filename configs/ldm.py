@@ -22,6 +22,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # parameter init and the run's RNG stream
     c.vae_workdir = "runs/vae"  # finished stage-1 run whose frozen encoder/decoder we use
 
+    # Another image folder whose slices join the diffusion training set only (never a split or
+    # a score; near-copies of main-set images are dropped): more distinct slices, fewer copies.
+    c.extra_train = ml_collections.ConfigDict()
+    c.extra_train.path = ""  # image folder root, read like config.data.path ('' = none)
+    c.extra_train.folders = ""  # comma-separated class folders of it to use ('' = all)
+    c.extra_train.class_map = ""  # its folder -> label overrides, as config.data.class_map
+
     c.latents = ml_collections.ConfigDict()
     c.latents.flip = True  # also encode mirrored slices: exact random-flip augmentation
     c.latents.sample_posterior = True  # z ~ q(z|x) each step (False: use the posterior mean)

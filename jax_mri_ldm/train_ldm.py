@@ -293,6 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     vae = load_vae(config.vae_workdir)
     vae_config = ml_collections.ConfigDict(vae.meta["config"])
     ds, train_set = _vae_training_split(config, vae, vae_config, workdir)
+    extra, extra_summary = data_lib.load_extra_train(config.get("extra_train"), vae_config.data, ds)
+    train_set = data_lib.join_extra(train_set, extra)  # the generator's training images
     class_names = tuple(ds.class_names)
     null_label = len(class_names)
     batch_size = int(config.train.batch_size)
@@ -313,7 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             config, vae, unet, schedule, lat, class_names, sampler.steps_per_epoch
         ),
         finalize=lambda state, workdir: {"schedule": diffusion.schedule_to_dict(schedule)},
-        metadata=_run_metadata(config, vae, vae_config, ds, len(train_set), lat, vae_sha),
+        metadata={
+            **_run_metadata(config, vae, vae_config, ds, len(train_set), lat, vae_sha),
+            "extra_train": extra_summary,
+        },
     )
     return loop.run(config, workdir, task)
 

@@ -32,6 +32,8 @@ from jax_mri_ldm.data.classes import (
     class_order,
 )
 from jax_mri_ldm.data.config import get_data_config
+from jax_mri_ldm.data.extra import join as join_extra
+from jax_mri_ldm.data.extra import load_extra_train
 from jax_mri_ldm.data.sources import (
     check_classes,
     load_imageset,
@@ -59,6 +61,8 @@ __all__ = [
     "class_order",
     "eval_batches",
     "get_data_config",
+    "join_extra",
+    "load_extra_train",
     "load_imageset",
     "load_imageset_with_report",
     "load_split",

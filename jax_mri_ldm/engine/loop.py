@@ -81,6 +81,9 @@ ABSENT_MEANS: dict[str, Any] = {
     "model.upsample": "transpose",
     "model.inference_params": "params",
     "loss.spectral_weight": 0.0,
+    "extra_train.path": "",
+    "extra_train.folders": "",
+    "extra_train.class_map": "",
 }
 
 

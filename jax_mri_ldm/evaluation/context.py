@@ -85,6 +85,8 @@ class Context:
       run: the diffusion run (`pipeline.LDMPipeline`).
       workdir: the diffusion run directory as given.
       ds: the whole data set; train / val / test: the run's split of it.
+      generator_train: every image the generator trained on (train plus the run's
+        config.extra_train images; None = train), the memorisation search's reference.
       out_dir: where report.md / report.json / figures/ go.
       nulls: reasons for null metrics.
       log: progress printer.
@@ -108,7 +110,13 @@ class Context:
     shared: dict[str, Any] = dataclasses.field(default_factory=dict)
     figures: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    generator_train: data_lib.ImageSet | None = None
     _clock: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def seen_by_generator(self) -> data_lib.ImageSet:
+        """`generator_train`, or the training split when the run used no extra images."""
+        return self.train if self.generator_train is None else self.generator_train
 
     @property
     def class_names(self) -> tuple[str, ...]:

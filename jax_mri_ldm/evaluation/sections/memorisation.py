@@ -23,13 +23,16 @@ HEADER = "## 7. Memorisation and realism"
 
 def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
     """memorisation_report against train + mirrored train (indices into that stack)."""
-    tr = ctx.train.images
+    tr = ctx.seen_by_generator.images  # training split + any extra training images
     refs = np.concatenate([tr, tr[:, :, ::-1]])  # (2T, H, W, 1)
     search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
     mem = neighbours.memorisation_report(
         x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5
     )
-    mem["reference"] = "training images and their mirror images"
+    extra = len(ctx.seen_by_generator) - len(ctx.train)
+    mem["reference"] = "training images and their mirror images" + (
+        f" (incl. {extra} extra training images)" if extra else ""
+    )
     return mem, refs
 
 
@@ -42,8 +45,8 @@ def _difference_maps(ctx: Context, x, y, mem: dict, refs: np.ndarray) -> dict:
     diff = np.abs(x[idx] - refs[nn])
     out = {
         "synthetic_index": idx.tolist(),
-        "nearest_train_index": (nn % len(ctx.train)).tolist(),
-        "nearest_is_mirrored": (nn >= len(ctx.train)).tolist(),
+        "nearest_train_index": (nn % len(ctx.seen_by_generator)).tolist(),
+        "nearest_is_mirrored": (nn >= len(ctx.seen_by_generator)).tolist(),
         "nearest_ssim": [mem["synthetic_to_train"]["score"][i] for i in idx],
         "mean_abs_difference": diff.reshape(len(idx), -1).mean(axis=1).tolist(),
         "mean_abs_difference_all_synthetic": float(np.mean(np.abs(x - refs[nn_all]))),

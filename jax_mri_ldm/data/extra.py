@@ -1,0 +1,148 @@
+"""Extra training images for the diffusion stage: another image folder whose slices join the
+generator's training set only (no split, no score).
+
+A small clinical set can hold few distinct slices of a class, and a diffusion model trained
+long enough on them returns copies. A second set with more slices of that class (the 4-class
+set's `notumor/`, say) adds new patients. These rules keep every score honest:
+- the extra folder is read with the main set's preprocessing and class mode, its labels mapped
+  onto the main set's class names (a class the main set lacks is an error);
+- an extra file that is a near-duplicate of any main-set image (fingerprint correlation at or
+  above config.data.split.near_duplicate_threshold, as is or mirrored) is dropped: next to a
+  held-out image it would leak into test scores, next to a training image it adds nothing;
+- the report's memorisation search treats the extra images as training images.
+The frozen VAE is not retrained on them (its test scores show how it encodes unseen slices).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from jax_mri_ldm.data import near_duplicates
+from jax_mri_ldm.data.sources import load_imageset
+from jax_mri_ldm.data.types import DataError, ImageSet
+
+ID_PREFIX = "extra:"  # marks extra images' ids, so they never collide with the main set's
+EXACT = 1.0 - 1e-6  # fingerprint correlation of a copy, used when near-duplicate search is off
+
+
+def parse_folders(spec: str) -> tuple[str, ...]:
+    """'notumor, glioma' -> ('notumor', 'glioma'); '' -> () (every folder)."""
+    return tuple(s.strip() for s in str(spec or "").split(",") if s.strip())
+
+
+def _read(extra_cfg: Any, data_cfg: Any) -> ImageSet:
+    """The extra folder, read with the main set's preprocessing (own cache entry)."""
+    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    cfg.source = "folder"
+    cfg.path = str(extra_cfg.path)
+    cfg.class_map = str(extra_cfg.get("class_map", "") or "")
+    try:
+        return load_imageset(cfg)
+    except DataError as e:
+        raise DataError(f"config.extra_train.path: {e}") from e
+
+
+def _keep_folders(extra: ImageSet, folders: tuple[str, ...], where: str) -> ImageSet:
+    """Only the images in the named class folders (all of them when `folders` is empty)."""
+    top = np.asarray([i.split("/", 1)[0] for i in extra.ids])
+    if not folders:
+        return extra
+    missing = [f for f in folders if f not in set(top.tolist())]
+    if missing:
+        raise DataError(
+            f"{where}: no class folder {', '.join(repr(m) for m in missing)} (found "
+            f"{', '.join(sorted(set(top.tolist())))}); fix config.extra_train.folders."
+        )
+    return extra.subset(np.flatnonzero(np.isin(top, folders)))
+
+
+def _relabel(extra: ImageSet, class_names: tuple[str, ...], where: str) -> ImageSet:
+    """Maps the extra set's labels onto the main set's class ids, by class name."""
+    present = sorted({extra.class_names[i] for i in np.unique(extra.labels)})
+    unknown = [n for n in present if n not in class_names]
+    if unknown:
+        raise DataError(
+            f"{where}: class(es) {', '.join(unknown)} are not classes of the main data set "
+            f"({', '.join(class_names)}); pick folders of known classes with "
+            "config.extra_train.folders, or map them with config.extra_train.class_map."
+        )
+    known = [class_names.index(n) if n in class_names else -1 for n in extra.class_names]
+    table = np.asarray(known)
+    out = extra.subset(np.arange(len(extra)))
+    out.labels = table[extra.labels].astype(np.int32)
+    out.class_names = tuple(class_names)
+    return out
+
+
+def _drop_near_copies(
+    extra: ImageSet, ds: ImageSet, threshold: float
+) -> tuple[ImageSet, list[dict[str, Any]]]:
+    """Drops extra images that are near-duplicates of a main-set image; lists what it dropped."""
+    cut = threshold if threshold > 0 else EXACT
+    best, arg = near_duplicates.best_matches(
+        near_duplicates.fingerprints(extra.images), near_duplicates.fingerprints(ds.images)
+    )
+    drop = best >= cut
+    dropped = [
+        {"id": extra.ids[i], "matches": ds.ids[int(arg[i])], "correlation": float(best[i])}
+        for i in np.flatnonzero(drop)
+    ]
+    return extra.subset(np.flatnonzero(~drop)), dropped
+
+
+def load_extra_train(
+    extra_cfg: Any, data_cfg: Any, ds: ImageSet
+) -> tuple[ImageSet | None, dict[str, Any]]:
+    """The extra training images of `config.extra_train`, checked against the main set `ds`.
+
+    Args:
+      extra_cfg: config.extra_train (path, folders, class_map); an empty path means none.
+      data_cfg: the main set's config.data (image size, class mode, near-duplicate threshold).
+      ds: the main data set (all splits: an extra image may copy none of them).
+
+    Returns:
+      (ImageSet with ids prefixed `ID_PREFIX` and labels in `ds.class_names`, or None; a JSON
+      summary: path, folders, per-class counts used, the dropped near-copies, fingerprint).
+
+    Raises:
+      DataError: unreadable folder, unknown folder or class, or nothing left after filtering.
+    """
+    path = str(extra_cfg.get("path", "") or "").strip() if extra_cfg is not None else ""
+    if not path:
+        return None, {}
+    where = f"config.extra_train.path={path!r}"
+    extra = _read(extra_cfg, data_cfg)
+    folders = parse_folders(extra_cfg.get("folders", ""))
+    extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
+    threshold = float(data_cfg.split.get("near_duplicate_threshold", 0.0) or 0.0)
+    extra, dropped = _drop_near_copies(extra, ds, threshold)
+    if len(extra) == 0:
+        raise DataError(f"{where}: every image copies one of the main data set; nothing to add.")
+    extra.ids = [ID_PREFIX + i for i in extra.ids]
+    extra.groups = extra.groups + int(np.max(ds.groups, initial=-1)) + 1
+    summary = {
+        "path": path,
+        "folders": list(folders),
+        "fingerprint": extra.fingerprint,
+        "counts": extra.counts(),
+        "dropped_near_copies": dropped,
+    }
+    return extra, summary
+
+
+def join(train: ImageSet, extra: ImageSet | None) -> ImageSet:
+    """`train` followed by `extra` (same class names); `train` itself when extra is None."""
+    if extra is None:
+        return train
+    return ImageSet(
+        images=np.concatenate([train.images, extra.images]),
+        labels=np.concatenate([train.labels, extra.labels]).astype(np.int32),
+        class_names=train.class_names,
+        ids=list(train.ids) + list(extra.ids),
+        groups=np.concatenate([train.groups, extra.groups]),
+        fingerprint=train.fingerprint,
+        skipped=list(train.skipped),
+    )

@@ -1,0 +1,127 @@
+"""config.extra_train: another folder's slices join the diffusion stage's training set only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_mri_ldm import data as data_lib
+from jax_mri_ldm.data import extra as extra_lib
+from tests.conftest import tiny_ldm_config
+
+
+def _blob(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A smooth random uint8 image (distinct fingerprints for distinct seeds)."""
+    small = rng.random((6, 6))
+    img = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((size, size), 2))
+    return img
+
+
+def _write(root: Path, folders: dict[str, list[np.ndarray]]) -> Path:
+    for name, images in folders.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def _data_cfg(path: Path, tmp: Path) -> ml_collections.ConfigDict:
+    c = data_lib.get_data_config()
+    c.path, c.image_size, c.cache_dir = str(path), 32, str(tmp / "cache")
+    return c
+
+
+def _extra_cfg(path: Path | str, folders: str = "") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"path": str(path), "folders": folders, "class_map": ""})
+
+
+@pytest.fixture()
+def sets(tmp_path):
+    rng = np.random.default_rng(0)
+    main = [_blob(rng) for _ in range(12)]
+    main_dir = _write(tmp_path / "main", {"no": main[:6], "yes": main[6:]})
+    # notumor: 4 new slices + a re-saved, resized copy of a main slice (must be dropped)
+    copy = np.asarray(Image.fromarray(main[2]).resize((64, 64), 2))
+    new = [_blob(rng) for _ in range(6)]
+    extra_dir = _write(tmp_path / "extra", {"notumor": [*new[:4], copy], "glioma": new[4:]})
+    ds = data_lib.load_imageset(_data_cfg(main_dir, tmp_path))
+    return ds, main_dir, extra_dir, tmp_path
+
+
+def test_extra_images_are_filtered_relabelled_and_copies_dropped(sets) -> None:
+    ds, main_dir, extra_dir, tmp = sets
+    extra, summary = data_lib.load_extra_train(
+        _extra_cfg(extra_dir, "notumor"), _data_cfg(main_dir, tmp), ds
+    )
+    assert len(extra) == 4 and summary["counts"] == {"normal": 4, "tumour": 0}
+    assert np.all(extra.labels == ds.class_names.index("normal"))
+    assert extra.class_names == ds.class_names
+    assert all(i.startswith(extra_lib.ID_PREFIX + "notumor/") for i in extra.ids)
+    [drop] = summary["dropped_near_copies"]
+    assert drop["id"] == "notumor/notumor_04.png" and drop["matches"] == "no/no_02.png"
+    assert not set(extra.groups.tolist()) & set(ds.groups.tolist())
+    joined = data_lib.join_extra(ds, extra)
+    assert len(joined) == len(ds) + 4 and joined.ids[: len(ds)] == ds.ids
+    np.testing.assert_array_equal(joined.images[len(ds) :], extra.images)
+
+
+def test_all_folders_map_through_the_binary_table(sets) -> None:
+    ds, main_dir, extra_dir, tmp = sets
+    extra, summary = data_lib.load_extra_train(_extra_cfg(extra_dir), _data_cfg(main_dir, tmp), ds)
+    assert summary["counts"] == {"normal": 4, "tumour": 2}  # glioma -> tumour
+
+
+def test_no_path_means_no_extra_images(sets) -> None:
+    ds, main_dir, _, tmp = sets
+    assert data_lib.load_extra_train(_extra_cfg(""), _data_cfg(main_dir, tmp), ds)[0] is None
+    assert data_lib.load_extra_train(None, _data_cfg(main_dir, tmp), ds) == (None, {})
+    assert data_lib.join_extra(ds, None) is ds
+
+
+def test_bad_extra_settings_name_the_option(sets) -> None:
+    ds, main_dir, extra_dir, tmp = sets
+    named = r"no class folder 'pituitary'.*extra_train.folders"
+    with pytest.raises(data_lib.DataError, match=named):
+        data_lib.load_extra_train(_extra_cfg(extra_dir, "pituitary"), _data_cfg(main_dir, tmp), ds)
+    with pytest.raises(data_lib.DataError, match="config.extra_train.path: .*missing"):
+        data_lib.load_extra_train(_extra_cfg(tmp / "missing"), _data_cfg(main_dir, tmp), ds)
+    folders_cfg = _data_cfg(main_dir, tmp)
+    folders_cfg.classes = "folders"  # extra classes normal + glioma; the main set has no glioma
+    main_folders = data_lib.load_imageset(folders_cfg)
+    with pytest.raises(data_lib.DataError, match="glioma are not classes"):
+        data_lib.load_extra_train(_extra_cfg(extra_dir), folders_cfg, main_folders)
+    firsts = {d: [np.asarray(Image.open(main_dir / d / f"{d}_00.png"))] for d in ("no", "yes")}
+    only_copy = _write(tmp / "copies", firsts)
+    with pytest.raises(data_lib.DataError, match="every image copies"):
+        data_lib.load_extra_train(_extra_cfg(only_copy), _data_cfg(main_dir, tmp), ds)
+
+
+def test_ldm_trains_on_them_and_the_report_searches_them(tiny_runs, tmp_path) -> None:
+    from jax_mri_ldm import pipeline, train_ldm
+    from jax_mri_ldm.evaluation import report
+
+    rng = np.random.default_rng(5)
+    extra_dir = _write(
+        tmp_path / "extra",
+        {"no": [_blob(rng) for _ in range(3)], "yes": [_blob(rng) for _ in range(2)]},
+    )
+    cfg = tiny_ldm_config(tiny_runs["vae_dir"])
+    cfg.extra_train.path = str(extra_dir)
+    cfg.extra_train.folders = "no"
+    workdir = tmp_path / "ldm"
+    train_ldm.train_and_evaluate(cfg, str(workdir))
+    run = pipeline.load_ldm(str(workdir))
+    base = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    assert run.meta["extra_train"]["counts"] == {"normal": 3, "tumour": 0}
+    assert run.meta["num_train"] == base.meta["num_train"] + 3
+    ds, split = report._load_data(run)
+    seen = report._generator_train(run, ds, ds.subset(split["train"]))
+    assert len(seen) == len(split["train"]) + 3 and seen.ids[-1].startswith(extra_lib.ID_PREFIX)
+    assert len(report._generator_train(base, ds, ds.subset(split["train"]))) == len(split["train"])
+    Image.fromarray(_blob(rng)).save(extra_dir / "no" / "added.png")  # the folder changed
+    with pytest.raises(data_lib.DataError, match="extra training images .* changed"):
+        report._generator_train(run, ds, ds.subset(split["train"]))
