@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.extra_train.path = ""  # image folder root, read like config.data.path ('' = none)
     c.extra_train.folders = ""  # comma-separated class folders of it to use ('' = all)
     c.extra_train.class_map = ""  # its folder -> label overrides, as config.data.class_map
+    # Leave out extra slices less like the training split than this quantile of the training
+    # slices' own nearest-other-slice correlation (other planes or framing; 0 = keep all).
+    c.extra_train.domain_quantile = 0.1
 
     c.latents = ml_collections.ConfigDict()
     c.latents.flip = True  # also encode mirrored slices: exact random-flip augmentation

@@ -293,7 +293,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     vae = load_vae(config.vae_workdir)
     vae_config = ml_collections.ConfigDict(vae.meta["config"])
     ds, train_set = _vae_training_split(config, vae, vae_config, workdir)
-    extra, extra_summary = data_lib.load_extra_train(config.get("extra_train"), vae_config.data, ds)
+    extra, extra_summary = data_lib.load_extra_train(
+        config.get("extra_train"), vae_config.data, ds, train_set
+    )
     train_set = data_lib.join_extra(train_set, extra)  # the generator's training images
     class_names = tuple(ds.class_names)
     null_label = len(class_names)

@@ -35,8 +35,12 @@ def _data_cfg(path: Path, tmp: Path) -> ml_collections.ConfigDict:
     return c
 
 
-def _extra_cfg(path: Path | str, folders: str = "") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"path": str(path), "folders": folders, "class_map": ""})
+def _extra_cfg(
+    path: Path | str, folders: str = "", quantile: float = 0.0
+) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {"path": str(path), "folders": folders, "class_map": "", "domain_quantile": quantile}
+    )
 
 
 @pytest.fixture()
@@ -55,7 +59,7 @@ def sets(tmp_path):
 def test_extra_images_are_filtered_relabelled_and_copies_dropped(sets) -> None:
     ds, main_dir, extra_dir, tmp = sets
     extra, summary = data_lib.load_extra_train(
-        _extra_cfg(extra_dir, "notumor"), _data_cfg(main_dir, tmp), ds
+        _extra_cfg(extra_dir, "notumor"), _data_cfg(main_dir, tmp), ds, ds
     )
     assert len(extra) == 4 and summary["counts"] == {"normal": 4, "tumour": 0}
     assert np.all(extra.labels == ds.class_names.index("normal"))
@@ -71,14 +75,53 @@ def test_extra_images_are_filtered_relabelled_and_copies_dropped(sets) -> None:
 
 def test_all_folders_map_through_the_binary_table(sets) -> None:
     ds, main_dir, extra_dir, tmp = sets
-    extra, summary = data_lib.load_extra_train(_extra_cfg(extra_dir), _data_cfg(main_dir, tmp), ds)
+    extra, summary = data_lib.load_extra_train(
+        _extra_cfg(extra_dir), _data_cfg(main_dir, tmp), ds, ds
+    )
     assert summary["counts"] == {"normal": 4, "tumour": 2}  # glioma -> tumour
+
+
+def _head(rng: np.random.Generator, size: int = 48, wide: bool = True) -> np.ndarray:
+    """An ellipse 'head' with random inner blobs; wide=False: a thin off-centre bar instead."""
+    yy, xx = np.mgrid[:size, :size] / size
+    if wide:
+        shape = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.36) ** 2 < 1
+    else:
+        shape = (np.abs(xx - 0.15) < 0.06) & (np.abs(yy - 0.5) < 0.45)
+    return (shape * (120 + 0.5 * _blob(rng, size))).astype(np.uint8)
+
+
+def test_the_domain_filter_leaves_out_slices_unlike_the_training_split(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    main_dir = _write(
+        tmp_path / "main",
+        {"no": [_head(rng) for _ in range(8)], "yes": [_head(rng) for _ in range(8)]},
+    )
+    heads = [_head(rng) for _ in range(3)]
+    bars = [_head(rng, wide=False) for _ in range(2)]
+    extra_dir = _write(tmp_path / "extra", {"no": heads + bars})
+    cfg = _data_cfg(main_dir, tmp_path)
+    ds = data_lib.load_imageset(cfg)
+    floor = extra_lib.domain_floor(ds, 0.1, 0.99)
+    assert 0.5 < floor < 0.99  # heads correlate with each other, short of copies
+    kept, summary = data_lib.load_extra_train(_extra_cfg(extra_dir, quantile=0.1), cfg, ds, ds)
+    assert kept.ids == [f"{extra_lib.ID_PREFIX}no/no_{i:02d}.png" for i in range(3)]
+    assert [d["id"] for d in summary["left_out_unlike_training"]] == [
+        "no/no_03.png",
+        "no/no_04.png",
+    ]
+    assert summary["domain_floor"] == pytest.approx(floor)
+    everything, summary = data_lib.load_extra_train(_extra_cfg(extra_dir), cfg, ds, ds)
+    assert len(everything) == 5 and summary["domain_floor"] is None
+    with pytest.raises(data_lib.DataError, match="domain_quantile=1 floor"):
+        bars_dir = _write(tmp_path / "bars", {"no": bars})
+        data_lib.load_extra_train(_extra_cfg(bars_dir, quantile=1.0), cfg, ds, ds)
 
 
 def test_no_path_means_no_extra_images(sets) -> None:
     ds, main_dir, _, tmp = sets
-    assert data_lib.load_extra_train(_extra_cfg(""), _data_cfg(main_dir, tmp), ds)[0] is None
-    assert data_lib.load_extra_train(None, _data_cfg(main_dir, tmp), ds) == (None, {})
+    assert data_lib.load_extra_train(_extra_cfg(""), _data_cfg(main_dir, tmp), ds, ds)[0] is None
+    assert data_lib.load_extra_train(None, _data_cfg(main_dir, tmp), ds, ds) == (None, {})
     assert data_lib.join_extra(ds, None) is ds
 
 
@@ -86,18 +129,20 @@ def test_bad_extra_settings_name_the_option(sets) -> None:
     ds, main_dir, extra_dir, tmp = sets
     named = r"no class folder 'pituitary'.*extra_train.folders"
     with pytest.raises(data_lib.DataError, match=named):
-        data_lib.load_extra_train(_extra_cfg(extra_dir, "pituitary"), _data_cfg(main_dir, tmp), ds)
+        data_lib.load_extra_train(
+            _extra_cfg(extra_dir, "pituitary"), _data_cfg(main_dir, tmp), ds, ds
+        )
     with pytest.raises(data_lib.DataError, match="config.extra_train.path: .*missing"):
-        data_lib.load_extra_train(_extra_cfg(tmp / "missing"), _data_cfg(main_dir, tmp), ds)
+        data_lib.load_extra_train(_extra_cfg(tmp / "missing"), _data_cfg(main_dir, tmp), ds, ds)
     folders_cfg = _data_cfg(main_dir, tmp)
     folders_cfg.classes = "folders"  # extra classes normal + glioma; the main set has no glioma
     main_folders = data_lib.load_imageset(folders_cfg)
     with pytest.raises(data_lib.DataError, match="glioma are not classes"):
-        data_lib.load_extra_train(_extra_cfg(extra_dir), folders_cfg, main_folders)
+        data_lib.load_extra_train(_extra_cfg(extra_dir), folders_cfg, main_folders, main_folders)
     firsts = {d: [np.asarray(Image.open(main_dir / d / f"{d}_00.png"))] for d in ("no", "yes")}
     only_copy = _write(tmp / "copies", firsts)
     with pytest.raises(data_lib.DataError, match="every image copies"):
-        data_lib.load_extra_train(_extra_cfg(only_copy), _data_cfg(main_dir, tmp), ds)
+        data_lib.load_extra_train(_extra_cfg(only_copy), _data_cfg(main_dir, tmp), ds, ds)
 
 
 def test_ldm_trains_on_them_and_the_report_searches_them(tiny_runs, tmp_path) -> None:

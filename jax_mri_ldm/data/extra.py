@@ -9,6 +9,10 @@ set's `notumor/`, say) adds new patients. These rules keep every score honest:
 - an extra file that is a near-duplicate of any main-set image (fingerprint correlation at or
   above config.data.split.near_duplicate_threshold, as is or mirrored) is dropped: next to a
   held-out image it would leak into test scores, next to a training image it adds nothing;
+- an extra file less like the training split than most training slices are like each other
+  (its best fingerprint correlation with a training slice below the `domain_quantile` of the
+  training slices' own best correlation with another slice group) is left out: another plane,
+  sequence or framing than the main set holds would be learnt as a feature of its class;
 - the report's memorisation search treats the extra images as training images.
 The frozen VAE is not retrained on them (its test scores show how it encodes unseen slices).
 """
@@ -17,11 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import ml_collections
 import numpy as np
 
+from jax_mri_ldm.data import folders as folders_lib
 from jax_mri_ldm.data import near_duplicates
-from jax_mri_ldm.data.sources import load_imageset
+from jax_mri_ldm.data.classes import mode_of
+from jax_mri_ldm.data.splits import split_groups
 from jax_mri_ldm.data.types import DataError, ImageSet
 
 ID_PREFIX = "extra:"  # marks extra images' ids, so they never collide with the main set's
@@ -34,13 +39,13 @@ def parse_folders(spec: str) -> tuple[str, ...]:
 
 
 def _read(extra_cfg: Any, data_cfg: Any) -> ImageSet:
-    """The extra folder, read with the main set's preprocessing (own cache entry)."""
-    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-    cfg.source = "folder"
-    cfg.path = str(extra_cfg.path)
-    cfg.class_map = str(extra_cfg.get("class_map", "") or "")
+    """The extra folder, read with the main set's preprocessing; one class folder is enough."""
+    class_map = str(extra_cfg.get("class_map", "") or "")
     try:
-        return load_imageset(cfg)
+        scan = folders_lib.scan_folder(
+            str(extra_cfg.path), class_map, classes=mode_of(data_cfg), min_classes=1
+        )
+        return folders_lib.load_scan(scan, int(data_cfg.image_size))
     except DataError as e:
         raise DataError(f"config.extra_train.path: {e}") from e
 
@@ -77,6 +82,33 @@ def _relabel(extra: ImageSet, class_names: tuple[str, ...], where: str) -> Image
     return out
 
 
+def domain_floor(train: ImageSet, quantile: float, threshold: float) -> float:
+    """The `quantile` of each training slice's best correlation with another slice group.
+
+    Groups are the split's (`splits.split_groups` at `threshold`), so a slice's own copies do
+    not count. Returns -inf for quantile <= 0 or fewer than two groups.
+    """
+    groups = split_groups(train, threshold)
+    if quantile <= 0 or len(np.unique(groups)) < 2:
+        return float("-inf")
+    f = near_duplicates.fingerprints(train.images)  # (N, s, s)
+    s = near_duplicates.correlations(f, f.reshape(len(f), -1))  # (N, N)
+    s[groups[:, None] == groups[None, :]] = -np.inf
+    return float(np.quantile(s.max(axis=1), quantile))
+
+
+def _keep_in_domain(
+    extra: ImageSet, train: ImageSet, floor: float
+) -> tuple[ImageSet, list[dict[str, Any]]]:
+    """Leaves out extra images whose best correlation with a training slice is below `floor`."""
+    best, _ = near_duplicates.best_matches(
+        near_duplicates.fingerprints(extra.images), near_duplicates.fingerprints(train.images)
+    )
+    out = best < floor
+    left = [{"id": extra.ids[i], "best_correlation": float(best[i])} for i in np.flatnonzero(out)]
+    return extra.subset(np.flatnonzero(~out)), left
+
+
 def _drop_near_copies(
     extra: ImageSet, ds: ImageSet, threshold: float
 ) -> tuple[ImageSet, list[dict[str, Any]]]:
@@ -94,18 +126,21 @@ def _drop_near_copies(
 
 
 def load_extra_train(
-    extra_cfg: Any, data_cfg: Any, ds: ImageSet
+    extra_cfg: Any, data_cfg: Any, ds: ImageSet, train: ImageSet
 ) -> tuple[ImageSet | None, dict[str, Any]]:
     """The extra training images of `config.extra_train`, checked against the main set `ds`.
 
     Args:
-      extra_cfg: config.extra_train (path, folders, class_map); an empty path means none.
+      extra_cfg: config.extra_train (path, folders, class_map, domain_quantile); an empty
+        path means none.
       data_cfg: the main set's config.data (image size, class mode, near-duplicate threshold).
       ds: the main data set (all splits: an extra image may copy none of them).
+      train: its training split (the domain filter's reference).
 
     Returns:
       (ImageSet with ids prefixed `ID_PREFIX` and labels in `ds.class_names`, or None; a JSON
-      summary: path, folders, per-class counts used, the dropped near-copies, fingerprint).
+      summary: path, folders, per-class counts used, the dropped near-copies, the images left
+      out by the domain filter and its floor, fingerprint).
 
     Raises:
       DataError: unreadable folder, unknown folder or class, or nothing left after filtering.
@@ -121,6 +156,14 @@ def load_extra_train(
     extra, dropped = _drop_near_copies(extra, ds, threshold)
     if len(extra) == 0:
         raise DataError(f"{where}: every image copies one of the main data set; nothing to add.")
+    quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
+    floor = domain_floor(train, quantile, threshold)
+    extra, unlike = _keep_in_domain(extra, train, floor)
+    if len(extra) == 0:
+        raise DataError(
+            f"{where}: no image is as like the training split as the config.extra_train."
+            f"domain_quantile={quantile:g} floor ({floor:.3f}) asks; lower it (0 keeps all)."
+        )
     extra.ids = [ID_PREFIX + i for i in extra.ids]
     extra.groups = extra.groups + int(np.max(ds.groups, initial=-1)) + 1
     summary = {
@@ -129,6 +172,9 @@ def load_extra_train(
         "fingerprint": extra.fingerprint,
         "counts": extra.counts(),
         "dropped_near_copies": dropped,
+        "domain_quantile": quantile,
+        "domain_floor": floor if np.isfinite(floor) else None,
+        "left_out_unlike_training": unlike,
     }
     return extra, summary
 

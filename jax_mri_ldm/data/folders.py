@@ -257,7 +257,9 @@ def _check_two_classes(root: Path, class_dirs: dict[str, int], class_names: tupl
     )
 
 
-def scan_folder(root: str | Path, class_map: str = "", classes: str = "binary") -> FolderScan:
+def scan_folder(
+    root: str | Path, class_map: str = "", classes: str = "binary", *, min_classes: int = 2
+) -> FolderScan:
     """Lists and hashes the images under `root` without decoding them.
 
     Args:
@@ -265,6 +267,7 @@ def scan_folder(root: str | Path, class_map: str = "", classes: str = "binary") 
       class_map: config.data.class_map overrides ("name=label,..." in binary mode,
         "dir=name,..." in folders mode).
       classes: config.data.classes, 'binary' or 'folders' (see `classes.py`).
+      min_classes: 2 for a training set; 1 for extra images of one class (data/extra.py).
 
     Returns:
       A FolderScan (entries sorted by id, so the order is the same on every machine).
@@ -282,7 +285,8 @@ def scan_folder(root: str | Path, class_map: str = "", classes: str = "binary") 
         class_names = tuple(CLASS_NAMES)
     else:
         class_dirs, mapping, class_names = _folder_labels(root, subdirs, class_map)
-    _check_two_classes(root, class_dirs, class_names)
+    if min_classes >= 2:
+        _check_two_classes(root, class_dirs, class_names)
 
     entries: list[FolderEntry] = []
     skipped: list[tuple[str, str]] = []

@@ -81,7 +81,7 @@ def best_matches(
     step = _chunk_rows(len(r), chunk_rows)
     for i0 in range(0, len(queries), step):
         i1 = min(i0 + step, len(queries))
-        s = _correlations(queries[i0:i1], r)  # (chunk, R)
+        s = correlations(queries[i0:i1], r)  # (chunk, R)
         if exclude_self:
             s[np.arange(i1 - i0), np.arange(i0, i1)] = -np.inf
         arg[i0:i1] = s.argmax(axis=1)
@@ -89,7 +89,7 @@ def best_matches(
     return best, arg
 
 
-def _correlations(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+def correlations(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """(Q, s, s) fingerprints vs (R, D) flattened ones -> (Q, R), the larger of as-is/mirrored."""
     plain = q.reshape(len(q), -1) @ r.T
     mirrored = q[:, :, ::-1].reshape(len(q), -1) @ r.T
@@ -111,7 +111,7 @@ def near_pairs(fps: np.ndarray, threshold: float, *, chunk_rows: int | None = No
     out = []
     step = _chunk_rows(len(f), chunk_rows)
     for i0 in range(0, len(f), step):
-        i, j = np.nonzero(_correlations(fps[i0 : i0 + step], f) >= threshold)  # block (chunk, N)
+        i, j = np.nonzero(correlations(fps[i0 : i0 + step], f) >= threshold)  # block (chunk, N)
         i += i0
         keep = i < j
         out.append(np.stack([i[keep], j[keep]], axis=1))

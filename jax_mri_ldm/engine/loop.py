@@ -84,6 +84,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "extra_train.path": "",
     "extra_train.folders": "",
     "extra_train.class_map": "",
+    "extra_train.domain_quantile": 0.0,
 }
 
 

@@ -199,7 +199,7 @@ def _generator_train(run: Any, ds: data_lib.ImageSet, train: data_lib.ImageSet):
     recorded = run.meta.get("extra_train") or {}
     extra_cfg = ml_collections.ConfigDict(run.meta.get("config", {}).get("extra_train") or {})
     data_cfg = ml_collections.ConfigDict(run.meta["vae"]["data"])
-    extra, summary = data_lib.load_extra_train(extra_cfg, data_cfg, ds)
+    extra, summary = data_lib.load_extra_train(extra_cfg, data_cfg, ds, train)
     if summary.get("fingerprint") != recorded.get("fingerprint"):
         raise data_lib.DataError(
             f"the extra training images of the run in {run.workdir} "
