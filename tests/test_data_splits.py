@@ -194,6 +194,17 @@ def test_near_duplicates_share_a_split_for_every_seed():
         assert merged[a] == merged[b] == ds.groups[a]
 
 
+def test_given_groups_give_the_split_computed_ones_do():
+    ds, pairs = _near_dup_ds()
+    groups = split_groups(ds)
+    for seed in range(3):
+        a = split_indices(ds, 0.6, 0.2, seed=seed)
+        b = split_indices(ds, 0.6, 0.2, seed=seed, groups=groups)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    c = split_indices(ds, 0.6, 0.2, seed=0, groups=np.arange(len(ds)))  # groups are used
+    assert len(pairs) and any(_split_of(c, i) != _split_of(c, j) for i, j in pairs)
+
+
 def test_distinct_pictures_are_not_merged():
     ds, _ = _near_dup_ds()
     distinct = ds.subset(np.arange(40))

@@ -364,6 +364,7 @@ def _split_summary(
         sp.seed,
         near_duplicate_threshold=sp.near_duplicate_threshold,
         require_all=False,
+        groups=groups,
     )
     table = {
         s: {c: int(np.sum(ds.labels[split[s]] == k)) for k, c in enumerate(ds.class_names)}

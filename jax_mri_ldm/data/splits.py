@@ -70,6 +70,7 @@ def split_indices(
     *,
     near_duplicate_threshold: float | None = None,
     require_all: bool = True,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Splits `ds` into train/val/test, stratified by label, keeping duplicate groups whole.
 
@@ -81,6 +82,8 @@ def split_indices(
       near_duplicate_threshold: config.data.split.near_duplicate_threshold (None: its
         default; <= 0: only identical files are kept together).
       require_all: raise unless every split with a positive fraction holds every class.
+      groups: `split_groups(ds, near_duplicate_threshold)` when the caller has it already
+        (the search is not repeated); None computes it.
 
     Returns:
       {'train', 'val', 'test'} -> sorted int64 index arrays that partition range(len(ds)).
@@ -91,7 +94,8 @@ def split_indices(
     """
     fracs = _fractions(train, val)
     labels = np.asarray(ds.labels)
-    groups = split_groups(ds, near_duplicate_threshold)  # exact groups joined by near-duplicates
+    if groups is None:  # exact groups joined by near-duplicates
+        groups = split_groups(ds, near_duplicate_threshold)
     split = _deal(labels, groups, fracs, seed)
     problems = split_problems(ds, split, fracs, groups) if require_all else []
     if problems:
