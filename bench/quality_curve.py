@@ -194,6 +194,12 @@ def load_splits(run: Any) -> tuple[Any, Any, Any]:
     return tuple(ds.subset(split[k]) for k in ("train", "val", "test"))
 
 
+def generator_train(run: Any, train: Any) -> Any:
+    """The run's training split plus its extra training images (the memorisation reference)."""
+    ds = data_lib.load_imageset(ml_collections.ConfigDict(run.meta["vae"]["data"]))
+    return data_lib.generator_train_set(run.meta, ds, train, run.workdir)
+
+
 def latent_period(run: Any) -> int | None:
     """The decoder's upsampling period in pixels, as the report derives it (None: none)."""
     h = run.latent_shape[0]
@@ -258,7 +264,7 @@ def prepare_real(
     ref = scoring.build_reference(
         test.images,
         test.labels,
-        train.images,
+        generator_train(run, train).images,  # nearest-train search: split + extra images
         run.class_names,
         embed,
         classify,

@@ -157,6 +157,7 @@ def test_ldm_trains_on_them_and_the_report_searches_them(tiny_runs, tmp_path) ->
     cfg = tiny_ldm_config(tiny_runs["vae_dir"])
     cfg.extra_train.path = str(extra_dir)
     cfg.extra_train.folders = "no"
+    cfg.extra_train.domain_quantile = 0.0  # random blobs are unlike the phantoms (filter: above)
     workdir = tmp_path / "ldm"
     train_ldm.train_and_evaluate(cfg, str(workdir))
     run = pipeline.load_ldm(str(workdir))
@@ -164,9 +165,11 @@ def test_ldm_trains_on_them_and_the_report_searches_them(tiny_runs, tmp_path) ->
     assert run.meta["extra_train"]["counts"] == {"normal": 3, "tumour": 0}
     assert run.meta["num_train"] == base.meta["num_train"] + 3
     ds, split = report._load_data(run)
-    seen = report._generator_train(run, ds, ds.subset(split["train"]))
+    seen = data_lib.generator_train_set(run.meta, ds, ds.subset(split["train"]), "w")
     assert len(seen) == len(split["train"]) + 3 and seen.ids[-1].startswith(extra_lib.ID_PREFIX)
-    assert len(report._generator_train(base, ds, ds.subset(split["train"]))) == len(split["train"])
+    assert len(data_lib.generator_train_set(base.meta, ds, ds.subset(split["train"]), "w")) == len(
+        split["train"]
+    )
     Image.fromarray(_blob(rng)).save(extra_dir / "no" / "added.png")  # the folder changed
     with pytest.raises(data_lib.DataError, match="extra training images .* changed"):
-        report._generator_train(run, ds, ds.subset(split["train"]))
+        data_lib.generator_train_set(run.meta, ds, ds.subset(split["train"]), "w")

@@ -32,8 +32,8 @@ from jax_mri_ldm.data.classes import (
     class_order,
 )
 from jax_mri_ldm.data.config import get_data_config
+from jax_mri_ldm.data.extra import generator_train_set, load_extra_train
 from jax_mri_ldm.data.extra import join as join_extra
-from jax_mri_ldm.data.extra import load_extra_train
 from jax_mri_ldm.data.sources import (
     check_classes,
     load_imageset,
@@ -60,6 +60,7 @@ __all__ = [
     "check_classes",
     "class_order",
     "eval_batches",
+    "generator_train_set",
     "get_data_config",
     "join_extra",
     "load_extra_train",

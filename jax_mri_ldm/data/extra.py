@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from jax_mri_ldm.data import folders as folders_lib
@@ -192,3 +193,30 @@ def join(train: ImageSet, extra: ImageSet | None) -> ImageSet:
         fingerprint=train.fingerprint,
         skipped=list(train.skipped),
     )
+
+
+def generator_train_set(
+    meta: dict[str, Any], ds: ImageSet, train: ImageSet, where: str
+) -> ImageSet:
+    """Every image a diffusion run trained on: `train` plus its extra images, re-read and checked.
+
+    Args:
+      meta: the LDM run's metadata (its `config.extra_train`, the `extra_train` summary it
+        recorded and `vae.data`); runs from before extra images existed have neither.
+      ds, train: the main data set and the run's training split of it.
+      where: the run directory, for messages.
+
+    Raises:
+      DataError: the extra folder changed since training.
+    """
+    recorded = meta.get("extra_train") or {}
+    extra_cfg = ml_collections.ConfigDict(meta.get("config", {}).get("extra_train") or {})
+    data_cfg = ml_collections.ConfigDict(meta["vae"]["data"])
+    extra, summary = load_extra_train(extra_cfg, data_cfg, ds, train)
+    if summary.get("fingerprint") != recorded.get("fingerprint"):
+        raise DataError(
+            f"the extra training images of the run in {where} "
+            f"(config.extra_train.path={extra_cfg.get('path', '')!r}) changed since training; "
+            "restore them or retrain."
+        )
+    return join(train, extra)

@@ -194,21 +194,6 @@ def _load_data(run: Any) -> tuple[data_lib.ImageSet, dict[str, np.ndarray]]:
     return ds, split
 
 
-def _generator_train(run: Any, ds: data_lib.ImageSet, train: data_lib.ImageSet):
-    """The images the generator trained on: the training split plus its extra training images."""
-    recorded = run.meta.get("extra_train") or {}
-    extra_cfg = ml_collections.ConfigDict(run.meta.get("config", {}).get("extra_train") or {})
-    data_cfg = ml_collections.ConfigDict(run.meta["vae"]["data"])
-    extra, summary = data_lib.load_extra_train(extra_cfg, data_cfg, ds, train)
-    if summary.get("fingerprint") != recorded.get("fingerprint"):
-        raise data_lib.DataError(
-            f"the extra training images of the run in {run.workdir} "
-            f"(config.extra_train.path={extra_cfg.get('path', '')!r}) changed since training; "
-            "restore them or retrain."
-        )
-    return data_lib.join_extra(train, extra)
-
-
 def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) -> Context:
     from jax_mri_ldm import pipeline  # heavy: after the cheap checks
 
@@ -219,7 +204,7 @@ def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) ->
         if len(part) == 0:
             raise UserError(f"the {name} split of {workdir}/split.json is empty.")
     ctx = Context(cfg, run, workdir, ds, tr, va, te, out_dir, log=log)
-    ctx.generator_train = _generator_train(run, ds, tr)
+    ctx.generator_train = data_lib.generator_train_set(run.meta, ds, tr, run.workdir)
     h = run.latent_shape[0]
     period = run.image_size // h if run.image_size % h == 0 else None
     ok = period is not None and run.image_size % period == 0 and run.image_size >= 2 * period

@@ -92,7 +92,7 @@ def compute(ctx: Context) -> dict[str, Any]:
     ref = scoring.build_reference(
         ctx.test.images,
         ctx.test.labels,
-        ctx.train.images,
+        ctx.seen_by_generator.images,  # nearest-train search: split + extra training images
         ctx.class_names,
         embed,
         ctx.shared.get("classify"),
