@@ -173,3 +173,20 @@ def test_ldm_trains_on_them_and_the_report_searches_them(tiny_runs, tmp_path) ->
     Image.fromarray(_blob(rng)).save(extra_dir / "no" / "added.png")  # the folder changed
     with pytest.raises(data_lib.DataError, match="extra training images .* changed"):
         data_lib.generator_train_set(run.meta, ds, ds.subset(split["train"]), "w")
+
+
+def test_the_report_summary_names_the_extra_images() -> None:
+    from jax_mri_ldm.evaluation.sections import summary
+
+    assert summary._extra_line(None) == []
+    rec = {
+        "path": "/data/4class",
+        "folders": ["notumor"],
+        "counts": {"normal": 95, "tumour": 0},
+        "dropped_near_copies": 2,
+        "left_out_unlike_training": 53,
+        "domain_floor": 0.644,
+    }
+    [line] = summary._extra_line(rec)
+    for part in ("'normal': 95", "/data/4class", "folders notumor", "2 dropped", "53 left out"):
+        assert part in line

@@ -68,10 +68,38 @@ def _run(ctx: Context) -> dict[str, Any]:
             "counts": ctx.ds.counts(),
             "split": {k: getattr(ctx, k).counts() for k in ("train", "val", "test")},
         },
+        "extra_train": _extra(ctx),
     }
     if out["epochs_trained"] is None:
         ctx.nulls.null("run.epochs_trained", "steps_per_epoch missing from the checkpoint metadata")
     return out
+
+
+def _extra(ctx: Context) -> dict[str, Any] | None:
+    """What the run added to the generator's training set (config.extra_train), or None."""
+    rec = ctx.run.meta.get("extra_train") or {}
+    if not rec:
+        return None
+    return {
+        "path": rec["path"],
+        "folders": rec.get("folders", []),
+        "counts": rec["counts"],
+        "dropped_near_copies": len(rec.get("dropped_near_copies", [])),
+        "left_out_unlike_training": len(rec.get("left_out_unlike_training", [])),
+        "domain_floor": rec.get("domain_floor"),
+    }
+
+
+def _extra_line(x: dict[str, Any] | None) -> list[str]:
+    if not x:
+        return []
+    return [
+        f"- Extra training images (diffusion stage only, `config.extra_train`): {x['counts']} "
+        f"from {x['path']} (folders {', '.join(x['folders']) or 'all'}); "
+        f"{x['dropped_near_copies']} dropped as near-copies of main-set images, "
+        f"{x['left_out_unlike_training']} left out as unlike the training split (floor "
+        f"{f(x['domain_floor'])}). Memorisation is searched over them too."
+    ]
 
 
 def compute(ctx: Context, command: str | None = None) -> dict[str, Any]:
@@ -102,6 +130,7 @@ def _run_lines(r: dict) -> list[str]:
         f"{run['vae']['latent_scale_factor']:.4f}.",
         f"- Data: {d['path']} (source `{d['source']}`), {d['image_size']} px, "
         f"{sum(d['counts'].values())} images {d['counts']}, fingerprint `{d['fingerprint'][:12]}`.",
+        *_extra_line(run.get("extra_train")),
         f"- Machine: {m['cpu']} ({m['cpu_count']} logical cores), backend {m['backend']}, "
         f"jax {m['versions'].get('jax')}, flax {m['versions'].get('flax')}, Python "
         f"{m['versions'].get('python')}.",
