@@ -79,7 +79,10 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
     """What the run added to the generator's training set (config.extra_train), or None."""
     rec = ctx.run.meta.get("extra_train") or {}
     if not rec:
+        ctx.nulls.null("run.extra_train", "no extra training images (config.extra_train.path)")
         return None
+    if rec.get("domain_floor") is None:
+        ctx.nulls.null("run.extra_train.domain_floor", "extra_train.domain_quantile <= 0 (off)")
     return {
         "path": rec["path"],
         "folders": rec.get("folders", []),
