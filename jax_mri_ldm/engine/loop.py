@@ -84,7 +84,8 @@ ABSENT_MEANS: dict[str, Any] = {
     "extra_train.path": "",
     "extra_train.folders": "",
     "extra_train.class_map": "",
-    "extra_train.domain_quantile": 0.0,
+    # moot without extra images (an older run has none), so it reads as today's default
+    "extra_train.domain_quantile": 0.1,
 }
 
 
