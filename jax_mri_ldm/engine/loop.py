@@ -69,7 +69,6 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "split rules": ("data.split.near_duplicate_threshold",),
 }
 
-
 # Settings added to the configs after runs were trained with them absent, and the value their
 # absence means (what the code does for an older config: diffusion.schedule_from_config and
 # diffusion.loss_options). A checkpoint without the key resumes when the current value is this.
@@ -81,11 +80,9 @@ ABSENT_MEANS: dict[str, Any] = {
     "model.upsample": "transpose",
     "model.inference_params": "params",
     "loss.spectral_weight": 0.0,
-    "extra_train.path": "",
-    "extra_train.folders": "",
-    "extra_train.class_map": "",
-    # moot without extra images (an older run has none), so it reads as today's default
-    "extra_train.domain_quantile": 0.1,
+    # an older run had no extra images: path ''; the other extra_train settings are then moot
+    **{f"extra_train.{k}": "" for k in ("path", "folders", "class_map")},
+    "extra_train.domain_quantile": 0.1,  # moot without extra images: today's default
 }
 
 
