@@ -207,13 +207,14 @@ def generator_train_set(
       where: the run directory, for messages.
 
     Raises:
-      DataError: the extra folder changed since training.
+      DataError: the extra folder, or what the filters keep of it, changed since training.
     """
     recorded = meta.get("extra_train") or {}
     extra_cfg = ml_collections.ConfigDict(meta.get("config", {}).get("extra_train") or {})
     data_cfg = ml_collections.ConfigDict(meta["vae"]["data"])
     extra, summary = load_extra_train(extra_cfg, data_cfg, ds, train)
-    if summary.get("fingerprint") != recorded.get("fingerprint"):
+    keys = ("fingerprint", "counts")  # the folder, and what the filters kept of it
+    if any(summary.get(k) != recorded.get(k) for k in keys):
         raise DataError(
             f"the extra training images of the run in {where} "
             f"(config.extra_train.path={extra_cfg.get('path', '')!r}) changed since training; "
