@@ -338,6 +338,33 @@ def test_choose_guidance_rule_uses_only_trusted_metrics():
     assert none["chosen"] is None and "no trustworthy metric" in none["decided_by"]
 
 
+def test_choose_guidance_per_class_bar_catches_an_under_guided_class():
+    def row(w, normal, tumour, fid):
+        per = {"normal": normal, "tumour": tumour}
+        return {
+            "guidance": w,
+            "fidelity": (normal + tumour) / 2,
+            "fid": fid,
+            "fidelity_detail": {"per_class": per},
+        }
+
+    # w=1: overall 0.89 clears an overall bar of 0.87 - 0.05, but tumour 0.78 is 0.15 under
+    # its real recall; w=3 keeps both classes within 0.05 of real.
+    rows = [row(1.0, 1.00, 0.78, 1.0), row(3.0, 0.80, 0.90, 2.0)]
+    recall = {"normal": 0.80, "tumour": 0.93}
+    choose = setmetrics.choose_guidance
+    assert choose(rows, 0.87, 0.05)["chosen"] == 1.0  # overall rule: w=1 hides the shortfall
+    per = choose(rows, 0.87, 0.05, real_recall=recall)
+    assert per["chosen"] == 3.0 and per["qualified"] == [3.0]
+    assert per["threshold"] == pytest.approx({"normal": 0.75, "tumour": 0.88})
+    assert "every class" in per["rule"]
+    # nobody qualifies: the best worst-class margin wins (w=3: -0.03 vs w=1: -0.15)
+    strict = choose(rows, 0.87, 0.0, real_recall={"normal": 0.85, "tumour": 0.95})
+    assert strict["chosen"] == 3.0 and strict["qualified"] == []
+    # unknown recalls fall back to the overall rule
+    assert choose(rows, 0.87, 0.05, real_recall={"normal": None})["chosen"] == 1.0
+
+
 def test_shrink_png_keeps_figures_small(tmp_path):
     rng = np.random.default_rng(0)
     noisy = (rng.random((700, 700, 3)) * 255).astype(np.uint8)

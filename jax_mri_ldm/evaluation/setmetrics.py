@@ -4,7 +4,7 @@ diversity, equal-n subsets, and the guidance rule (which only trusts validated m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,43 +122,78 @@ def diversity(
     return out
 
 
+def _class_margin(row: dict, real_recall: Mapping[str, float | None]) -> float | None:
+    """Worst shortfall of a sweep row's per-class fidelity below real recall (None: unknown)."""
+    per = (row.get("fidelity_detail") or {}).get("per_class") or {}
+    gaps = [
+        per[name] - rec
+        for name, rec in real_recall.items()
+        if rec is not None and per.get(name) is not None
+    ]
+    return min(gaps) if gaps else None
+
+
+def _margin_fn(real_fidelity: float | None, real_recall: Mapping[str, float | None] | None):
+    """Row -> fidelity margin: per class (worst class) when recalls are known, else overall."""
+    if real_recall and any(v is not None for v in real_recall.values()):
+        return lambda r: _class_margin(r, real_recall), "every class's fidelity", "its"
+    bar = real_fidelity or 0.0
+
+    def overall(r: dict) -> float | None:
+        return None if r["fidelity"] is None else r["fidelity"] - bar
+
+    return overall, "class fidelity", "the"
+
+
 def choose_guidance(
     rows: Sequence[dict],
     real_fidelity: float | None,
     tolerance: float,
     trusted: Sequence[str] = ("fidelity", "fid"),
+    real_recall: Mapping[str, float | None] | None = None,
 ) -> dict:
-    """The sweep's rule: lowest FID among w with fidelity >= real_fidelity - tolerance.
+    """The sweep's rule: lowest FID among w whose class fidelity is within `tolerance` of real.
 
+    With `real_recall` (the domain classifier's recall per class on real test images) a w
+    qualifies only if every class's fidelity is at least that class's recall - tolerance, so a
+    w that keeps one class (say, tumour) under-guided cannot hide behind the other class's
+    surplus in the overall mean; without it, the overall fidelity against `real_fidelity`.
     Only metrics in `trusted` (those that ranked the controls correctly) take part: without a
-    trusted fidelity every w qualifies; without a trusted FID the qualifying w with the highest
-    fidelity wins; with neither, no w is chosen ('chosen' is None). w = 0 (unconditional) is
-    never recommended unless it is the only w swept.
+    trusted fidelity every w qualifies; without a trusted FID the qualifying w with the best
+    fidelity margin wins; with neither, no w is chosen ('chosen' is None). w = 0
+    (unconditional) is never recommended unless it is the only w swept.
 
     Args:
-      rows: sweep rows with 'guidance', 'fidelity', 'fid'.
+      rows: sweep rows with 'guidance', 'fidelity', 'fid' (and 'fidelity_detail.per_class').
       real_fidelity: the domain classifier's accuracy on real test images (None: bar = 0).
-      tolerance: allowed shortfall below real_fidelity.
+      tolerance: allowed shortfall below the real value.
       trusted: the trustworthy metrics among 'fidelity' and 'fid'.
+      real_recall: class name -> the classifier's recall on real test images of that class.
 
     Returns:
       {'chosen': w or None, 'threshold', 'rule', 'qualified': [w...], 'decided_by'}.
     """
     use_fid, use_fidelity = "fid" in trusted, "fidelity" in trusted
-    bar = (real_fidelity or 0.0) - tolerance
+    margin, what, whose = _margin_fn(real_fidelity, real_recall)
     rows = [r for r in rows if r["guidance"] != 0.0] or list(rows)
     if use_fidelity:
-        qualified = [r for r in rows if r["fidelity"] is not None and r["fidelity"] >= bar - 1e-12]
+        qualified = [r for r in rows if (m := margin(r)) is not None and m >= -tolerance - 1e-12]
     else:
         qualified = list(rows)
     with_fid = [r for r in qualified if r["fid"] is not None] if use_fid else []
     rule = (
-        "lowest feature FID among the w whose class fidelity is at least the domain "
-        f"classifier's accuracy on real test images minus {tolerance:g} (= {bar:.3f}); if "
-        "none qualifies, the w with the highest fidelity; w = 0 (unconditional) is never "
+        f"lowest feature FID among the w whose {what} is at least {whose} real test value "
+        f"(the domain classifier on real test images) minus {tolerance:g}; if none "
+        "qualifies, the w with the best fidelity margin; w = 0 (unconditional) is never "
         "recommended; a metric that failed the controls (section 11) takes no part"
     )
-    out = {"threshold": bar, "qualified": [float(r["guidance"]) for r in qualified], "rule": rule}
+    threshold = (
+        {k: v - tolerance for k, v in real_recall.items() if v is not None}
+        if whose == "its"
+        else (real_fidelity or 0.0) - tolerance
+    )
+    out = {"threshold": threshold, "qualified": [float(r["guidance"]) for r in qualified]}
+    out["rule"] = rule
     if with_fid:
         best = min(with_fid, key=lambda r: (r["fid"], r["guidance"]))
         return {
@@ -168,14 +203,14 @@ def choose_guidance(
         }
     if not use_fidelity:
         return {**out, "chosen": None, "decided_by": "no trustworthy metric: no w chosen"}
-    cands = [r for r in rows if r["fidelity"] is not None] or list(rows)
+    cands = [r for r in rows if margin(r) is not None] or list(rows)
     best = min(
         cands,
         key=lambda r: (
-            -(r["fidelity"] or 0.0),
+            -(margin(r) if margin(r) is not None else -math.inf),
             r["fid"] if (use_fid and r["fid"] is not None) else math.inf,
             r["guidance"],
         ),
     )
-    why = "no w qualified (or no trusted FID): highest fidelity"
+    why = "no w qualified (or no trusted FID): best fidelity margin"
     return {**out, "chosen": float(best["guidance"]), "decided_by": why}

@@ -41,6 +41,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         ctx.nulls, "classifier.test_recall", test_probs, te.labels, names
     )
     ctx.shared["real_fidelity"] = real_fid["overall"]
+    ctx.shared["real_recall"] = real_fid["per_class"]
     test = {
         m: ctx.nulls.finite(
             f"classifier.test.{m}",

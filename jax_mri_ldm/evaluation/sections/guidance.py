@@ -33,7 +33,11 @@ def _choose(ctx: Context, sweep: dict) -> float:
         use = common.trusted(ctx, ("fidelity", "fid"))
         sweep.update(
             setmetrics.choose_guidance(
-                sweep["rows"], ctx.shared["real_fidelity"], c.fidelity_tolerance, use
+                sweep["rows"],
+                ctx.shared["real_fidelity"],
+                c.fidelity_tolerance,
+                use,
+                real_recall=ctx.shared.get("real_recall"),
             )
         )
     if sweep.get("chosen") is None:
@@ -73,6 +77,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         "images_per_class": ctx.cfg.sweep_per_class,
         "rows": rows,
         "real_fidelity": ctx.shared["real_fidelity"],
+        "real_recall": ctx.shared.get("real_recall"),
         "real_fid": common.ref_fid_same_n(ctx, n) if rows else None,
         "real_diversity": test_div["mean"],
     }
@@ -108,6 +113,10 @@ def compute_main_set(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _per_class(row: dict, name: str) -> float | None:
+    return ((row.get("fidelity_detail") or {}).get("per_class") or {}).get(name)
+
+
 def render(r: dict) -> str:
     gs = r["guidance_sweep"]
     L = [HEADER, ""]
@@ -122,13 +131,20 @@ def render(r: dict) -> str:
         f"(classifier accuracy): {f(gs['real_fidelity'])}.",
         "",
     ]
-    cols = ("fidelity", "fid", "kid", "precision", "recall", "grid", "nn_ssim", "diversity")
+    recall = gs.get("real_recall") or {}
+    cols = ("fid", "kid", "precision", "recall", "grid", "nn_ssim", "diversity")
     rows = [
-        [f"{row['guidance']:g}", *(f(row.get(k), 4 if k == "kid" else 3) for k in cols)]
+        [
+            f"{row['guidance']:g}",
+            f(row.get("fidelity")),
+            *(f(_per_class(row, name)) for name in recall),
+            *(f(row.get(k), 4 if k == "kid" else 3) for k in cols),
+        ]
         for row in gs["rows"]
     ]
-    header = ["w", "fidelity", "FID", "KID", "precision", "recall", "grid", "NN-SSIM"]
-    L += table([*header, "diversity (MS-SSIM)"], rows)
+    by_class = [f"fidelity {name} (real {f(v)})" for name, v in recall.items()]
+    header = ["w", "fidelity", *by_class, "FID", "KID", "precision", "recall", "grid"]
+    L += table([*header, "NN-SSIM", "diversity (MS-SSIM)"], rows)
     L += [
         f"**Recommended default: w = {gs['chosen']:g}.** Rule: {gs['rule']}; decided by: "
         f"{gs['decided_by']}"
