@@ -380,3 +380,13 @@ def test_real_yes_no_test_split_has_no_near_duplicate_in_train(tmp_path):
     best, _ = near_duplicates.best_matches(fps[split["test"]], fps[split["train"]])
     assert best.max() < threshold
     assert not spanning_groups(ds, split, groups)
+
+
+def test_fingerprints_are_float64_and_blocked_over_images(monkeypatch):
+    ds, _ = _near_dup_ds()
+    whole = near_duplicates.fingerprints(ds.images)
+    assert whole.dtype == np.float64  # threshold decisions must not hinge on float32 rounding
+    side = ds.images.shape[1] * ds.images.shape[2]
+    monkeypatch.setattr(near_duplicates, "_CHUNK_ELEMENTS", 3 * side)  # 3 images per block
+    np.testing.assert_allclose(near_duplicates.fingerprints(ds.images), whole, rtol=0, atol=1e-12)
+    assert near_duplicates.fingerprints(ds.images[:0]).shape == (0, 32, 32)

@@ -10,8 +10,11 @@ left-right (a flipped copy is the same slice too). Near-duplicate pairs join the
 (union-find), so `merge_groups` returns coarser groups for `splits.split_indices`.
 
 Correlations are computed in row chunks of matrix products, so memory stays O(chunk x N) and
-thousands of images take seconds; `ds.groups` and the dataset fingerprint are left untouched
-(the merge is recomputed from the images whenever a split is made).
+thousands of images take seconds. Everything is float64: every decision here is a comparison of a
+correlation with a threshold or a quantile, and float32 matrix products differ in their last bits
+between BLAS builds and chunk sizes, which could flip a pair sitting at the threshold (and so a
+split, or an extra image's selection) from one machine to another. `ds.groups` and the dataset
+fingerprint are left untouched (the merge is recomputed from the images whenever a split is made).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 FINGERPRINT_SIZE = 32  # side of the box-averaged fingerprint each image is reduced to
-_CHUNK_ELEMENTS = 1 << 22  # entries of one (chunk, N) correlation block (16 MiB in float32)
+_CHUNK_ELEMENTS = 1 << 22  # entries of one (chunk, N) correlation block (32 MiB in float64)
 
 
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -30,7 +33,7 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
     hi = np.minimum(edges_out[1:, None], np.arange(n_in)[None, :] + 1)
     w = np.clip(hi - lo, 0.0, None)  # overlap of output pixel i with input pixel j
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+    return w / w.sum(axis=1, keepdims=True)
 
 
 def fingerprints(images: np.ndarray, size: int = FINGERPRINT_SIZE) -> np.ndarray:
@@ -41,16 +44,21 @@ def fingerprints(images: np.ndarray, size: int = FINGERPRINT_SIZE) -> np.ndarray
       size: thumbnail side.
 
     Returns:
-      (N, size, size) float32; a constant image gives all zeros (it matches nothing).
+      (N, size, size) float64; a constant image gives all zeros (it matches nothing).
     """
-    x = np.asarray(images, np.float32)
-    x = x[..., 0] if x.ndim == 4 else x  # (N, H, W)
+    x = np.asarray(images)
+    x = x[..., 0] if x.ndim == 4 else x  # (N, H, W), not copied
     ry = _area_matrix(x.shape[1], size)  # (size, H)
     rx = _area_matrix(x.shape[2], size)  # (size, W)
-    small = np.einsum("ih,nhw,jw->nij", ry, x, rx, optimize=True)  # (N, size, size)
+    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1] * x.shape[2], 1))  # images per float64 copy
+    blocks = [
+        np.einsum("ih,nhw,jw->nij", ry, x[i : i + step].astype(np.float64), rx, optimize=True)
+        for i in range(0, len(x), step)
+    ]
+    small = np.concatenate(blocks) if blocks else np.zeros((0, size, size))  # (N, size, size)
     small -= small.mean(axis=(1, 2), keepdims=True)
     norm = np.sqrt(np.sum(small**2, axis=(1, 2), keepdims=True))
-    return np.where(norm > 1e-6, small / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+    return np.where(norm > 1e-6, small / np.maximum(norm, 1e-12), 0.0)
 
 
 def _chunk_rows(n_cols: int, chunk_rows: int | None) -> int:
@@ -76,7 +84,7 @@ def best_matches(
       (Q,) best correlation and (Q,) int64 index of that reference.
     """
     r = refs.reshape(len(refs), -1)  # (R, D)
-    best = np.empty(len(queries), np.float32)
+    best = np.empty(len(queries), np.float64)
     arg = np.empty(len(queries), np.int64)
     step = _chunk_rows(len(r), chunk_rows)
     for i0 in range(0, len(queries), step):
