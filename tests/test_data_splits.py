@@ -390,3 +390,19 @@ def test_fingerprints_are_float64_and_blocked_over_images(monkeypatch):
     monkeypatch.setattr(near_duplicates, "_CHUNK_ELEMENTS", 3 * side)  # 3 images per block
     np.testing.assert_allclose(near_duplicates.fingerprints(ds.images), whole, rtol=0, atol=1e-12)
     assert near_duplicates.fingerprints(ds.images[:0]).shape == (0, 32, 32)
+
+
+def test_best_other_group_skips_own_copies_and_ignores_chunking():
+    ds, pairs = _near_dup_ds()
+    fps = near_duplicates.fingerprints(ds.images)
+    groups = split_groups(ds)  # copies share a group
+    best = near_duplicates.best_other_group(fps, groups)
+    full = near_duplicates.correlations(fps, fps.reshape(len(fps), -1))
+    full[groups[:, None] == groups[None, :]] = -np.inf
+    np.testing.assert_allclose(best, full.max(axis=1), rtol=0, atol=1e-12)
+    i, j = pairs[0]
+    assert best[i] < near_duplicates.correlations(fps[i : i + 1], fps[j].reshape(1, -1))[0, 0]
+    for rows in (1, 5):
+        np.testing.assert_allclose(
+            near_duplicates.best_other_group(fps, groups, chunk_rows=rows), best, atol=1e-12
+        )

@@ -92,10 +92,8 @@ def domain_floor(train: ImageSet, quantile: float, threshold: float) -> float:
     groups = split_groups(train, threshold)
     if quantile <= 0 or len(np.unique(groups)) < 2:
         return float("-inf")
-    f = near_duplicates.fingerprints(train.images)  # (N, s, s)
-    s = near_duplicates.correlations(f, f.reshape(len(f), -1))  # (N, N)
-    s[groups[:, None] == groups[None, :]] = -np.inf
-    return float(np.quantile(s.max(axis=1), quantile))
+    best = near_duplicates.best_other_group(near_duplicates.fingerprints(train.images), groups)
+    return float(np.quantile(best, quantile))
 
 
 def _keep_in_domain(

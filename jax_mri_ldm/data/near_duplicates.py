@@ -11,9 +11,11 @@ left-right (a flipped copy is the same slice too). Near-duplicate pairs join the
 
 Correlations are computed in row chunks of matrix products, so memory stays O(chunk x N) and
 thousands of images take seconds. Everything is float64: every decision here is a comparison of a
-correlation with a threshold or a quantile, and float32 matrix products differ in their last bits
-between BLAS builds and chunk sizes, which could flip a pair sitting at the threshold (and so a
-split, or an extra image's selection) from one machine to another. `ds.groups` and the dataset
+correlation with a threshold or a quantile, and matrix products differ in their last bits between
+BLAS builds and chunk sizes; in float32 that is ~1e-7, enough to flip a pair near the threshold
+(and so a split, or an extra image's selection) between machines, in float64 ~1e-16, which makes
+such a flip far rarer, though not impossible. A run's split is recorded in its split.json and
+read back from there, so a finished run never depends on this. `ds.groups` and the dataset
 fingerprint are left untouched (the merge is recomputed from the images whenever a split is made).
 """
 
@@ -95,6 +97,29 @@ def best_matches(
         arg[i0:i1] = s.argmax(axis=1)
         best[i0:i1] = s[np.arange(i1 - i0), arg[i0:i1]]
     return best, arg
+
+
+def best_other_group(
+    fps: np.ndarray, groups: np.ndarray, *, chunk_rows: int | None = None
+) -> np.ndarray:
+    """Each image's highest correlation with an image of another group (-inf: no other group).
+
+    Args:
+      fps: (N, s, s) from `fingerprints`.
+      groups: (N,) group ids; an image's own group (its copies) does not count.
+      chunk_rows: rows per block (default: a block of about 4M entries).
+
+    Returns:
+      (N,) float64.
+    """
+    f = fps.reshape(len(fps), -1)  # (N, D)
+    best = np.empty(len(fps), np.float64)
+    step = _chunk_rows(len(f), chunk_rows)
+    for i0 in range(0, len(f), step):
+        s = correlations(fps[i0 : i0 + step], f)  # (chunk, N)
+        s[groups[i0 : i0 + step, None] == groups[None, :]] = -np.inf
+        best[i0 : i0 + step] = s.max(axis=1)
+    return best
 
 
 def correlations(q: np.ndarray, r: np.ndarray) -> np.ndarray:
