@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.guidance_scale = placeholder(float)  # main w; None = chosen by the guidance sweep
     c.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # the sweep's w values (empty: no sweep)
     c.sweep_per_class = 32  # images per class for each w of the sweep
-    c.fidelity_tolerance = 0.05  # sweep: every class's fidelity >= its real recall - this
+    c.fidelity_tolerance = 0.05  # sweep: class fidelity >= real recall - max(this, 1 image)
     # Sampler table rows at the main w: (sampler, steps or None for all T, spacing, eta).
     c.samplers = (
         ("ddpm", None, "uniform", 0.0),

@@ -331,7 +331,7 @@ def save_memorisation_histogram(mem: dict, path: str) -> str:
 
 
 def save_guidance_figure(sweep: dict, path: str) -> str:
-    """Fidelity, FID and diversity against w, with real references and the chosen w.
+    """Fidelity (overall and per class, with each class's bar), FID and diversity against w.
 
     Args:
       sweep: the report's 'guidance_sweep' section.
@@ -359,8 +359,25 @@ def save_guidance_figure(sweep: dict, path: str) -> str:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    _per_class_fidelity(axes[0], sweep, ws)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _per_class_fidelity(ax: plt.Axes, sweep: dict, ws: list[float]) -> None:
+    """Each class's fidelity against w and its bar (real recall - tolerance), the sweep's rule."""
+    bars = sweep.get("threshold_per_class") or {}
+    for i, (name, bar) in enumerate(bars.items()):
+        per = [
+            ((r.get("fidelity_detail") or {}).get("per_class") or {}).get(name)
+            for r in sweep["rows"]
+        ]
+        color = f"C{i + 1}"
+        ys = [np.nan if v is None else v for v in per]
+        ax.plot(ws, ys, "-", marker=".", ms=3, lw=0.8, color=color, label=name)
+        ax.axhline(bar, color=color, ls=":", lw=0.8, label=f"{name} bar")
+    if bars:
+        ax.legend(fontsize=6)
 
 
 def save_downstream_figure(

@@ -28,7 +28,7 @@ from jax_mri_ldm.evaluation import (
     trust,
 )
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Nulls
-from jax_mri_ldm.evaluation.sections import downstream, headline, memorisation
+from jax_mri_ldm.evaluation.sections import downstream, guidance, headline, memorisation
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 HEADLINE_FIELDS = (
@@ -173,6 +173,10 @@ def test_report_metrics_have_sane_values(tiny_report):
     sweep = r["guidance_sweep"]
     assert [row["guidance"] for row in sweep["rows"]] == list(s.guidance_scales)
     assert r["main_set"]["guidance"] == sweep["chosen"]
+    assert sweep["real_recall"] == r["classifier"]["test_recall"]["per_class"]
+    assert isinstance(sweep["threshold"], float)
+    assert set(sweep["threshold_per_class"]) == {"normal", "tumour"}
+    assert "fidelity tumour (real " in guidance.render(r)
     rows = r["samplers"]["rows"]
     assert [row["sampler"] for row in rows] == ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m"]
     assert [row["eta"] for row in rows][1:3] == [0.0, 1.0]
@@ -356,13 +360,22 @@ def test_choose_guidance_per_class_bar_catches_an_under_guided_class():
     assert choose(rows, 0.87, 0.05)["chosen"] == 1.0  # overall rule: w=1 hides the shortfall
     per = choose(rows, 0.87, 0.05, real_recall=recall)
     assert per["chosen"] == 3.0 and per["qualified"] == [3.0]
-    assert per["threshold"] == pytest.approx({"normal": 0.75, "tumour": 0.88})
-    assert "every class" in per["rule"]
-    # nobody qualifies: the best worst-class margin wins (w=3: -0.03 vs w=1: -0.15)
+    assert per["threshold_per_class"] == pytest.approx({"normal": 0.75, "tumour": 0.88})
+    assert per["threshold"] == pytest.approx(0.82) and "every class" in per["rule"]
+    # nobody qualifies: the best worst-class margin wins (w=3: -0.05 vs w=1: -0.17)
     strict = choose(rows, 0.87, 0.0, real_recall={"normal": 0.85, "tumour": 0.95})
     assert strict["chosen"] == 3.0 and strict["qualified"] == []
-    # unknown recalls fall back to the overall rule
+    # no known recall: the overall rule; one unknown recall: that class meets the overall bar
     assert choose(rows, 0.87, 0.05, real_recall={"normal": None})["chosen"] == 1.0
+    part = choose(rows, 0.87, 0.05, real_recall={"normal": 0.80, "tumour": None})
+    assert part["qualified"] == [3.0] and part["threshold_per_class"]["tumour"] == 0.82
+    # a row that lacks a class's fidelity cannot qualify
+    rows_missing = [rows[0], {**rows[1], "fidelity_detail": {"per_class": {"normal": 0.8}}}]
+    assert choose(rows_missing, 0.87, 0.05, real_recall=recall)["qualified"] == []
+    # 4 images per class: one image (0.25) is the resolution, so w=1's tumour 0.78 qualifies
+    coarse = choose(rows, 0.87, 0.05, real_recall=recall, images_per_class=4)
+    assert coarse["tolerance"] == 0.25 and coarse["chosen"] == 1.0
+    assert choose(rows, 0.87, 0.05, real_recall=recall, images_per_class=32)["tolerance"] == 0.05
 
 
 def test_shrink_png_keeps_figures_small(tmp_path):

@@ -122,27 +122,44 @@ def diversity(
     return out
 
 
-def _class_margin(row: dict, real_recall: Mapping[str, float | None]) -> float | None:
-    """Worst shortfall of a sweep row's per-class fidelity below real recall (None: unknown)."""
+def _class_bars(
+    real_recall: Mapping[str, float | None], real_fidelity: float | None
+) -> dict[str, float]:
+    """Class -> its real bar: the class's recall, or the overall accuracy where it is unknown."""
+    return {k: (real_fidelity or 0.0) if v is None else v for k, v in real_recall.items()}
+
+
+def _class_margin(row: dict, bars: Mapping[str, float]) -> float | None:
+    """Worst shortfall of a row's per-class fidelity below its bar (None: a class is unscored)."""
     per = (row.get("fidelity_detail") or {}).get("per_class") or {}
-    gaps = [
-        per[name] - rec
-        for name, rec in real_recall.items()
-        if rec is not None and per.get(name) is not None
-    ]
-    return min(gaps) if gaps else None
+    if any(per.get(name) is None for name in bars):
+        return None
+    return min(per[name] - bar for name, bar in bars.items())
 
 
 def _margin_fn(real_fidelity: float | None, real_recall: Mapping[str, float | None] | None):
-    """Row -> fidelity margin: per class (worst class) when recalls are known, else overall."""
+    """(row -> fidelity margin, per-class bars or None): worst class when recalls are known."""
     if real_recall and any(v is not None for v in real_recall.values()):
-        return lambda r: _class_margin(r, real_recall), "every class's fidelity", "its"
+        bars = _class_bars(real_recall, real_fidelity)
+        return (lambda r: _class_margin(r, bars)), bars
     bar = real_fidelity or 0.0
 
     def overall(r: dict) -> float | None:
         return None if r["fidelity"] is None else r["fidelity"] - bar
 
-    return overall, "class fidelity", "the"
+    return overall, None
+
+
+def _rule(per_class: bool, tolerance: float) -> str:
+    what = "class fidelity is at least the"
+    if per_class:
+        what = "every class's fidelity is at least its"
+    return (
+        f"lowest feature FID among the w whose {what} real test value (the domain classifier on "
+        f"real test images) minus {tolerance:g}; if none qualifies, the w with the best fidelity "
+        "margin; w = 0 (unconditional) is never recommended; a metric that failed the controls "
+        "(section 11) takes no part"
+    )
 
 
 def choose_guidance(
@@ -151,17 +168,22 @@ def choose_guidance(
     tolerance: float,
     trusted: Sequence[str] = ("fidelity", "fid"),
     real_recall: Mapping[str, float | None] | None = None,
+    images_per_class: int | None = None,
 ) -> dict:
     """The sweep's rule: lowest FID among w whose class fidelity is within `tolerance` of real.
 
     With `real_recall` (the domain classifier's recall per class on real test images) a w
     qualifies only if every class's fidelity is at least that class's recall - tolerance, so a
     w that keeps one class (say, tumour) under-guided cannot hide behind the other class's
-    surplus in the overall mean; without it, the overall fidelity against `real_fidelity`.
-    Only metrics in `trusted` (those that ranked the controls correctly) take part: without a
-    trusted fidelity every w qualifies; without a trusted FID the qualifying w with the best
-    fidelity margin wins; with neither, no w is chosen ('chosen' is None). w = 0
-    (unconditional) is never recommended unless it is the only w swept.
+    surplus in the overall mean; a class whose recall is unknown is held to the overall
+    accuracy, and a row missing a class's fidelity does not qualify. Without recalls, the
+    overall fidelity against `real_fidelity`. The tolerance is at least one image of a class
+    (1 / images_per_class), the resolution of a per-class fraction, so a small sweep does not
+    reject every w over a single image. Only metrics in `trusted` (those that ranked the
+    controls correctly) take part: without a trusted fidelity every w qualifies; without a
+    trusted FID the qualifying w with the best fidelity margin wins; with neither, no w is
+    chosen ('chosen' is None). w = 0 (unconditional) is never recommended unless it is the only
+    w swept.
 
     Args:
       rows: sweep rows with 'guidance', 'fidelity', 'fid' (and 'fidelity_detail.per_class').
@@ -169,31 +191,27 @@ def choose_guidance(
       tolerance: allowed shortfall below the real value.
       trusted: the trustworthy metrics among 'fidelity' and 'fid'.
       real_recall: class name -> the classifier's recall on real test images of that class.
+      images_per_class: sweep images per class (None: no resolution floor on the tolerance).
 
     Returns:
-      {'chosen': w or None, 'threshold', 'rule', 'qualified': [w...], 'decided_by'}.
+      {'chosen': w or None, 'threshold' (overall bar, float), 'threshold_per_class' (class ->
+      bar, or None), 'tolerance' (as applied), 'rule', 'qualified': [w...], 'decided_by'}.
     """
     use_fid, use_fidelity = "fid" in trusted, "fidelity" in trusted
-    margin, what, whose = _margin_fn(real_fidelity, real_recall)
+    margin, bars = _margin_fn(real_fidelity, real_recall)
+    if images_per_class:
+        tolerance = max(tolerance, 1.0 / images_per_class)
     rows = [r for r in rows if r["guidance"] != 0.0] or list(rows)
     if use_fidelity:
         qualified = [r for r in rows if (m := margin(r)) is not None and m >= -tolerance - 1e-12]
     else:
         qualified = list(rows)
     with_fid = [r for r in qualified if r["fid"] is not None] if use_fid else []
-    rule = (
-        f"lowest feature FID among the w whose {what} is at least {whose} real test value "
-        f"(the domain classifier on real test images) minus {tolerance:g}; if none "
-        "qualifies, the w with the best fidelity margin; w = 0 (unconditional) is never "
-        "recommended; a metric that failed the controls (section 11) takes no part"
-    )
-    threshold = (
-        {k: v - tolerance for k, v in real_recall.items() if v is not None}
-        if whose == "its"
-        else (real_fidelity or 0.0) - tolerance
-    )
-    out = {"threshold": threshold, "qualified": [float(r["guidance"]) for r in qualified]}
-    out["rule"] = rule
+    rule = _rule(bars is not None, tolerance)
+    threshold = (real_fidelity or 0.0) - tolerance
+    per_class = None if bars is None else {k: v - tolerance for k, v in bars.items()}
+    out = {"threshold": threshold, "threshold_per_class": per_class, "tolerance": tolerance}
+    out.update(rule=rule, qualified=[float(r["guidance"]) for r in qualified])
     if with_fid:
         best = min(with_fid, key=lambda r: (r["fid"], r["guidance"]))
         return {

@@ -38,6 +38,7 @@ def _choose(ctx: Context, sweep: dict) -> float:
                 c.fidelity_tolerance,
                 use,
                 real_recall=ctx.shared.get("real_recall"),
+                images_per_class=c.sweep_per_class,
             )
         )
     if sweep.get("chosen") is None:
