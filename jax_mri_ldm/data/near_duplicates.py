@@ -72,6 +72,7 @@ def best_matches(
     refs: np.ndarray,
     *,
     exclude_self: bool = False,
+    groups: np.ndarray | None = None,
     chunk_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's highest fingerprint correlation with a reference (as is or mirrored).
@@ -80,6 +81,8 @@ def best_matches(
       queries: (Q, s, s) from `fingerprints`.
       refs: (R, s, s) from `fingerprints`, R >= 1 (R >= 2 with `exclude_self`).
       exclude_self: queries and refs are the same set; skip each image's match with itself.
+      groups: (R,) group ids when queries and refs are the same set; skip every match within a
+        query's own group (its copies); -inf where a query has no other group.
       chunk_rows: queries per block (default: a block of about 4M entries).
 
     Returns:
@@ -94,6 +97,8 @@ def best_matches(
         s = correlations(queries[i0:i1], r)  # (chunk, R)
         if exclude_self:
             s[np.arange(i1 - i0), np.arange(i0, i1)] = -np.inf
+        if groups is not None:
+            s[groups[i0:i1, None] == groups[None, :]] = -np.inf
         arg[i0:i1] = s.argmax(axis=1)
         best[i0:i1] = s[np.arange(i1 - i0), arg[i0:i1]]
     return best, arg
@@ -112,14 +117,7 @@ def best_other_group(
     Returns:
       (N,) float64.
     """
-    f = fps.reshape(len(fps), -1)  # (N, D)
-    best = np.empty(len(fps), np.float64)
-    step = _chunk_rows(len(f), chunk_rows)
-    for i0 in range(0, len(f), step):
-        s = correlations(fps[i0 : i0 + step], f)  # (chunk, N)
-        s[groups[i0 : i0 + step, None] == groups[None, :]] = -np.inf
-        best[i0 : i0 + step] = s.max(axis=1)
-    return best
+    return best_matches(fps, fps, groups=groups, chunk_rows=chunk_rows)[0]
 
 
 def correlations(q: np.ndarray, r: np.ndarray) -> np.ndarray:
