@@ -28,7 +28,13 @@ from jax_mri_ldm.evaluation import (
     trust,
 )
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Nulls
-from jax_mri_ldm.evaluation.sections import downstream, guidance, headline, memorisation
+from jax_mri_ldm.evaluation.sections import (
+    downstream,
+    guidance,
+    headline,
+    memorisation,
+    samplers,
+)
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 HEADLINE_FIELDS = (
@@ -39,15 +45,19 @@ HEADLINE_FIELDS = (
     "recall",
     "nn_ssim_ratio",
     "grid_ratio",
+    "spectrum_ratio",
+    "spectrum_within_real_iqr",
     "memorised_frac",
     "fast_sampler",
     "fast_sampler_matches_ddpm",
+    "fast_sampler_deterministic",
     "downstream_half_gain_acc",
     "downstream_half_gain_auc",
     "pipeline_minutes",
     "vae_psnr",
     "vae_ssim",
     "vae_grid_ratio",
+    "vae_spectrum_ratio",
 )
 
 
@@ -183,6 +193,31 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert rows[0]["steps"] == 100  # the tiny LDM's T: DDPM runs the full chain
     assert all(row["seconds_per_image"] > 0 for row in rows)
     assert r["spectrum"]["grid"]["median"] > 0 and r["timings_seconds"]["total"] > 0
+    _check_sampler_match(r)
+
+
+def _check_sampler_match(r: dict) -> None:
+    """Every sampler's checks carry the numbers they were decided on, and the names agree."""
+    fs, rows = r["samplers"]["fast_sampler"], r["samplers"]["rows"]
+    assert set(fs["detail"]) == {row["name"] for row in rows[1:]}
+    for name, d in fs["detail"].items():
+        assert set(d) == set(fs["checks"][name]) <= set(fs["metrics_used"])
+        for m, c in d.items():
+            lo, hi = c["ddpm_interval"]
+            assert c["within"] == (lo <= c["value"] <= hi) and c["passes"] >= c["within"]
+            assert c["passes"] == fs["checks"][name][m]
+    assert set(fs["real_reference"]) == {"nn_ssim", "grid"}
+    real_nn = r["memorisation"]["test_to_train"]["summary"]["median"]
+    assert fs["real_reference"]["nn_ssim"] == pytest.approx(real_nn)
+    by_name = {row["name"]: row for row in rows}
+    if fs["name"] is not None:
+        assert fs["deterministic"] == samplers.is_deterministic(by_name[fs["name"]])
+        assert r["headline"]["fast_sampler_deterministic"] == fs["deterministic"]
+    for row in rows:
+        assert row["spectrum_median"] > 0
+    assert "spectrum (median)" in samplers.render(r)
+    assert r["headline"]["spectrum_ratio"] == r["spectrum"]["spectrum"]["ratio"]
+    assert r["headline"]["vae_spectrum_ratio"] == r["vae"]["spectrum"]["ratio"]
 
 
 def _check_downstream_sets(r: dict, s) -> None:

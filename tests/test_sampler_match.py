@@ -82,17 +82,47 @@ ALL = ("fidelity", "nn_ssim", "spectrum", "grid")
         (1, (0, 16, (0.6, 0.4, 1.1), 0.0), (1, 64, (0.6, 0.4, 1.1), 0.0), (True,) * 4),
         # clearly worse on every metric
         (2, (0, 16, (0.6, 0.4, 1.1), 0.02), (32, 64, (0.3, 0.8, 1.6), 0.02), (False,) * 4),
-        # beyond on the better side passes; grid is two-sided, so far from DDPM's fails
+        # fidelity and spectrum beyond on the better side pass; NN-SSIM and grid have no
+        # better side without a real reference (0.9 is nearer copies, not better)
         (
             3,
             (4, 16, (0.6, 0.4, 1.1), 0.02),
             (0, 64, (0.9, 0.1, 0.6), 0.02),
-            (True, True, True, False),
+            (True, False, True, False),
         ),
     ],
     ids=["one-miss-matches", "worse-fails", "better-side-and-two-sided-grid"],
 )
 def test_matches_rule(seed, ddpm, other, expected):
     rng = np.random.default_rng(seed)
-    checks = samplers._matches(_per(rng, *ddpm), _per(rng, *other), list(samplers.PER_IMAGE))
-    assert checks == dict(zip(ALL, expected, strict=True))
+    detail = samplers._matches(_per(rng, *ddpm), _per(rng, *other), list(samplers.PER_IMAGE))
+    assert {m: c["passes"] for m, c in detail.items()} == dict(zip(ALL, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("value", "real", "passes"),
+    [
+        (0.60, 0.42, True),  # inside DDPM's interval
+        (0.48, 0.42, True),  # beyond it, towards the real median
+        (0.40, 0.42, True),  # just past the real median, still closer than the interval
+        (0.20, 0.42, False),  # past the real median by more than the interval is from it
+        (0.80, 0.42, False),  # beyond it, away from the real median
+        (0.48, None, False),  # no real reference: only inside the interval passes
+        (0.48, 0.60, False),  # real median inside the interval: only inside passes
+    ],
+)
+def test_real_sided_metric_passes_only_towards_the_real_median(value, real, passes):
+    rng = np.random.default_rng(0)
+    ddpm = 0.6 + 0.02 * rng.standard_normal(16)  # interval about [0.59, 0.61]
+    lo, hi = samplers.ddpm_interval("nn_ssim", ddpm)
+    assert lo > 0.55 and hi < 0.65
+    c = samplers.check_metric("nn_ssim", ddpm, np.full(9, value), real)
+    assert c["passes"] is passes
+    assert c["within"] is (lo <= value <= hi)
+    assert c["value"] == pytest.approx(value) and c["ddpm_interval"] == [lo, hi]
+
+
+def test_deterministic_samplers():
+    rows = [("ddpm", 1.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
+    got = [samplers.is_deterministic({"sampler": s, "eta": e}) for s, e in rows]
+    assert got == [False, True, False, True]

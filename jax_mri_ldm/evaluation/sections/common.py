@@ -21,6 +21,12 @@ def main_spec(ctx: Context, w: float) -> SamplerSpec:
     return SamplerSpec(**kw, guidance_scale=float(w), use_ema=bool(c.use_ema))
 
 
+def spectrum_reference_set(ctx: Context) -> np.ndarray:
+    """Real held-out images whose spectra give the real spread (val, or train without val):
+    scored against the test split's mean spectrum, like every synthetic set."""
+    return ctx.val.images if len(ctx.val) >= 2 else ctx.train.images
+
+
 def score_row(
     ctx: Context, images: np.ndarray, labels: np.ndarray, path: str
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

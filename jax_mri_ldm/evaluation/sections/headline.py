@@ -24,6 +24,7 @@ TRUST_OF = {
     "recall": "recall",
     "nn_ssim_ratio": "nn_ssim",
     "grid_ratio": "grid",
+    "spectrum_ratio": "spectrum",
     "memorised_frac": "memorised",
 }
 
@@ -66,15 +67,19 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
         "recall": _get(r, "prdc.synthetic.overall.recall"),
         "nn_ssim_ratio": _get(r, "realism.ratio"),
         "grid_ratio": _get(r, "spectrum.grid.ratio"),
+        "spectrum_ratio": _get(r, "spectrum.spectrum.ratio"),
+        "spectrum_within_real_iqr": _get(r, "spectrum.spectrum.within_real_iqr"),
         "memorised_frac": _get(r, "memorisation.fraction_flagged"),
         "fast_sampler": _get(r, "samplers.fast_sampler.name"),
         "fast_sampler_matches_ddpm": _get(r, "samplers.fast_sampler.matches_ddpm"),
+        "fast_sampler_deterministic": _get(r, "samplers.fast_sampler.deterministic"),
         "downstream_half_gain_acc": _interval(comp.get("accuracy")),
         "downstream_half_gain_auc": _interval(comp.get("auc")),
         "pipeline_minutes": pipeline_minutes(ctx),
         "vae_psnr": _get(r, "vae.psnr.mean"),
         "vae_ssim": _get(r, "vae.ssim.mean"),
         "vae_grid_ratio": _get(r, "vae.grid.ratio"),
+        "vae_spectrum_ratio": _get(r, "vae.spectrum.ratio"),
     }
 
 
@@ -83,6 +88,7 @@ REASONS = {
     "downstream_half_gain_auc": "the study's half+syn - half AUC interval is undefined",
     "pipeline_minutes": "metrics.jsonl of the VAE or LDM run is missing or has < 2 timed records",
     "fast_sampler": "no sampler matched DDPM on the trusted per-image metrics (section 10)",
+    "fast_sampler_deterministic": "no sampler matched DDPM (section 10)",
 }
 
 

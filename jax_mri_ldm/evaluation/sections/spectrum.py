@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from jax_mri_ldm import plots
 from jax_mri_ldm.evaluation import spectrum as spec_lib
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table
+from jax_mri_ldm.evaluation.sections import common
 from jax_mri_ldm.evaluation.sections.controls import untrusted_note
 
 HEADER = "## 12. Spectrum and grid"
 
 
-def _real_reference(ctx: Context) -> np.ndarray:
-    """Real held-out images for the real spread: val, or train when there is no val."""
-    return ctx.val.images if len(ctx.val) >= 2 else ctx.train.images
-
-
 def compute(ctx: Context) -> dict[str, Any]:
     x, _ = ctx.shared["syn"]
-    te, real = ctx.test.images, _real_reference(ctx)
+    te, real = ctx.test.images, common.spectrum_reference_set(ctx)
     period = ctx.shared.get("period")
     out: dict[str, Any] = {"period": period, "reference": "real test split (mean spectrum)"}
     out["real_set"] = "validation split" if len(ctx.val) >= 2 else "training split"

@@ -1,4 +1,5 @@
-"""Section 2: the frozen VAE on the test split (PSNR, SSIM, MS-SSIM, grid score; paper Fig. 3)."""
+"""Section 2: the frozen VAE on the test split (PSNR, SSIM, MS-SSIM, grid score; paper Fig. 3),
+and the spectrum distance of its reconstructions, the floor under every sample's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.evaluation import metrics, spectrum
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, nulls_note, table
+from jax_mri_ldm.evaluation.sections import common
 
 HEADER = "## 2. VAE reconstruction (test split)"
 EXACT = "every test image is reconstructed exactly (PSNR = inf)"
@@ -24,6 +26,17 @@ def _grid(ctx: Context, recon: np.ndarray) -> dict | None:
         return None
     test_grid = spectrum.grid_score(ctx.test.images, period)
     return spectrum.summary_vs_real(spectrum.grid_score(recon, period), test_grid)
+
+
+def _spectrum(ctx: Context) -> dict:
+    """Per-image spectrum distance (to the test mean) of reconstructions of the real reference
+    images against that of the images themselves: what decoding alone costs (section 12)."""
+    real = common.spectrum_reference_set(ctx)
+    recon = ctx.run.vae.reconstruct(real, batch_size=ctx.cfg.batch_size)
+    te = ctx.test.images
+    return spectrum.summary_vs_real(
+        spectrum.spectrum_distance(recon, te), spectrum.spectrum_distance(real, te)
+    )
 
 
 def compute(ctx: Context) -> dict[str, Any]:
@@ -53,6 +66,7 @@ def compute(ctx: Context) -> dict[str, Any]:
     if not reported:
         ctx.nulls.null("vae.vae_run_reported_test", f"VAE run not found at {src!r} (moved?)")
     out["grid"] = _grid(ctx, recon)
+    out["spectrum"] = _spectrum(ctx)
     n_fig = min(ctx.cfg.figure_images, len(te))
     path = plots.save_reconstruction_figure(
         te.images[:n_fig],
@@ -93,6 +107,16 @@ def render(r: dict) -> str:
             f"real test images' {f(g['real_median'])} (real interquartile range "
             f"{f(g['real_q25'])}-{f(g['real_q75'])}; "
             f"{'inside' if g['within_real_iqr'] else '**outside**'}).",
+            "",
+        ]
+    sp = v.get("spectrum")
+    if sp:
+        L += [
+            f"Spectrum distance of reconstructions of the real reference images (per image, to "
+            f"the test split's mean spectrum; median): {f(sp['median'])} against the images' "
+            f"own {f(sp['real_median'])} (interquartile range {f(sp['real_q25'])}-"
+            f"{f(sp['real_q75'])}; {'inside' if sp['within_real_iqr'] else '**outside**'}). "
+            "Samples are decoded by this VAE, so this is about the best their spectrum can be.",
             "",
         ]
     return "\n".join(L + nulls_note(r["null_reasons"], ["vae."]))
