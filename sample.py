@@ -14,7 +14,8 @@ from absl import app, flags
 from jax_mri_ldm.pipeline import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
 from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
 
-DEFAULT = SamplerSpec()  # the project's default sampler setting (pipeline.py)
+DEFAULT = SamplerSpec()  # sampler flags left unset take the run's default (pipeline.py)
+RUN_DEFAULT = "default: the run's own (pipeline.default_sampler_spec)"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/ldm", "Diffusion run directory (train.py configs/ldm.py).")
@@ -22,20 +23,25 @@ flags.DEFINE_string("label", "1", "Class id or name (0=normal, 1=tumour), or 'al
 flags.DEFINE_integer("num_samples", 16, "Number of images.")
 flags.DEFINE_integer("batch_size", 16, "Images per sampler call (rounded up to the devices).")
 flags.DEFINE_float(
-    "guidance_scale", DEFAULT.guidance_scale, "Classifier-free guidance w (1 = plain conditional)."
+    "guidance_scale", None, f"Classifier-free guidance w (1 = plain conditional; {RUN_DEFAULT})."
 )
-flags.DEFINE_enum("sampler", DEFAULT.sampler, list(SAMPLERS), "Sampler.")
-flags.DEFINE_float("eta", DEFAULT.eta, "DDIM noise: 1 = ancestral, 0 = deterministic.")
+flags.DEFINE_enum(
+    "sampler",
+    None,
+    list(SAMPLERS),
+    f"Sampler ({RUN_DEFAULT}: DPM-Solver++ 10 for v-prediction, DDIM-50 eta=1 for eps).",
+)
+flags.DEFINE_float("eta", None, f"DDIM noise: 1 = ancestral, 0 = deterministic ({RUN_DEFAULT}).")
 flags.DEFINE_integer(
     "steps",
-    DEFAULT.steps,
-    "Sampler steps (default: "
+    None,
+    "Sampler steps (default: the run's; with another --sampler: "
     + ", ".join(f"{k} {v or 'all T'}" for k, v in DEFAULT_STEPS.items())
     + ").",
 )
 flags.DEFINE_enum(
     "spacing",
-    DEFAULT.spacing,
+    None,
     list(SPACINGS),
     "Timestep spacing (default: "
     + ", ".join(f"{k} {v}" for k, v in DEFAULT_SPACING.items())
@@ -55,20 +61,13 @@ def main(argv):
 
     setup_logging()  # orbax INFO lines only with --verbosity=0
 
-    spec = SamplerSpec(
-        sampler=FLAGS.sampler,
-        steps=FLAGS.steps,
-        eta=FLAGS.eta,
-        guidance_scale=FLAGS.guidance_scale,
-        spacing=FLAGS.spacing,
-        use_ema=FLAGS.use_ema,
-    )
+    names = ("sampler", "steps", "eta", "guidance_scale", "spacing", "use_ema")
     req = SampleRequest(
         workdir=FLAGS.workdir,
         label=FLAGS.label,
         num_samples=FLAGS.num_samples,
         batch_size=FLAGS.batch_size,
-        spec=spec,
+        overrides={k: FLAGS[k].value for k in names},
         seed=FLAGS.seed,
         out=FLAGS.out,
         format=FLAGS.format,

@@ -12,7 +12,7 @@ from the repository root::
 
 It works on a finished run or one still training (the checkpoints already on disk). For each
 step it loads that step's EMA weights through `pipeline.load_ldm(workdir, step)`, samples
-``--per_class`` images per class with the default sampler (`pipeline.SamplerSpec()`, seeded per
+``--per_class`` images per class with the run's default sampler (`run.default_spec()`, seeded per
 image as the pipeline does, the same seeds at every step, so rows are paired) and scores them
 with the report's own code (`evaluation.scoring.score_set`) against the real test split:
 
@@ -340,10 +340,9 @@ def sample_run(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images (K*n, H, W, 1), labels (K*n,)): the default sampler with the EMA weights,
     image i seeded by fold_in(PRNGKey(seed), i) as the pipeline does."""
-    from jax_mri_ldm import pipeline
 
     labels = np.repeat(np.arange(len(run.class_names)), per_class).astype(np.int32)
-    return run.sample_images(labels, seed, pipeline.SamplerSpec(), batch_size), labels
+    return run.sample_images(labels, seed, run.default_spec(), batch_size), labels
 
 
 def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nulls, path: str):
@@ -419,9 +418,8 @@ def write_outputs(out_dir: str, curve: dict) -> None:
 
 def curve_header(run: Any, real: RealData, space: str, per_class: int, seed: int) -> dict:
     """The curve's settings and once-per-curve numbers (before any row)."""
-    from jax_mri_ldm import pipeline
 
-    spec = pipeline.SamplerSpec()
+    spec = run.default_spec()
     return {
         "workdir": os.path.abspath(run.workdir),
         "run_length": run_length(run),

@@ -9,8 +9,7 @@ both stages always see the same training images.
 from __future__ import annotations
 
 import ml_collections
-
-from jax_mri_ldm.pipeline import SamplerSpec
+from ml_collections.config_dict import placeholder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -86,12 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.progress_bar = True  # tqdm bar on stderr
     c.train.tensorboard = True  # TensorBoard event files under <workdir>/tb
     c.train.eval_num_images = 8  # samples per class in the periodic grid
-    # The grids' sampler: the project's default setting (pipeline.SamplerSpec) unless overridden.
-    grid = SamplerSpec().resolved(c.diffusion.num_timesteps)
-    c.train.eval_sampler = grid.sampler  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
-    c.train.eval_sample_steps = grid.steps  # its number of steps (ddpm: always all T)
-    c.train.eval_eta = grid.eta  # DDIM noise: 1 = ancestral, 0 = deterministic
-    c.train.eval_guidance_scale = grid.guidance_scale  # guidance w (1 = plain conditional)
+    # The grids' sampler: None = the run's default (pipeline.default_sampler_spec, by prediction).
+    c.train.eval_sampler = placeholder(str)  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
+    c.train.eval_sample_steps = placeholder(int)  # its number of steps (ddpm: always all T)
+    c.train.eval_eta = placeholder(float)  # DDIM noise: 1 = ancestral, 0 = deterministic
+    c.train.eval_guidance_scale = placeholder(float)  # guidance w (1 = plain conditional)
 
     if preset == "paper":
         pass
@@ -105,7 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "recommended":
         # For the 128 px `configs/vae.py:recommended` VAE. v-prediction is well posed at every
         # noise level, so no sampler needs the x0 clip and the deterministic few-step samplers
-        # work; Min-SNR-5 balances the timesteps. The budget counts updates, not epochs.
+        # work (its runs sample with DPM-Solver++ 10 by default, pipeline.default_sampler_spec);
+        # Min-SNR-5 balances the timesteps. The budget counts updates, not epochs.
         c.model.channels = (64, 128, 128)
         c.diffusion.prediction = "v"
         c.diffusion.loss_weighting = "min_snr"

@@ -29,7 +29,7 @@ from jax_mri_ldm.data.classes import canonical_class_name
 from jax_mri_ldm.engine import lock as lock_lib
 from jax_mri_ldm.engine.checkpoint import check_finite_samples
 from jax_mri_ldm.errors import UserError, resolve_inside
-from jax_mri_ldm.pipeline import SamplerSpec, load_ldm
+from jax_mri_ldm.pipeline import SamplerSpec, load_ldm, spec_with
 
 FORMATS = ("png", "npy", "nii")
 _GRID_IMAGES = 64  # images in grid.png
@@ -37,13 +37,18 @@ _GRID_IMAGES = 64  # images in grid.png
 
 @dataclasses.dataclass
 class SampleRequest:
-    """What to sample (the flags of sample.py); the sampler setting is a `SamplerSpec`."""
+    """What to sample (the flags of sample.py).
+
+    The sampler setting is `spec` (None: the run's default, `LDMPipeline.default_spec`) with
+    the fields of `overrides` that are not None (the sampler flags a user gave).
+    """
 
     workdir: str = "runs/ldm"
     label: str = "1"
     num_samples: int = 16
     batch_size: int = 16
-    spec: SamplerSpec = dataclasses.field(default_factory=SamplerSpec)
+    spec: SamplerSpec | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     out: str = "samples"
     format: str = "png"
@@ -154,7 +159,7 @@ def _check_request(req: SampleRequest) -> None:
         raise UserError(f"--batch_size={req.batch_size} must be positive.")
     if req.format not in FORMATS:
         raise UserError(f"--format={req.format} is not one of {', '.join(FORMATS)}.")
-    req.spec.validate()
+    spec_with(req.spec or SamplerSpec(), req.overrides)  # bad flags fail before loading
     _check_out(req.out, req.overwrite)
 
 
@@ -189,7 +194,9 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
     run = load_ldm(req.workdir)
     labels = resolve_labels(req.label, run.class_names, req.num_samples)
     try:
-        sampler = run.image_sampler(req.spec, req.batch_size)
+        sampler = run.image_sampler(
+            spec_with(req.spec or run.default_spec(), req.overrides), req.batch_size
+        )
     except ValueError as e:  # a setting the flags allow but this run does not (--steps > T)
         raise UserError(f"the sampler settings do not fit {req.workdir}: {e}") from e
     spec = sampler.spec  # every default filled in

@@ -58,13 +58,14 @@ _PRETTY = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler setting; the field defaults are the project's default sampler.
+    """One sampler setting; the field defaults are the default sampler of an eps-prediction run.
 
-    The default is DDIM-50 with eta = 1 (fresh noise at every step) and guidance w = 3. Why
-    eta = 1: the deterministic few-step samplers (DDIM eta = 0, DPM-Solver++) keep every
-    epsilon error made at the noisiest steps in the sample, which inflates the latent spread;
-    the fresh noise of eta = 1 washes those errors out, like DDPM at a fraction of the cost
-    (docs/results.md has the measurements).
+    That default is DDIM-50 with eta = 1 (fresh noise at every step) and guidance w = 3. Why
+    eta = 1: with eps-prediction the deterministic few-step samplers (DDIM eta = 0,
+    DPM-Solver++) keep every epsilon error made at the noisiest steps in the sample, which
+    inflates the latent spread; the fresh noise of eta = 1 washes those errors out, like DDPM at
+    a fraction of the cost (docs/results.md has the measurements). A run's own default depends
+    on what its network predicts: `default_sampler_spec`.
 
     Attributes:
       sampler: 'ddpm' | 'ddim' | 'dpmpp_2m'.
@@ -117,15 +118,52 @@ class SamplerSpec:
         return f"{_PRETTY[r.sampler]} {r.steps}{eta}"
 
 
-def grid_sampler_spec(train_cfg: ml_collections.ConfigDict) -> SamplerSpec:
-    """The setting of the training grids: `config.train.eval_{sampler,sample_steps,eta,...}`."""
-    sampler = str(train_cfg.eval_sampler)
-    return SamplerSpec(
-        sampler=sampler,
-        steps=None if sampler == "ddpm" else int(train_cfg.eval_sample_steps),
-        eta=float(train_cfg.eval_eta),
-        guidance_scale=float(train_cfg.eval_guidance_scale),
+# Prediction targets whose runs sample with the fast deterministic default (see below).
+DETERMINISTIC_DEFAULT_PREDICTIONS: tuple[str, ...] = ("v",)
+# That default: DPM-Solver++(2M) at 10 steps (logSNR spacing), eta 0, guidance as SamplerSpec.
+FAST_DETERMINISTIC = {"sampler": "dpmpp_2m", "steps": 10, "eta": 0.0}
+
+
+def default_sampler_spec(prediction: str) -> SamplerSpec:
+    """The default sampler of a run whose network predicts `prediction` (its config's
+    `diffusion.prediction`).
+
+    eps (the paper's): `SamplerSpec()`, DDIM-50 with eta = 1 (see its docstring). v: the
+    target is well posed at every noise level, so the deterministic DPM-Solver++(2M) at 10
+    steps samples like DDPM-1000 at 1/100 of its network calls (docs/results.md: the report's
+    sampler table, "Spectrum gap"). x0-prediction has not been measured and keeps the eps
+    default.
+    """
+    if prediction in DETERMINISTIC_DEFAULT_PREDICTIONS:
+        return SamplerSpec(**FAST_DETERMINISTIC)
+    return SamplerSpec()
+
+
+def spec_with(base: SamplerSpec, overrides: dict[str, Any]) -> SamplerSpec:
+    """`base` with the fields of `overrides` whose value is not None (flags left unset keep
+    the base's), validated; a sampler change drops the base's steps and spacing (they belong
+    to its sampler)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("sampler", base.sampler) != base.sampler:
+        base = dataclasses.replace(base, steps=None, spacing=None)
+    return dataclasses.replace(base, **given).validate()
+
+
+def grid_sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
+    """The setting of an LDM config's training grids: the run's default sampler
+    (`default_sampler_spec`) with `config.train.eval_{sampler,sample_steps,eta,guidance_scale}`
+    where they are set."""
+    t = config.train
+    spec = spec_with(
+        default_sampler_spec(str(config.diffusion.prediction)),
+        {
+            "sampler": t.eval_sampler,
+            "steps": t.eval_sample_steps,
+            "eta": t.eval_eta,
+            "guidance_scale": t.eval_guidance_scale,
+        },
     )
+    return dataclasses.replace(spec, steps=None) if spec.sampler == "ddpm" else spec
 
 
 # ----------------------------------------------------------------------------- networks
@@ -399,6 +437,10 @@ class LDMPipeline:
         """Normalised latents (B, h, w, c) -> images (B, H, W, 1) in [0, 1]."""
         return np.asarray(self.decode_fn()(self.vae.params, z))
 
+    def default_spec(self) -> SamplerSpec:
+        """This run's default sampler (`default_sampler_spec` of its prediction target)."""
+        return default_sampler_spec(str(self.config.diffusion.get("prediction", "eps")))
+
     def sampler_params(self, spec: SamplerSpec) -> PyTree:
         """The UNet parameters a setting samples with (EMA unless `spec.use_ema` is off)."""
         return self.ema_params if spec.use_ema else self.params
@@ -425,7 +467,7 @@ class LDMPipeline:
         self, labels: np.ndarray, seed: int, spec: SamplerSpec | None = None, batch_size: int = 16
     ) -> np.ndarray:
         """Images (N, H, W, 1) in [0, 1] for labels (N,); see `ImageSampler.batches`."""
-        sampler = self.image_sampler(spec or SamplerSpec(), batch_size)
+        sampler = self.image_sampler(spec or self.default_spec(), batch_size)
         parts = [images for _, _, images in sampler.batches(labels, seed)]
         return (
             np.concatenate(parts) if parts else np.zeros((0, self.image_size, self.image_size, 1))

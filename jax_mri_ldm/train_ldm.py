@@ -423,7 +423,7 @@ def _make_evaluate(
         make_apply_fn(unet),
         schedule,
         lat.shape,
-        grid_sampler_spec(config.train),
+        grid_sampler_spec(config),
         null_label=len(class_names),
         prediction=config.diffusion.prediction,
         clip_x0=lat.x0_clip,

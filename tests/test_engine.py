@@ -247,7 +247,13 @@ def _resumable_keys() -> list[tuple[str, str]]:
     ]
 
 
-def _changed(value):
+# Settings left None (placeholders: "the run's default") and a set value of their type.
+SET_PLACEHOLDERS = {"eval_sampler": "ddpm", "eval_eta": 0.5, "eval_guidance_scale": 2.0}
+
+
+def _changed(value, leaf=""):
+    if value is None:
+        return SET_PLACEHOLDERS[leaf]
     if isinstance(value, bool):
         return not value
     if isinstance(value, int | float):
@@ -292,7 +298,7 @@ def test_each_resumable_setting_may_change(stage, key):
     node = current
     for part in path:
         node = node[part]
-    node[leaf] = _changed(node[leaf])
+    node[leaf] = _changed(node[leaf], leaf)
     assert loop.flatten_config(loop.config_to_json(current))[key] != loop.flatten_config(saved)[key]
     loop.check_resume_compatible(saved, current, "/runs/x")  # does not raise
 

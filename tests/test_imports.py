@@ -121,10 +121,12 @@ def test_sample_flags_default_to_sampler_spec():
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("DEFINE_"):
             name = node.args[0].value
             flag_defaults[name] = node.args[1]
-    for flag in ("sampler", "steps", "eta", "guidance_scale", "spacing", "use_ema"):
-        default = flag_defaults[flag]
-        assert isinstance(default, ast.Attribute) and default.value.id == "DEFAULT", flag
-        assert default.attr == flag
+    for flag in ("sampler", "steps", "eta", "guidance_scale", "spacing"):
+        default = flag_defaults[flag]  # unset: the run's default sampler fills it in
+        assert isinstance(default, ast.Constant) and default.value is None, flag
+    default = flag_defaults["use_ema"]
+    assert isinstance(default, ast.Attribute) and default.value.id == "DEFAULT"
+    assert default.attr == "use_ema"
 
 
 def _get_config_base_assignments(path: Path) -> list[ast.Assign]:
@@ -145,12 +147,19 @@ def test_configs_read_sampler_defaults_from_sampler_spec(config):
                 )
 
 
-def test_ldm_grid_settings_equal_the_default_sampler():
+@pytest.mark.parametrize(
+    ("preset", "sampler", "eta"), [("paper", "ddim", 1.0), ("recommended", "dpmpp_2m", 0.0)]
+)
+def test_ldm_grid_settings_equal_the_run_default_sampler(preset, sampler, eta):
     from jax_mri_ldm.config_loader import load_config
-    from jax_mri_ldm.pipeline import SamplerSpec, grid_sampler_spec
+    from jax_mri_ldm.pipeline import default_sampler_spec, grid_sampler_spec
 
-    cfg = load_config("ldm", "paper")
-    assert grid_sampler_spec(cfg.train).resolved(1000) == SamplerSpec().resolved(1000)
+    cfg = load_config("ldm", preset)
+    default = default_sampler_spec(cfg.diffusion.prediction)
+    assert grid_sampler_spec(cfg).resolved(1000) == default.resolved(1000)
+    assert (default.sampler, default.resolved(1000).eta) == (sampler, eta)
+    cfg.train.eval_sampler = "ddpm"  # an explicit grid sampler wins; DDPM runs all T
+    assert grid_sampler_spec(cfg).resolved(1000).steps == 1000
 
 
 def _dataclass_fields(tree: ast.Module):

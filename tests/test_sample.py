@@ -189,3 +189,44 @@ def test_sampler_spec_resolves_defaults_per_sampler():
     ]:
         with pytest.raises(ValueError, match=flag):
             bad.validate()
+
+
+def test_default_sampler_follows_the_prediction_target():
+    from jax_mri_ldm.pipeline import default_sampler_spec
+
+    assert default_sampler_spec("eps") == SamplerSpec() == default_sampler_spec("x0")
+    fast = default_sampler_spec("v").resolved(1000)
+    assert (fast.sampler, fast.steps, fast.spacing, fast.eta) == ("dpmpp_2m", 10, "logSNR", 0.0)
+    assert fast.guidance_scale == SamplerSpec().guidance_scale
+
+
+def test_flags_override_only_what_they_set():
+    from jax_mri_ldm.pipeline import default_sampler_spec, spec_with
+
+    base = default_sampler_spec("v")
+    assert spec_with(base, {"sampler": None, "steps": None, "eta": None}) == base
+    assert spec_with(base, {"guidance_scale": 1.5}).guidance_scale == 1.5
+    assert spec_with(base, {"steps": 25}).resolved(1000).steps == 25
+    # another sampler drops the base's steps and spacing: they belong to its sampler
+    ddim = spec_with(base, {"sampler": "ddim"}).resolved(1000)
+    assert (ddim.steps, ddim.spacing, ddim.eta) == (50, "uniform", 0.0)
+    assert spec_with(base, {"sampler": "ddim", "eta": 1.0}).resolved(1000).eta == 1.0
+    with pytest.raises(ValueError, match="--steps=0"):
+        spec_with(base, {"steps": 0})
+
+
+def test_unset_flags_sample_with_the_run_default(tiny_runs, tmp_path):
+    """No sampler flags: the manifest records the run's default (tiny run: eps, DDIM eta=1);
+    one flag changes only its field."""
+    from jax_mri_ldm import pipeline
+
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    want = run.default_spec().resolved(run.schedule.num_timesteps)
+    out = tmp_path / "default"
+    run_sampling(_request(tiny_runs, out, spec=None, num_samples=2))
+    row = export.read_manifest(str(out))[0]
+    assert (row["sampler"], row["steps"], row["eta"]) == (want.sampler, want.steps, want.eta)
+    out = tmp_path / "w"
+    run_sampling(_request(tiny_runs, out, spec=None, num_samples=2, overrides={"steps": 3}))
+    row = export.read_manifest(str(out))[0]
+    assert (row["sampler"], row["steps"], row["guidance"]) == (want.sampler, 3, 3.0)

@@ -228,7 +228,7 @@ def _assemble(ctx: Context, preset: str) -> dict:
         ctx.nulls.null("settings.guidance_scale", "not set: the guidance sweep chose w (main_set)")
     for key in ("sampler", "steps", "spacing", "eta"):
         if ctx.cfg[key] is None:
-            ctx.nulls.null(f"settings.{key}", "None = pipeline.SamplerSpec's default")
+            ctx.nulls.null(f"settings.{key}", "None = the run's default sampler's (main_set)")
     for i, (_, steps, *_) in enumerate(ctx.cfg.samplers):
         if steps is None:
             ctx.nulls.null(f"settings.samplers.{i}.1", "None = all T steps of the schedule")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,16 +10,19 @@ import numpy as np
 
 from jax_mri_ldm.evaluation import metrics, prdc, scoring, setmetrics
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context
-from jax_mri_ldm.pipeline import SamplerSpec
+from jax_mri_ldm.pipeline import SamplerSpec, spec_with
 
 
 def main_spec(ctx: Context, w: float) -> SamplerSpec:
-    """The main sampler at guidance w (config fields left None take SamplerSpec's defaults)."""
+    """The main sampler at guidance w: the run's default sampler (`LDMPipeline.default_spec`)
+    with the report config's sampler fields where they are set."""
     c = ctx.cfg
-    kw = {k: c[k] for k in ("sampler", "steps", "spacing", "eta") if c[k] is not None}
-    if kw.get("sampler") == "ddpm":
-        kw["steps"] = None
-    return SamplerSpec(**kw, guidance_scale=float(w), use_ema=bool(c.use_ema))
+    spec = spec_with(
+        ctx.run.default_spec(), {k: c[k] for k in ("sampler", "steps", "spacing", "eta")}
+    )
+    if spec.sampler == "ddpm":
+        spec = dataclasses.replace(spec, steps=None)
+    return dataclasses.replace(spec, guidance_scale=float(w), use_ema=bool(c.use_ema))
 
 
 def spectrum_reference_set(ctx: Context) -> np.ndarray:

@@ -9,7 +9,6 @@ from jax_mri_ldm.evaluation import setmetrics
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table
 from jax_mri_ldm.evaluation.sections import common
-from jax_mri_ldm.pipeline import SamplerSpec
 
 HEADER = "## 9. Guidance sweep"
 ROW_DETAIL = (".fid_kid.", ".diversity_detail.", ".fidelity_detail.", ".prdc")
@@ -42,7 +41,7 @@ def _choose(ctx: Context, sweep: dict) -> float:
             )
         )
     if sweep.get("chosen") is None:
-        default = SamplerSpec().guidance_scale
+        default = ctx.run.default_spec().guidance_scale
         why = "no sweep" if not sweep["rows"] else sweep.get("decided_by", "")
         sweep.update(chosen=float(default), rule=f"{why}: the sampler's default w")
         sweep.setdefault("decided_by", "default")
