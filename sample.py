@@ -11,11 +11,11 @@ import sys
 
 from absl import app, flags
 
-from jax_mri_ldm.pipeline import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
+from jax_mri_ldm.sampler_settings import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
 from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
 
-DEFAULT = SamplerSpec()  # sampler flags left unset take the run's default (pipeline.py)
-RUN_DEFAULT = "default: the run's own (pipeline.default_sampler_spec)"
+DEFAULT = SamplerSpec()  # sampler flags left unset take the run's default (sampler_settings.py)
+RUN_DEFAULT = "default: the run's own (sampler_settings.default_sampler_spec)"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/ldm", "Diffusion run directory (train.py configs/ldm.py).")

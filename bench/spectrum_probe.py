@@ -41,6 +41,7 @@ import quality_curve as qc  # noqa: E402  (bench/quality_curve.py: the run's spl
 from jax_mri_ldm import atomic  # noqa: E402
 from jax_mri_ldm.evaluation import scoring, spectrum  # noqa: E402
 from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
+from jax_mri_ldm.sampler_settings import SamplerSpec  # noqa: E402
 
 SAMPLERS = (("ddim", 50, 1.0), ("ddim", 50, 0.0), ("dpmpp_2m", 25, 0.0), ("dpmpp_2m", 10, 0.0))
 """(sampler, steps, eta) of the rows: the report's few-step samplers (DDPM is too slow here)."""
@@ -86,7 +87,7 @@ def probe(workdir: str, guidance: float, per_class: int) -> dict:
         out["rows"][name] = score(images, test.images, ref_train, period)
     labels = np.repeat(np.arange(len(run.class_names)), per_class).astype(np.int32)
     for sampler, steps, eta in SAMPLERS:
-        spec = pipeline.SamplerSpec(sampler, steps, eta, guidance)
+        spec = SamplerSpec(sampler, steps, eta, guidance)
         t0 = time.time()
         images = run.sample_images(labels, 0, spec, 16)
         row = score(images, test.images, ref_train, period)

@@ -85,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.progress_bar = True  # tqdm bar on stderr
     c.train.tensorboard = True  # TensorBoard event files under <workdir>/tb
     c.train.eval_num_images = 8  # samples per class in the periodic grid
-    # The grids' sampler: None = the run's default (pipeline.default_sampler_spec, by prediction).
+    # The grids' sampler: None = the run's default (by its prediction target, sampler_settings.py).
     c.train.eval_sampler = placeholder(str)  # sampler for periodic grids (ddpm | ddim | dpmpp_2m)
     c.train.eval_sample_steps = placeholder(int)  # its number of steps (ddpm: always all T)
     c.train.eval_eta = placeholder(float)  # DDIM noise: 1 = ancestral, 0 = deterministic
@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "recommended":
         # For the 128 px `configs/vae.py:recommended` VAE. v-prediction is well posed at every
         # noise level, so no sampler needs the x0 clip and the deterministic few-step samplers
-        # work (its runs sample with DPM-Solver++ 10 by default, pipeline.default_sampler_spec);
+        # work (its runs sample with DPM-Solver++ 10 by default, sampler_settings.py);
         # Min-SNR-5 balances the timesteps. The budget counts updates, not epochs.
         c.model.channels = (64, 128, 128)
         c.diffusion.prediction = "v"

@@ -29,7 +29,8 @@ from jax_mri_ldm.data.classes import canonical_class_name
 from jax_mri_ldm.engine import lock as lock_lib
 from jax_mri_ldm.engine.checkpoint import check_finite_samples
 from jax_mri_ldm.errors import UserError, resolve_inside
-from jax_mri_ldm.pipeline import SamplerSpec, load_ldm, spec_with
+from jax_mri_ldm.pipeline import load_ldm
+from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
 
 FORMATS = ("png", "npy", "nii")
 _GRID_IMAGES = 64  # images in grid.png

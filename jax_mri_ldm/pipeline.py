@@ -4,9 +4,8 @@ Everything that uses a trained model goes through here: `sample.py` (via `export
 evaluation report, the training grids and the benchmark. The trainers import this module; this
 module never imports a trainer.
 
-* `SamplerSpec` is one sampler setting. Its field defaults are the project's only definition of
-  the default sampler (read by the `sample.py` flags, `configs/ldm.py`'s grid settings and the
-  report).
+* Sampler settings (`SamplerSpec`, a run's default sampler) live in `sampler_settings.py`;
+  `LDMPipeline.default_spec()` is the loaded run's.
 * `load_vae(workdir)` -> `VAEPipeline` (encode, decode, reconstruct a stage-1 run).
 * `load_ldm(workdir)` -> `LDMPipeline` (its UNet, schedule, latent normalisation and frozen VAE;
   `make_sampler(spec)` and `image_sampler(spec)` turn it into latents or images).
@@ -41,129 +40,13 @@ from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.losses import from_model_space, to_model_space
 from jax_mri_ldm.models.unet import UNet
 from jax_mri_ldm.models.vae import VAE
+from jax_mri_ldm.sampler_settings import SamplerSpec, default_sampler_spec
 
 PyTree = Any
 SampleFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 
-# Steps per sampler when a setting gives none: the paper's full chain for DDPM (None = all T of
-# the schedule), the usual few-step settings for the fast samplers.
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 25}
-# Timestep spacing per sampler: DPM-Solver++ needs steps uniform in log-SNR at few steps (with
-# time-uniform steps on the cosine schedule its last jump overshoots; see sampling.py).
-DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp_2m": "logSNR"}
 # The weight sets a finished VAE can infer with (its run's `inference_params`; absent: "params").
 VAE_INFERENCE_PARAMS: tuple[str, ...] = ("params", "ema_params")
-_PRETTY = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-    """One sampler setting; the field defaults are the default sampler of an eps-prediction run.
-
-    That default is DDIM-50 with eta = 1 (fresh noise at every step) and guidance w = 3. Why
-    eta = 1: with eps-prediction the deterministic few-step samplers (DDIM eta = 0,
-    DPM-Solver++) keep every epsilon error made at the noisiest steps in the sample, which
-    inflates the latent spread; the fresh noise of eta = 1 washes those errors out, like DDPM at
-    a fraction of the cost (docs/results.md has the measurements). A run's own default depends
-    on what its network predicts: `default_sampler_spec`.
-
-    Attributes:
-      sampler: 'ddpm' | 'ddim' | 'dpmpp_2m'.
-      steps: network calls; None = the sampler's default (`DEFAULT_STEPS`; DDPM: all T).
-      eta: DDIM stochasticity (0 deterministic, 1 ancestral); the other samplers ignore it.
-      guidance_scale: classifier-free guidance w (1 = plain conditional, 0 = unconditional).
-      spacing: timestep spacing (see `sampling.timesteps_for`); None = `DEFAULT_SPACING`.
-      use_ema: sample with the EMA weights (the paper's choice) instead of the raw ones.
-    """
-
-    sampler: str = "ddim"
-    steps: int | None = None
-    eta: float = 1.0
-    guidance_scale: float = 3.0
-    spacing: str | None = None
-    use_ema: bool = True
-
-    def validate(self) -> SamplerSpec:
-        """Returns self, or raises ValueError naming the bad `sample.py` flag."""
-        if self.sampler not in sampling.SAMPLERS:
-            raise UserError(
-                f"--sampler={self.sampler} is not one of {', '.join(sampling.SAMPLERS)}."
-            )
-        if self.steps is not None and self.steps <= 0:
-            raise UserError(f"--steps={self.steps} must be positive.")
-        if self.eta < 0:
-            raise UserError(f"--eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: ancestral).")
-        if self.spacing is not None and self.spacing not in sampling.SPACINGS:
-            raise UserError(
-                f"--spacing={self.spacing} is not one of {', '.join(sampling.SPACINGS)}."
-            )
-        return self
-
-    def resolved(self, num_timesteps: int) -> SamplerSpec:
-        """The same setting with every default filled in: steps, spacing, eta (0 unless DDIM)."""
-        self.validate()
-        steps = self.steps if self.steps is not None else DEFAULT_STEPS[self.sampler]
-        return dataclasses.replace(
-            self,
-            steps=int(num_timesteps if steps is None else steps),
-            spacing=self.spacing or DEFAULT_SPACING[self.sampler],
-            eta=float(self.eta) if self.sampler == "ddim" else 0.0,
-            guidance_scale=float(self.guidance_scale),
-        )
-
-    def name(self, num_timesteps: int) -> str:
-        """Human label, e.g. 'DPM-Solver++(2M) 25' or 'DDIM 50 η=1'."""
-        r = self.resolved(num_timesteps)
-        eta = f" η={r.eta:g}" if r.sampler == "ddim" else ""
-        return f"{_PRETTY[r.sampler]} {r.steps}{eta}"
-
-
-# Prediction targets whose runs sample with the fast deterministic default (see below).
-DETERMINISTIC_DEFAULT_PREDICTIONS: tuple[str, ...] = ("v",)
-# That default: DPM-Solver++(2M) at 10 steps (logSNR spacing), eta 0, guidance as SamplerSpec.
-FAST_DETERMINISTIC = {"sampler": "dpmpp_2m", "steps": 10, "eta": 0.0}
-
-
-def default_sampler_spec(prediction: str) -> SamplerSpec:
-    """The default sampler of a run whose network predicts `prediction` (its config's
-    `diffusion.prediction`).
-
-    eps (the paper's): `SamplerSpec()`, DDIM-50 with eta = 1 (see its docstring). v: the
-    target is well posed at every noise level, so the deterministic DPM-Solver++(2M) at 10
-    steps samples like DDPM-1000 at 1/100 of its network calls (docs/results.md: the report's
-    sampler table, "Spectrum gap"). x0-prediction has not been measured and keeps the eps
-    default.
-    """
-    if prediction in DETERMINISTIC_DEFAULT_PREDICTIONS:
-        return SamplerSpec(**FAST_DETERMINISTIC)
-    return SamplerSpec()
-
-
-def spec_with(base: SamplerSpec, overrides: dict[str, Any]) -> SamplerSpec:
-    """`base` with the fields of `overrides` whose value is not None (flags left unset keep
-    the base's), validated; a sampler change drops the base's steps and spacing (they belong
-    to its sampler)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if given.get("sampler", base.sampler) != base.sampler:
-        base = dataclasses.replace(base, steps=None, spacing=None)
-    return dataclasses.replace(base, **given).validate()
-
-
-def grid_sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
-    """The setting of an LDM config's training grids: the run's default sampler
-    (`default_sampler_spec`) with `config.train.eval_{sampler,sample_steps,eta,guidance_scale}`
-    where they are set."""
-    t = config.train
-    spec = spec_with(
-        default_sampler_spec(str(config.diffusion.prediction)),
-        {
-            "sampler": t.eval_sampler,
-            "steps": t.eval_sample_steps,
-            "eta": t.eval_eta,
-            "guidance_scale": t.eval_guidance_scale,
-        },
-    )
-    return dataclasses.replace(spec, steps=None) if spec.sampler == "ddpm" else spec
 
 
 # ----------------------------------------------------------------------------- networks

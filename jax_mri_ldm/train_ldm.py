@@ -45,12 +45,12 @@ from jax_mri_ldm.models.unet import UNet
 from jax_mri_ldm.pipeline import (
     VAEPipeline,
     build_unet,
-    grid_sampler_spec,
     load_vae,
     make_apply_fn,
     make_decode_fn,
     make_latent_sampler,
 )
+from jax_mri_ldm.sampler_settings import grid_sampler_spec
 
 VAE_PARAMS_FILE = "vae_params.msgpack"
 # The smallest published 2D latent-diffusion recipes train for 9k-25k updates (MONAI

@@ -1,5 +1,5 @@
 """Import rules of the package, read from the source (ast): no cycles, nothing inference-side
-reaches a trainer, and the default sampler setting is defined only in `pipeline.SamplerSpec`."""
+reaches a trainer, and the default sampler setting is defined only in `sampler_settings`."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_configs_read_sampler_defaults_from_sampler_spec(config):
             if isinstance(target, ast.Attribute) and target.attr in SAMPLER_FIELDS:
                 assert not _literal(node.value), (
                     f"configs/{config}:{node.lineno} hard-codes {target.attr}; read "
-                    "pipeline.SamplerSpec (or leave it None = its default)"
+                    "sampler_settings.SamplerSpec (or leave it None = its default)"
                 )
 
 
@@ -152,7 +152,7 @@ def test_configs_read_sampler_defaults_from_sampler_spec(config):
 )
 def test_ldm_grid_settings_equal_the_run_default_sampler(preset, sampler, eta):
     from jax_mri_ldm.config_loader import load_config
-    from jax_mri_ldm.pipeline import default_sampler_spec, grid_sampler_spec
+    from jax_mri_ldm.sampler_settings import default_sampler_spec, grid_sampler_spec
 
     cfg = load_config("ldm", preset)
     default = default_sampler_spec(cfg.diffusion.prediction)
@@ -175,24 +175,24 @@ def _dataclass_fields(tree: ast.Module):
 
 
 @pytest.mark.parametrize(
-    "module", sorted(m for m in MODULES if m != "jax_mri_ldm.pipeline"), ids=str
+    "module", sorted(m for m in MODULES if m != "jax_mri_ldm.sampler_settings"), ids=str
 )
 def test_no_other_module_defines_sampler_defaults(module):
     tree = ast.parse(MODULES[module].read_text())
     for cls, stmt in _dataclass_fields(tree):
         assert not (stmt.target.id in SAMPLER_FIELDS and _literal(stmt.value)), (
-            f"{module}.{cls}.{stmt.target.id} has its own default; use pipeline.SamplerSpec"
+            f"{module}.{cls}.{stmt.target.id} has its own default; use sampler_settings.SamplerSpec"
         )
     for node in tree.body:
         for target in node.targets if isinstance(node, ast.Assign) else []:
             name = getattr(target, "id", "")
             assert not (name.startswith("DEFAULT_") and any(w in name for w in SAMPLER_WORDS)), (
-                f"{module} defines {name}; sampler defaults live in pipeline.py"
+                f"{module} defines {name}; sampler defaults live in sampler_settings.py"
             )
 
 
 def test_sampler_spec_is_the_one_definition():
-    from jax_mri_ldm.pipeline import SamplerSpec
+    from jax_mri_ldm.sampler_settings import SamplerSpec
 
     fields = {f.name: f.default for f in dataclasses.fields(SamplerSpec)}
     assert fields["sampler"] == "ddim" and fields["eta"] == 1.0

@@ -340,9 +340,10 @@ def test_each_metric_ranks_noise_below_real_held_out(tiny_runs):
 def test_synthetic_images_share_batches_and_do_not_depend_on_count(tiny_runs):
     from jax_mri_ldm import pipeline
     from jax_mri_ldm.evaluation.generator import SyntheticImages
+    from jax_mri_ldm.sampler_settings import SamplerSpec
 
     run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
-    spec = pipeline.SamplerSpec("ddim", 5, 0.0, 2.0, "uniform")
+    spec = SamplerSpec("ddim", 5, 0.0, 2.0, "uniform")
     key = spec.resolved(run.schedule.num_timesteps)
     gen = SyntheticImages(run, batch_size=4, seed=3, compile_options=FAST_COMPILE)
     x6, y6 = gen.generate(spec, 3)  # 6 images: batches 0 and 1 of 4

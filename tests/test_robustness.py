@@ -410,7 +410,7 @@ def test_resume_on_changed_data_writes_nothing(tiny_runs, tmp_path, capsys, monk
 
 def _sample_request(workdir, out, **kw):
     from jax_mri_ldm.export import SampleRequest
-    from jax_mri_ldm.pipeline import SamplerSpec
+    from jax_mri_ldm.sampler_settings import SamplerSpec
 
     base = dict(
         workdir=str(workdir),
@@ -591,7 +591,7 @@ def test_unexpected_exception_keeps_its_traceback_and_exit_1(tmp_path):
 
 def test_sample_request_errors_write_nothing(tiny_runs, tmp_path):
     from jax_mri_ldm.export import run_sampling
-    from jax_mri_ldm.pipeline import SamplerSpec
+    from jax_mri_ldm.sampler_settings import SamplerSpec
 
     full = tmp_path / "full"
     full.mkdir()

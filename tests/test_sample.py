@@ -13,7 +13,7 @@ from conftest import REPO, env_for_subprocess
 from jax_mri_ldm import export
 from jax_mri_ldm.data.folders import load_scan, scan_folder  # noqa: F401  (reader under test)
 from jax_mri_ldm.export import SampleRequest, resolve_labels, run_sampling
-from jax_mri_ldm.pipeline import SamplerSpec
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 
 def _request(tiny_runs, out, **kw):
@@ -192,7 +192,7 @@ def test_sampler_spec_resolves_defaults_per_sampler():
 
 
 def test_default_sampler_follows_the_prediction_target():
-    from jax_mri_ldm.pipeline import default_sampler_spec
+    from jax_mri_ldm.sampler_settings import default_sampler_spec
 
     assert default_sampler_spec("eps") == SamplerSpec() == default_sampler_spec("x0")
     fast = default_sampler_spec("v").resolved(1000)
@@ -201,7 +201,7 @@ def test_default_sampler_follows_the_prediction_target():
 
 
 def test_flags_override_only_what_they_set():
-    from jax_mri_ldm.pipeline import default_sampler_spec, spec_with
+    from jax_mri_ldm.sampler_settings import default_sampler_spec, spec_with
 
     base = default_sampler_spec("v")
     assert spec_with(base, {"sampler": None, "steps": None, "eta": None}) == base

@@ -25,7 +25,7 @@ from conftest import tiny_ldm_config
 from jax_mri_ldm import train_ldm
 from jax_mri_ldm.engine.logging import read_metrics
 from jax_mri_ldm.export import SampleRequest, run_sampling
-from jax_mri_ldm.pipeline import SamplerSpec
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 root = Path({root!r})
 # Stage 2 for a few steps on every device (global batch 8 = 1 row per device with 8 devices).

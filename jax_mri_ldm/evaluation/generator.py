@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_mri_ldm.batching import batched_apply
-from jax_mri_ldm.pipeline import LDMPipeline, SamplerSpec
+from jax_mri_ldm.pipeline import LDMPipeline
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 
 class SyntheticImages:

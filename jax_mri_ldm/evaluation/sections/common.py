@@ -10,7 +10,7 @@ import numpy as np
 
 from jax_mri_ldm.evaluation import metrics, prdc, scoring, setmetrics
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context
-from jax_mri_ldm.pipeline import SamplerSpec, spec_with
+from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
 
 
 def main_spec(ctx: Context, w: float) -> SamplerSpec:

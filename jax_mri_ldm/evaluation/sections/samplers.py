@@ -26,7 +26,7 @@ from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
 from jax_mri_ldm.evaluation.sections import common
 from jax_mri_ldm.evaluation.sections.guidance import ROW_DETAIL
-from jax_mri_ldm.pipeline import SamplerSpec
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 HEADER = "## 10. Sampler comparison"
 # per-image metric -> (per-image key, statistic, better side): "higher", "lower", or "real"
