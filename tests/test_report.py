@@ -206,6 +206,9 @@ def _check_sampler_match(r: dict) -> None:
             lo, hi = c["ddpm_interval"]
             assert c["within"] == (lo <= c["value"] <= hi) and c["passes"] >= c["within"]
             assert c["passes"] == fs["checks"][name][m]
+            side = samplers.PER_IMAGE[m][2]
+            assert ("real" in c) == (side == "real")
+            assert side != "real" or c["real"] == fs["real_reference"].get(m)
     assert set(fs["real_reference"]) == {"nn_ssim", "grid"}
     real_nn = r["memorisation"]["test_to_train"]["summary"]["median"]
     assert fs["real_reference"]["nn_ssim"] == pytest.approx(real_nn)

@@ -120,6 +120,16 @@ def test_real_sided_metric_passes_only_towards_the_real_median(value, real, pass
     assert c["passes"] is passes
     assert c["within"] is (lo <= value <= hi)
     assert c["value"] == pytest.approx(value) and c["ddpm_interval"] == [lo, hi]
+    assert c["real"] == real
+
+
+def test_only_real_sided_metrics_carry_a_real_target():
+    # A missing target is not a value: no "real" key (which the report would list as n/a).
+    rng = np.random.default_rng(1)
+    ddpm, other = rng.random(16), rng.random(16)
+    assert "real" not in samplers.check_metric("spectrum", ddpm, other, 0.3)
+    assert "real" not in samplers.check_metric("fidelity", ddpm.round(), other.round(), None)
+    assert samplers.check_metric("grid", ddpm, other, 1.1)["real"] == 1.1
 
 
 def test_deterministic_samplers():
