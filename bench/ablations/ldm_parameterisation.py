@@ -1,7 +1,11 @@
 """Same budget, eps (today's default, x0 clip) vs v + Min-SNR-5 (no clip): latent samples from
 DDPM-1000, DDIM-50 eta=0, DPM++(2M) 25/10 logSNR; std ratio, NN-distance ratio, decoded grid score.
 
-Run from the repository root: python bench/ablations/ldm_parameterisation.py 300 1500 v:min_snr,eps:none
+A variant is prediction:weighting[:ztsnr] (ztsnr: the zero-terminal-SNR rescale of the schedule).
+Variants run in order from one random stream, so compare rows of the same invocation.
+
+Run from the repository root:
+  python bench/ablations/ldm_parameterisation.py 300 1500 v:min_snr,eps:none [out_dir]
 """
 
 import json
@@ -91,8 +95,8 @@ out = {
     "real_grid": float(real_grid),
 }
 for var in variants:
-    pred, weighting = var.split(":")
-    sch = D.make_schedule("cosine", 1000)
+    pred, weighting, *opts = var.split(":")
+    sch = D.make_schedule("cosine", 1000, zero_terminal_snr="ztsnr" in opts)
     up = unet.init(
         jax.random.key(0),
         jnp.asarray(zn[:2]),
@@ -165,5 +169,6 @@ for var in variants:
         }
         print(var, name, res[name], flush=True)
     out[var] = res
-__import__("os").makedirs("/tmp/ldmcmp", exist_ok=True)
-json.dump(out, open(f"/tmp/ldmcmp/res_{vae_steps}_{ldm_steps}.json", "w"), indent=1)
+out_dir = sys.argv[4] if len(sys.argv) > 4 else "/tmp/ldmcmp"
+__import__("os").makedirs(out_dir, exist_ok=True)
+json.dump(out, open(f"{out_dir}/res_{vae_steps}_{ldm_steps}.json", "w"), indent=1)
