@@ -14,7 +14,7 @@ from absl import app, flags
 from jax_mri_ldm.sampler_settings import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
 from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
 
-DEFAULT = SamplerSpec()  # sampler flags left unset take the run's default (sampler_settings.py)
+DEFAULT = SamplerSpec()  # only --use_ema reads it; sampler flags default to the run's own
 RUN_DEFAULT = "default: the run's own (sampler_settings.default_sampler_spec)"
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,12 @@ flags.DEFINE_enum(
     list(SAMPLERS),
     f"Sampler ({RUN_DEFAULT}: DPM-Solver++ 10 for v-prediction, DDIM-50 eta=1 for eps).",
 )
-flags.DEFINE_float("eta", None, f"DDIM noise: 1 = ancestral, 0 = deterministic ({RUN_DEFAULT}).")
+flags.DEFINE_float(
+    "eta",
+    None,
+    f"DDIM noise: 1 = ancestral, 0 = deterministic ({RUN_DEFAULT}; with --sampler=ddim on a "
+    "v-prediction run it stays 0, so pass --eta=1 for ancestral DDIM).",
+)
 flags.DEFINE_integer(
     "steps",
     None,

@@ -38,10 +38,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quality_curve as qc  # noqa: E402  (bench/quality_curve.py: the run's splits)
 
+from configs import report as report_cfg  # noqa: E402
 from jax_mri_ldm import atomic  # noqa: E402
 from jax_mri_ldm.evaluation import scoring, spectrum  # noqa: E402
 from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
 from jax_mri_ldm.sampler_settings import SamplerSpec  # noqa: E402
+
+NN_SEARCH_SIZE = report_cfg.get_config("paper").memorisation_search_size  # as the report's
 
 SAMPLERS = (("ddim", 50, 1.0), ("ddim", 50, 0.0), ("dpmpp_2m", 25, 0.0), ("dpmpp_2m", 10, 0.0))
 """(sampler, steps, eta) of the rows: the report's few-step samplers (DDPM is too slow here)."""
@@ -57,17 +60,17 @@ def band_means(diff: np.ndarray) -> dict[str, float]:
 
 def score(images: np.ndarray, test: np.ndarray, train: np.ndarray, period: int | None) -> dict:
     """The probe's numbers for one set (see the module docstring)."""
-    ref = spectrum.radial_spectrum(test).mean(axis=0)  # (R,)
-    rs = spectrum.radial_spectrum(images)  # (N, R)
-    d = np.sqrt(np.mean((rs - ref[None]) ** 2, axis=1))
-    diff = rs.mean(axis=0) - ref
+    d = spectrum.spectrum_distance(images, test)  # (N,)
+    diff = spectrum.radial_spectrum(images).mean(axis=0) - spectrum.radial_spectrum(test).mean(
+        axis=0
+    )  # (R,)
     out: dict[str, Any] = {
         "n": int(len(images)),
         "median": float(np.median(d)),
         "iqr": [float(q) for q in np.percentile(d, [25, 75])],
-        "set_distance": float(np.sqrt(np.mean(diff**2))),
+        "set_distance": float(spectrum.set_spectrum_distance(images, test)),
         "bands": band_means(diff),
-        "nn_ssim": float(np.median(scoring.nearest_train(train, images, 64))),
+        "nn_ssim": float(np.median(scoring.nearest_train(train, images, NN_SEARCH_SIZE))),
     }
     out["grid"] = float(np.median(spectrum.grid_score(images, period))) if period else None
     return out

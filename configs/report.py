@@ -4,8 +4,8 @@ Usage: `python evaluate.py --workdir=runs/ldm --config=configs/report.py[:preset
 `paper` (default: the full report, about 45 minutes on a 2-core CPU for the paper-sized run),
 `demo` (minutes on a laptop CPU) and `tiny` (tests). Any field can be overridden:
 `--config.seeds=10`, `--config.guidance_scales='(1.0, 3.0)'`, `--config.features.steps=100`.
-The main sampler's defaults (sampler, steps, spacing, eta) live in `sampler_settings.SamplerSpec`;
-a field left as None here means "that default".
+The main sampler's fields left as None take the run's default sampler
+(`sampler_settings.default_sampler_spec`, by what the network predicts), as `sample.py` does.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_synthetic_per_class = 200  # main synthetic set per class (sections 4-8; the study's N)
     c.batch_size = 16  # images per sampler call (every setting compiles for this batch)
     c.seed = 0  # base seed of all synthetic images (batch b: fold_in(PRNGKey(seed), b))
-    c.sampler = placeholder(str)  # main sampler; None = sampler_settings.SamplerSpec's default
+    c.sampler = placeholder(str)  # main sampler; None = the run's default (default_sampler_spec)
     c.steps = placeholder(int)  # main sampler steps; None = the sampler's default
     c.spacing = placeholder(str)  # main timestep spacing; None = the sampler's default
-    c.eta = placeholder(float)  # main DDIM eta; None = sampler_settings.SamplerSpec's default
+    c.eta = placeholder(float)  # main DDIM eta; None = the run's default
     c.guidance_scale = placeholder(float)  # main w; None = chosen by the guidance sweep
     c.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # the sweep's w values (empty: no sweep)
     c.sweep_per_class = 32  # images per class for each w of the sweep

@@ -111,11 +111,12 @@ def default_sampler_spec(prediction: str) -> SamplerSpec:
 def spec_with(base: SamplerSpec, overrides: dict[str, Any]) -> SamplerSpec:
     """`base` with the fields of `overrides` whose value is not None (flags left unset keep
     the base's), validated; a sampler change drops the base's steps and spacing (they belong
-    to its sampler)."""
+    to its sampler), and DDPM drops any steps (it always runs all T)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("sampler", base.sampler) != base.sampler:
         base = dataclasses.replace(base, steps=None, spacing=None)
-    return dataclasses.replace(base, **given).validate()
+    spec = dataclasses.replace(base, **given)
+    return (dataclasses.replace(spec, steps=None) if spec.sampler == "ddpm" else spec).validate()
 
 
 def grid_sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
@@ -123,7 +124,7 @@ def grid_sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
     (`default_sampler_spec`) with `config.train.eval_{sampler,sample_steps,eta,guidance_scale}`
     where they are set."""
     t = config.train
-    spec = spec_with(
+    return spec_with(
         default_sampler_spec(str(config.diffusion.prediction)),
         {
             "sampler": t.eval_sampler,
@@ -132,4 +133,3 @@ def grid_sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
             "guidance_scale": t.eval_guidance_scale,
         },
     )
-    return dataclasses.replace(spec, steps=None) if spec.sampler == "ddpm" else spec

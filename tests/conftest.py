@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -11,6 +14,17 @@ from jax_mri_ldm.config_loader import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "brain_tumor_yes_no"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A bench script (not a package module) imported as `name`; registered in sys.modules
+    because dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 # Tests compile the same tiny programs many times (each run, each resume, each CLI
 # subprocess); a persistent compilation cache shared by all of them saves most of that time.

@@ -114,7 +114,7 @@ def _literal(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is not None
 
 
-def test_sample_flags_default_to_sampler_spec():
+def test_sample_flags_default_to_the_run_default():
     tree = ast.parse((REPO / "sample.py").read_text())
     flag_defaults = {}
     for node in ast.walk(tree):

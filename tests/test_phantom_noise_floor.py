@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 
-from conftest import REPO
+from conftest import REPO, load_script
 from jax_mri_ldm.data import phantom
 
 SCRIPT = REPO / "bench" / "phantom_noise_floor.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_phantom_noise_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "bench_phantom_noise_floor")
 
 
 def test_redraw_changes_only_the_noise():

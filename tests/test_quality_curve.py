@@ -3,7 +3,6 @@ of a tiny two-checkpoint LDM run (one row per kept step, files written)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,17 +10,13 @@ import sys
 
 import pytest
 
-from conftest import REPO, env_for_subprocess
+from conftest import REPO, env_for_subprocess, load_script
 
 SCRIPT = REPO / "bench" / "quality_curve.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_quality_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "bench_quality_curve")
 
 
 def test_training_minutes_sums_windows_and_cuts_the_last_pro_rata():

@@ -200,16 +200,17 @@ def _check_sampler_match(r: dict) -> None:
     """Every sampler's checks carry the numbers they were decided on, and the names agree."""
     fs, rows = r["samplers"]["fast_sampler"], r["samplers"]["rows"]
     assert set(fs["detail"]) == {row["name"] for row in rows[1:]}
-    for name, d in fs["detail"].items():
-        assert set(d) == set(fs["checks"][name]) <= set(fs["metrics_used"])
+    for d in fs["detail"].values():
+        assert set(d) <= set(fs["metrics_used"])
         for m, c in d.items():
             lo, hi = c["ddpm_interval"]
             assert c["within"] == (lo <= c["value"] <= hi) and c["passes"] >= c["within"]
-            assert c["passes"] == fs["checks"][name][m]
             side = samplers.PER_IMAGE[m][2]
             assert ("real" in c) == (side == "real")
             assert side != "real" or c["real"] == fs["real_reference"].get(m)
     assert set(fs["real_reference"]) == {"nn_ssim", "grid"}
+    if fs["name"] is not None:  # the chosen sampler passed every check it was judged on
+        assert all(c["passes"] for c in fs["detail"][fs["name"]].values())
     real_nn = r["memorisation"]["test_to_train"]["summary"]["median"]
     assert fs["real_reference"]["nn_ssim"] == pytest.approx(real_nn)
     by_name = {row["name"]: row for row in rows}

@@ -230,3 +230,19 @@ def test_unset_flags_sample_with_the_run_default(tiny_runs, tmp_path):
     run_sampling(_request(tiny_runs, out, spec=None, num_samples=2, overrides={"steps": 3}))
     row = export.read_manifest(str(out))[0]
     assert (row["sampler"], row["steps"], row["guidance"]) == (want.sampler, 3, 3.0)
+
+
+def test_export_samples_with_a_v_run_default(tiny_runs, tmp_path, monkeypatch):
+    """The run's default reaches the images: a run whose network predicted v would sample with
+    deterministic DPM-Solver++ (here at 3 steps, to stay fast), and the manifest says so."""
+    import dataclasses
+
+    from jax_mri_ldm import pipeline
+    from jax_mri_ldm.sampler_settings import default_sampler_spec
+
+    fast = dataclasses.replace(default_sampler_spec("v"), steps=3)
+    monkeypatch.setattr(pipeline.LDMPipeline, "default_spec", lambda self: fast)
+    out = tmp_path / "v"
+    run_sampling(_request(tiny_runs, out, spec=None, num_samples=2))
+    row = export.read_manifest(str(out))[0]
+    assert (row["sampler"], row["steps"], row["spacing"]) == ("dpmpp_2m", 3, "logSNR")

@@ -91,7 +91,7 @@ ALL = ("fidelity", "nn_ssim", "spectrum", "grid")
             (True, False, True, False),
         ),
     ],
-    ids=["one-miss-matches", "worse-fails", "better-side-and-two-sided-grid"],
+    ids=["one-miss-matches", "worse-fails", "better-side-passes-real-sided-needs-reference"],
 )
 def test_matches_rule(seed, ddpm, other, expected):
     rng = np.random.default_rng(seed)

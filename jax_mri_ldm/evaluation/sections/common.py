@@ -20,8 +20,6 @@ def main_spec(ctx: Context, w: float) -> SamplerSpec:
     spec = spec_with(
         ctx.run.default_spec(), {k: c[k] for k in ("sampler", "steps", "spacing", "eta")}
     )
-    if spec.sampler == "ddpm":
-        spec = dataclasses.replace(spec, steps=None)
     return dataclasses.replace(spec, guidance_scale=float(w), use_ema=bool(c.use_ema))
 
 

@@ -87,8 +87,9 @@ REASONS = {
     "downstream_half_gain_acc": "the study's half+syn - half interval needs >= 2 seeds",
     "downstream_half_gain_auc": "the study's half+syn - half AUC interval is undefined",
     "pipeline_minutes": "metrics.jsonl of the VAE or LDM run is missing or has < 2 timed records",
-    "fast_sampler": "no sampler matched DDPM on the trusted per-image metrics (section 10)",
-    "fast_sampler_deterministic": "no sampler matched DDPM (section 10)",
+    "fast_sampler": "no DDPM row, or no sampler matched DDPM on the trusted per-image metrics "
+    "(section 10)",
+    "fast_sampler_deterministic": "no DDPM row, or no sampler matched DDPM (section 10)",
 }
 
 

@@ -16,6 +16,7 @@ but too noisy at DDPM's few images to decide.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
 from jax_mri_ldm.evaluation.sections import common
 from jax_mri_ldm.evaluation.sections.guidance import ROW_DETAIL
-from jax_mri_ldm.sampler_settings import SamplerSpec
+from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
 
 HEADER = "## 10. Sampler comparison"
 # per-image metric -> (per-image key, statistic, better side): "higher", "lower", or "real"
@@ -48,14 +49,11 @@ def ddpm_interval(metric: str, values: np.ndarray) -> tuple[float, float]:
 
 def _row(ctx: Context, i: int, sampler: str, steps, spacing: str, eta: float) -> tuple:
     w = ctx.shared["main_w"]
-    spec = SamplerSpec(
-        sampler,
-        None if sampler == "ddpm" else steps,
-        eta,
-        w,
-        spacing,
-        bool(ctx.cfg.use_ema),
+    spec = spec_with(
+        SamplerSpec(),
+        {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing},
     )
+    spec = dataclasses.replace(spec, guidance_scale=w, use_ema=bool(ctx.cfg.use_ema))
     n = ctx.cfg.ddpm_per_class if sampler == "ddpm" else ctx.cfg.sampler_per_class
     gen, T = ctx.shared["gen"], ctx.run.schedule.num_timesteps
     x, y = gen.generate(spec, n)

@@ -1,5 +1,6 @@
 """Section 2: the frozen VAE on the test split (PSNR, SSIM, MS-SSIM, grid score; paper Fig. 3),
-and the spectrum distance of its reconstructions, the floor under every sample's."""
+and the spectrum distance of its reconstructions, the reference for the samples' (they are
+decoded by the same VAE; a sample set can land slightly below it, so it is not a strict bound)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def render(r: dict) -> str:
             f"the test split's mean spectrum; median): {f(sp['median'])} against the images' "
             f"own {f(sp['real_median'])} (interquartile range {f(sp['real_q25'])}-"
             f"{f(sp['real_q75'])}; {'inside' if sp['within_real_iqr'] else '**outside**'}). "
-            "Samples are decoded by this VAE, so this is about the best their spectrum can be.",
+            "Samples are decoded by this VAE, so this is the reference for theirs (not a strict "
+            "bound: a sample set can land a little below it).",
             "",
         ]
     return "\n".join(L + nulls_note(r["null_reasons"], ["vae."]))
