@@ -16,7 +16,6 @@ but too noisy at DDPM's few images to decide.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -51,9 +50,9 @@ def _row(ctx: Context, i: int, sampler: str, steps, spacing: str, eta: float) ->
     w = ctx.shared["main_w"]
     spec = spec_with(
         SamplerSpec(),
-        {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing},
+        {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+        | {"guidance_scale": w, "use_ema": bool(ctx.cfg.use_ema)},
     )
-    spec = dataclasses.replace(spec, guidance_scale=w, use_ema=bool(ctx.cfg.use_ema))
     n = ctx.cfg.ddpm_per_class if sampler == "ddpm" else ctx.cfg.sampler_per_class
     gen, T = ctx.shared["gen"], ctx.run.schedule.num_timesteps
     x, y = gen.generate(spec, n)
