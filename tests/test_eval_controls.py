@@ -56,13 +56,21 @@ def test_make_controls_sets_and_labels():
     x, y = _slices(8), np.arange(8) % 2
     tr, ty = _slices(10, seed=5), np.arange(10) % 2
     decode = lambda z: np.full((len(z), 64, 64, 1), 0.5, np.float32) + z[:, :1, :1, :1] * 0
-    sets = controls.make_controls(x, y, tr, ty, seed=0, decode=decode, latent_shape=(8, 8, 4))
-    assert list(sets) == ["real", *controls.CORRUPTIONS, controls.MEMORISED]
+    recon = lambda a: np.clip(a * 0.9 + 0.2, 0, 1.5)  # a stand-in VAE (clipped to [0, 1])
+    kw = dict(seed=0, decode=decode, latent_shape=(8, 8, 4), reconstruct=recon)
+    sets = controls.make_controls(x, y, tr, ty, **kw)
+    assert list(sets) == ["real", *controls.CORRUPTIONS, *controls.COPIES]
     for name, (imgs, labels) in sets.items():
         assert imgs.shape == x.shape and labels.shape == (8,), name
+        assert imgs.min() >= 0.0 and imgs.max() <= 1.0, name
     mir, mir_y = sets[controls.MEMORISED]
     flipped = mir[:, :, ::-1]
     assert all(any(np.array_equal(f, t) for t in tr) for f in flipped)
+    # The decoded copies are the same training images, reconstructed, with the same labels.
+    dec, dec_y = sets[controls.DECODED_TRAIN]
+    np.testing.assert_array_equal(dec_y, mir_y)
+    np.testing.assert_allclose(dec, np.clip(flipped * 0.9 + 0.2, 0, 1), atol=1e-6)
+    assert controls.DECODED_TRAIN not in controls.make_controls(x, y, tr, ty, seed=0)
     with pytest.raises(ValueError, match="latent_shape"):
         controls.make_controls(x, y, tr, ty, decode=decode)
 

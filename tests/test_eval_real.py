@@ -11,7 +11,7 @@ from jax_mri_ldm.evaluation import control_study, controls, features, trust
 
 # Metrics whose full control ordering is checked on real MRI (each against the controls it is
 # responsible for, `trust.RULES`).
-CHECKED = ("fid", "spectrum", "grid", "nn_ssim", "memorised")
+CHECKED = ("fid", "spectrum", "grid", "nn_ssim", "memorised", "memorised_relative")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def test_real_held_out_ranks_above_every_control(real_controls):
         rule = trust.RULES_BY_NAME[name]
         res = trust.check_metric(rule, table[name]["scores"])
         assert res["trustworthy"], (name, res["failures"], report)
-    mem = table["memorised"]["scores"]
-    assert mem[controls.MEMORISED] == 1.0 and mem["real"] < 0.5, report
+    for rule in ("memorised", "memorised_relative"):
+        mem = table[rule]["scores"]
+        assert mem[controls.MEMORISED] == 1.0 and mem["real"] < 0.5, (rule, report)
 
 
 @pytest.mark.slow

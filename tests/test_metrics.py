@@ -227,6 +227,83 @@ def test_memorisation_report_flags_planted_copy():
     assert 5 in rep_l2["flagged"] and rep_l2["nearest_pairs"][0]["score"] < 1e-3
 
 
+@pytest.mark.parametrize("metric", ["ssim", "l2", "feature"])
+def test_nearest_neighbours_groups_skip_own_group(metric):
+    x = _blobs(9, 32, seed=21)
+    feats = None
+    if metric == "feature":
+        f = x.reshape(9, -1) @ np.random.default_rng(5).standard_normal((32 * 32, 16))
+        feats = (f, f)
+    g = np.arange(9) // 3  # three groups of three
+    kw = dict(metric=metric, feats=feats, search_size=None, block_size=4)
+    plain = N.nearest_neighbours(x, x, **kw)
+    np.testing.assert_array_equal(plain["index"], np.arange(9))  # each image finds itself
+    out = N.nearest_neighbours(x, x, groups=(g, g), **kw)
+    assert np.all(g[out["index"]] != g)  # never a member of its own group
+    # The same as searching only the other groups by hand.
+    for i in range(9):
+        others = np.flatnonzero(g != g[i])
+        fi = None if feats is None else (feats[0][i : i + 1], feats[1][others])
+        one = N.nearest_neighbours(x[i : i + 1], x[others], metric, fi, None, 4)
+        assert others[one["index"][0]] == out["index"][i]
+        assert one["score"][0] == pytest.approx(out["score"][i], abs=1e-6)
+
+
+def test_nearest_neighbours_groups_errors():
+    x = _blobs(4, 24, seed=22)
+    with pytest.raises(ValueError, match="shapes"):
+        N.nearest_neighbours(x, x, groups=(np.zeros(3), np.zeros(4)))
+    with pytest.raises(ValueError, match="no reference outside"):
+        N.nearest_neighbours(x, x, groups=(np.zeros(4), np.zeros(4)))
+
+
+def test_own_neighbour_scores_skip_twins():
+    x = _blobs(6, 32, seed=23)
+    refs = np.concatenate([x, x[2:3]])  # slice 2 stored twice (index 6)
+    kw = dict(search_size=None, block_size=4)
+    plain = N.own_neighbour_scores(refs, **kw)
+    assert plain[2] == pytest.approx(1.0, abs=1e-5) and plain[6] == pytest.approx(1.0, abs=1e-5)
+    own = N.own_neighbour_scores(refs, twin_ssim=N.TWIN_SSIM, **kw)
+    alone = N.own_neighbour_scores(x, **kw)  # the set without the twin
+    np.testing.assert_allclose(own[:6], alone, atol=1e-6)
+    assert own[6] == pytest.approx(alone[2], abs=1e-6)
+    with pytest.raises(ValueError, match="twin_ssim"):
+        N.own_neighbour_scores(refs, metric="l2", twin_ssim=0.99)
+
+
+def test_relative_distance_hand_values():
+    own = np.array([0.8, 0.6, 1.0])
+    # SSIM-like (higher is closer): (1 - score) / (1 - own[index]).
+    r = N.relative_distance(np.array([0.9, 0.8, 1.0]), np.array([0, 1, 0]), own, True)
+    np.testing.assert_allclose(r, [0.5, 0.5, 0.0])
+    # A training image with an exact twin (own = 1) gives an infinite ratio, never a flag.
+    assert N.relative_distance(np.array([0.99]), np.array([2]), own, True)[0] > 1e9
+    # RMSE-like (lower is closer): score / own[index].
+    r = N.relative_distance(np.array([0.1, 0.3]), np.array([0, 1]), own, False)
+    np.testing.assert_allclose(r, [0.125, 0.5])
+
+
+def test_relative_rule_flags_copies_not_typical_members_of_a_dense_cluster():
+    """A new member of a tight cluster of training look-alikes is closer to them than any
+    spread-out test image is (the fixed rule flags it) but not closer than the cluster's
+    members are to each other (the relative rule does not); a copy is flagged by both."""
+    rng = np.random.default_rng(0)
+    proto = _blobs(1, 48, seed=30)
+    cluster = np.clip(proto + 0.04 * rng.standard_normal((10, 48, 48, 1)), 0, 1)
+    train = np.concatenate([cluster, _blobs(10, 48, seed=31)]).astype(np.float32)
+    test_real = _blobs(6, 48, seed=32)
+    new_member = np.clip(proto + 0.04 * rng.standard_normal((1, 48, 48, 1)), 0, 1)
+    synthetic = np.concatenate([new_member, train[14:15]]).astype(np.float32)  # new, copy
+    rep = N.memorisation_report(synthetic, train, test_real, search_size=None, block_size=8)
+    assert rep["flagged"] == [0, 1]  # fixed rule: both
+    rel = rep["relative"]
+    assert rel["flagged"] == [1]  # relative rule: only the copy
+    assert rel["synthetic"]["ratio"][1] == pytest.approx(0.0, abs=1e-5)
+    assert rel["synthetic"]["ratio"][0] > rel["threshold"]
+    assert rel["threshold"] == pytest.approx(min(rel["test"]["ratio"]))
+    assert rel["fraction_flagged"] == 0.5
+
+
 # ---------------------------------------------------------------- statistics / classification
 
 

@@ -175,6 +175,11 @@ def test_report_metrics_have_sane_values(tiny_report):
     mem = r["memorisation"]
     assert len(mem["synthetic_to_train"]["score"]) == 2 * s.num_synthetic_per_class
     assert 0 <= mem["fraction_flagged"] <= 1 and len(mem["nearest_pairs"]) == 5
+    rel = mem["relative"]
+    assert len(rel["synthetic"]["ratio"]) == 2 * s.num_synthetic_per_class
+    assert rel["threshold"] == pytest.approx(min(rel["test"]["ratio"]))
+    flagged = [i for i, v in enumerate(rel["synthetic"]["ratio"]) if v < rel["threshold"]]
+    assert rel["flagged"] == flagged
     ds = r["downstream"]
     assert set(ds["arms"]) == {"real", "real+syn", "syn", "half+syn", "half"}
     assert all(len(a["per_seed"]) == s.seeds for a in ds["arms"].values())
@@ -294,9 +299,10 @@ def test_downstream_sweep_plan_skips_what_the_main_set_cannot_fill():
 def test_controls_section_scores_every_control(tiny_report):
     _, r = tiny_report
     sets = r["controls"]["sets"]
-    assert list(sets) == ["real", *controls.CORRUPTIONS, controls.MEMORISED]
-    # Mirrored training images are copies: memorisation flags every one of them.
+    assert list(sets) == ["real", *controls.CORRUPTIONS, *controls.COPIES]
+    # Mirrored training images are copies: both memorisation rules flag every one of them.
     assert sets[controls.MEMORISED]["memorised"] == 1.0
+    assert sets[controls.MEMORISED]["memorised_relative"] == 1.0
     assert sets[controls.MEMORISED]["nn_ssim"] == pytest.approx(1.0, abs=1e-4)
     tab = r["controls"]["table"]["metrics"]
     assert set(tab) == set(scoring.SCALARS)

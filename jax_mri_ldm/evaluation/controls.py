@@ -31,6 +31,12 @@ CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "patch_shuffle", "grid", "vae_p
 """Controls derived from held-out images (or the VAE), all expected to score worse than real."""
 MEMORISED = "mirrored_train"
 """The control that memorisation must flag: mirrored copies of training images."""
+DECODED_TRAIN = "decoded_train"
+"""Copies through the VAE: reconstructions of training images, what a generator that memorised
+its training latents would decode (as smooth as a sample, so it tests a memorisation rule
+where smoothness and copying differ)."""
+COPIES: tuple[str, ...] = (MEMORISED, DECODED_TRAIN)
+"""Every copy control a memorisation rule must flag."""
 
 
 def gaussian_noise(images: np.ndarray, sigma: float = NOISE_SIGMA, seed: int = 0) -> np.ndarray:
@@ -110,6 +116,7 @@ def make_controls(
     seed: int = 0,
     decode: Callable[[np.ndarray], np.ndarray] | None = None,
     latent_shape: tuple[int, ...] | None = None,
+    reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every control set as name -> (images (N, H, W, 1), labels (N,)).
 
@@ -121,11 +128,13 @@ def make_controls(
       seed: seed of the noise, the shuffles and the prior latents.
       decode: the VAE decoder on a batch of latents; None skips the 'vae_prior' control.
       latent_shape: one latent's (h, w, c); needed with `decode`.
+      reconstruct: images -> VAE reconstructions; None skips the 'decoded_train' control.
 
     Returns:
       Ordered dict: 'real' (the held-out images themselves), the corruptions of them, then
       'vae_prior' (when decode is given, as many images and labels as held out) and
-      'mirrored_train' (min(len(held_out), len(train)) random training images, mirrored).
+      'mirrored_train' (min(len(held_out), len(train)) random training images, mirrored),
+      then 'decoded_train' (the same training images reconstructed, when reconstruct is given).
     """
     x = np.asarray(held_out, np.float32)
     y = np.asarray(held_out_labels, np.int32)
@@ -141,5 +150,9 @@ def make_controls(
             raise ValueError("make_controls: pass latent_shape together with decode.")
         out["vae_prior"] = (vae_prior_decodes(decode, latent_shape, len(x), seed), y)
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[: min(len(x), len(train))])
-    out[MEMORISED] = (mirrored(train[pick]), np.asarray(train_labels, np.int32)[pick])
+    picked_labels = np.asarray(train_labels, np.int32)[pick]
+    out[MEMORISED] = (mirrored(train[pick]), picked_labels)
+    if reconstruct is not None:
+        rec = np.clip(np.asarray(reconstruct(train[pick]), np.float32), 0.0, 1.0)
+        out[DECODED_TRAIN] = (rec, picked_labels)
     return out

@@ -42,8 +42,11 @@ def _ssim_matrix_block(q, r, max_val, win_size, sigma, k1, k2):
     return jnp.mean(smap, axis=(2, 3, 4))
 
 
-def _nn_ssim(q: np.ndarray, r: np.ndarray, block: int, max_val: float):
-    """Running argmax of SSIM over reference blocks; returns (index, score) per query."""
+def _nn_ssim(q: np.ndarray, r: np.ndarray, block: int, max_val: float, groups=None):
+    """Running argmax of SSIM over reference blocks; returns (index, score) per query.
+
+    `groups` = (query_groups (Q,), reference_groups (R,)): pairs of one group are skipped.
+    """
     nq, nr = q.shape[0], r.shape[0]
     best_i = np.zeros(nq, np.int64)
     best_s = np.full(nq, -np.inf)
@@ -58,12 +61,31 @@ def _nn_ssim(q: np.ndarray, r: np.ndarray, block: int, max_val: float):
             s = np.asarray(
                 _ssim_matrix_block(qb, pad_to(jnp.asarray(rb), br), max_val, 11, 1.5, 0.01, 0.03)
             )[:m, :k]
+            if groups is not None:
+                same = groups[0][qs : qs + m, None] == groups[1][None, rs : rs + k]
+                s = np.where(same, -np.inf, s)
             j = np.argmax(s, axis=1)
             v = s[np.arange(m), j]
             upd = v > best_s[qs : qs + m]
             best_s[qs : qs + m] = np.where(upd, v, best_s[qs : qs + m])
             best_i[qs : qs + m] = np.where(upd, j + rs, best_i[qs : qs + m])
     return best_i, best_s
+
+
+def _check_groups(groups, nq: int, nr: int):
+    """(query_groups, reference_groups) as int arrays of the right lengths, or None."""
+    if groups is None:
+        return None
+    if len(groups) != 2:
+        raise ValueError("groups must be (query_groups, reference_groups).")
+    gq, gr = np.asarray(groups[0], np.int64), np.asarray(groups[1], np.int64)
+    if gq.shape != (nq,) or gr.shape != (nr,):
+        raise ValueError(
+            f"groups must have shapes ({nq},) and ({nr},); got {gq.shape} and {gr.shape}."
+        )
+    if np.any(np.all(gq[:, None] == gr[None, :], axis=1)):
+        raise ValueError("groups leave a query with no reference outside its own group.")
+    return gq, gr
 
 
 def nearest_neighbours(
@@ -74,6 +96,7 @@ def nearest_neighbours(
     search_size: int | None = 64,
     block_size: int = 32,
     max_val: float = 1.0,
+    groups: tuple | None = None,
 ) -> dict:
     """Nearest reference for every query image.
 
@@ -87,6 +110,8 @@ def nearest_neighbours(
         (bilinear, antialiased); None keeps full resolution.
       block_size: queries and references per jitted SSIM block (memory ~ block^2 images).
       max_val: dynamic range for SSIM.
+      groups: optional (query_groups (Q,), reference_groups (R,)) ints; a query never matches a
+        reference of its own group (an image itself, its mirror image, its duplicates).
 
     Returns:
       dict with 'index' (Q,) int64 nearest-reference indices, 'score' (Q,) float64 their
@@ -104,6 +129,9 @@ def nearest_neighbours(
         fq = fq / np.maximum(np.linalg.norm(fq, axis=1, keepdims=True), 1e-12)
         fr = fr / np.maximum(np.linalg.norm(fr, axis=1, keepdims=True), 1e-12)
         sim = fq @ fr.T  # (Q, R)
+        g = _check_groups(groups, len(fq), len(fr))
+        if g is not None:
+            sim = np.where(g[0][:, None] == g[1][None, :], -np.inf, sim)
         idx = np.argmax(sim, axis=1)
         return {"index": idx, "score": sim[np.arange(len(idx)), idx], "higher_is_closer": True}
 
@@ -113,11 +141,12 @@ def nearest_neighbours(
         raise ValueError(f"queries {q.shape} and references {r.shape} differ in image shape.")
     if q.shape[0] == 0 or r.shape[0] == 0:
         raise ValueError("nearest_neighbours needs at least one query and one reference.")
+    g = _check_groups(groups, q.shape[0], r.shape[0])
     q, r = resize_images(q, search_size), resize_images(r, search_size)
     if metric == "ssim":
         if min(q.shape[1:3]) < 11:
             raise ValueError(f"SSIM search needs images >= 11 px; got {q.shape[1:3]}.")
-        idx, score = _nn_ssim(q, r, int(block_size), float(max_val))
+        idx, score = _nn_ssim(q, r, int(block_size), float(max_val), g)
         return {"index": idx, "score": score, "higher_is_closer": True}
     # l2: squared distances from norms and a float64 matmul, blocked over queries.
     qf = q.reshape(q.shape[0], -1).astype(np.float64)
@@ -128,10 +157,77 @@ def nearest_neighbours(
     for s in range(0, qf.shape[0], 256):
         qb = qf[s : s + 256]
         d2 = np.sum(qb**2, axis=1)[:, None] + r2[None] - 2.0 * qb @ rf.T
+        if g is not None:
+            d2 = np.where(g[0][s : s + len(qb), None] == g[1][None, :], np.inf, d2)
         j = np.argmin(d2, axis=1)
         idx[s : s + len(qb)] = j
         score[s : s + len(qb)] = np.sqrt(np.clip(d2[np.arange(len(qb)), j], 0, None) / qf.shape[1])
     return {"index": idx, "score": score, "higher_is_closer": False}
+
+
+TWIN_SSIM = 0.99
+"""Nearest-neighbour SSIM at which two training images count as one slice stored twice: the
+relative rule measures a slice's spacing to its nearest *other* slice, not to its twin."""
+
+
+def own_neighbour_scores(
+    references,
+    groups=None,
+    metric: str = "ssim",
+    feats=None,
+    search_size: int | None = 64,
+    block_size: int = 32,
+    twin_ssim: float | None = None,
+) -> np.ndarray:
+    """(R,) score of every reference to its nearest reference outside its own group.
+
+    How close the training set's images are to each other, image by image: the yardstick of
+    the per-image memorisation rule (`relative_distance`). `groups` (R,) ints put an image
+    with its mirror image or its duplicates (default: every image is its own group);
+    `feats` (R, D) for metric='feature'. With `twin_ssim` (metric 'ssim'), nearest pairs at
+    or above it are merged into one group and the search repeats, so twins (one slice stored
+    twice) are measured against their nearest other slice.
+    """
+    if twin_ssim is not None and metric != "ssim":
+        raise ValueError(f"twin_ssim needs metric='ssim'; got {metric!r}.")
+    n = len(feats) if metric == "feature" else len(references)
+    g = np.arange(n) if groups is None else np.asarray(groups, np.int64).copy()
+    f = None if feats is None else (feats, feats)
+    kw = dict(feats=f, search_size=search_size, block_size=block_size)
+    while True:
+        out = nearest_neighbours(references, references, metric, groups=(g, g), **kw)
+        twins = [] if twin_ssim is None else np.flatnonzero(out["score"] >= twin_ssim)
+        merged = _merge_groups(g, twins, out["index"])
+        if merged is None:
+            return out["score"]
+        g = merged
+
+
+def _merge_groups(g: np.ndarray, members, partners: np.ndarray) -> np.ndarray | None:
+    """Groups with each member's group joined to its partner's; None if nothing to join or
+    everything would become one group."""
+    if len(members) == 0:
+        return None
+    g = g.copy()
+    for a in members:
+        g[g == g[partners[a]]] = g[a]
+    return None if np.unique(g).size < 2 else g
+
+
+def relative_distance(
+    score: np.ndarray, index: np.ndarray, own: np.ndarray, higher_is_closer: bool
+) -> np.ndarray:
+    """(Q,) a query's distance to its nearest reference j over j's distance to its own nearest.
+
+    Below 1, the query is closer to j than every other training image is (the authenticity
+    test of Alaa et al. 2022). Dividing by j's own spacing makes the rule local: a smooth,
+    typical slice in a dense region is not flagged for being close to many look-alikes, while
+    a copy (distance 0) is flagged wherever it lands. Distances are 1 - similarity for SSIM
+    and cosine scores and the score itself for pixel RMSE.
+    """
+    score, own = np.asarray(score, np.float64), np.asarray(own, np.float64)[np.asarray(index)]
+    d, d_own = (1.0 - score, 1.0 - own) if higher_is_closer else (score, own)
+    return np.maximum(d, 0.0) / np.maximum(d_own, 1e-12)
 
 
 def _summary(v: np.ndarray) -> dict:
@@ -153,12 +249,16 @@ def memorisation_report(
     search_size: int | None = 64,
     top_k: int = 5,
     block_size: int = 32,
+    train_groups=None,
+    train_own: np.ndarray | None = None,
 ) -> dict:
     """Are synthetic images closer to the training set than held-out real images are?
 
     Real test images were never seen by the generator, so their nearest-train scores show how
     close an honest new image can be. A synthetic image scoring closer to some training image
-    than every real test image does is flagged as a memorisation candidate.
+    than every real test image does is flagged as a memorisation candidate. The 'relative'
+    rule measures each nearest distance in units of that training image's own nearest-neighbour
+    distance (`relative_distance`) and flags a synthetic image below every real test image's.
 
     Args:
       synthetic: (S, H, W, C) generated images.
@@ -169,13 +269,17 @@ def memorisation_report(
       search_size: resize for the 'ssim'/'l2' search (see nearest_neighbours).
       top_k: how many of the closest synthetic-train pairs to list.
       block_size: SSIM block size.
+      train_groups: (T,) ints; training images of one group (an image and its mirror image)
+        are not each other's neighbours in the relative rule (default: one group each);
+        twins (`TWIN_SSIM`) are joined too.
+      train_own: the `own_neighbour_scores` of `train` if already computed.
 
     Returns:
       JSON-able dict: 'metric', 'higher_is_closer', 'search_size'; 'synthetic_to_train' and
       'test_to_train' each with 'index' and 'score' lists and a 'summary' (mean, median, p95,
       min, max); 'threshold' (the closest test->train score); 'flagged' (synthetic indices
       strictly closer than the threshold); 'fraction_flagged'; 'nearest_pairs' (top_k dicts
-      with 'synthetic', 'train', 'score', closest first).
+      with 'synthetic', 'train', 'score', closest first); 'relative' (see `_relative_rule`).
     """
     if metric == "feature":
         if feats is None or len(feats) != 3:
@@ -187,6 +291,13 @@ def memorisation_report(
         syn = nearest_neighbours(synthetic, train, **kw)
         ref = nearest_neighbours(test_real, train, **kw)
     hi = syn["higher_is_closer"]
+    if train_own is None:
+        twin = TWIN_SSIM if metric == "ssim" else None
+        f = feats[1] if metric == "feature" else None
+        train_own = own_neighbour_scores(
+            train, train_groups, metric, f, search_size, block_size, twin_ssim=twin
+        )
+    own = np.asarray(train_own)
     threshold = float(np.max(ref["score"]) if hi else np.min(ref["score"]))
     closer = syn["score"] > threshold if hi else syn["score"] < threshold
     order = np.argsort(-syn["score"] if hi else syn["score"], kind="stable")[:top_k]
@@ -211,4 +322,21 @@ def memorisation_report(
             {"synthetic": int(i), "train": int(syn["index"][i]), "score": float(syn["score"][i])}
             for i in order
         ],
+        "relative": _relative_rule(syn, ref, own, hi),
+    }
+
+
+def _relative_rule(syn: dict, ref: dict, own: np.ndarray, hi: bool) -> dict:
+    """Relative distances of synthetic and test images; flags below the smallest test one."""
+    rel_syn = relative_distance(syn["score"], syn["index"], own, hi)
+    rel_test = relative_distance(ref["score"], ref["index"], own, hi)
+    threshold = float(np.min(rel_test))
+    flagged = rel_syn < threshold
+    return {
+        "threshold": threshold,
+        "synthetic": {"ratio": rel_syn.tolist(), "summary": _summary(rel_syn)},
+        "test": {"ratio": rel_test.tolist(), "summary": _summary(rel_test)},
+        "train_own_summary": _summary(np.asarray(own, np.float64)),
+        "flagged": np.flatnonzero(flagged).tolist(),
+        "fraction_flagged": float(np.mean(flagged)),
     }

@@ -8,7 +8,9 @@ The controls, the guidance sweep, the main set and the sampler table are all sco
 * class fidelity under the domain classifier;
 * spectrum distance (of the set's mean spectrum) and grid score (median), see `spectrum`;
 * nearest-training-image SSIM (median; realism) and the memorised fraction: images closer to a
-  training image, or to its mirror image, than every real test image is.
+  training image, or to its mirror image, than every real test image is; 'memorised_relative'
+  measures that distance in units of the training image's own nearest-neighbour distance
+  (`neighbours.relative_distance`) and flags images below every real test image's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SCALARS: tuple[str, ...] = (
     "grid",
     "nn_ssim",
     "memorised",
+    "memorised_relative",
 )
 """The per-set numbers `score_set` returns, in table order."""
 
@@ -50,6 +53,9 @@ class Reference:
       train_images: the generator's training images (nearest-neighbour search).
       test_nn: (n_test,) nearest-train SSIM of every real test image.
       threshold: memorisation threshold (the highest test_nn).
+      train_own: (2T,) SSIM of every training image (then every mirror image) to its nearest
+        other training image or mirror image.
+      relative_threshold: the relative rule's threshold (the lowest real test image's).
       spectrum_mean: (R,) mean log radial spectrum of the test split.
       period: the latent grid period in pixels (None: image size not a multiple).
       search_size: side of the SSIM search.
@@ -64,6 +70,8 @@ class Reference:
     train_images: np.ndarray
     test_nn: np.ndarray
     threshold: float
+    train_own: np.ndarray
+    relative_threshold: float
     spectrum_mean: np.ndarray
     period: int | None
     search_size: int
@@ -72,12 +80,35 @@ class Reference:
     prdc_k: int
 
 
+def _with_mirrors(train: np.ndarray) -> np.ndarray:
+    return np.concatenate([train, train[:, :, ::-1]])  # (2T, H, W, 1)
+
+
+def nearest_train_match(train: np.ndarray, images: np.ndarray, search_size: int) -> dict:
+    """`nearest_neighbours` of each image among the training images and their mirror images
+    (indices into that (2T,) stack)."""
+    return neighbours.nearest_neighbours(
+        images, _with_mirrors(train), "ssim", search_size=search_size
+    )
+
+
 def nearest_train(train: np.ndarray, images: np.ndarray, search_size: int) -> np.ndarray:
     """(N,) SSIM of each image to its nearest training image or mirrored training image."""
-    refs = np.concatenate([train, train[:, :, ::-1]])
-    return np.asarray(
-        neighbours.nearest_neighbours(images, refs, "ssim", search_size=search_size)["score"]
+    return np.asarray(nearest_train_match(train, images, search_size)["score"])
+
+
+def train_own_scores(train: np.ndarray, search_size: int) -> np.ndarray:
+    """(2T,) SSIM of every training image and mirror image to its nearest other slice (a slice,
+    its mirror image and its twins are one group)."""
+    groups = np.tile(np.arange(len(train)), 2)
+    return neighbours.own_neighbour_scores(
+        _with_mirrors(train), groups, search_size=search_size, twin_ssim=neighbours.TWIN_SSIM
     )
+
+
+def relative_to_train(ref: Reference, match: dict) -> np.ndarray:
+    """(N,) relative nearest-train distances of a `nearest_train_match` result."""
+    return neighbours.relative_distance(match["score"], match["index"], ref.train_own, True)
 
 
 def build_reference(
@@ -95,7 +126,10 @@ def build_reference(
 ) -> Reference:
     """Prepares the test features, spectra and nearest-train scores once."""
     search = min(int(search_size), int(test_images.shape[1]))
-    test_nn = nearest_train(train_images, test_images, search)
+    match = nearest_train_match(train_images, test_images, search)
+    own = train_own_scores(train_images, search)
+    test_nn = np.asarray(match["score"])
+    rel = neighbours.relative_distance(match["score"], match["index"], own, True)
     return Reference(
         class_names=tuple(class_names),
         embed=embed,
@@ -105,6 +139,8 @@ def build_reference(
         train_images=train_images,
         test_nn=test_nn,
         threshold=float(test_nn.max()),
+        train_own=own,
+        relative_threshold=float(rel.min()),
         spectrum_mean=spectrum.radial_spectrum(test_images).mean(axis=0),
         period=period,
         search_size=search,
@@ -120,8 +156,9 @@ def rs_mean(images: np.ndarray) -> np.ndarray:
 
 
 def per_image_scores(ref: Reference, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image spectrum distance, grid score and nearest-train SSIM."""
-    out = {"nn_ssim": nearest_train(ref.train_images, images, ref.search_size)}
+    """Per-image spectrum distance, grid score, nearest-train SSIM and relative distance."""
+    match = nearest_train_match(ref.train_images, images, ref.search_size)
+    out = {"nn_ssim": np.asarray(match["score"]), "nn_relative": relative_to_train(ref, match)}
     rs = spectrum.radial_spectrum(images)
     out["spectrum"] = np.sqrt(np.mean((rs - ref.spectrum_mean[None]) ** 2, axis=1))
     if ref.period is not None:
@@ -189,6 +226,7 @@ def score_set(
     row["grid"] = float(np.median(per["grid"])) if "grid" in per else None
     row["nn_ssim"] = float(np.median(per["nn_ssim"]))
     row["memorised"] = float(np.mean(per["nn_ssim"] > ref.threshold))
+    row["memorised_relative"] = float(np.mean(per["nn_relative"] < ref.relative_threshold))
     row.update(fid_kid=fk, prdc=pr)
     for k in SCALARS:
         if row[k] is None and f"{path}.{k}" not in nulls.reasons:

@@ -26,8 +26,9 @@ def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
     tr = ctx.seen_by_generator.images  # training split + any extra training images
     refs = np.concatenate([tr, tr[:, :, ::-1]])  # (2T, H, W, 1)
     search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
+    groups = np.tile(np.arange(len(tr)), 2)  # a slice and its mirror image are one group
     mem = neighbours.memorisation_report(
-        x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5
+        x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5, train_groups=groups
     )
     extra = len(ctx.seen_by_generator) - len(ctx.train)
     mem["reference"] = "training images and their mirror images" + (
@@ -116,6 +117,30 @@ def compute(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _relative_lines(me: dict) -> list[str]:
+    rel = me.get("relative")
+    if rel is None:  # reports written before the relative rule
+        return []
+    n, k = len(me["synthetic_to_train"]["score"]), len(rel["flagged"])
+    st, rt = rel["synthetic"]["summary"], rel["test"]["summary"]
+    L = [
+        "**Relative rule** (`neighbours.relative_distance`, after Alaa et al. 2022): each "
+        "nearest distance (1 - SSIM) divided by that training image's own distance to its "
+        "nearest other training image; below 1 an image is closer to the slice than every "
+        "other training slice is. Flagged: below every real test image's ratio "
+        f"({rel['threshold']:.4f}). **{k} of {n} synthetic images flagged "
+        f"({100 * rel['fraction_flagged']:.1f} %).** It looks past smoothness: a smooth, "
+        "typical slice lands near many look-alikes without being closer to any of them than "
+        "they are to each other (the controls table checks both rules).",
+        "",
+    ]
+    rows = [
+        ["synthetic", *(f(st[q]) for q in ("min", "median", "mean"))],
+        ["real test", *(f(rt[q]) for q in ("min", "median", "mean"))],
+    ]
+    return L + table(["relative distance", "min", "median", "mean"], rows)
+
+
 def render(r: dict) -> str:
     me, re_, fig = r["memorisation"], r["realism"], r["figures"]
     st, rt = me["synthetic_to_train"]["summary"], me["test_to_train"]["summary"]
@@ -135,6 +160,7 @@ def render(r: dict) -> str:
         ["real test -> train", *(f(rt[k]) for k in ("mean", "median", "p95", "max"))],
     ]
     L += table(["nearest-train SSIM", "mean", "median", "p95", "max"], rows)
+    L += _relative_lines(me)
     L += [
         f"**Realism (nearest-neighbour SSIM):** the median synthetic image is "
         f"{f(re_['ratio'], 2)}x as close to its nearest training image as the median real test "

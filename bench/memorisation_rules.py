@@ -1,0 +1,166 @@
+"""Which memorisation rule flags copies and not smooth new slices? Controls for two rules.
+
+The report flags a synthetic image as a memorisation candidate when it is closer to a training
+image (SSIM at 64 px, mirror images included) than every real test image is (the "fixed"
+rule). On a homogeneous set a smooth, typical slice can pass that single threshold without
+copying anyone. The "relative" rule (`neighbours.relative_distance`, after Alaa et al. 2022)
+measures each nearest distance in units of that training image's own nearest-neighbour
+distance, so it asks: is the image closer to training slice j than any other training slice
+is to j? Both rules are calibrated on the real test split (the most extreme test image sets
+the threshold) and scored here on sets whose answer is known:
+
+* must not be flagged (new slices): real validation slices; the same blurred by 1 and 2 px;
+  the VAE's reconstructions of the validation slices (as smooth as a decoded sample, but of
+  unseen patients);
+* must be flagged (copies): mirrored training slices; the VAE's reconstructions of training
+  slices (what a generator that memorised its training latents would decode);
+* reported, no verdict: training slices rotated by 5 degrees with a little noise (near copies),
+  and the run's synthetic main set (the report's sampler, guidance and seed, so the same images
+  as the report's section 7).
+
+Run from the repository root on a finished LDM run::
+
+  python bench/memorisation_rules.py --workdir=runs/ldm --guidance=2 --out=runs/mem_rules.json
+
+Prints a markdown table (fraction flagged per set and rule) and writes it with the per-set
+summaries to ``--out`` (JSON) if given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from scipy import ndimage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import quality_curve as qc  # noqa: E402  (bench/quality_curve.py: the run's splits)
+
+from configs import report as report_cfg  # noqa: E402
+from jax_mri_ldm import atomic  # noqa: E402
+from jax_mri_ldm.evaluation import controls, neighbours  # noqa: E402
+from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
+
+WORKDIR = flags.DEFINE_string("workdir", None, "finished LDM run directory", required=True)
+GUIDANCE = flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
+OUT = flags.DEFINE_string("out", None, "optional JSON output path")
+SYNTHETIC = flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
+
+NEW = ("real validation", "blur 1 px", "blur 2 px", "VAE recon. of validation")
+COPIES = ("mirrored train", "VAE recon. of train")
+"""Control sets that must not / must be flagged."""
+
+
+def near_copies(images: np.ndarray, degrees: float = 5.0, sigma: float = 0.02) -> np.ndarray:
+    """Training slices rotated by `degrees` (bilinear) plus Gaussian noise, clipped to [0, 1]."""
+    rot = ndimage.rotate(images, degrees, axes=(1, 2), reshape=False, order=1, mode="nearest")
+    noisy = rot + sigma * np.random.default_rng(0).standard_normal(rot.shape)
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def control_sets(run, train, val) -> dict[str, np.ndarray]:
+    """Every control set, keyed by name (see the module docstring)."""
+    blur = lambda s: ndimage.gaussian_filter(val.images, (0, s, s, 0))  # noqa: E731
+    return {
+        "real validation": val.images,
+        "blur 1 px": blur(1.0),
+        "blur 2 px": blur(2.0),
+        "VAE recon. of validation": run.vae.reconstruct(val.images),
+        "mirrored train": controls.mirrored(train.images),
+        "VAE recon. of train": run.vae.reconstruct(train.images),
+        "near copies of train": near_copies(train.images),
+    }
+
+
+def synthetic_set(run, guidance: float) -> np.ndarray:
+    """The report's main synthetic set (same sampler, batch, seed and size)."""
+    from jax_mri_ldm.evaluation.generator import SyntheticImages
+
+    cfg = report_cfg.get_config("paper")
+    gen = SyntheticImages(run, cfg.batch_size, cfg.seed)
+    spec = dataclasses.replace(run.default_spec(), guidance_scale=float(guidance))
+    return gen.generate(spec, cfg.num_synthetic_per_class)[0]
+
+
+def score(sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, size: int) -> dict:
+    """Fraction flagged by each rule, per set, plus nearest-SSIM and relative summaries."""
+    own = neighbours.own_neighbour_scores(
+        refs, groups, search_size=size, twin_ssim=neighbours.TWIN_SSIM
+    )
+    out = {}
+    for name, x in sets.items():
+        m = neighbours.memorisation_report(
+            x, refs, test, search_size=size, top_k=1, train_groups=groups, train_own=own
+        )
+        ratio = np.asarray(m["relative"]["synthetic"]["ratio"])
+        fixed = np.asarray(m["synthetic_to_train"]["score"]) > m["threshold"]
+        out[name] = {
+            "n": int(len(x)),
+            "fixed": m["fraction_flagged"],
+            "relative": m["relative"]["fraction_flagged"],
+            "fixed_and_ratio_below_1": float(np.mean(fixed & (ratio < 1.0))),
+            "nn_ssim": m["synthetic_to_train"]["score"],
+            "ratio": ratio.tolist(),
+            "nn_ssim_median": m["synthetic_to_train"]["summary"]["median"],
+            "ratio_median": m["relative"]["synthetic"]["summary"]["median"],
+            "fixed_threshold": m["threshold"],
+            "relative_threshold": m["relative"]["threshold"],
+        }
+        brief = {k: v for k, v in out[name].items() if k not in ("nn_ssim", "ratio")}
+        print(f"[rules] {name}: {brief}", flush=True)
+    return out
+
+
+def render(res: dict) -> str:
+    """Markdown table: one row per set."""
+    rows = []
+    for name, r in res["sets"].items():
+        want = "no" if name in NEW else "yes" if name in COPIES else "-"
+        rows.append(
+            [name, r["n"], want, f(r["nn_ssim_median"]), f(r["ratio_median"])]
+            + [f"{100 * r[k]:.1f} %" for k in ("fixed", "relative", "fixed_and_ratio_below_1")]
+        )
+    any_r = next(iter(res["sets"].values()))
+    L = [
+        f"# Memorisation rules: `{res['workdir']}`",
+        "",
+        f"Fixed threshold (nearest SSIM): {f(any_r['fixed_threshold'])}; relative threshold "
+        f"(distance / the training image's own nearest distance): "
+        f"{f(any_r['relative_threshold'])}.",
+        "",
+    ]
+    head = ["set", "n", "should flag", "nearest SSIM (median)", "relative (median)"]
+    head += ["flagged: fixed", "flagged: relative", "flagged: fixed and ratio < 1"]
+    L += table(head, rows)
+    return "\n".join(L)
+
+
+def main(argv):
+    del argv
+    from jax_mri_ldm import pipeline  # heavy
+
+    run = pipeline.load_ldm(WORKDIR.value)
+    train, val, test = qc.load_splits(run)
+    seen = qc.generator_train(run, train).images
+    refs = np.concatenate([seen, seen[:, :, ::-1]])  # (2T, H, W, 1), as section 7 searches
+    groups = np.tile(np.arange(len(seen)), 2)
+    size = min(int(report_cfg.get_config("paper").memorisation_search_size), run.image_size)
+    sets = control_sets(run, train, val)
+    if SYNTHETIC.value:
+        sets["synthetic main set"] = synthetic_set(run, GUIDANCE.value)
+    res = {"workdir": WORKDIR.value, "guidance": GUIDANCE.value}
+    res["sets"] = score(sets, refs, groups, test.images, size)
+    print(render(res))
+    if OUT.value:
+        atomic.write_text(OUT.value, json.dumps(res, indent=1))
+        atomic.write_text(os.path.splitext(OUT.value)[0] + ".md", render(res) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
