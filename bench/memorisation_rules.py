@@ -51,6 +51,7 @@ WORKDIR = flags.DEFINE_string("workdir", None, "finished LDM run directory", req
 GUIDANCE = flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
 OUT = flags.DEFINE_string("out", None, "optional JSON output path")
 SYNTHETIC = flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
+PER_CLASS = flags.DEFINE_integer("per_class", None, "synthetic images per class (None: report's)")
 
 NEW = ("real validation", "blur 1 px", "blur 2 px", "VAE recon. of validation")
 COPIES = ("mirrored train", "VAE recon. of train")
@@ -78,14 +79,14 @@ def control_sets(run, train, val) -> dict[str, np.ndarray]:
     }
 
 
-def synthetic_set(run, guidance: float) -> np.ndarray:
-    """The report's main synthetic set (same sampler, batch, seed and size)."""
+def synthetic_set(run, guidance: float, per_class: int | None = None) -> np.ndarray:
+    """The report's main synthetic set (same sampler, batch, seed; size unless per_class)."""
     from jax_mri_ldm.evaluation.generator import SyntheticImages
 
     cfg = report_cfg.get_config("paper")
     gen = SyntheticImages(run, cfg.batch_size, cfg.seed)
     spec = dataclasses.replace(run.default_spec(), guidance_scale=float(guidance))
-    return gen.generate(spec, cfg.num_synthetic_per_class)[0]
+    return gen.generate(spec, per_class or cfg.num_synthetic_per_class)[0]
 
 
 def score(sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, size: int) -> dict:
@@ -141,21 +142,27 @@ def render(res: dict) -> str:
     return "\n".join(L)
 
 
-def main(argv):
-    del argv
+def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None = None) -> dict:
+    """Both rules on every control set (and the synthetic main set) of the run in `workdir`."""
     from jax_mri_ldm import pipeline  # heavy
 
-    run = pipeline.load_ldm(WORKDIR.value)
+    run = pipeline.load_ldm(workdir)
     train, val, test = qc.load_splits(run)
     seen = qc.generator_train(run, train).images
     refs = np.concatenate([seen, seen[:, :, ::-1]])  # (2T, H, W, 1), as section 7 searches
     groups = np.tile(np.arange(len(seen)), 2)
     size = min(int(report_cfg.get_config("paper").memorisation_search_size), run.image_size)
     sets = control_sets(run, train, val)
-    if SYNTHETIC.value:
-        sets["synthetic main set"] = synthetic_set(run, GUIDANCE.value)
-    res = {"workdir": WORKDIR.value, "guidance": GUIDANCE.value}
+    if synthetic:
+        sets["synthetic main set"] = synthetic_set(run, guidance, per_class)
+    res = {"workdir": workdir, "guidance": guidance}
     res["sets"] = score(sets, refs, groups, test.images, size)
+    return res
+
+
+def main(argv):
+    del argv
+    res = probe(WORKDIR.value, GUIDANCE.value, SYNTHETIC.value, PER_CLASS.value)
     print(render(res))
     if OUT.value:
         atomic.write_text(OUT.value, json.dumps(res, indent=1))

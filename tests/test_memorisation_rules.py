@@ -1,0 +1,61 @@
+"""bench/memorisation_rules.py: near copies, both rules on planted copies, a tiny run's probe."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import REPO, load_script
+
+SCRIPT = REPO / "bench" / "memorisation_rules.py"
+
+
+def _load():
+    return load_script(SCRIPT, "bench_memorisation_rules")
+
+
+def _blobs(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.zeros((n, size, size, 1), np.float32)
+    for i in range(n):
+        for _ in range(4):
+            cy, cx = rng.uniform(0, size, 2)
+            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            out[i, ..., 0] += rng.uniform(0.3, 1.0) * np.exp(-d2 / rng.uniform(3, 10) ** 2)
+    return np.clip(out, 0.0, 1.0)
+
+
+def test_near_copies_rotate_and_stay_in_range():
+    mr = _load()
+    x = _blobs(3, 32, seed=0)
+    y = mr.near_copies(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    assert 0.005 < np.abs(y - x).mean() < 0.2
+
+
+def test_score_flags_planted_copies_by_both_rules_and_renders_a_row_per_set():
+    mr = _load()
+    train, test = _blobs(12, 32, seed=1), _blobs(6, 32, seed=2)
+    refs = np.concatenate([train, train[:, :, ::-1]])
+    groups = np.tile(np.arange(12), 2)
+    sets = {"real validation": _blobs(6, 32, seed=3), "mirrored train": train[:6, :, ::-1]}
+    res = {"workdir": "w", "sets": mr.score(sets, refs, groups, test, 32)}
+    copies, new = res["sets"]["mirrored train"], res["sets"]["real validation"]
+    assert copies["fixed"] == copies["relative"] == copies["fixed_and_ratio_below_1"] == 1.0
+    assert max(copies["ratio"]) < 1e-4
+    assert new["relative"] <= new["fixed_and_ratio_below_1"] + 1.0  # fractions, both present
+    assert len(new["ratio"]) == len(new["nn_ssim"]) == 6
+    assert mr.render(res).count("\n| ") == len(sets) + 1  # header rule + one row per set
+
+
+def test_probe_of_a_tiny_run(tiny_runs):
+    mr = _load()
+    res = mr.probe(str(tiny_runs["ldm_dir"]), guidance=2.0, synthetic=True, per_class=2)
+    names = list(res["sets"])
+    assert names[:4] == list(mr.NEW) and set(mr.COPIES) <= set(names)
+    assert names[-1] == "synthetic main set" and res["sets"][names[-1]]["n"] == 4
+    # Exact copies: every rule flags every one (the tiny VAE's decodes are no copies yet).
+    mirrored = res["sets"]["mirrored train"]
+    assert mirrored["fixed"] == mirrored["relative"] == mirrored["fixed_and_ratio_below_1"] == 1.0
+    assert all(0.0 <= r["relative"] <= 1.0 for r in res["sets"].values())
