@@ -34,7 +34,6 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,12 +45,6 @@ from configs import report as report_cfg  # noqa: E402
 from jax_mri_ldm import atomic  # noqa: E402
 from jax_mri_ldm.evaluation import controls, neighbours  # noqa: E402
 from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
-
-WORKDIR = flags.DEFINE_string("workdir", None, "finished LDM run directory", required=True)
-GUIDANCE = flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
-OUT = flags.DEFINE_string("out", None, "optional JSON output path")
-SYNTHETIC = flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
-PER_CLASS = flags.DEFINE_integer("per_class", None, "synthetic images per class (None: report's)")
 
 NEW = ("real validation", "blur 1 px", "blur 2 px", "VAE recon. of validation")
 COPIES = ("mirrored train", "VAE recon. of train")
@@ -160,14 +153,25 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
     return res
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
-    res = probe(WORKDIR.value, GUIDANCE.value, SYNTHETIC.value, PER_CLASS.value)
+    from absl import flags
+
+    F = flags.FLAGS
+    res = probe(F.workdir, F.guidance, F.synthetic, F.per_class)
     print(render(res))
-    if OUT.value:
-        atomic.write_text(OUT.value, json.dumps(res, indent=1))
-        atomic.write_text(os.path.splitext(OUT.value)[0] + ".md", render(res) + "\n")
+    if F.out:
+        atomic.write_text(F.out, json.dumps(res, indent=1))
+        atomic.write_text(os.path.splitext(F.out)[0] + ".md", render(res) + "\n")
 
 
 if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "finished LDM run directory")
+    flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
+    flags.DEFINE_string("out", None, "optional JSON output path")
+    flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
+    flags.DEFINE_integer("per_class", None, "synthetic images per class (None: report's)")
+    flags.mark_flag_as_required("workdir")
     app.run(main)
