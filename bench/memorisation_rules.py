@@ -15,8 +15,8 @@ the threshold) and scored here on sets whose answer is known:
 * must be flagged (copies): mirrored training slices; the VAE's reconstructions of training
   slices (what a generator that memorised its training latents would decode);
 * reported, no verdict: training slices rotated by 5 degrees with a little noise (near copies),
-  and the run's synthetic main set (the report's sampler, guidance and seed, so the same images
-  as the report's section 7).
+  and the run's synthetic main set (the report's default sampler, batch and seed at the
+  `--guidance` the report chose, so the same images as section 7 of a `report.py:paper` report).
 
 Run from the repository root on a finished LDM run::
 
@@ -93,7 +93,7 @@ def score(sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, si
             x, refs, test, search_size=size, top_k=1, train_groups=groups, train_own=own
         )
         ratio = np.asarray(m["relative"]["synthetic"]["ratio"])
-        fixed = np.asarray(m["synthetic_to_train"]["score"]) > m["threshold"]
+        fixed = np.isin(np.arange(len(x)), m["flagged"])
         out[name] = {
             "n": int(len(x)),
             "fixed": m["fraction_flagged"],

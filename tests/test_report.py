@@ -48,6 +48,7 @@ HEADLINE_FIELDS = (
     "spectrum_ratio",
     "spectrum_within_real_iqr",
     "memorised_frac",
+    "memorised_frac_relative",
     "fast_sampler",
     "fast_sampler_matches_ddpm",
     "fast_sampler_deterministic",
@@ -150,6 +151,7 @@ def test_headline_has_every_field_or_a_reason(tiny_report):
     assert h["fid_ratio"] == r["fid_kid"]["ratio_synthetic_to_real_train"]
     assert h["vae_psnr"] == r["vae"]["psnr"]["mean"]
     assert h["memorised_frac"] == r["memorisation"]["fraction_flagged"]
+    assert h["memorised_frac_relative"] == r["memorisation"]["relative"]["fraction_flagged"]
     assert set(h["trusted"]) == set(headline.TRUST_OF)
     for k, metric in headline.TRUST_OF.items():
         assert h["trusted"][k] == r["controls"]["table"]["metrics"][metric]["trustworthy"]

@@ -36,7 +36,7 @@ DECODED_TRAIN = "decoded_train"
 its training latents would decode (as smooth as a sample, so it tests a memorisation rule
 where smoothness and copying differ)."""
 COPIES: tuple[str, ...] = (MEMORISED, DECODED_TRAIN)
-"""Every copy control a memorisation rule must flag."""
+"""Every copy control (the memorisation rules must flag MEMORISED; `trust.RULES`)."""
 
 
 def gaussian_noise(images: np.ndarray, sigma: float = NOISE_SIGMA, seed: int = 0) -> np.ndarray:

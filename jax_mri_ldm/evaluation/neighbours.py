@@ -205,7 +205,7 @@ def own_neighbour_scores(
 
 def _merge_groups(g: np.ndarray, members, partners: np.ndarray) -> np.ndarray | None:
     """Groups with each member's group joined to its partner's; None if nothing to join or
-    everything would become one group."""
+    everything would become one group (then the caller keeps the last scores, twins and all)."""
     if len(members) == 0:
         return None
     g = g.copy()
@@ -271,7 +271,7 @@ def memorisation_report(
       block_size: SSIM block size.
       train_groups: (T,) ints; training images of one group (an image and its mirror image)
         are not each other's neighbours in the relative rule (default: one group each);
-        twins (`TWIN_SSIM`) are joined too.
+        with metric 'ssim', twins (`TWIN_SSIM`) are joined too.
       train_own: the `own_neighbour_scores` of `train` if already computed.
 
     Returns:

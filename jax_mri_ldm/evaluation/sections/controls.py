@@ -148,11 +148,11 @@ def render(r: dict) -> str:
         "Every metric is also computed on control sets: the real held-out images (validation "
         "split; the reference) and corrupted copies of them: Gaussian noise (σ = 0.1), "
         "Gaussian blur (σ = 2 px), shuffled patches, an added period-8 grid of amplitude "
-        "0.03, VAE decodes of pure N(0, I) latents, and two kinds of training-image copies "
-        "that memorisation must flag: mirrored training images and their VAE reconstructions "
-        "(a copy as smooth as a sample). A metric that does not rank the real images best "
-        "and every corruption it is responsible for worse is **not trustworthy for this run** "
-        "and decides nothing (guidance w, sampler).",
+        "0.03, VAE decodes of pure N(0, I) latents, and two kinds of training-image copies: "
+        "mirrored training images (which memorisation must flag) and their VAE "
+        "reconstructions (a copy as smooth as a sample, shown beside them). A metric that "
+        "does not rank the real images best and every corruption it is responsible for "
+        "worse is **not trustworthy for this run** and decides nothing (guidance w, sampler).",
         "",
     ]
     L += _space_lines(r["feature_space"])

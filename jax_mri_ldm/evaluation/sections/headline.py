@@ -26,6 +26,7 @@ TRUST_OF = {
     "grid_ratio": "grid",
     "spectrum_ratio": "spectrum",
     "memorised_frac": "memorised",
+    "memorised_frac_relative": "memorised_relative",
 }
 
 
@@ -70,6 +71,7 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
         "spectrum_ratio": _get(r, "spectrum.spectrum.ratio"),
         "spectrum_within_real_iqr": _get(r, "spectrum.spectrum.within_real_iqr"),
         "memorised_frac": _get(r, "memorisation.fraction_flagged"),
+        "memorised_frac_relative": _get(r, "memorisation.relative.fraction_flagged"),
         "fast_sampler": _get(r, "samplers.fast_sampler.name"),
         "fast_sampler_matches_ddpm": _get(r, "samplers.fast_sampler.matches_ddpm"),
         "fast_sampler_deterministic": _get(r, "samplers.fast_sampler.deterministic"),

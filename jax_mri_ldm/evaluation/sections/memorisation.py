@@ -28,7 +28,14 @@ def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
     search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
     groups = np.tile(np.arange(len(tr)), 2)  # a slice and its mirror image are one group
     mem = neighbours.memorisation_report(
-        x, refs, ctx.test.images, metric="ssim", search_size=search, top_k=5, train_groups=groups
+        x,
+        refs,
+        ctx.test.images,
+        metric="ssim",
+        search_size=search,
+        top_k=5,
+        train_groups=groups,
+        train_own=ctx.shared["ref"].train_own,  # the controls' reference: one search, one rule
     )
     extra = len(ctx.seen_by_generator) - len(ctx.train)
     mem["reference"] = "training images and their mirror images" + (
