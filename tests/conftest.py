@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from jax_mri_ldm.config_loader import load_config
@@ -76,3 +77,17 @@ def env_for_subprocess(**extra) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+def blobs(n: int, size: int, seed: int) -> np.ndarray:
+    """Images of a few random Gaussian blobs: structured, so SSIM between them is meaningful."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.zeros((n, size, size, 1), np.float32)
+    for i in range(n):
+        for _ in range(4):
+            cy, cx = rng.uniform(0, size, 2)
+            r = rng.uniform(size / 16, size / 5)
+            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            out[i, ..., 0] += rng.uniform(0.3, 1.0) * np.exp(-d2 / r**2)
+    return np.clip(out, 0.0, 1.0)

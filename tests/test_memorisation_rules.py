@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REPO, load_script
+from conftest import REPO, blobs, load_script
 
 SCRIPT = REPO / "bench" / "memorisation_rules.py"
 
@@ -14,21 +14,9 @@ def _load():
     return load_script(SCRIPT, "bench_memorisation_rules")
 
 
-def _blobs(n: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    out = np.zeros((n, size, size, 1), np.float32)
-    for i in range(n):
-        for _ in range(4):
-            cy, cx = rng.uniform(0, size, 2)
-            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-            out[i, ..., 0] += rng.uniform(0.3, 1.0) * np.exp(-d2 / rng.uniform(3, 10) ** 2)
-    return np.clip(out, 0.0, 1.0)
-
-
 def test_near_copies_rotate_and_stay_in_range():
     mr = _load()
-    x = _blobs(3, 32, seed=0)
+    x = blobs(3, 32, seed=0)
     y = mr.near_copies(x)
     assert y.shape == x.shape and y.dtype == np.float32
     assert 0.0 <= y.min() and y.max() <= 1.0
@@ -37,10 +25,10 @@ def test_near_copies_rotate_and_stay_in_range():
 
 def test_score_flags_planted_copies_by_both_rules_and_renders_a_row_per_set():
     mr = _load()
-    train, test = _blobs(12, 32, seed=1), _blobs(6, 32, seed=2)
+    train, test = blobs(12, 32, seed=1), blobs(6, 32, seed=2)
     refs = np.concatenate([train, train[:, :, ::-1]])
     groups = np.tile(np.arange(12), 2)
-    sets = {"real validation": _blobs(6, 32, seed=3), "mirrored train": train[:6, :, ::-1]}
+    sets = {"real validation": blobs(6, 32, seed=3), "mirrored train": train[:6, :, ::-1]}
     res = {"workdir": "w", "sets": mr.score(sets, refs, groups, test, 32)}
     copies, new = res["sets"]["mirrored train"], res["sets"]["real validation"]
     assert copies["fixed"] == copies["relative"] == copies["fixed_and_ratio_below_1"] == 1.0

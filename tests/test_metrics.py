@@ -10,6 +10,7 @@ import scipy.linalg
 import scipy.stats
 from scipy.ndimage import gaussian_filter
 
+from conftest import blobs
 from jax_mri_ldm.evaluation import metrics as M
 from jax_mri_ldm.evaluation import neighbours as N
 from jax_mri_ldm.evaluation import stats as S
@@ -30,24 +31,10 @@ def _ref_ssim_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(s[crop].mean()), float(cs[crop].mean())
 
 
-def _blobs(n: int, size: int, seed: int) -> np.ndarray:
-    """Images of a few random Gaussian blobs: structured, so SSIM between them is meaningful."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    out = np.zeros((n, size, size, 1), np.float32)
-    for i in range(n):
-        for _ in range(4):
-            cy, cx = rng.uniform(0, size, 2)
-            r = rng.uniform(size / 16, size / 5)
-            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-            out[i, ..., 0] += rng.uniform(0.3, 1.0) * np.exp(-d2 / r**2)
-    return np.clip(out, 0.0, 1.0)
-
-
 @pytest.fixture(scope="module")
 def noisy_pair() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    x = _blobs(3, 48, seed=1)[:, :40]  # (3, 40, 48, 1): non-square on purpose
+    x = blobs(3, 48, seed=1)[:, :40]  # (3, 40, 48, 1): non-square on purpose
     y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
     return x, y
 
@@ -75,7 +62,7 @@ def test_ssim_matches_scipy_reference(noisy_pair):
 
 
 def test_ssim_identical_and_constant_hand_case():
-    x = _blobs(2, 24, seed=3)
+    x = blobs(2, 24, seed=3)
     np.testing.assert_allclose(M.ssim(x, x), 1.0, atol=1e-6)
     # Constant images: variances and covariance vanish, so SSIM = luminance term
     # (2ab + C1) / (a^2 + b^2 + C1) = (0.24 + 1e-4) / (0.40 + 1e-4).
@@ -99,10 +86,10 @@ def test_ms_ssim_scales_and_identity():
     sizes = (256, 176, 175, 64, 32, 16, 10)
     want = (5, 5, 4, 3, 2, 1, 0)  # smallest scale must still hold an 11 px window
     assert tuple(M.ms_ssim_num_scales(s, s) for s in sizes) == want
-    x = _blobs(2, 64, seed=4)
+    x = blobs(2, 64, seed=4)
     np.testing.assert_allclose(M.ms_ssim(x, x), 1.0, atol=1e-6)
     # One scale: the weight renormalises to 1 and MS-SSIM is plain SSIM.
-    small = _blobs(2, 16, seed=5)
+    small = blobs(2, 16, seed=5)
     other = np.clip(small + 0.05, 0, 1)
     np.testing.assert_allclose(M.ms_ssim(small, other), M.ssim(small, other), rtol=1e-6)
     with pytest.raises(ValueError, match="scales"):
@@ -123,7 +110,7 @@ def test_ms_ssim_matches_two_scale_reference(noisy_pair):
 
 
 def test_ms_ssim_decreases_with_noise():
-    x = _blobs(2, 64, seed=6)
+    x = blobs(2, 64, seed=6)
     rng = np.random.default_rng(1)
     noise = rng.standard_normal(x.shape).astype(np.float32)
     vals = [float(np.mean(M.ms_ssim(x, np.clip(x + s * noise, 0, 1)))) for s in (0.02, 0.1, 0.3)]
@@ -170,9 +157,9 @@ def test_kid_same_vs_shifted():
 
 
 def test_mean_pairwise_ms_ssim_diversity():
-    same = np.repeat(_blobs(1, 32, seed=7), 5, axis=0)
+    same = np.repeat(blobs(1, 32, seed=7), 5, axis=0)
     assert M.mean_pairwise_ms_ssim(same) == pytest.approx(1.0, abs=1e-5)
-    diverse = _blobs(12, 32, seed=8)
+    diverse = blobs(12, 32, seed=8)
     d = M.mean_pairwise_ms_ssim(diverse, max_pairs=20, seed=0)
     assert 0.0 <= d < 0.8
     pairs = M._sample_pairs(12, 20, np.random.default_rng(0))
@@ -182,7 +169,7 @@ def test_mean_pairwise_ms_ssim_diversity():
 
 @pytest.mark.parametrize("metric", ["ssim", "l2", "feature"])
 def test_nearest_neighbours_recovers_permutation(metric):
-    refs = _blobs(10, 48, seed=9)
+    refs = blobs(10, 48, seed=9)
     perm = np.random.default_rng(3).permutation(10)[:6]
     rng = np.random.default_rng(4)
     queries = np.clip(refs[perm] + 0.03 * rng.standard_normal((6, 48, 48, 1)), 0, 1)
@@ -198,7 +185,7 @@ def test_nearest_neighbours_recovers_permutation(metric):
 
 
 def test_nearest_neighbours_ssim_matches_direct_ssim():
-    q, r = _blobs(3, 24, seed=10), _blobs(5, 24, seed=11)
+    q, r = blobs(3, 24, seed=10), blobs(5, 24, seed=11)
     out = N.nearest_neighbours(q, r, search_size=None, block_size=2)
     qq, rr = np.repeat(q, 5, axis=0), np.tile(r, (3, 1, 1, 1))  # all 15 (query, ref) pairs
     full = np.asarray(M.ssim(qq, rr)).reshape(3, 5)
@@ -207,9 +194,9 @@ def test_nearest_neighbours_ssim_matches_direct_ssim():
 
 
 def test_memorisation_report_flags_planted_copy():
-    train = _blobs(12, 48, seed=12)
-    test_real = _blobs(6, 48, seed=13)
-    synthetic = _blobs(8, 48, seed=14)
+    train = blobs(12, 48, seed=12)
+    test_real = blobs(6, 48, seed=13)
+    synthetic = blobs(8, 48, seed=14)
     synthetic[5] = train[7]  # a memorised training image
     rep = N.memorisation_report(synthetic, train, test_real, search_size=32, block_size=8)
     assert 5 in rep["flagged"]
@@ -229,7 +216,7 @@ def test_memorisation_report_flags_planted_copy():
 
 @pytest.mark.parametrize("metric", ["ssim", "l2", "feature"])
 def test_nearest_neighbours_groups_skip_own_group(metric):
-    x = _blobs(9, 32, seed=21)
+    x = blobs(9, 32, seed=21)
     feats = None
     if metric == "feature":
         f = x.reshape(9, -1) @ np.random.default_rng(5).standard_normal((32 * 32, 16))
@@ -250,7 +237,7 @@ def test_nearest_neighbours_groups_skip_own_group(metric):
 
 
 def test_nearest_neighbours_groups_errors():
-    x = _blobs(4, 24, seed=22)
+    x = blobs(4, 24, seed=22)
     with pytest.raises(ValueError, match="shapes"):
         N.nearest_neighbours(x, x, groups=(np.zeros(3), np.zeros(4)))
     with pytest.raises(ValueError, match="no reference outside"):
@@ -258,7 +245,7 @@ def test_nearest_neighbours_groups_errors():
 
 
 def test_own_neighbour_scores_skip_twins():
-    x = _blobs(6, 32, seed=23)
+    x = blobs(6, 32, seed=23)
     refs = np.concatenate([x, x[2:3]])  # slice 2 stored twice (index 6)
     kw = dict(search_size=None, block_size=4)
     plain = N.own_neighbour_scores(refs, **kw)
@@ -288,10 +275,10 @@ def test_relative_rule_flags_copies_not_typical_members_of_a_dense_cluster():
     spread-out test image is (the fixed rule flags it) but not closer than the cluster's
     members are to each other (the relative rule does not); a copy is flagged by both."""
     rng = np.random.default_rng(0)
-    proto = _blobs(1, 48, seed=30)
+    proto = blobs(1, 48, seed=30)
     cluster = np.clip(proto + 0.04 * rng.standard_normal((10, 48, 48, 1)), 0, 1)
-    train = np.concatenate([cluster, _blobs(10, 48, seed=31)]).astype(np.float32)
-    test_real = _blobs(6, 48, seed=32)
+    train = np.concatenate([cluster, blobs(10, 48, seed=31)]).astype(np.float32)
+    test_real = blobs(6, 48, seed=32)
     new_member = np.clip(proto + 0.04 * rng.standard_normal((1, 48, 48, 1)), 0, 1)
     synthetic = np.concatenate([new_member, train[14:15]]).astype(np.float32)  # new, copy
     rep = N.memorisation_report(synthetic, train, test_real, search_size=None, block_size=8)
