@@ -43,7 +43,7 @@ import quality_curve as qc  # noqa: E402  (bench/quality_curve.py: the run's spl
 
 from configs import report as report_cfg  # noqa: E402
 from jax_mri_ldm import atomic  # noqa: E402
-from jax_mri_ldm.evaluation import controls, neighbours  # noqa: E402
+from jax_mri_ldm.evaluation import controls, neighbours, scoring  # noqa: E402
 from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
 
 NEW = ("real validation", "blur 1 px", "blur 2 px", "VAE recon. of validation")
@@ -142,8 +142,7 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
     run = pipeline.load_ldm(workdir)
     train, val, test = qc.load_splits(run)
     seen = qc.generator_train(run, train).images
-    refs = np.concatenate([seen, seen[:, :, ::-1]])  # (2T, H, W, 1), as section 7 searches
-    groups = np.tile(np.arange(len(seen)), 2)
+    refs, groups = scoring.with_mirrors(seen)  # (2T, H, W, 1), as section 7 searches
     size = min(int(report_cfg.get_config("paper").memorisation_search_size), run.image_size)
     sets = control_sets(run, train, val)
     if synthetic:

@@ -80,15 +80,17 @@ class Reference:
     prdc_k: int
 
 
-def _with_mirrors(train: np.ndarray) -> np.ndarray:
-    return np.concatenate([train, train[:, :, ::-1]])  # (2T, H, W, 1)
+def with_mirrors(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the training images then their mirror images (2T, H, W, 1), groups (2T,)): the
+    nearest-train search's references; a slice and its mirror image share one group."""
+    return np.concatenate([train, train[:, :, ::-1]]), np.tile(np.arange(len(train)), 2)
 
 
 def nearest_train_match(train: np.ndarray, images: np.ndarray, search_size: int) -> dict:
     """`nearest_neighbours` of each image among the training images and their mirror images
     (indices into that (2T,) stack)."""
     return neighbours.nearest_neighbours(
-        images, _with_mirrors(train), "ssim", search_size=search_size
+        images, with_mirrors(train)[0], "ssim", search_size=search_size
     )
 
 
@@ -100,9 +102,9 @@ def nearest_train(train: np.ndarray, images: np.ndarray, search_size: int) -> np
 def train_own_scores(train: np.ndarray, search_size: int) -> np.ndarray:
     """(2T,) SSIM of every training image and mirror image to its nearest other slice (a slice,
     its mirror image and its twins are one group)."""
-    groups = np.tile(np.arange(len(train)), 2)
+    refs, groups = with_mirrors(train)
     return neighbours.own_neighbour_scores(
-        _with_mirrors(train), groups, search_size=search_size, twin_ssim=neighbours.TWIN_SSIM
+        refs, groups, search_size=search_size, twin_ssim=neighbours.TWIN_SSIM
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm import plots
-from jax_mri_ldm.evaluation import neighbours
+from jax_mri_ldm.evaluation import neighbours, scoring
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, table
 
@@ -24,9 +24,8 @@ HEADER = "## 7. Memorisation and realism"
 def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
     """memorisation_report against train + mirrored train (indices into that stack)."""
     tr = ctx.seen_by_generator.images  # training split + any extra training images
-    refs = np.concatenate([tr, tr[:, :, ::-1]])  # (2T, H, W, 1)
+    refs, groups = scoring.with_mirrors(tr)  # (2T, H, W, 1), (2T,)
     search = min(int(ctx.cfg.memorisation_search_size), int(x.shape[1]))
-    groups = np.tile(np.arange(len(tr)), 2)  # a slice and its mirror image are one group
     mem = neighbours.memorisation_report(
         x,
         refs,
