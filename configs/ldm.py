@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Leave out extra slices less like the training split than this quantile of the training
     # slices' own nearest-other-slice correlation (other planes or framing; 0 = keep all).
     c.extra_train.domain_quantile = 0.1
+    # > 0 on the binary built-in set (moot for a data path): this many new generated slices of
+    # each class join the diffusion training set instead, as a second folder would.
+    c.extra_train.builtin_per_class = 0
 
     c.latents = ml_collections.ConfigDict()
     c.latents.flip = True  # also encode mirrored slices: exact random-flip augmentation
@@ -109,6 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.diffusion.prediction = "v"
         c.diffusion.loss_weighting = "min_snr"
         c.latents.x0_clip_percentile = -1.0
+        # On the 320 built-in training slices 6,000 updates return partial copies of some
+        # (docs/results.md, "Memorisation rules"); new generated slices keep them distinct.
+        c.extra_train.builtin_per_class = 600
         c.train.num_steps = 6000
         c.train.eval_every_epochs = 100
         c.train.checkpoint_every_epochs = 50

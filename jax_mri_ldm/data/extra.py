@@ -14,6 +14,11 @@ set's `notumor/`, say) adds new patients. These rules keep every score honest:
   training slices' own best correlation with another slice group) is left out: another plane,
   sequence or framing than the main set holds would be learnt as a feature of its class;
 - the report's memorisation search treats the extra images as training images.
+On the binary built-in set, `builtin_per_class` adds new phantom slices instead: the generator
+draws each slice from its own seed, so raising the counts yields the main set plus new ones
+(same generator, so no domain filter; the near-copy rule still applies). A diffusion model
+trained long on the 320 built-in training slices returns partial copies of some; more distinct
+slices are the remedy the real set gets from a second folder.
 The frozen VAE is not retrained on them (its test scores show how it encodes unseen slices).
 """
 
@@ -27,8 +32,10 @@ import numpy as np
 from jax_mri_ldm.data import folders as folders_lib
 from jax_mri_ldm.data import near_duplicates
 from jax_mri_ldm.data.classes import mode_of
+from jax_mri_ldm.data.sources import load_imageset, resolve_source
 from jax_mri_ldm.data.splits import split_groups
 from jax_mri_ldm.data.types import DataError, ImageSet
+from jax_mri_ldm.errors import UserError
 
 ID_PREFIX = "extra:"  # marks extra images' ids, so they never collide with the main set's
 EXACT = 1.0 - 1e-6  # fingerprint correlation of a copy, used when near-duplicate search is off
@@ -124,14 +131,92 @@ def _drop_near_copies(
     return extra.subset(np.flatnonzero(~drop)), dropped
 
 
+def builtin_per_class(extra_cfg: Any, data_cfg: Any) -> int:
+    """New phantom slices per class to add: config.extra_train.builtin_per_class when the main
+    set is the binary built-in set, else 0 (a data path or the 4-class phantoms: moot)."""
+    n = int((extra_cfg.get("builtin_per_class", 0) or 0) if extra_cfg is not None else 0)
+    if n < 0:
+        raise UserError(f"config.extra_train.builtin_per_class={n} must be >= 0 (0 = none).")
+    binary = not bool(data_cfg.builtin.get("types", False))
+    return n if n and binary and resolve_source(data_cfg) == "builtin" else 0
+
+
+def _generated(per_class: int, data_cfg: Any) -> ImageSet:
+    """`per_class` new built-in slices of each class: the generator's next images of each class."""
+    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    main = (int(cfg.builtin.num_normal), int(cfg.builtin.num_tumour))
+    cfg.builtin.num_normal, cfg.builtin.num_tumour = main[0] + per_class, main[1] + per_class
+    big = load_imageset(cfg)  # the main set's slices plus the new ones, each class in order
+    new = [np.flatnonzero(big.labels == c)[n:] for c, n in enumerate(main)]
+    return big.subset(np.sort(np.concatenate(new)))
+
+
+def _from_folder(
+    extra_cfg: Any, data_cfg: Any, ds: ImageSet, train: ImageSet, where: str
+) -> tuple[ImageSet, dict[str, Any]]:
+    """The folder's images of the named classes, relabelled, near-copies and unlike ones out."""
+    extra = _read(extra_cfg, data_cfg)
+    folders = parse_folders(extra_cfg.get("folders", ""))
+    extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
+    extra, dropped = _drop_copies(extra, ds, data_cfg, where)
+    quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
+    floor = domain_floor(train, quantile, _threshold(data_cfg))
+    extra, unlike = _keep_in_domain(extra, train, floor)
+    if len(extra) == 0:
+        raise DataError(
+            f"{where}: no image is as like the training split as the config.extra_train."
+            f"domain_quantile={quantile:g} floor ({floor:.3f}) asks; lower it (0 keeps all)."
+        )
+    summary = {
+        "path": str(extra_cfg.path),
+        "folders": list(folders),
+        "dropped_near_copies": dropped,
+        "domain_quantile": quantile,
+        "domain_floor": floor if np.isfinite(floor) else None,
+        "left_out_unlike_training": unlike,
+    }
+    return extra, summary
+
+
+def _threshold(data_cfg: Any) -> float:
+    return float(data_cfg.split.get("near_duplicate_threshold", 0.0) or 0.0)
+
+
+def _drop_copies(
+    extra: ImageSet, ds: ImageSet, data_cfg: Any, where: str
+) -> tuple[ImageSet, list[dict[str, Any]]]:
+    """`_drop_near_copies` at the split's threshold; an error when nothing is left."""
+    extra, dropped = _drop_near_copies(extra, ds, _threshold(data_cfg))
+    if len(extra) == 0:
+        raise DataError(f"{where}: every image copies one of the main data set; nothing to add.")
+    return extra, dropped
+
+
+def _from_generator(
+    per_class: int, data_cfg: Any, ds: ImageSet, where: str
+) -> tuple[ImageSet, dict[str, Any]]:
+    """New built-in slices less near-copies of main-set ones (same generator: no domain filter)."""
+    extra, dropped = _drop_copies(_generated(per_class, data_cfg), ds, data_cfg, where)
+    summary = {
+        "path": f"the built-in generator (config.extra_train.builtin_per_class={per_class})",
+        "folders": [],
+        "builtin_per_class": per_class,
+        "dropped_near_copies": dropped,
+        "domain_quantile": None,
+        "domain_floor": None,
+        "left_out_unlike_training": [],
+    }
+    return extra, summary
+
+
 def load_extra_train(
     extra_cfg: Any, data_cfg: Any, ds: ImageSet, train: ImageSet
 ) -> tuple[ImageSet | None, dict[str, Any]]:
     """The extra training images of `config.extra_train`, checked against the main set `ds`.
 
     Args:
-      extra_cfg: config.extra_train (path, folders, class_map, domain_quantile); an empty
-        path means none.
+      extra_cfg: config.extra_train (path, folders, class_map, domain_quantile,
+        builtin_per_class); an empty path and no generated slices means none.
       data_cfg: the main set's config.data (image size, class mode, near-duplicate threshold).
       ds: the main data set (all splits: an extra image may copy none of them).
       train: its training split (the domain filter's reference).
@@ -142,40 +227,27 @@ def load_extra_train(
       out by the domain filter and its floor, fingerprint).
 
     Raises:
-      DataError: unreadable folder, unknown folder or class, or nothing left after filtering.
+      DataError: unreadable folder, unknown folder or class, nothing left after filtering, or
+        both a folder and generated slices asked for.
     """
     path = str(extra_cfg.get("path", "") or "").strip() if extra_cfg is not None else ""
-    if not path:
-        return None, {}
-    where = f"config.extra_train.path={path!r}"
-    extra = _read(extra_cfg, data_cfg)
-    folders = parse_folders(extra_cfg.get("folders", ""))
-    extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
-    threshold = float(data_cfg.split.get("near_duplicate_threshold", 0.0) or 0.0)
-    extra, dropped = _drop_near_copies(extra, ds, threshold)
-    if len(extra) == 0:
-        raise DataError(f"{where}: every image copies one of the main data set; nothing to add.")
-    quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
-    floor = domain_floor(train, quantile, threshold)
-    extra, unlike = _keep_in_domain(extra, train, floor)
-    if len(extra) == 0:
+    per_class = builtin_per_class(extra_cfg, data_cfg)
+    if path and per_class:
         raise DataError(
-            f"{where}: no image is as like the training split as the config.extra_train."
-            f"domain_quantile={quantile:g} floor ({floor:.3f}) asks; lower it (0 keeps all)."
+            f"config.extra_train.path={path!r} and config.extra_train.builtin_per_class="
+            f"{per_class} both add images; keep one (--config.extra_train.builtin_per_class=0)."
         )
+    if per_class:
+        where = f"config.extra_train.builtin_per_class={per_class}"
+        extra, summary = _from_generator(per_class, data_cfg, ds, where)
+    elif path:
+        where = f"config.extra_train.path={path!r}"
+        extra, summary = _from_folder(extra_cfg, data_cfg, ds, train, where)
+    else:
+        return None, {}
     extra.ids = [ID_PREFIX + i for i in extra.ids]
     extra.groups = extra.groups + int(np.max(ds.groups, initial=-1)) + 1
-    summary = {
-        "path": path,
-        "folders": list(folders),
-        "fingerprint": extra.fingerprint,
-        "counts": extra.counts(),
-        "dropped_near_copies": dropped,
-        "domain_quantile": quantile,
-        "domain_floor": floor if np.isfinite(floor) else None,
-        "left_out_unlike_training": unlike,
-    }
-    return extra, summary
+    return extra, {**summary, "fingerprint": extra.fingerprint, "counts": extra.counts()}
 
 
 def join(train: ImageSet, extra: ImageSet | None) -> ImageSet:

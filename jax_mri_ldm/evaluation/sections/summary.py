@@ -79,10 +79,16 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
     """What the run added to the generator's training set (config.extra_train), or None."""
     rec = ctx.run.meta.get("extra_train") or {}
     if not rec:
-        ctx.nulls.null("run.extra_train", "no extra training images (config.extra_train.path)")
+        ctx.nulls.null(
+            "run.extra_train",
+            "no extra training images (config.extra_train.path, .builtin_per_class)",
+        )
         return None
     if rec.get("domain_floor") is None:
-        ctx.nulls.null("run.extra_train.domain_floor", "extra_train.domain_quantile <= 0 (off)")
+        why = "extra_train.domain_quantile <= 0 (off)"
+        if rec.get("builtin_per_class"):
+            why = "generated built-in slices: same generator, no domain filter"
+        ctx.nulls.null("run.extra_train.domain_floor", why)
     return {
         "path": rec["path"],
         "folders": rec.get("folders", []),
@@ -96,9 +102,10 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
 def _extra_line(x: dict[str, Any] | None) -> list[str]:
     if not x:
         return []
+    folders = f" (folders {', '.join(x['folders']) or 'all'})" if x["folders"] else ""
     return [
         f"- Extra training images (diffusion stage only, `config.extra_train`): {x['counts']} "
-        f"from {x['path']} (folders {', '.join(x['folders']) or 'all'}); "
+        f"from {x['path']}{folders}; "
         f"{x['dropped_near_copies']} dropped as near-copies of main-set images, "
         f"{x['left_out_unlike_training']} left out as unlike the training split (floor "
         f"{f(x['domain_floor'])}). Memorisation is searched over them too."
