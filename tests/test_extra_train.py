@@ -11,6 +11,7 @@ from PIL import Image
 
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm.data import extra as extra_lib
+from jax_mri_ldm.errors import UserError
 from tests.conftest import tiny_ldm_config
 
 
@@ -190,3 +191,96 @@ def test_the_report_summary_names_the_extra_images() -> None:
     [line] = summary._extra_line(rec)
     for part in ("'normal': 95", "/data/4class", "folders notumor", "2 dropped", "53 left out"):
         assert part in line
+
+
+def _builtin_cfg(tmp: Path, types: bool = False) -> ml_collections.ConfigDict:
+    c = data_lib.get_data_config()
+    c.image_size, c.cache_dir, c.builtin.types = 32, str(tmp / "cache"), types
+    c.builtin.num_normal, c.builtin.num_tumour = 6, 8
+    return c
+
+
+def _generated_cfg(per_class: int, path: str = "") -> ml_collections.ConfigDict:
+    cfg = _extra_cfg(path)
+    cfg.builtin_per_class = per_class
+    return cfg
+
+
+def test_generated_builtin_slices_are_new_slices_of_the_same_generator(tmp_path) -> None:
+    cfg = _builtin_cfg(tmp_path)
+    ds = data_lib.load_imageset(cfg)
+    extra, summary = data_lib.load_extra_train(_generated_cfg(3), cfg, ds, ds)
+    assert summary["counts"] == {"normal": 3, "tumour": 3} and summary["builtin_per_class"] == 3
+    assert all(i.startswith(extra_lib.ID_PREFIX) for i in extra.ids)
+    assert set(extra.groups.tolist()).isdisjoint(ds.groups.tolist())
+    gap = np.abs(extra.images[:, None] - ds.images[None]).mean(axis=(2, 3, 4))  # (E, N)
+    assert gap.min() > 0.01  # none repeats a main-set slice
+    big_cfg = _builtin_cfg(tmp_path)
+    big_cfg.builtin.num_normal, big_cfg.builtin.num_tumour = 9, 11
+    big = data_lib.load_imageset(big_cfg)
+    for c, n in enumerate((6, 8)):  # the larger set starts with the main set, class by class
+        np.testing.assert_array_equal(big.images[big.labels == c][:n], ds.images[ds.labels == c])
+        np.testing.assert_array_equal(
+            big.images[big.labels == c][n:], extra.images[extra.labels == c]
+        )
+
+
+def test_generated_slices_are_moot_off_the_binary_builtin_set(sets, tmp_path) -> None:
+    ds, main_dir, _, tmp = sets
+    assert data_lib.load_extra_train(_generated_cfg(3), _data_cfg(main_dir, tmp), ds, ds) == (
+        None,
+        {},
+    )
+    types_cfg = _builtin_cfg(tmp_path, types=True)
+    assert extra_lib.builtin_per_class(_generated_cfg(3), types_cfg) == 0
+    assert extra_lib.builtin_per_class(_generated_cfg(3), _builtin_cfg(tmp_path)) == 3
+
+
+def test_generated_slices_reject_a_folder_too_and_negative_counts(sets, tmp_path) -> None:
+    _, _, extra_dir, _ = sets
+    cfg = _builtin_cfg(tmp_path)
+    ds = data_lib.load_imageset(cfg)
+    with pytest.raises(data_lib.DataError, match="extra_train.path=.*builtin_per_class=3 both"):
+        data_lib.load_extra_train(_generated_cfg(3, str(extra_dir)), cfg, ds, ds)
+    with pytest.raises(UserError, match="builtin_per_class=-1 must be >= 0"):
+        data_lib.load_extra_train(_generated_cfg(-1), cfg, ds, ds)
+
+
+def test_a_run_with_generated_slices_reloads_them_for_the_report(tiny_runs) -> None:
+    from jax_mri_ldm import pipeline
+    from jax_mri_ldm.evaluation import report
+
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    ds, split = report._load_data(run)
+    train = ds.subset(split["train"])
+    meta = {**run.meta, "config": {**run.meta["config"]}}
+    meta["config"]["extra_train"] = {**meta["config"]["extra_train"], "builtin_per_class": 2}
+    extra, meta["extra_train"] = data_lib.load_extra_train(
+        ml_collections.ConfigDict(meta["config"]["extra_train"]),
+        ml_collections.ConfigDict(meta["vae"]["data"]),
+        ds,
+        train,
+    )
+    seen = data_lib.generator_train_set(meta, ds, train, "w")
+    assert len(seen) == len(train) + 4 and seen.ids[-1].startswith(extra_lib.ID_PREFIX)
+    meta["extra_train"] = {**meta["extra_train"], "counts": {"normal": 1, "tumour": 2}}
+    with pytest.raises(data_lib.DataError, match="extra training images .* changed"):
+        data_lib.generator_train_set(meta, ds, train, "w")
+
+
+def test_the_recommended_preset_generates_slices_and_the_summary_says_so() -> None:
+    from configs import ldm
+    from jax_mri_ldm.evaluation.sections import summary
+
+    assert ldm.get_config("recommended").extra_train.builtin_per_class > 0
+    assert ldm.get_config("paper").extra_train.builtin_per_class == 0
+    rec = {
+        "path": "the built-in generator (config.extra_train.builtin_per_class=600)",
+        "folders": [],
+        "counts": {"normal": 600, "tumour": 600},
+        "dropped_near_copies": 0,
+        "left_out_unlike_training": 0,
+        "domain_floor": None,
+    }
+    [line] = summary._extra_line(rec)
+    assert "built-in generator" in line and "folders" not in line
