@@ -281,6 +281,9 @@ def test_the_recommended_preset_generates_slices_and_the_summary_says_so() -> No
         "dropped_near_copies": 0,
         "left_out_unlike_training": 0,
         "domain_floor": None,
+        "builtin_per_class": 600,
     }
     [line] = summary._extra_line(rec)
     assert "built-in generator" in line and "folders" not in line
+    [line] = summary._extra_line({**rec, "path": "/data/x", "builtin_per_class": 0})
+    assert "(folders all)" in line  # a folder read whole

@@ -92,6 +92,7 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
     return {
         "path": rec["path"],
         "folders": rec.get("folders", []),
+        "builtin_per_class": rec.get("builtin_per_class", 0),
         "counts": rec["counts"],
         "dropped_near_copies": len(rec.get("dropped_near_copies", [])),
         "left_out_unlike_training": len(rec.get("left_out_unlike_training", [])),
@@ -102,7 +103,8 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
 def _extra_line(x: dict[str, Any] | None) -> list[str]:
     if not x:
         return []
-    folders = f" (folders {', '.join(x['folders']) or 'all'})" if x["folders"] else ""
+    generated = x.get("builtin_per_class")  # generated slices come from no folder
+    folders = "" if generated else f" (folders {', '.join(x['folders']) or 'all'})"
     return [
         f"- Extra training images (diffusion stage only, `config.extra_train`): {x['counts']} "
         f"from {x['path']}{folders}; "
