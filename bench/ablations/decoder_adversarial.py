@@ -74,10 +74,8 @@ class PatchDiscriminator(nn.Module):
 
 
 def last_layer(tree: Any) -> jax.Array:
-    """The decoder's output-layer kernel (the last kernel leaf in flatten order)."""
-    leaves = [(p, v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    kernels = [v for p, v in leaves if "kernel" in jax.tree_util.keystr(p)]
-    return kernels[-1]
+    """The decoder's output-layer kernel (models/vae.py names that layer `out`)."""
+    return tree["out"]["kernel"]
 
 
 def make_step(vae, disc, aug_cfg, spectral_weight: float, adv_weight: float, tx_g, tx_d):

@@ -80,10 +80,9 @@ ABSENT_MEANS: dict[str, Any] = {
     "model.upsample": "transpose",
     "model.inference_params": "params",
     "loss.spectral_weight": 0.0,
-    # an older run had no extra images: path ''; the other extra_train settings are then moot
+    # an older run had no extra images (path '', no generated slices); the rest is then moot
     **{f"extra_train.{k}": "" for k in ("path", "folders", "class_map")},
-    "extra_train.domain_quantile": 0.1,  # moot without extra images: today's default
-    "extra_train.builtin_per_class": 0,  # older runs generated no extra built-in slices
+    **{"extra_train.domain_quantile": 0.1, "extra_train.builtin_per_class": 0},
 }
 
 
