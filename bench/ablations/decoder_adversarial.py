@@ -36,6 +36,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import serialization
@@ -126,7 +127,9 @@ def fine_tune(run, train: np.ndarray, flags) -> tuple[Any, list[dict]]:
     rng = jax.random.PRNGKey(flags.seed)
     d_params = disc.init(rng, jnp.zeros((1, *train.shape[1:])))["params"]
     tx_g, tx_d = optax.adam(flags.lr, b1=0.5, b2=0.9), optax.adam(flags.lr, b1=0.5, b2=0.9)
-    aug_cfg = _Cfg(run.meta["vae"]["data"]["augment"])  # the VAE's training augmentation
+    aug_cfg = ml_collections.ConfigDict(
+        run.meta["vae"]["data"]["augment"]
+    )  # the VAE's training augmentation
     step = make_step(vae, disc, aug_cfg, flags.spectral_weight, flags.adv_weight, tx_g, tx_d)
     dec, enc = params["decoder"], params["encoder"]
     state = (dec, enc, d_params, tx_g.init(dec), tx_d.init(d_params))
@@ -141,12 +144,6 @@ def fine_tune(run, train: np.ndarray, flags) -> tuple[Any, list[dict]]:
             )
             print(f"[dec_adv] {log[-1]}", flush=True)
     return state[0], log
-
-
-class _Cfg(dict):
-    """Attribute access to a JSON dict (augment_from_config reads fields as attributes)."""
-
-    __getattr__ = dict.__getitem__
 
 
 def with_decoder(run, dec):
