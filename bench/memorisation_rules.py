@@ -6,8 +6,9 @@ rule). On a homogeneous set a smooth, typical slice can pass that single thresho
 copying anyone. The "relative" rule (`neighbours.relative_distance`, after Alaa et al. 2022)
 measures each nearest distance in units of that training image's own nearest-neighbour
 distance, so it asks: is the image closer to training slice j than any other training slice
-is to j? Both rules are calibrated on the real test split (the most extreme test image sets
-the threshold) and scored here on sets whose answer is known:
+is to j? Both rules are calibrated on the held-out images the report uses (the real test
+split, plus fresh built-in slices on the built-in set; the most extreme one sets the
+threshold) and scored here on sets whose answer is known:
 
 * must not be flagged (new slices): real validation slices; the same blurred by 1 and 2 px;
   the VAE's reconstructions of the validation slices (as smooth as a decoded sample, but of
@@ -82,16 +83,20 @@ def synthetic_set(run, guidance: float, per_class: int | None = None) -> np.ndar
     return gen.generate(spec, per_class or cfg.num_synthetic_per_class)[0]
 
 
-def score(sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, size: int) -> dict:
-    """Fraction flagged by each rule, per set, plus nearest-SSIM and relative summaries."""
+def score(
+    sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, size: int, cal=None
+) -> dict:
+    """Fraction flagged by each rule, per set, plus nearest-SSIM and relative summaries
+    (`cal`: the report's fresh held-out slices, which join `test` in setting the thresholds)."""
     own = neighbours.own_neighbour_scores(
         refs, groups, search_size=size, twin_ssim=neighbours.TWIN_SSIM
     )
     out = {}
     for name, x in sets.items():
         m = neighbours.memorisation_report(
-            x, refs, test, search_size=size, top_k=1, train_groups=groups, train_own=own
-        )
+            x, refs, test, search_size=size, top_k=1, train_groups=groups, train_own=own,
+            calibration=cal,
+        )  # fmt: skip
         ratio = np.asarray(m["relative"]["synthetic"]["ratio"])
         fixed = np.isin(np.arange(len(x)), m["flagged"])
         out[name] = {
@@ -105,6 +110,7 @@ def score(sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, si
             "ratio_median": m["relative"]["synthetic"]["summary"]["median"],
             "fixed_threshold": m["threshold"],
             "relative_threshold": m["relative"]["threshold"],
+            "threshold_images": m["threshold_images"],
         }
         brief = {k: v for k, v in out[name].items() if k not in ("nn_ssim", "ratio")}
         print(f"[rules] {name}: {brief}", flush=True)
@@ -126,7 +132,8 @@ def render(res: dict) -> str:
         "",
         f"Fixed threshold (nearest SSIM): {f(any_r['fixed_threshold'])}; relative threshold "
         f"(distance / the training image's own nearest distance): "
-        f"{f(any_r['relative_threshold'])}.",
+        f"{f(any_r['relative_threshold'])}; set by {any_r.get('threshold_images', '?')} "
+        "held-out images.",
         "",
     ]
     head = ["set", "n", "should flag", "nearest SSIM (median)", "relative (median)"]
@@ -141,14 +148,16 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
 
     run = pipeline.load_ldm(workdir)
     train, val, test = qc.load_splits(run)
-    seen = qc.generator_train(run, train).images
-    refs, groups = scoring.with_mirrors(seen)  # (2T, H, W, 1), as section 7 searches
-    size = min(int(report_cfg.get_config("paper").memorisation_search_size), run.image_size)
+    seen = qc.generator_train(run, train)
+    refs, groups = scoring.with_mirrors(seen.images)  # (2T, H, W, 1), as section 7 searches
+    cfg = report_cfg.get_config("paper")
+    size = min(int(cfg.memorisation_search_size), run.image_size)
+    cal = qc.calibration(run, cfg, seen)
     sets = control_sets(run, train, val)
     if synthetic:
         sets["synthetic main set"] = synthetic_set(run, guidance, per_class)
     res = {"workdir": workdir, "guidance": guidance}
-    res["sets"] = score(sets, refs, groups, test.images, size)
+    res["sets"] = score(sets, refs, groups, test.images, size, cal)
     return res
 
 

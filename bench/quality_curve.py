@@ -200,6 +200,15 @@ def generator_train(run: Any, train: Any) -> Any:
     return data_lib.generator_train_set(run.meta, ds, train, run.workdir)
 
 
+def calibration(run: Any, cfg: ml_collections.ConfigDict, seen: Any) -> np.ndarray | None:
+    """The fresh held-out slices that set the memorisation thresholds, as the report draws
+    them (config.memorisation_calibration_per_class; None off the binary built-in set)."""
+    ds = data_lib.load_imageset(ml_collections.ConfigDict(run.meta["vae"]["data"]))
+    per_class = int(cfg.memorisation_calibration_per_class)
+    fresh = data_lib.calibration_slices(run.meta, ds, seen, per_class)
+    return None if fresh is None else fresh.images
+
+
 def latent_period(run: Any) -> int | None:
     """The decoder's upsampling period in pixels, as the report derives it (None: none)."""
     h = run.latent_shape[0]
@@ -261,10 +270,11 @@ def prepare_real(
     classify = lambda x: domain_classifier.classify(clf, x)[0]  # noqa: E731
     embed, desc = feature_space(space, cfg, run, train, clf)
     period = latent_period(run)
+    seen = generator_train(run, train)
     ref = scoring.build_reference(
         test.images,
         test.labels,
-        generator_train(run, train).images,  # nearest-train search: split + extra images
+        seen.images,  # nearest-train search: split + extra images
         run.class_names,
         embed,
         classify,
@@ -273,6 +283,7 @@ def prepare_real(
         cfg.kid_subsets,
         cfg.kid_subset_size,
         int(cfg.features.prdc_k),
+        calibration_images=calibration(run, cfg, seen),
     )
     recall = setmetrics.fidelity(
         nulls, "real_recall", classify(test.images), test.labels, run.class_names

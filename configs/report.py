@@ -76,6 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.kid_subsets = 100  # KID subsets
     c.kid_subset_size = 1000  # KID subset size (clipped to the set sizes)
     c.memorisation_search_size = 64  # side length of the SSIM nearest-neighbour search
+    # Binary built-in set only: fresh slices per class, never trained on, that set the
+    # memorisation thresholds with the test split (n held-out images flag 1/(n+1) of honest
+    # new images; jax_mri_ldm/data/heldout.py). 0 = the test split alone.
+    c.memorisation_calibration_per_class = 200
     c.figure_images = 8  # images in the VAE figure and per class in sample grids
     c.difference_pairs = 4  # synthetic images in the difference-map figure
     c.use_ema = True  # sample with the EMA weights (the paper's choice)
@@ -123,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.diversity_max_pairs = 20
         c.kid_subsets = 10
         c.memorisation_search_size = 32
+        c.memorisation_calibration_per_class = 4
         c.figure_images = 4
         c.difference_pairs = 2
         c.features.widths = (8, 16)

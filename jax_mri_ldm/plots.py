@@ -316,12 +316,18 @@ def save_memorisation_histogram(mem: dict, path: str) -> str:
     """
     syn = np.asarray(mem["synthetic_to_train"]["score"])
     ref = np.asarray(mem["test_to_train"]["score"])
+    cal = mem.get("calibration_to_train")
+    cal = np.asarray(cal["score"]) if cal else np.zeros(0)
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
-    lo, hi = float(min(syn.min(), ref.min())), float(max(syn.max(), ref.max()))
+    every = np.concatenate([syn, ref, cal])
+    lo, hi = float(every.min()), float(every.max())
     bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 30)
     ax.hist(syn, bins=bins, alpha=0.6, density=True, label=f"synthetic -> train (n={syn.size})")
     ax.hist(ref, bins=bins, alpha=0.6, density=True, label=f"real test -> train (n={ref.size})")
-    ax.axvline(mem["threshold"], color="k", ls="--", lw=1, label="closest real test (threshold)")
+    if cal.size:
+        ax.hist(cal, bins=bins, alpha=0.4, density=True, label=f"fresh slices (n={cal.size})")
+    who = "held-out" if cal.size else "real test"
+    ax.axvline(mem["threshold"], color="k", ls="--", lw=1, label=f"closest {who} (threshold)")
     ax.set_xlabel(f"{mem['metric'].upper()} to the nearest training image (higher = closer)")
     ax.set_ylabel("density")
     ax.set_title(f"memorisation: {100 * mem['fraction_flagged']:.1f}% flagged", fontsize=10)

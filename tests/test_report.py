@@ -182,6 +182,13 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert rel["threshold"] == pytest.approx(min(rel["test"]["ratio"]))
     flagged = [i for i, v in enumerate(rel["synthetic"]["ratio"]) if v < rel["threshold"]]
     assert rel["flagged"] == flagged
+    # The built-in run's thresholds also come from fresh slices (4 per class in :tiny).
+    n_test = len(mem["test_to_train"]["score"])
+    assert mem["calibration"]["counts"] == {"normal": 4, "tumour": 4}
+    assert mem["threshold_images"] == n_test + 8 == len(rel["test"]["ratio"])
+    held = mem["test_to_train"]["score"] + mem["calibration_to_train"]["score"]
+    assert mem["threshold"] == pytest.approx(max(held))
+    assert "fresh built-in slices never trained on" in memorisation.render(r)
     ds = r["downstream"]
     assert set(ds["arms"]) == {"real", "real+syn", "syn", "half+syn", "half"}
     assert all(len(a["per_seed"]) == s.seeds for a in ds["arms"].values())

@@ -34,6 +34,7 @@ from jax_mri_ldm.data.classes import (
 from jax_mri_ldm.data.config import get_data_config
 from jax_mri_ldm.data.extra import generator_train_set, load_extra_train
 from jax_mri_ldm.data.extra import join as join_extra
+from jax_mri_ldm.data.heldout import calibration_slices
 from jax_mri_ldm.data.sources import (
     check_classes,
     load_imageset,
@@ -55,6 +56,7 @@ __all__ = [
     "BalancedSampler",
     "DataError",
     "ImageSet",
+    "calibration_slices",
     "canonical_class_name",
     "check_class_name",
     "check_classes",

@@ -115,7 +115,7 @@ def _keep_in_domain(
     return extra.subset(np.flatnonzero(~out)), left
 
 
-def _drop_near_copies(
+def drop_near_copies(
     extra: ImageSet, ds: ImageSet, threshold: float
 ) -> tuple[ImageSet, list[dict[str, Any]]]:
     """Drops extra images that are near-duplicates of a main-set image; lists what it dropped."""
@@ -137,14 +137,20 @@ def builtin_per_class(extra_cfg: Any, data_cfg: Any) -> int:
     n = int((extra_cfg.get("builtin_per_class", 0) or 0) if extra_cfg is not None else 0)
     if n < 0:
         raise UserError(f"config.extra_train.builtin_per_class={n} must be >= 0 (0 = none).")
+    return n if n and draws_new_slices(data_cfg) else 0
+
+
+def draws_new_slices(data_cfg: Any) -> bool:
+    """Whether the main set is the binary built-in set, whose generator can draw new slices."""
     binary = not bool(data_cfg.builtin.get("types", False))
-    return n if n and binary and resolve_source(data_cfg) == "builtin" else 0
+    return binary and resolve_source(data_cfg) == "builtin"
 
 
-def _generated(per_class: int, data_cfg: Any) -> ImageSet:
-    """`per_class` new built-in slices of each class: the generator's next images of each class."""
+def generated_slices(per_class: int, data_cfg: Any, skip: int = 0) -> ImageSet:
+    """`per_class` new built-in slices of each class: the generator's images of each class
+    after the main set's and `skip` more (slice k of a class comes from its own seed)."""
     cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-    main = (int(cfg.builtin.num_normal), int(cfg.builtin.num_tumour))
+    main = (int(cfg.builtin.num_normal) + skip, int(cfg.builtin.num_tumour) + skip)
     cfg.builtin.num_normal, cfg.builtin.num_tumour = main[0] + per_class, main[1] + per_class
     big = load_imageset(cfg)  # the main set's slices plus the new ones, each class in order
     new = [np.flatnonzero(big.labels == c)[n:] for c, n in enumerate(main)]
@@ -160,7 +166,7 @@ def _from_folder(
     extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
     extra, dropped = _drop_copies(extra, ds, data_cfg, where)
     quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
-    floor = domain_floor(train, quantile, _threshold(data_cfg))
+    floor = domain_floor(train, quantile, near_copy_threshold(data_cfg))
     extra, unlike = _keep_in_domain(extra, train, floor)
     if len(extra) == 0:
         raise DataError(
@@ -178,15 +184,16 @@ def _from_folder(
     return extra, summary
 
 
-def _threshold(data_cfg: Any) -> float:
+def near_copy_threshold(data_cfg: Any) -> float:
+    """config.data.split.near_duplicate_threshold (0 = exact copies only)."""
     return float(data_cfg.split.get("near_duplicate_threshold", 0.0) or 0.0)
 
 
 def _drop_copies(
     extra: ImageSet, ds: ImageSet, data_cfg: Any, where: str
 ) -> tuple[ImageSet, list[dict[str, Any]]]:
-    """`_drop_near_copies` at the split's threshold; an error when nothing is left."""
-    extra, dropped = _drop_near_copies(extra, ds, _threshold(data_cfg))
+    """`drop_near_copies` at the split's threshold; an error when nothing is left."""
+    extra, dropped = drop_near_copies(extra, ds, near_copy_threshold(data_cfg))
     if len(extra) == 0:
         raise DataError(f"{where}: every image copies one of the main data set; nothing to add.")
     return extra, dropped
@@ -196,7 +203,7 @@ def _from_generator(
     per_class: int, data_cfg: Any, ds: ImageSet, where: str
 ) -> tuple[ImageSet, dict[str, Any]]:
     """New built-in slices less near-copies of main-set ones (same generator: no domain filter)."""
-    extra, dropped = _drop_copies(_generated(per_class, data_cfg), ds, data_cfg, where)
+    extra, dropped = _drop_copies(generated_slices(per_class, data_cfg), ds, data_cfg, where)
     summary = {
         "path": f"the built-in generator (config.extra_train.builtin_per_class={per_class})",
         "folders": [],

@@ -87,6 +87,8 @@ class Context:
       ds: the whole data set; train / val / test: the run's split of it.
       generator_train: every image the generator trained on (train plus the run's
         config.extra_train images; None = train), the memorisation search's reference.
+      calibration: fresh held-out built-in slices that set the memorisation thresholds with
+        the test split (`data.calibration_slices`; None = test split alone).
       out_dir: where report.md / report.json / figures/ go.
       nulls: reasons for null metrics.
       log: progress printer.
@@ -111,12 +113,18 @@ class Context:
     figures: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     generator_train: data_lib.ImageSet | None = None
+    calibration: data_lib.ImageSet | None = None
     _clock: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def seen_by_generator(self) -> data_lib.ImageSet:
         """`generator_train`, or the training split when the run used no extra images."""
         return self.train if self.generator_train is None else self.generator_train
+
+    @property
+    def calibration_images(self) -> np.ndarray | None:
+        """(M, H, W, 1) images of `calibration`, or None."""
+        return None if self.calibration is None else self.calibration.images
 
     @property
     def class_names(self) -> tuple[str, ...]:

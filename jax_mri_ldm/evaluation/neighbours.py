@@ -251,14 +251,17 @@ def memorisation_report(
     block_size: int = 32,
     train_groups=None,
     train_own: np.ndarray | None = None,
+    calibration=None,
 ) -> dict:
     """Are synthetic images closer to the training set than held-out real images are?
 
     Real test images were never seen by the generator, so their nearest-train scores show how
     close an honest new image can be. A synthetic image scoring closer to some training image
-    than every real test image does is flagged as a memorisation candidate. The 'relative'
-    rule measures each nearest distance in units of that training image's own nearest-neighbour
-    distance (`relative_distance`) and flags a synthetic image below every real test image's.
+    than every real test image (and every `calibration` image) does is flagged as a
+    memorisation candidate. The 'relative' rule measures each nearest distance in units of that
+    training image's own nearest-neighbour distance (`relative_distance`) and flags a synthetic
+    image below every held-out image's. With n held-out images an honest new image is flagged
+    with probability 1/(n+1), so more held-out images make a sharper rule.
 
     Args:
       synthetic: (S, H, W, C) generated images.
@@ -273,23 +276,34 @@ def memorisation_report(
         are not each other's neighbours in the relative rule (default: one group each);
         with metric 'ssim', twins (`TWIN_SSIM`) are joined too.
       train_own: the `own_neighbour_scores` of `train` if already computed.
+      calibration: (M, H, W, C) more held-out images that set both thresholds together with
+        `test_real` (a threshold from n held-out images flags 1/(n+1) of honest new images);
+        for metric 'feature', their features as a fourth entry of `feats`.
 
     Returns:
       JSON-able dict: 'metric', 'higher_is_closer', 'search_size'; 'synthetic_to_train' and
       'test_to_train' each with 'index' and 'score' lists and a 'summary' (mean, median, p95,
-      min, max); 'threshold' (the closest test->train score); 'flagged' (synthetic indices
+      min, max); 'calibration_to_train' (the same for `calibration`, or None);
+      'threshold_images' (how many held-out images set the thresholds); 'threshold' (the
+      closest held-out->train score); 'flagged' (synthetic indices
       strictly closer than the threshold); 'fraction_flagged'; 'nearest_pairs' (top_k dicts
       with 'synthetic', 'train', 'score', closest first); 'relative' (see `_relative_rule`).
     """
     if metric == "feature":
-        if feats is None or len(feats) != 3:
-            raise ValueError("metric='feature' needs feats=(synthetic, train, test) features.")
+        if feats is None or len(feats) != 3 + (calibration is not None):
+            raise ValueError(
+                "metric='feature' needs feats=(synthetic, train, test[, calibration]) features."
+            )
         syn = nearest_neighbours(None, None, "feature", feats=(feats[0], feats[1]))
         ref = nearest_neighbours(None, None, "feature", feats=(feats[2], feats[1]))
+        cal = None
+        if calibration is not None:
+            cal = nearest_neighbours(None, None, "feature", feats=(feats[3], feats[1]))
     else:
         kw = dict(metric=metric, search_size=search_size, block_size=block_size)
         syn = nearest_neighbours(synthetic, train, **kw)
         ref = nearest_neighbours(test_real, train, **kw)
+        cal = None if calibration is None else nearest_neighbours(calibration, train, **kw)
     hi = syn["higher_is_closer"]
     if train_own is None:
         twin = TWIN_SSIM if metric == "ssim" else None
@@ -298,23 +312,18 @@ def memorisation_report(
             train, train_groups, metric, f, search_size, block_size, twin_ssim=twin
         )
     own = np.asarray(train_own)
-    threshold = float(np.max(ref["score"]) if hi else np.min(ref["score"]))
+    held = _held_out(ref, cal)
+    threshold = float(np.max(held["score"]) if hi else np.min(held["score"]))
     closer = syn["score"] > threshold if hi else syn["score"] < threshold
     order = np.argsort(-syn["score"] if hi else syn["score"], kind="stable")[:top_k]
     return {
         "metric": metric,
         "higher_is_closer": bool(hi),
         "search_size": search_size if metric != "feature" else None,
-        "synthetic_to_train": {
-            "index": syn["index"].tolist(),
-            "score": syn["score"].tolist(),
-            "summary": _summary(syn["score"]),
-        },
-        "test_to_train": {
-            "index": ref["index"].tolist(),
-            "score": ref["score"].tolist(),
-            "summary": _summary(ref["score"]),
-        },
+        "synthetic_to_train": _listed(syn),
+        "test_to_train": _listed(ref),
+        "calibration_to_train": None if cal is None else _listed(cal),
+        "threshold_images": int(len(held["score"])),
         "threshold": threshold,
         "flagged": np.flatnonzero(closer).tolist(),
         "fraction_flagged": float(np.mean(closer)),
@@ -322,12 +331,26 @@ def memorisation_report(
             {"synthetic": int(i), "train": int(syn["index"][i]), "score": float(syn["score"][i])}
             for i in order
         ],
-        "relative": _relative_rule(syn, ref, own, hi),
+        "relative": _relative_rule(syn, held, own, hi),
     }
 
 
+def _listed(nn: dict) -> dict:
+    """A `nearest_neighbours` result as JSON lists plus a summary of its scores."""
+    score = np.asarray(nn["score"])
+    return {"index": nn["index"].tolist(), "score": score.tolist(), "summary": _summary(score)}
+
+
+def _held_out(ref: dict, cal: dict | None) -> dict:
+    """Test and calibration `nearest_neighbours` results as one (index, score) set."""
+    if cal is None:
+        return ref
+    return {k: np.concatenate([ref[k], cal[k]]) for k in ("index", "score")}
+
+
 def _relative_rule(syn: dict, ref: dict, own: np.ndarray, hi: bool) -> dict:
-    """Relative distances of synthetic and test images; flags below the smallest test one."""
+    """Relative distances of synthetic and held-out images; flags below the smallest held-out
+    one ('test' holds the held-out images' ratios: test split, then any calibration images)."""
     rel_syn = relative_distance(syn["score"], syn["index"], own, hi)
     rel_test = relative_distance(ref["score"], ref["index"], own, hi)
     threshold = float(np.min(rel_test))

@@ -205,6 +205,8 @@ def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) ->
             raise UserError(f"the {name} split of {workdir}/split.json is empty.")
     ctx = Context(cfg, run, workdir, ds, tr, va, te, out_dir, log=log)
     ctx.generator_train = data_lib.generator_train_set(run.meta, ds, tr, run.workdir)
+    per_class = int(cfg.memorisation_calibration_per_class)
+    ctx.calibration = data_lib.calibration_slices(run.meta, ds, ctx.seen_by_generator, per_class)
     h = run.latent_shape[0]
     period = run.image_size // h if run.image_size % h == 0 else None
     ok = period is not None and run.image_size % period == 0 and run.image_size >= 2 * period

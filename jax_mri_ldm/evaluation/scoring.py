@@ -8,9 +8,10 @@ The controls, the guidance sweep, the main set and the sampler table are all sco
 * class fidelity under the domain classifier;
 * spectrum distance (of the set's mean spectrum) and grid score (median), see `spectrum`;
 * nearest-training-image SSIM (median; realism) and the memorised fraction: images closer to a
-  training image, or to its mirror image, than every real test image is; 'memorised_relative'
-  measures that distance in units of the training image's own nearest-neighbour distance
-  (`neighbours.relative_distance`) and flags images below every real test image's.
+  training image, or to its mirror image, than every held-out image (test split plus any
+  calibration images) is; 'memorised_relative' measures that distance in units of the training
+  image's own nearest-neighbour distance (`neighbours.relative_distance`) and flags images
+  below every held-out image's.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ class Reference:
       classify: images -> class probabilities (the domain classifier), or None.
       train_images: the generator's training images (nearest-neighbour search).
       test_nn: (n_test,) nearest-train SSIM of every real test image.
-      threshold: memorisation threshold (the highest test_nn).
+      threshold: memorisation threshold (the highest nearest-train SSIM of a held-out image:
+        test split plus any calibration images).
       train_own: (2T,) SSIM of every training image (then every mirror image) to its nearest
         other training image or mirror image.
-      relative_threshold: the relative rule's threshold (the lowest real test image's).
+      relative_threshold: the relative rule's threshold (the lowest held-out image's).
       spectrum_mean: (R,) mean log radial spectrum of the test split.
       period: the latent grid period in pixels (None: image size not a multiple).
       search_size: side of the SSIM search.
@@ -125,12 +127,21 @@ def build_reference(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     prdc_k: int = prdc.DEFAULT_K,
+    calibration_images: np.ndarray | None = None,
 ) -> Reference:
-    """Prepares the test features, spectra and nearest-train scores once."""
+    """Prepares the test features, spectra and nearest-train scores once.
+
+    `calibration_images` (M, H, W, 1): more held-out images that set both memorisation
+    thresholds together with the test images (`data.calibration_slices`); test_nn stays the
+    test split's.
+    """
     search = min(int(search_size), int(test_images.shape[1]))
     match = nearest_train_match(train_images, test_images, search)
     own = train_own_scores(train_images, search)
     test_nn = np.asarray(match["score"])
+    if calibration_images is not None:
+        cal = nearest_train_match(train_images, calibration_images, search)
+        match = {k: np.concatenate([match[k], cal[k]]) for k in ("index", "score")}
     rel = neighbours.relative_distance(match["score"], match["index"], own, True)
     return Reference(
         class_names=tuple(class_names),
@@ -140,7 +151,7 @@ def build_reference(
         classify=classify,
         train_images=train_images,
         test_nn=test_nn,
-        threshold=float(test_nn.max()),
+        threshold=float(np.max(match["score"])),
         train_own=own,
         relative_threshold=float(rel.min()),
         spectrum_mean=spectrum.radial_spectrum(test_images).mean(axis=0),

@@ -102,6 +102,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         ctx.cfg.kid_subsets,
         ctx.cfg.kid_subset_size,
         int(ctx.cfg.features.prdc_k),
+        calibration_images=ctx.calibration_images,
     )
     pref = _prdc_reference(ctx, chosen)
     ctx.shared["ref"], ctx.shared["prdc_ref"] = ref, pref

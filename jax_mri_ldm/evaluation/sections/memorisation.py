@@ -35,12 +35,18 @@ def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
         top_k=5,
         train_groups=groups,
         train_own=ctx.shared["ref"].train_own,  # the controls' reference: one search, one rule
+        calibration=ctx.calibration_images,
     )
     extra = len(ctx.seen_by_generator) - len(ctx.train)
     mem["reference"] = "training images and their mirror images" + (
         f" (incl. {extra} extra training images)" if extra else ""
     )
+    cal = ctx.calibration
+    mem["calibration"] = None if cal is None else {"source": SOURCE, "counts": cal.counts()}
     return mem, refs
+
+
+SOURCE = "fresh built-in slices (config.memorisation_calibration_per_class)"
 
 
 def _difference_maps(ctx: Context, x, y, mem: dict, refs: np.ndarray) -> dict:
@@ -133,7 +139,7 @@ def _relative_lines(me: dict) -> list[str]:
         "**Relative rule** (`neighbours.relative_distance`, after Alaa et al. 2022): each "
         "nearest distance (1 - SSIM) divided by that training image's own distance to its "
         "nearest other training image; below 1 an image is closer to the slice than every "
-        "other training slice is. Flagged: below every real test image's ratio "
+        "other training slice is. Flagged: below every held-out image's ratio "
         f"({rel['threshold']:.4f}). **{k} of {n} synthetic images flagged "
         f"({100 * rel['fraction_flagged']:.1f} %).** It looks past smoothness: a smooth, "
         "typical slice lands near many look-alikes without being closer to any of them than "
@@ -142,9 +148,21 @@ def _relative_lines(me: dict) -> list[str]:
     ]
     rows = [
         ["synthetic", *(f(st[q]) for q in ("min", "median", "mean"))],
-        ["real test", *(f(rt[q]) for q in ("min", "median", "mean"))],
+        ["held-out", *(f(rt[q]) for q in ("min", "median", "mean"))],
     ]
     return L + table(["relative distance", "min", "median", "mean"], rows)
+
+
+def _held_out(me: dict) -> str:
+    """Who sets the thresholds: 'real test image' or the test split plus fresh slices."""
+    n = me.get("threshold_images")
+    if not me.get("calibration_to_train"):
+        return "real test image"
+    m = n - len(me["test_to_train"]["score"])
+    return (
+        f"one of {n} held-out images ({n - m} real test images and {m} fresh built-in slices "
+        "never trained on; n held-out images flag 1/(n+1) of honest new images)"
+    )
 
 
 def render(r: dict) -> str:
@@ -155,16 +173,20 @@ def render(r: dict) -> str:
         f"For every synthetic image the most similar training image or mirrored training image "
         f"by SSIM (images resized to {me['search_size']} px); real test images, never seen by "
         "the generator, give the reference distribution. A synthetic image is flagged when it "
-        "is closer to a training image than every real test image is (SSIM > "
+        f"is closer to a training image than every {_held_out(me)} is (SSIM > "
         f"{me['threshold']:.4f}). **{me['flagged_count']} of "
         f"{len(me['synthetic_to_train']['score'])} synthetic images flagged "
         f"({100 * me['fraction_flagged']:.1f} %).**",
         "",
     ]
+    q = ("mean", "median", "p95", "max")
     rows = [
-        ["synthetic -> train", *(f(st[k]) for k in ("mean", "median", "p95", "max"))],
-        ["real test -> train", *(f(rt[k]) for k in ("mean", "median", "p95", "max"))],
+        ["synthetic -> train", *(f(st[k]) for k in q)],
+        ["real test -> train", *(f(rt[k]) for k in q)],
     ]
+    if me.get("calibration_to_train"):
+        ct = me["calibration_to_train"]["summary"]
+        rows.append(["fresh slices -> train", *(f(ct[k]) for k in q)])
     L += table(["nearest-train SSIM", "mean", "median", "p95", "max"], rows)
     L += _relative_lines(me)
     L += [
