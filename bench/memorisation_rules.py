@@ -21,7 +21,10 @@ threshold) and scored here on sets whose answer is known:
 
 Run from the repository root on a finished LDM run::
 
-  python bench/memorisation_rules.py --workdir=runs/ldm --guidance=2 --out=runs/mem_rules.json
+  python bench/memorisation_rules.py --workdir=runs/ldm --report=runs/report/report.json \
+      --out=runs/mem_rules.json
+
+(`--report` takes the guidance its sweep chose; without it give the report's w as `--guidance`.)
 
 Prints a markdown table (fraction flagged per set and rule) and writes it with the per-set
 summaries to ``--out`` (JSON) if given.
@@ -161,12 +164,19 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
     return res
 
 
+def report_guidance(path: str) -> float:
+    """The guidance w a report's sweep chose for its main set (so both score the same images)."""
+    with open(path) as fh:
+        return float(json.load(fh)["main_set"]["guidance"])
+
+
 def main(argv: list[str]) -> None:
     del argv
     from absl import flags
 
     F = flags.FLAGS
-    res = probe(F.workdir, F.guidance, F.synthetic, F.per_class)
+    guidance = report_guidance(F.report) if F.report else F.guidance
+    res = probe(F.workdir, guidance, F.synthetic, F.per_class)
     print(render(res))
     if F.out:
         atomic.write_text(F.out, json.dumps(res, indent=1))
@@ -178,6 +188,7 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("workdir", None, "finished LDM run directory")
     flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
+    flags.DEFINE_string("report", None, "report.json whose chosen w replaces --guidance")
     flags.DEFINE_string("out", None, "optional JSON output path")
     flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
     flags.DEFINE_integer("per_class", None, "synthetic images per class (None: report's)")

@@ -53,3 +53,13 @@ def test_probe_of_a_tiny_run(tiny_runs):
     for r in res["sets"].values():  # the combined rule never flags more than the fixed one
         assert r["fixed_and_ratio_below_1"] <= r["fixed"]
         assert r["relative_threshold"] == res["sets"]["mirrored train"]["relative_threshold"]
+    # The probe draws the report's fresh held-out slices: the tiny run is on the built-in set.
+    held = res["sets"]["mirrored train"]["threshold_images"]
+    assert held > 400  # test split + 200 fresh slices per class (configs/report.py:paper)
+
+
+def test_report_guidance_reads_the_chosen_w(tmp_path):
+    mr = _load()
+    path = tmp_path / "report.json"
+    path.write_text('{"main_set": {"guidance": 3.0}}')
+    assert mr.report_guidance(str(path)) == 3.0
