@@ -454,6 +454,8 @@ def test_resolve_settings_presets_and_errors():
         report.resolve_settings("tiny", num_images=3)
     with pytest.raises(ValueError, match="--config.seeds=0"):
         report.resolve_settings("tiny", seeds=0)
+    with pytest.raises(ValueError, match="--config.memorisation_calibration_per_class=-1"):
+        report.resolve_settings("tiny", memorisation_calibration_per_class=-1)
     bad = {
         "downstream_eval_splits": [("valid",), ("train", "test"), ("test", "test"), ()],
         "downstream_syn_multiples": [(0.0,), (1.0, 1.0), (-2.0,)],

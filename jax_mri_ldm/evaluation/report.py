@@ -145,6 +145,11 @@ def resolve_settings(
             raise UserError(f"--config.{key}={c[key]} must be >= 1.")
     if c.num_synthetic_per_class < 2:
         raise UserError("--config.num_synthetic_per_class must be >= 2 (diversity needs pairs).")
+    if int(c.memorisation_calibration_per_class) < 0:
+        raise UserError(
+            f"--config.memorisation_calibration_per_class={c.memorisation_calibration_per_class}"
+            " must be >= 0 (0 = the test split alone sets the memorisation thresholds)."
+        )
     _check_downstream_options(c)
     return c
 
