@@ -49,6 +49,7 @@ HEADLINE_FIELDS = (
     "spectrum_within_real_iqr",
     "memorised_frac",
     "memorised_frac_relative",
+    "memorised_held_out_images",
     "fast_sampler",
     "fast_sampler_matches_ddpm",
     "fast_sampler_deterministic",
@@ -152,6 +153,7 @@ def test_headline_has_every_field_or_a_reason(tiny_report):
     assert h["vae_psnr"] == r["vae"]["psnr"]["mean"]
     assert h["memorised_frac"] == r["memorisation"]["fraction_flagged"]
     assert h["memorised_frac_relative"] == r["memorisation"]["relative"]["fraction_flagged"]
+    assert h["memorised_held_out_images"] == r["memorisation"]["threshold_images"]
     assert set(h["trusted"]) == set(headline.TRUST_OF)
     for k, metric in headline.TRUST_OF.items():
         assert h["trusted"][k] == r["controls"]["table"]["metrics"][metric]["trustworthy"]

@@ -72,6 +72,9 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
         "spectrum_within_real_iqr": _get(r, "spectrum.spectrum.within_real_iqr"),
         "memorised_frac": _get(r, "memorisation.fraction_flagged"),
         "memorised_frac_relative": _get(r, "memorisation.relative.fraction_flagged"),
+        # held-out images that set both memorisation thresholds: 1/(n+1) of honest new
+        # images is the rules' chance flag rate
+        "memorised_held_out_images": _get(r, "memorisation.threshold_images"),
         "fast_sampler": _get(r, "samplers.fast_sampler.name"),
         "fast_sampler_matches_ddpm": _get(r, "samplers.fast_sampler.matches_ddpm"),
         "fast_sampler_deterministic": _get(r, "samplers.fast_sampler.deterministic"),
