@@ -154,14 +154,14 @@ def _relative_lines(me: dict) -> list[str]:
 
 
 def _held_out(me: dict) -> str:
-    """Who sets the thresholds: 'real test image' or the test split plus fresh slices."""
+    """Who sets the thresholds: the real test images, or the test split plus fresh slices."""
     n = me.get("threshold_images")
     if not me.get("calibration_to_train"):
-        return "real test image"
+        return "real test image is"
     m = n - len(me["test_to_train"]["score"])
     return (
-        f"one of {n} held-out images ({n - m} real test images and {m} fresh built-in slices "
-        "never trained on; n held-out images flag 1/(n+1) of honest new images)"
+        f"one of {n} held-out images is ({n - m} real test images and {m} fresh built-in "
+        "slices never trained on; n held-out images flag 1/(n+1) of honest new images by chance)"
     )
 
 
@@ -173,7 +173,7 @@ def render(r: dict) -> str:
         f"For every synthetic image the most similar training image or mirrored training image "
         f"by SSIM (images resized to {me['search_size']} px); real test images, never seen by "
         "the generator, give the reference distribution. A synthetic image is flagged when it "
-        f"is closer to a training image than every {_held_out(me)} is (SSIM > "
+        f"is closer to a training image than every {_held_out(me)} (SSIM > "
         f"{me['threshold']:.4f}). **{me['flagged_count']} of "
         f"{len(me['synthetic_to_train']['score'])} synthetic images flagged "
         f"({100 * me['fraction_flagged']:.1f} %).**",
