@@ -1,9 +1,10 @@
 """Which memorisation rule flags copies and not smooth new slices? Controls for two rules.
 
 The report flags a synthetic image as a memorisation candidate when it is closer to a training
-image (SSIM at 64 px, mirror images included) than every real test image is (the "fixed"
-rule). On a homogeneous set a smooth, typical slice can pass that single threshold without
-copying anyone. The "relative" rule (`neighbours.relative_distance`, after Alaa et al. 2022)
+image (SSIM at 64 px, mirror images included) than every held-out image is (the "fixed"
+rule; held out: the real test split, plus fresh slices on the binary built-in set). On a
+homogeneous set a smooth, typical slice can pass that single threshold without copying
+anyone. The "relative" rule (`neighbours.relative_distance`, after Alaa et al. 2022)
 measures each nearest distance in units of that training image's own nearest-neighbour
 distance, so it asks: is the image closer to training slice j than any other training slice
 is to j? Both rules are calibrated on the held-out images the report uses (the real test
@@ -24,7 +25,8 @@ Run from the repository root on a finished LDM run::
   python bench/memorisation_rules.py --workdir=runs/ldm --report=runs/report/report.json \
       --out=runs/mem_rules.json
 
-(`--report` takes the guidance its sweep chose; without it give the report's w as `--guidance`.)
+(`--report` takes the guidance its sweep chose and its fresh held-out slices per class; without
+it give the report's w as `--guidance`, and the paper preset's held-out slices are used.)
 
 Prints a markdown table (fraction flagged per set and rule) and writes it with the per-set
 summaries to ``--out`` (JSON) if given.
@@ -94,11 +96,12 @@ def score(
     own = neighbours.own_neighbour_scores(
         refs, groups, search_size=size, twin_ssim=neighbours.TWIN_SSIM
     )
+    cal_nn = None if cal is None else neighbours.nearest_neighbours(cal, refs, search_size=size)
     out = {}
     for name, x in sets.items():
         m = neighbours.memorisation_report(
             x, refs, test, search_size=size, top_k=1, train_groups=groups, train_own=own,
-            calibration=cal,
+            calibration=cal, calibration_nn=cal_nn,
         )  # fmt: skip
         ratio = np.asarray(m["relative"]["synthetic"]["ratio"])
         fixed = np.isin(np.arange(len(x)), m["flagged"])
@@ -145,8 +148,15 @@ def render(res: dict) -> str:
     return "\n".join(L)
 
 
-def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None = None) -> dict:
-    """Both rules on every control set (and the synthetic main set) of the run in `workdir`."""
+def probe(
+    workdir: str,
+    guidance: float,
+    synthetic: bool,
+    per_class: int | None = None,
+    calibration_per_class: int | None = None,
+) -> dict:
+    """Both rules on every control set (and the synthetic main set) of the run in `workdir`
+    (`calibration_per_class`: fresh held-out slices per class; None = configs/report.py's)."""
     from jax_mri_ldm import pipeline  # heavy
 
     run = pipeline.load_ldm(workdir)
@@ -154,6 +164,8 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
     seen = qc.generator_train(run, train)
     refs, groups = scoring.with_mirrors(seen.images)  # (2T, H, W, 1), as section 7 searches
     cfg = report_cfg.get_config("paper")
+    if calibration_per_class is not None:
+        cfg.memorisation_calibration_per_class = int(calibration_per_class)
     size = min(int(cfg.memorisation_search_size), run.image_size)
     cal = qc.calibration(run, cfg, seen)
     sets = control_sets(run, train, val)
@@ -164,10 +176,13 @@ def probe(workdir: str, guidance: float, synthetic: bool, per_class: int | None 
     return res
 
 
-def report_guidance(path: str) -> float:
-    """The guidance w a report's sweep chose for its main set (so both score the same images)."""
+def report_settings(path: str) -> tuple[float, int]:
+    """(the guidance w a report's sweep chose, its fresh held-out slices per class): so the
+    bench scores the same images against the same thresholds as the report."""
     with open(path) as fh:
-        return float(json.load(fh)["main_set"]["guidance"])
+        r = json.load(fh)
+    per_class = int(r["settings"].get("memorisation_calibration_per_class", 0))
+    return float(r["main_set"]["guidance"]), per_class
 
 
 def main(argv: list[str]) -> None:
@@ -175,8 +190,8 @@ def main(argv: list[str]) -> None:
     from absl import flags
 
     F = flags.FLAGS
-    guidance = report_guidance(F.report) if F.report else F.guidance
-    res = probe(F.workdir, guidance, F.synthetic, F.per_class)
+    guidance, cal = report_settings(F.report) if F.report else (F.guidance, None)
+    res = probe(F.workdir, guidance, F.synthetic, F.per_class, cal)
     print(render(res))
     if F.out:
         atomic.write_text(F.out, json.dumps(res, indent=1))
@@ -188,7 +203,7 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("workdir", None, "finished LDM run directory")
     flags.DEFINE_float("guidance", 2.0, "guidance of the synthetic set (report's w)")
-    flags.DEFINE_string("report", None, "report.json whose chosen w replaces --guidance")
+    flags.DEFINE_string("report", None, "report.json whose w and held-out slices are used")
     flags.DEFINE_string("out", None, "optional JSON output path")
     flags.DEFINE_bool("synthetic", True, "also score the run's synthetic main set")
     flags.DEFINE_integer("per_class", None, "synthetic images per class (None: report's)")

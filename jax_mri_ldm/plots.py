@@ -305,7 +305,8 @@ def save_rows_figure(rows: Sequence[tuple[str, np.ndarray]], path: str, title: s
 
 
 def save_memorisation_histogram(mem: dict, path: str) -> str:
-    """Histogram of nearest-train SSIM for synthetic vs real test images, threshold marked.
+    """Histogram of nearest-train SSIM for synthetic, real test and any calibration images,
+    the threshold (the closest held-out image) marked.
 
     Args:
       mem: `neighbours.memorisation_report` output.

@@ -78,8 +78,12 @@ def _blobs(n: int, seed: int) -> np.ndarray:
 
 
 def test_calibration_images_join_the_test_images_in_both_thresholds() -> None:
-    train, test, cal = _blobs(12, 0), _blobs(3, 1), _blobs(20, 2)
-    syn = np.concatenate([train[:2], _blobs(6, 3)])  # two copies, six new images
+    train, test = _blobs(12, 0), _blobs(3, 1)
+    noise = np.random.default_rng(4).normal(0, 1, train.shape[1:]).astype(np.float32)
+    near = lambda k, s: np.clip(train[k : k + 1] + s * noise, 0, 1)  # noqa: E731
+    cal = np.concatenate([_blobs(19, 2), near(5, 0.02)])  # one honest image close to train[5]
+    # two copies, one image between the test split's closest and the calibration's, five new
+    syn = np.concatenate([train[:2], near(7, 0.08), _blobs(5, 3)])
     refs, groups = scoring.with_mirrors(train)  # as the report searches
     kw = dict(search_size=16, block_size=8, train_groups=groups)
     alone = neighbours.memorisation_report(syn, refs, test, **kw)
@@ -87,14 +91,28 @@ def test_calibration_images_join_the_test_images_in_both_thresholds() -> None:
     cal_nn = np.asarray(both["calibration_to_train"]["score"])
     assert both["threshold_images"] == 23 and alone["threshold_images"] == 3
     assert alone["calibration_to_train"] is None
-    assert both["threshold"] == pytest.approx(max(alone["threshold"], cal_nn.max()))
+    assert both["threshold"] == pytest.approx(cal_nn.max()) and cal_nn.max() > alone["threshold"]
     assert both["test_to_train"] == alone["test_to_train"]  # realism keeps the test split
-    assert len(both["relative"]["test"]["ratio"]) == 23
-    assert both["relative"]["threshold"] <= alone["relative"]["threshold"]
-    assert {0, 1} <= set(both["flagged"]) and {0, 1} <= set(both["relative"]["flagged"])
+    # Three test images set a weak threshold: it flags image 2 (and may flag a new blob).
+    assert {0, 1, 2} <= set(alone["flagged"]) and both["flagged"] == [0, 1]
+    rel = both["relative"]["test"]["ratio"]
+    own = neighbours.own_neighbour_scores(
+        refs, groups, search_size=16, block_size=8, twin_ssim=0.99
+    )
+    want = neighbours.relative_distance(cal_nn, both["calibration_to_train"]["index"], own, True)
+    np.testing.assert_allclose(rel[3:], want, rtol=1e-6)
+    assert both["relative"]["threshold"] == pytest.approx(min(rel))
+    assert {0, 1} <= set(both["relative"]["flagged"])
+    again = neighbours.memorisation_report(
+        syn, refs, test, calibration=cal, calibration_nn=neighbours.nearest_neighbours(
+            cal, refs, search_size=16, block_size=8
+        ), **kw,
+    )  # fmt: skip
+    assert again["threshold"] == both["threshold"] and again["flagged"] == both["flagged"]
     ref = scoring.build_reference(
         test, np.zeros(3, np.int32), train, ("a",), lambda x: x.reshape(len(x), -1), None,
         None, 16, kid_subsets=2, kid_subset_size=3, calibration_images=cal,
     )  # fmt: skip
     assert ref.threshold == pytest.approx(both["threshold"], abs=1e-6)
-    assert len(ref.test_nn) == 3
+    assert ref.relative_threshold == pytest.approx(both["relative"]["threshold"], abs=1e-6)
+    assert len(ref.test_nn) == 3 and len(ref.calibration_nn["score"]) == 20

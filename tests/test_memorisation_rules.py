@@ -43,7 +43,13 @@ def test_score_flags_planted_copies_by_both_rules_and_renders_a_row_per_set():
 
 def test_probe_of_a_tiny_run(tiny_runs):
     mr = _load()
-    res = mr.probe(str(tiny_runs["ldm_dir"]), guidance=2.0, synthetic=True, per_class=2)
+    res = mr.probe(
+        str(tiny_runs["ldm_dir"]),
+        guidance=2.0,
+        synthetic=True,
+        per_class=2,
+        calibration_per_class=4,
+    )
     names = list(res["sets"])
     assert names[:4] == list(mr.NEW) and set(mr.COPIES) <= set(names)
     assert names[-1] == "synthetic main set" and res["sets"][names[-1]]["n"] == 4
@@ -54,12 +60,18 @@ def test_probe_of_a_tiny_run(tiny_runs):
         assert r["fixed_and_ratio_below_1"] <= r["fixed"]
         assert r["relative_threshold"] == res["sets"]["mirrored train"]["relative_threshold"]
     # The probe draws the report's fresh held-out slices: the tiny run is on the built-in set.
-    held = res["sets"]["mirrored train"]["threshold_images"]
-    assert held > 400  # test split + 200 fresh slices per class (configs/report.py:paper)
+    from jax_mri_ldm import pipeline
+
+    test = mr.qc.load_splits(pipeline.load_ldm(str(tiny_runs["ldm_dir"])))[2]
+    assert res["sets"]["mirrored train"]["threshold_images"] == len(test) + 8  # 4 fresh per class
 
 
-def test_report_guidance_reads_the_chosen_w(tmp_path):
+def test_report_settings_read_the_chosen_w_and_held_out_slices(tmp_path):
     mr = _load()
     path = tmp_path / "report.json"
-    path.write_text('{"main_set": {"guidance": 3.0}}')
-    assert mr.report_guidance(str(path)) == 3.0
+    path.write_text(
+        '{"main_set": {"guidance": 3.0}, "settings": {"memorisation_calibration_per_class": 4}}'
+    )
+    assert mr.report_settings(str(path)) == (3.0, 4)
+    path.write_text('{"main_set": {"guidance": 2.0}, "settings": {}}')  # an older report
+    assert mr.report_settings(str(path)) == (2.0, 0)

@@ -252,6 +252,7 @@ def memorisation_report(
     train_groups=None,
     train_own: np.ndarray | None = None,
     calibration=None,
+    calibration_nn: dict | None = None,
 ) -> dict:
     """Are synthetic images closer to the training set than held-out real images are?
 
@@ -278,7 +279,9 @@ def memorisation_report(
       train_own: the `own_neighbour_scores` of `train` if already computed.
       calibration: (M, H, W, C) more held-out images that set both thresholds together with
         `test_real` (a threshold from n held-out images flags 1/(n+1) of honest new images);
-        for metric 'feature', their features as a fourth entry of `feats`.
+        for metric 'feature', their (M, D) features.
+      calibration_nn: the `nearest_neighbours` result of `calibration` against `train` if
+        already computed (then `calibration` itself is not searched).
 
     Returns:
       JSON-able dict: 'metric', 'higher_is_closer', 'search_size'; 'synthetic_to_train' and
@@ -290,20 +293,17 @@ def memorisation_report(
       with 'synthetic', 'train', 'score', closest first); 'relative' (see `_relative_rule`).
     """
     if metric == "feature":
-        if feats is None or len(feats) != 3 + (calibration is not None):
-            raise ValueError(
-                "metric='feature' needs feats=(synthetic, train, test[, calibration]) features."
-            )
-        syn = nearest_neighbours(None, None, "feature", feats=(feats[0], feats[1]))
-        ref = nearest_neighbours(None, None, "feature", feats=(feats[2], feats[1]))
-        cal = None
-        if calibration is not None:
-            cal = nearest_neighbours(None, None, "feature", feats=(feats[3], feats[1]))
+        if feats is None or len(feats) != 3:
+            raise ValueError("metric='feature' needs feats=(synthetic, train, test) features.")
+        search = lambda q: nearest_neighbours(None, None, "feature", feats=(q, feats[1]))  # noqa: E731
+        synthetic, test_real = feats[0], feats[2]
     else:
         kw = dict(metric=metric, search_size=search_size, block_size=block_size)
-        syn = nearest_neighbours(synthetic, train, **kw)
-        ref = nearest_neighbours(test_real, train, **kw)
-        cal = None if calibration is None else nearest_neighbours(calibration, train, **kw)
+        search = lambda q: nearest_neighbours(q, train, **kw)  # noqa: E731
+    syn, ref = search(synthetic), search(test_real)
+    cal = calibration_nn
+    if cal is None and calibration is not None:
+        cal = search(calibration)
     hi = syn["higher_is_closer"]
     if train_own is None:
         twin = TWIN_SSIM if metric == "ssim" else None
@@ -312,7 +312,7 @@ def memorisation_report(
             train, train_groups, metric, f, search_size, block_size, twin_ssim=twin
         )
     own = np.asarray(train_own)
-    held = _held_out(ref, cal)
+    held = held_out_nn(ref, cal)
     threshold = float(np.max(held["score"]) if hi else np.min(held["score"]))
     closer = syn["score"] > threshold if hi else syn["score"] < threshold
     order = np.argsort(-syn["score"] if hi else syn["score"], kind="stable")[:top_k]
@@ -341,7 +341,7 @@ def _listed(nn: dict) -> dict:
     return {"index": nn["index"].tolist(), "score": score.tolist(), "summary": _summary(score)}
 
 
-def _held_out(ref: dict, cal: dict | None) -> dict:
+def held_out_nn(ref: dict, cal: dict | None) -> dict:
     """Test and calibration `nearest_neighbours` results as one (index, score) set."""
     if cal is None:
         return ref

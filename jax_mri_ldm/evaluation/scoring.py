@@ -62,6 +62,8 @@ class Reference:
       period: the latent grid period in pixels (None: image size not a multiple).
       search_size: side of the SSIM search.
       kid_subsets / kid_subset_size / prdc_k: estimator settings.
+      calibration_nn: the calibration images' `nearest_train_match` (None: no calibration
+        images), kept so the memorisation section does not search them again.
     """
 
     class_names: tuple[str, ...]
@@ -80,6 +82,7 @@ class Reference:
     kid_subsets: int
     kid_subset_size: int
     prdc_k: int
+    calibration_nn: dict | None = None
 
 
 def with_mirrors(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +142,10 @@ def build_reference(
     match = nearest_train_match(train_images, test_images, search)
     own = train_own_scores(train_images, search)
     test_nn = np.asarray(match["score"])
+    cal = None
     if calibration_images is not None:
         cal = nearest_train_match(train_images, calibration_images, search)
-        match = {k: np.concatenate([match[k], cal[k]]) for k in ("index", "score")}
+    match = neighbours.held_out_nn(match, cal)
     rel = neighbours.relative_distance(match["score"], match["index"], own, True)
     return Reference(
         class_names=tuple(class_names),
@@ -160,6 +164,7 @@ def build_reference(
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
         prdc_k=prdc_k,
+        calibration_nn=cal,
     )
 
 

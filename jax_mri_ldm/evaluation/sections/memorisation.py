@@ -3,8 +3,9 @@
 The search compares every synthetic image with every training image and its mirror image
 (a mirrored copy of a training slice is a copy too); real test images, never seen by the
 generator, give the reference distribution of nearest-train SSIM. Far below it = unlike every
-real slice (unrealistic); above all of it = closer to a training image than any real image is
-(memorised).
+real slice (unrealistic); above every held-out image (the test split, plus fresh slices on the
+binary built-in set: `data.calibration_slices`) = closer to a training image than any new
+slice is (memorised).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _search(ctx: Context, x: np.ndarray) -> tuple[dict, np.ndarray]:
         train_groups=groups,
         train_own=ctx.shared["ref"].train_own,  # the controls' reference: one search, one rule
         calibration=ctx.calibration_images,
+        calibration_nn=ctx.shared["ref"].calibration_nn,  # searched once, by the controls
     )
     extra = len(ctx.seen_by_generator) - len(ctx.train)
     mem["reference"] = "training images and their mirror images" + (
