@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Accelerator check in one timed pass: the recommended pipeline on a real image folder (VAE,
+# LDM, 100 samples with the default sampler and with DDPM-1000, the full report), plus
+# JAX-only step timings (bench/run.py --no_torch). Each stage gets a time cap inside one overall
+# budget, so a lease of fixed length returns whatever finished; logs and the run's small
+# artefacts (metrics, run.json, figures, report) are packed into OUT/gpu_check.tgz.
+#
+#   bash bench/gpu_check.sh DATA_DIR EXTRA_DIR OUT_DIR [BUDGET_SECONDS] [WHEEL_DIR]
+#
+# DATA_DIR: a yes/no image folder (e.g. ../shared/data/brain_tumor_yes_no); EXTRA_DIR: a folder
+# holding `notumor/` (e.g. ../shared/data/brain_tumor_4class), the recommended extra normals.
+# WHEEL_DIR (optional): wheels of the pinned flax/optax/orbax/ml_collections to put first on
+# PYTHONPATH; if they do not import with the machine's JAX, the machine's own versions are used.
+set -u
+DATA=$1
+EXTRA=$2
+OUT=$3
+BUDGET=${4:-540}
+WHL=${5:-}
+PY=${PYTHON:-python3}
+W=${WORK:-/tmp/gpu_check}
+START=$(date +%s)
+mkdir -p "$OUT" "$W"
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1
+
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# stage NAME CAP_SECONDS CMD...: run CMD with at most min(CAP, time left), log its wall time.
+stage() {
+  local name=$1 cap=$2 l t s e rc
+  shift 2
+  l=$(left)
+  t=$((cap < l ? cap : l))
+  if ((t < 15)); then
+    echo "=== $name skipped: ${l}s of the budget left" | tee -a "$LOG"
+    return 1
+  fi
+  echo "=== $name (cap ${t}s) $(date -u +%T): $*" | tee -a "$LOG"
+  s=$(date +%s.%N)
+  timeout -k 5 "$t" "$@" >"$W/$name.log" 2>&1
+  rc=$?
+  e=$(date +%s.%N)
+  echo "=== $name rc=$rc wall_s=$($PY -c "print(round($e - $s, 1))")" | tee -a "$LOG"
+  tail -n 25 "$W/$name.log" >>"$LOG"
+  return $rc
+}
+
+pack() {
+  [ -n "${UTIL_PID:-}" ] && kill "$UTIL_PID" 2>/dev/null
+  (cd "$W" && tar czf "$OUT/gpu_check.tgz" --exclude='checkpoints' --exclude='*.npz' \
+    --exclude='*.msgpack' --exclude='samples*/*.png' --exclude='samples*/*.npy' \
+    --exclude='tb' --exclude='cache' . 2>/dev/null)
+  echo "=== packed $(du -h "$OUT/gpu_check.tgz" | cut -f1), $(left)s of the budget left" | tee -a "$LOG"
+}
+trap pack EXIT
+
+IMPORTS="import jax, flax, optax, orbax.checkpoint, ml_collections
+from jax_mri_ldm import train_vae, train_ldm, pipeline, sampling
+print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__,
+      'orbax', orbax.checkpoint.__version__, 'backend', jax.default_backend(), jax.devices())"
+export PYTHONPATH=$PWD
+if [ -n "$WHL" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHL"/*.whl >>"$LOG" 2>&1
+  if PYTHONPATH=/tmp/site:$PWD "$PY" -c "$IMPORTS" >>"$LOG" 2>&1; then
+    export PYTHONPATH=/tmp/site:$PWD
+    echo "using the pinned wheels" | tee -a "$LOG"
+  else
+    echo "pinned wheels failed to import; using the machine's packages" | tee -a "$LOG"
+  fi
+fi
+{ nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; } >>"$LOG" 2>&1
+"$PY" -c "$IMPORTS" >>"$LOG" 2>&1 || { echo "imports failed" | tee -a "$LOG"; exit 1; }
+BACKEND=${GPU_CHECK_BACKEND:-gpu}  # cpu: a dry run of the commands here
+"$PY" -c "import jax, sys; sys.exit(jax.default_backend() != '$BACKEND')" ||
+  { echo "JAX's backend is not $BACKEND: stopping" | tee -a "$LOG"; exit 1; }
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$W/gpu_util.csv" 2>&1 &
+UTIL_PID=$!
+
+# The recommended presets on the real set, as docs/results.md runs them on the CPU.
+stage vae 170 "$PY" train.py --config=configs/vae.py:recommended --config.data.path="$DATA" \
+  --workdir="$W/vae" --config.train.progress_bar=False
+stage ldm 200 "$PY" train.py --config=configs/ldm.py:recommended --config.vae_workdir="$W/vae" \
+  --workdir="$W/ldm" --config.extra_train.path="$EXTRA" --config.extra_train.folders=notumor \
+  --config.train.progress_bar=False
+stage sample_default 60 "$PY" sample.py --workdir="$W/ldm" --label=all --num_samples=100 \
+  --out="$W/samples_default"
+stage sample_ddpm 60 "$PY" sample.py --workdir="$W/ldm" --label=all --num_samples=100 \
+  --sampler=ddpm --out="$W/samples_ddpm"
+stage bench 100 "$PY" bench/run.py --no_torch --only peak,vae,unet,bf16,sampler \
+  --preset=recommended --out="$W/bench.json" --markdown="$W/bench.md"
+stage report 100000 "$PY" evaluate.py --workdir="$W/ldm" --out="$W/report" \
+  --config=configs/report.py:paper
+exit 0
