@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Accelerator check in one timed pass: the recommended pipeline on a real image folder (VAE,
 # LDM, 100 samples with the default sampler and with DDPM-1000, the full report), plus
-# JAX-only step timings (bench/run.py --no_torch). Each stage gets a time cap inside one overall
+# JAX-only step timings (bench/run.py --no_torch). Runs go to $WORK (default /tmp/gpu_check),
+# which must be empty or absent. Each stage gets a time cap inside one overall
 # budget, so a lease of fixed length returns whatever finished; logs and the run's small
 # artefacts (metrics, run.json, figures, report) are packed into OUT/gpu_check.tgz.
 #
@@ -20,6 +21,11 @@ WHL=${5:-}
 PY=${PYTHON:-python3}
 W=${WORK:-/tmp/gpu_check}
 START=$(date +%s)
+if [ -n "$(ls -A "$W" 2>/dev/null)" ]; then
+  # train.py would resume (or skip) whatever runs are there: a check starts from nothing.
+  echo "gpu_check: WORK=$W is not empty; remove it or set WORK to a new folder." >&2
+  exit 2
+fi
 mkdir -p "$OUT" "$W"
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1

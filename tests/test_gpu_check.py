@@ -1,5 +1,6 @@
 """bench/gpu_check.sh: the budget skips stages it cannot fit, the backend guard stops a run on
-the wrong device, and the log and packed artefacts come back either way."""
+the wrong device, the log and packed artefacts come back either way, and old runs in the work
+folder are refused (they would be resumed)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def test_wrong_backend_stops_before_any_stage(tmp_path):
     assert "backend is not gpu: stopping" in log
     assert not any(f"=== {name}" in log for name in STAGES)
     assert tgz.exists()
+
+
+def test_refuses_a_work_folder_with_old_runs(tmp_path):
+    (tmp_path / "work" / "vae").mkdir(parents=True)  # a previous check's run would be resumed
+    env = env_for_subprocess(WORK=str(tmp_path / "work"), PYTHON=sys.executable)
+    args = ["bash", str(SCRIPT), "d", "e", str(tmp_path / "out"), "60"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "is not empty" in proc.stderr
+    assert not (tmp_path / "out").exists()
