@@ -51,6 +51,12 @@ def log(msg):
     print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
 
 
+def _overall(pref, feats: np.ndarray, labels: np.ndarray) -> dict:
+    """`prdc.score`'s overall block from features already embedded by `pref`."""
+    r = prdc.prdc_per_class(pref.feats, pref.labels, feats, labels, pref.class_names, pref.k)
+    return r["overall"]
+
+
 def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
     from jax_mri_ldm import pipeline
 
@@ -95,7 +101,7 @@ def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
     feats, labels, check = {}, {}, {}
     for name, (x, y) in sets.items():
         feats[name], labels[name] = pref.embed(x), np.asarray(y)
-        full = prdc.score(pref, x, y)["overall"]  # exactly what prdc.rescore_row stores
+        full = _overall(pref, feats[name], labels[name])  # what prdc.rescore_row stores
         check[name] = {k: full[k] for k in prdc.KEYS}
         check[name]["fid"] = float(metrics.fid(space.embed(x), test_feats_fid))
     log("control features done")
@@ -110,7 +116,7 @@ def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
             f"synthetic main set: {len(x)} images, {spec.resolved(run.schedule.num_timesteps).name(run.schedule.num_timesteps)} w={w}"
         )
         feats["synthetic"], labels["synthetic"] = pref.embed(x), np.asarray(y)
-        full = prdc.score(pref, x, y)["overall"]
+        full = _overall(pref, feats["synthetic"], labels["synthetic"])
         check["synthetic"] = {k: full[k] for k in prdc.KEYS}
         syn = x
 
