@@ -68,9 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999  # Adam beta2
     c.optim.eps = 1e-8  # Adam epsilon
     c.optim.weight_decay = 0.0  # > 0 switches to AdamW
-    c.optim.schedule = "constant"  # constant | cosine (paper's future work)
+    c.optim.schedule = "constant"  # constant | cosine | wsd (constant, then a linear decay)
     c.optim.warmup_steps = 100  # linear warmup steps
-    c.optim.min_lr_ratio = 0.0  # cosine: final lr = learning_rate * min_lr_ratio
+    c.optim.min_lr_ratio = 0.0  # cosine, wsd: final lr = learning_rate * min_lr_ratio
+    c.optim.decay_fraction = 0.1  # wsd: the linear decay spans this last fraction of the run
     c.optim.grad_clip_norm = 1.0  # global-norm gradient clipping (0 = off)
     # 100 epochs x 20 steps = 2000 updates: a 0.995 EMA averages the last ~200 of them.
     c.optim.ema_decay = 0.995  # EMA decay; EMA weights are used for sampling (paper)

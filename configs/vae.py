@@ -43,9 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999  # Adam beta2
     c.optim.eps = 1e-8  # Adam epsilon
     c.optim.weight_decay = 0.0  # > 0 switches to AdamW
-    c.optim.schedule = "constant"  # constant (paper) | cosine (paper's future work)
+    c.optim.schedule = "constant"  # constant (paper) | cosine | wsd (constant, then a linear decay)
     c.optim.warmup_steps = 0  # linear warmup steps before the schedule
-    c.optim.min_lr_ratio = 0.0  # cosine: final lr = learning_rate * min_lr_ratio
+    c.optim.min_lr_ratio = 0.0  # cosine, wsd: final lr = learning_rate * min_lr_ratio
+    c.optim.decay_fraction = 0.1  # wsd: the linear decay spans this last fraction of the run
     c.optim.grad_clip_norm = 0.0  # > 0 clips gradients to this global norm
     c.optim.ema_decay = 0.999  # EMA of weights (the VAE infers with them if model.inference_params)
     c.optim.ema_warmup = True  # EMA decay min(decay, (1+s)/(10+s))

@@ -15,7 +15,13 @@ import pytest
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
 from jax_mri_ldm.engine.checkpoint import Checkpointer
-from jax_mri_ldm.engine.state import TrainState, ema_decay_at, ema_update, make_optimizer
+from jax_mri_ldm.engine.state import (
+    TrainState,
+    ema_decay_at,
+    ema_update,
+    make_lr_schedule,
+    make_optimizer,
+)
 
 
 def toy_config(num_steps: int = 8) -> ml_collections.ConfigDict:
@@ -359,3 +365,21 @@ def test_processes_sharing_a_workdir_can_all_check_it_at_once(tmp_path) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(check_many, range(8)))
     assert list((tmp_path / "run").iterdir()) == []  # no probe left behind
+
+
+def test_wsd_schedule_is_constant_then_decays_linearly_over_the_last_fraction():
+    optim = toy_config().optim
+    optim.update(schedule="wsd", warmup_steps=10, decay_fraction=0.25, min_lr_ratio=0.1)
+    sched = make_lr_schedule(optim, total_steps=100)
+    lrs = np.array([float(sched(s)) for s in range(101)])
+    np.testing.assert_allclose(lrs[[0, 5, 10]], [0.0, 0.025, 0.05], rtol=1e-6)  # warmup
+    np.testing.assert_allclose(lrs[10:76], 0.05, rtol=1e-6)  # stable until 100 - 25
+    np.testing.assert_allclose(lrs[[75, 100]], [0.05, 0.005], rtol=1e-5)  # to lr * min_lr_ratio
+    assert np.all(np.diff(lrs[75:]) < 0)  # strictly decaying once it starts
+    # Before the decay it is the constant schedule, so a constant run resumes into it exactly.
+    optim.update(schedule="constant")
+    const = make_lr_schedule(optim, total_steps=100)
+    np.testing.assert_array_equal(lrs[:76], [float(const(s)) for s in range(76)])
+    optim.update(schedule="wsd", decay_fraction=1.5)
+    with pytest.raises(ValueError, match="decay_fraction=1.5"):
+        make_lr_schedule(optim, total_steps=100)

@@ -61,12 +61,17 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def make_lr_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Learning-rate schedule: constant or cosine decay, each with optional linear warmup.
+    """Learning-rate schedule: constant, cosine or warmup-stable-decay, with optional warmup.
+
+    'wsd' holds the rate constant and then decays it linearly to ``lr * min_lr_ratio`` over the
+    last ``decay_fraction`` of the run (Hu et al. 2024, "MiniCPM"): until the decay starts it is
+    the constant schedule, so a constant-rate checkpoint from before that point resumes into
+    exactly the run a fresh 'wsd' run would have made.
 
     Args:
-      optim: `config.optim` (learning_rate, warmup_steps, schedule in {"constant", "cosine"},
-        min_lr_ratio).
-      total_steps: number of training steps of the run (the cosine decays over all of them).
+      optim: `config.optim` (learning_rate, warmup_steps, schedule in {"constant", "cosine",
+        "wsd"}, min_lr_ratio, and decay_fraction for 'wsd').
+      total_steps: number of training steps of the run (cosine and the wsd decay end there).
 
     Returns:
       step -> learning rate.
@@ -87,9 +92,31 @@ def make_lr_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> opta
             decay_steps=max(total_steps, warmup + 1),
             end_value=lr * float(optim.min_lr_ratio),
         )
+    if optim.schedule == "wsd":
+        return _wsd_schedule(optim, total_steps)
     raise ValueError(
-        f"config.optim.schedule={optim.schedule!r} is not known; use 'constant' or 'cosine'."
+        f"config.optim.schedule={optim.schedule!r} is not known; use 'constant', 'cosine' or 'wsd'."
     )
+
+
+def _wsd_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Warmup, constant, then a linear decay over the last `optim.decay_fraction` of the run."""
+    frac = float(optim.decay_fraction)
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(
+            f"config.optim.decay_fraction={frac} must be in (0, 1] for schedule 'wsd'."
+        )
+    lr, warmup = float(optim.learning_rate), max(int(optim.warmup_steps), 0)
+    decay = max(int(round(frac * total_steps)), 1)
+    start = max(total_steps - decay, warmup)
+    pieces = [
+        optax.constant_schedule(lr),
+        optax.linear_schedule(lr, lr * float(optim.min_lr_ratio), decay),
+    ]
+    bounds = [start]
+    if warmup > 0:
+        pieces, bounds = [optax.linear_schedule(0.0, lr, warmup), *pieces], [warmup, start]
+    return optax.join_schedules(pieces, bounds)
 
 
 def make_optimizer(
