@@ -32,6 +32,12 @@ def _features() -> ml_collections.ConfigDict:
     f.prdc_k = 5  # k of the k-NN balls of precision/recall/density/coverage
     f.prdc_reference = "train"  # PRDC's real manifold: train (the run's training split) | test
     f.prdc_input_size = 0  # side the encoder sees for PRDC; 0 = the images' own side
+    # recall's own k (balls around the judged images): the largest of these at which recall
+    # ranks the controls right (control_study.choose_recall_k); () = prdc_k
+    f.recall_ks = (5, 3, 2, 1)
+    f.equal_n_subsets = (
+        20  # recall/coverage of larger sets: mean of this many held-out-size subsets
+    )
     return f
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_mri_ldm.evaluation import controls, features, prdc, spectrum, trust
+from jax_mri_ldm.evaluation import control_study, controls, features, prdc, spectrum, trust
 
 
 def _slices(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -146,7 +146,8 @@ def test_prdc_reference_scores_per_class_and_describes_itself():
     ref = prdc.build_reference("train", x, y, ("a", "b"), lambda im: im.reshape(len(im), -1), 3)
     assert ref.describe() == {
         "split": "train", "n": 30, "n_per_class": {"a": 15, "b": 15}, "k": 3,
-        "features_at": "the space's own size",
+        "features_at": "the space's own size", "recall_k": 3, "equal_n_per_class": None,
+        "equal_n_subsets": 20,
     }  # fmt: skip
     res = prdc.score(ref, x[:10], y[:10])
     assert res["overall"]["precision"] == 1.0 and set(res["per_class"]) == {"a", "b"}
@@ -261,3 +262,74 @@ def test_contrastive_encoder_trains_caches_and_sees_noise(tmp_path):
     assert rank["detected"] == ["noise"] and rank["min_log_ratio"] > 0
     rankings = {"a": rank, "b": {**rank, "detected": [], "min_log_ratio": -1.0}}
     assert features.choose_space(rankings) == "a"
+
+
+def test_recall_k_only_changes_the_judged_sets_balls():
+    rng = np.random.default_rng(3)
+    real, fake = _ring(200, rng), _ring(30, rng)
+    a, b = prdc.prdc(real, fake, k=5), prdc.prdc(real, fake, k=5, recall_k=1)
+    assert (a["recall_k"], b["recall_k"]) == (5, 1)
+    for key in ("precision", "density", "coverage"):  # balls around real features: same k
+        assert a[key] == b[key]
+    assert b["recall"] < a["recall"]  # smaller balls around the 30 judged points hold less
+
+
+def _ident_ref(x: np.ndarray, y: np.ndarray, **kw) -> prdc.Reference:
+    flat = lambda im: np.asarray(im).reshape(len(im), -1)  # noqa: E731
+    return dataclasses.replace(prdc.build_reference("train", x, y, ("a", "b"), flat, 5), **kw)
+
+
+def test_equal_n_scores_a_large_set_as_the_mean_of_held_out_size_subsets():
+    rng = np.random.default_rng(4)
+    real = _ring(300, rng)
+    ry = np.arange(300) % 2
+    big, by = _ring(400, rng), np.arange(400) % 2
+    whole = prdc.score_features(_ident_ref(real, ry), big, by)
+    eq = prdc.score_features(_ident_ref(real, ry, equal_n=(13, 13), subsets=6), big, by)
+    assert eq["equal_n"]["n_per_class"] == [13, 13] and eq["equal_n"]["subsets"] == 6
+    assert eq["overall"]["n_fake_equal"] == 26
+    # Both depend on n: 400 samples land in more real balls than 26 do (coverage), while 26
+    # samples' own k-NN balls are wider and swallow more real points (recall).
+    assert eq["overall"]["coverage"] < whole["overall"]["coverage"]
+    assert eq["overall"]["recall"] > whole["overall"]["recall"]
+    assert eq["overall"]["precision"] == whole["overall"]["precision"]  # n-free: unchanged
+    # Each subset is a plain PRDC of 26 points; the mean is reproduced by hand.
+    subs = prdc._subsets(by, [13, 13], 6)
+    manual = [prdc.prdc(real, big[i], 5)["recall"] for i in subs]
+    assert eq["overall"]["recall"] == pytest.approx(np.mean(manual))
+    assert eq["equal_n"]["std"]["recall"] == pytest.approx(np.std(manual))
+    # A set already at the held-out size is scored whole.
+    small = prdc.score_features(_ident_ref(real, ry, equal_n=(13, 13)), big[subs[0]], by[subs[0]])
+    assert small["equal_n"]["subsets"] == 0
+    assert small["overall"]["recall"] == prdc.prdc(real, big[subs[0]], 5)["recall"]
+    # A class with one held-out image has no per-class PRDC at that size, as on the controls.
+    one = prdc.score_features(_ident_ref(real, ry, equal_n=(1, 13), subsets=3), big, by)
+    assert one["per_class"]["a"] is None and one["per_class"]["b"]["n_fake_equal"] == 13
+    assert one["overall"]["n_fake_equal"] == 14
+
+
+def test_recall_k_is_chosen_on_the_controls_alone():
+    """A control just off the real manifold ('blur', shifted out of it) ties with the real
+    held-out set at k = 5 (26 points' 5-NN balls swallow both: recall 1.0) and is caught at
+    k = 3; the choice is the largest k that catches it, and None when no k can."""
+    rng = np.random.default_rng(5)
+    real = _ring(300, rng)
+    ry = np.arange(300) % 2
+    held, hy = _ring(26, rng), np.arange(26) % 2
+    shifted = held.copy()
+    shifted[:, 5] += 0.2  # off the ring's four dimensions
+    sets = {"real": (held, hy), "blur": (shifted, hy)}
+    ref = _ident_ref(real, ry)
+    k, table = control_study.choose_recall_k(ref, sets, (1, 2, 5, 3))
+    assert list(table) == [5, 3, 2, 1]  # tried largest first
+    assert table[5]["real"] == table[5]["blur"] == 1.0  # saturated: not a strict ranking
+    assert all(table[kk]["real"] > table[kk]["blur"] for kk in (3, 2, 1))
+    assert k == 3
+    fitted, info = control_study.fit_recall(ref, sets, (5, 3, 2, 1), subsets=7)
+    assert fitted.equal_n == (13, 13) and fitted.subsets == 7
+    assert info["chosen"] == 3 and fitted.recall_k == 3 and fitted.k == ref.k
+    # A control identical to the real set can never rank worse: no k passes, recall keeps k.
+    same = {"real": (held, hy), "blur": (held.copy(), hy)}
+    assert control_study.choose_recall_k(ref, same, (5, 2))[0] is None
+    none_ref, none_info = control_study.fit_recall(ref, same, (5, 2), subsets=0)
+    assert none_info["chosen"] is None and none_ref.recall_k == ref.k and none_ref.equal_n is None

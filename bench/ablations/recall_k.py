@@ -14,6 +14,9 @@ Run from the repository root::
   python bench/ablations/recall_k.py --workdir=runs/ldm --guidance=2 --out=runs/recall_k
 
 Writes ``<out>/results.json`` and ``<out>/features.npz``; ``--no_synthetic`` skips the samples.
+``--rule_only`` reads ``<out>/features.npz`` back and applies the report's recall rule
+(`control_study.fit_recall`: recall's k chosen on the controls, recall and coverage at the
+held-out size) without embedding anything, writing ``<out>/report_rule.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ from jax_mri_ldm.evaluation.generator import SyntheticImages  # noqa: E402
 from jax_mri_ldm.evaluation.sections import common  # noqa: E402
 
 KS = (1, 2, 3, 5)
+CONTROL_NAMES = (
+    "real",
+    *controls_lib.CORRUPTIONS,
+    controls_lib.MEMORISED,
+    controls_lib.DECODED_TRAIN,
+)
 NUM_SUBSETS = 20  # random synthetic subsets of the held-out size
 T0 = time.perf_counter()
 
@@ -192,11 +201,42 @@ def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
     print(json.dumps(check, indent=1))
 
 
+def report_rule(out: str) -> dict:
+    """The report's recall rule applied to the saved features (`--rule_only`)."""
+    cfg = report_cfg.get_config("paper").features
+    z = np.load(os.path.join(out, "features.npz"))
+    names = [k[len("feats__") :] for k in z.files if k.startswith("feats__")]
+    with open(os.path.join(out, "results.json")) as fh:  # class order of the reference
+        classes = tuple(json.load(fh)["prdc_reference"]["n_per_class"])
+    pref = prdc.Reference("train", lambda f: f, z["reference"], z["reference_labels"], classes,
+                          int(cfg.prdc_k), None)  # fmt: skip
+    scored = {n: (z[f"feats__{n}"], z[f"labels__{n}"]) for n in names}
+    controls = {n: v for n, v in scored.items() if n in CONTROL_NAMES}
+    ks = tuple(int(k) for k in cfg.recall_ks)
+    pref, choice = control_study.fit_recall(pref, controls, ks, int(cfg.equal_n_subsets))
+    rows = {}
+    for n, (f, y) in scored.items():
+        r = prdc.score_features(pref, f, y)
+        rows[n] = {**{k: r["overall"][k] for k in prdc.KEYS}, "equal_n": r.get("equal_n")}
+        rows[n]["recall_per_class"] = {
+            c: (b or {}).get("recall") for c, b in r["per_class"].items()
+        }
+    res = {"prdc_reference": pref.describe(), "recall_k": choice, "sets": rows}
+    with open(os.path.join(out, "report_rule.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    return res
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="diffusion run directory")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--guidance", type=float, required=True, help="the report's main-set w")
     p.add_argument("--no_synthetic", action="store_true", help="controls only, no samples")
+    p.add_argument("--rule_only", action="store_true", help="apply the report's recall rule "
+                   "to <out>/features.npz, nothing else")  # fmt: skip
     a = p.parse_args()
-    main(a.workdir, a.out, a.guidance, not a.no_synthetic)
+    if a.rule_only:
+        print(json.dumps(report_rule(a.out), indent=1))
+    else:
+        main(a.workdir, a.out, a.guidance, not a.no_synthetic)

@@ -114,6 +114,69 @@ def prdc_reference(
     return prdc.build_reference(split, x, y, class_names, embed, k, size)
 
 
+def choose_recall_k(
+    pref: prdc.Reference,
+    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    candidates: Sequence[int],
+) -> tuple[int | None, dict[int, dict[str, float]]]:
+    """Recall's k: the largest candidate at which recall ranks the controls right.
+
+    Recall counts real features inside balls around the judged set's own features, with
+    radius the distance to their k-th neighbour in that set. A control set is the held-out
+    split (a few dozen images on a small data set), where a k = 5 ball spans a fifth of a class
+    and swallows a blurred copy as readily as the original. Only control sets enter this
+    choice (the real held-out images and their corruptions), never a synthetic image.
+
+    Returns:
+      (chosen k, or None when no candidate passes `trust`'s recall rule; {k: {set: recall}}).
+    """
+    rule = trust.RULES_BY_NAME["recall"]
+    feats = {name: (pref.embed(x), np.asarray(y)) for name, (x, y) in sets.items()}
+    table: dict[int, dict[str, float]] = {}
+    for k in sorted({int(k) for k in candidates}, reverse=True):
+        at_k = dataclasses.replace(pref, recall_k=k)  # keeps pref's equal-n counts
+        table[k] = {
+            name: prdc.score_features(at_k, f, y)["overall"]["recall"]
+            for name, (f, y) in feats.items()
+        }
+    passing = [k for k, scores in table.items() if trust.check_metric(rule, scores)["trustworthy"]]
+    return (passing[0] if passing else None), table
+
+
+def fit_recall(
+    pref: prdc.Reference,
+    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    candidates: Sequence[int],
+    subsets: int,
+) -> tuple[prdc.Reference, dict | None]:
+    """`pref` with recall's k chosen on the controls (`choose_recall_k`) and recall and
+    coverage measured at the controls' per-class size (`prdc.Reference.equal_n`).
+
+    Without control sets, candidates or subsets the matching part stays as it was.
+
+    Returns:
+      (the reference, JSON of the choice or None).
+    """
+    real = sets.get("real")
+    if real is None:
+        return pref, None
+    labels = np.asarray(real[1])
+    counts = tuple(int(np.sum(labels == c)) for c in range(len(pref.class_names)))
+    if subsets > 0:
+        pref = dataclasses.replace(pref, equal_n=counts, subsets=int(subsets))
+    if not candidates:
+        return pref, None
+    k, table = choose_recall_k(pref, sets, candidates)
+    pref = dataclasses.replace(pref, recall_k=pref.k if k is None else k)
+    rule = (
+        "the largest candidate k at which recall ranks the real held-out images above every "
+        "corruption; none passing: k of the other three, and recall stays untrusted"
+    )
+    by_k = {str(kk): v for kk, v in table.items()}
+    return pref, {"candidates": sorted(table, reverse=True), "chosen": k, "rule": rule,
+                  "recall_by_k": by_k}  # fmt: skip
+
+
 def choose_space(
     candidates: Mapping[str, Callable[[], Space]],
     sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -188,16 +251,19 @@ def run_controls(
     prdc_split: str = "train",
     prdc_k: int = prdc.DEFAULT_K,
     prdc_input_size: int = 0,
+    recall_ks: Sequence[int] = (),
+    equal_n_subsets: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Controls table for a data set without a generator (no 'vae_prior' control).
 
     `cache_key` names the cached contrastive encoder (`features.cache_key` of the settings and
-    data); without one nothing is cached. `prdc_*`: see `prdc_reference`.
+    data); without one nothing is cached. `prdc_*`: see `prdc_reference`; `recall_ks`,
+    `equal_n_subsets`: see `fit_recall`.
 
     Returns:
-      {'feature_space': choice JSON, 'prdc_reference': `prdc.Reference.describe()`, 'sets':
-       rows, 'table': controls table}.
+      {'feature_space': choice JSON, 'prdc_reference': `prdc.Reference.describe()`,
+       'recall_k': `fit_recall`'s choice, 'sets': rows, 'table': controls table}.
     """
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits.train, splits.val, splits.test
     say = log or (lambda _: None)
@@ -232,8 +298,10 @@ def run_controls(
         space, splits.train, splits.test, class_names,
         split=prdc_split, k=prdc_k, input_size=prdc_input_size,
     )  # fmt: skip
+    pref, recall_k = fit_recall(pref, sets, recall_ks, equal_n_subsets)
     rows, table = score_controls(ref, sets, Nulls(), prdc_ref=pref)
-    return {"feature_space": info, "prdc_reference": pref.describe(), "sets": rows, "table": table}
+    return {"feature_space": info, "prdc_reference": pref.describe(), "recall_k": recall_k,
+            "sets": rows, "table": table}  # fmt: skip
 
 
 def format_table(table: dict) -> str:
@@ -257,10 +325,18 @@ def format_table(table: dict) -> str:
 
 def format_prdc_reference(d: dict) -> str:
     """One line: which real images precision / recall / density / coverage measure against."""
-    return (
+    line = (
         f"precision/recall/density/coverage: real {d['split']} split as the manifold "
         f"(n = {d['n']}, {d['n_per_class']}), k = {d['k']}, features at {d['features_at']}"
     )
+    if d.get("recall_k") not in (None, d["k"]):
+        line += f"; recall's own k = {d['recall_k']}"
+    if d.get("equal_n_per_class"):
+        line += (
+            f"; recall and coverage at the held-out size {d['equal_n_per_class']} (larger sets: "
+            f"mean of {d['equal_n_subsets']} random subsets)"
+        )
+    return line
 
 
 def format_candidates(fs: dict) -> str:
@@ -313,6 +389,8 @@ def _main(argv: Sequence[str]) -> None:
         prdc_split=str(fc.prdc_reference),
         prdc_k=int(fc.prdc_k),
         prdc_input_size=int(fc.prdc_input_size),
+        recall_ks=tuple(int(k) for k in fc.recall_ks),
+        equal_n_subsets=int(fc.equal_n_subsets),
         log=print,
     )
     print(f"splits: {[len(p) for p in parts]} (train, val = real held-out, test = reference)")

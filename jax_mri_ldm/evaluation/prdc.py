@@ -37,16 +37,19 @@ def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
     return np.partition(d, k - 1, axis=1)[:, k - 1]
 
 
-def prdc(real_feats, fake_feats, k: int = DEFAULT_K) -> dict:
+def prdc(real_feats, fake_feats, k: int = DEFAULT_K, recall_k: int | None = None) -> dict:
     """Precision, recall, density and coverage of `fake_feats` against `real_feats`.
 
     Args:
       real_feats: (N, D) features of real images.
       fake_feats: (M, D) features of the images to judge.
       k: neighbours for the ball radii; clipped to min(N, M) - 1.
+      recall_k: neighbours for the balls around the judged features that recall counts real
+        features in (None: `k`). Those balls are made of the judged set alone, which may be a
+        few dozen images where the real manifold has hundreds, so they get their own k.
 
     Returns:
-      {'precision', 'recall', 'density', 'coverage', 'k', 'n_real', 'n_fake'}.
+      {'precision', 'recall', 'density', 'coverage', 'k', 'recall_k', 'n_real', 'n_fake'}.
 
     Raises:
       ValueError: fewer than two rows on a side, or mismatched feature dimensions.
@@ -58,7 +61,8 @@ def prdc(real_feats, fake_feats, k: int = DEFAULT_K) -> dict:
     if min(r.shape[0], f.shape[0]) < 2:
         raise ValueError(f"PRDC needs >= 2 images per side; got {r.shape[0]} and {f.shape[0]}.")
     k = int(max(1, min(k, r.shape[0] - 1, f.shape[0] - 1)))
-    r_rad, f_rad = _kth_radius(r, k), _kth_radius(f, k)
+    rk = int(max(1, min(k if recall_k is None else recall_k, r.shape[0] - 1, f.shape[0] - 1)))
+    r_rad, f_rad = _kth_radius(r, k), _kth_radius(f, rk)
     d = _sq_dists(r, f)  # (N, M)
     inside_real = d < r_rad[:, None]  # sample j inside real ball i
     return {
@@ -67,13 +71,20 @@ def prdc(real_feats, fake_feats, k: int = DEFAULT_K) -> dict:
         "density": float(np.sum(inside_real) / (k * f.shape[0])),
         "coverage": float(np.mean(d.min(axis=1) < r_rad)),
         "k": k,
+        "recall_k": rk,
         "n_real": int(r.shape[0]),
         "n_fake": int(f.shape[0]),
     }
 
 
 def prdc_per_class(
-    real_feats, real_labels, fake_feats, fake_labels, class_names, k: int = DEFAULT_K
+    real_feats,
+    real_labels,
+    fake_feats,
+    fake_labels,
+    class_names,
+    k: int = DEFAULT_K,
+    recall_k: int | None = None,
 ) -> dict:
     """`prdc` overall and within each class (None for a class with < 2 images on a side).
 
@@ -81,16 +92,17 @@ def prdc_per_class(
       real_feats: (N, D); real_labels: (N,) ids.
       fake_feats: (M, D); fake_labels: (M,) ids.
       class_names: id -> name.
-      k: see `prdc`.
+      k, recall_k: see `prdc`.
 
     Returns:
       {'overall': prdc dict, 'per_class': {name: prdc dict or None}}.
     """
     rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
-    out = {"overall": prdc(real_feats, fake_feats, k), "per_class": {}}
+    out = {"overall": prdc(real_feats, fake_feats, k, recall_k), "per_class": {}}
     for c, name in enumerate(class_names):
         rs, fs = np.asarray(real_feats)[rl == c], np.asarray(fake_feats)[fl == c]
-        out["per_class"][name] = prdc(rs, fs, k) if min(len(rs), len(fs)) >= 2 else None
+        ok = min(len(rs), len(fs)) >= 2
+        out["per_class"][name] = prdc(rs, fs, k, recall_k) if ok else None
     return out
 
 
@@ -110,6 +122,12 @@ class Reference:
       class_names: label id -> name.
       k: neighbours of the ball radii.
       input_size: side the encoder sees for PRDC (None: the space's own resolution).
+      recall_k: k of the judged set's own balls, which recall uses (None: `k`).
+      equal_n: per-class image counts at which recall and coverage are measured (None: each
+        set's own size). Both grow with the judged set's size, so a number validated on
+        controls of n images only means the same for a synthetic set of n images: a larger
+        set is scored as the mean over `subsets` random per-class subsets of these counts.
+      subsets: how many subsets that mean takes.
     """
 
     split: str
@@ -119,14 +137,21 @@ class Reference:
     class_names: tuple[str, ...]
     k: int
     input_size: int | None
+    recall_k: int | None = None
+    equal_n: tuple[int, ...] | None = None
+    subsets: int = 20
 
     def describe(self) -> dict:
         """JSON for report.json: which reference, how many images (per class), k, and the
-        side the encoder saw ('features_at')."""
+        side the encoder saw ('features_at'), recall's k and the equal-n counts."""
         counts = {n: int(np.sum(self.labels == c)) for c, n in enumerate(self.class_names)}
         size = "the space's own size" if self.input_size is None else f"{self.input_size} px"
+        eq = (
+            None if self.equal_n is None else dict(zip(self.class_names, self.equal_n, strict=True))
+        )
         return {"split": self.split, "n": int(len(self.feats)), "n_per_class": counts,
-                "k": self.k, "features_at": size}  # fmt: skip
+                "k": self.k, "features_at": size, "recall_k": self.recall_k or self.k,
+                "equal_n_per_class": eq, "equal_n_subsets": self.subsets}  # fmt: skip
 
 
 def build_reference(
@@ -150,10 +175,67 @@ def build_reference(
     )
 
 
+N_DEPENDENT = ("recall", "coverage")
+"""The numbers that grow with the judged set's size (more balls of its own, more samples to
+land in real balls); precision and density are means over samples and do not."""
+
+
 def score(ref: Reference, images: np.ndarray, labels: np.ndarray) -> dict:
     """`prdc_per_class` of a labelled image set against `ref` (raises ValueError like `prdc`)."""
-    feats = ref.embed(images)
-    return prdc_per_class(ref.feats, ref.labels, feats, labels, ref.class_names, ref.k)
+    return score_features(ref, ref.embed(images), np.asarray(labels))
+
+
+def score_features(ref: Reference, feats: np.ndarray, labels: np.ndarray) -> dict:
+    """`score` from features already embedded by `ref`; with `ref.equal_n`, recall and
+    coverage of a set larger than those counts are means over random subsets of them, with
+    their standard deviation under 'equal_n'."""
+    res = prdc_per_class(ref.feats, ref.labels, feats, labels, ref.class_names, ref.k, ref.recall_k)
+    if ref.equal_n is None:
+        return res
+    counts = [int(np.sum(labels == c)) for c in range(len(ref.class_names))]
+    target = [min(n, int(m)) for n, m in zip(counts, ref.equal_n, strict=True)]
+    if target == counts:  # already at (or below) the validated size
+        res["equal_n"] = {"n_per_class": target, "subsets": 0, "std": {}}
+        return res
+    runs = [
+        prdc_per_class(
+            ref.feats, ref.labels, feats[i], labels[i], ref.class_names, ref.k, ref.recall_k
+        )  # fmt: skip
+        for i in _subsets(labels, target, ref.subsets)
+    ]
+    res["equal_n"] = {"n_per_class": target, "subsets": len(runs), "std": _average_into(res, runs)}
+    return res
+
+
+def _subsets(labels: np.ndarray, counts: Sequence[int], num: int) -> list[np.ndarray]:
+    """`num` sorted index sets, each with counts[c] random images of class c (fixed seed)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(num):
+        parts = [rng.choice(np.flatnonzero(labels == c), n, replace=False)
+                 for c, n in enumerate(counts)]  # fmt: skip
+        out.append(np.sort(np.concatenate(parts)).astype(np.int64))
+    return out
+
+
+def _average_into(res: dict, runs: list[dict]) -> dict:
+    """Replaces the n-dependent numbers of `res` by their means over `runs` (a class with
+    fewer than 2 images in a subset gets no block, as `prdc_per_class` does); returns the
+    overall standard deviations {key: std}."""
+    std = {}
+    for key in N_DEPENDENT:
+        vals = [r["overall"][key] for r in runs]
+        res["overall"][key], std[key] = float(np.mean(vals)), float(np.std(vals))
+    res["overall"]["n_fake_equal"] = int(runs[0]["overall"]["n_fake"])
+    for name, block in res["per_class"].items():
+        parts = [r["per_class"][name] for r in runs]
+        if block is None or any(p is None for p in parts):
+            res["per_class"][name] = None
+            continue
+        for key in N_DEPENDENT:
+            block[key] = float(np.mean([p[key] for p in parts]))
+        block["n_fake_equal"] = int(parts[0]["n_fake"])
+    return std
 
 
 KEYS = ("precision", "recall", "density", "coverage")

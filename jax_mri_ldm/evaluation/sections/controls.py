@@ -104,7 +104,15 @@ def compute(ctx: Context) -> dict[str, Any]:
         int(ctx.cfg.features.prdc_k),
         calibration_images=ctx.calibration_images,
     )
-    pref = _prdc_reference(ctx, chosen)
+    fc = ctx.cfg.features
+    ks, n_sub = tuple(int(k) for k in fc.recall_ks), int(fc.equal_n_subsets)
+    pref, recall_k = control_study.fit_recall(_prdc_reference(ctx, chosen), sets, ks, n_sub)
+    if recall_k is None:
+        why = "no control sets" if not sets else "config.features.recall_ks is empty"
+        ctx.nulls.null("recall_k", f"{why}: recall uses k = {pref.k}")
+    elif recall_k["chosen"] is None:
+        why = "no candidate k ranks every corruption below the real held-out images"
+        ctx.nulls.null("recall_k.chosen", f"{why}; recall uses k = {pref.k} and stays untrusted")
     ctx.shared["ref"], ctx.shared["prdc_ref"] = ref, pref
     ctx.shared["train_feats"] = embed(ctx.train.images)
     rows, tab = control_study.score_controls(ref, sets, ctx.nulls, prdc_ref=pref)
@@ -117,7 +125,7 @@ def compute(ctx: Context) -> dict[str, Any]:
             title="control sets: real held-out images and their corruptions",
         )
     held = {"held_out": "validation split", "n": int(len(ctx.val))} if sets else None
-    out = {"feature_space": space, "prdc_reference": pref.describe()}
+    out = {"feature_space": space, "prdc_reference": pref.describe(), "recall_k": recall_k}
     return {**out, "controls": {"sets": rows, "table": tab, "set": held}}
 
 
@@ -159,6 +167,8 @@ def render(r: dict) -> str:
     L += _space_lines(r["feature_space"])
     if r.get("prdc_reference"):
         L += [control_study.format_prdc_reference(r["prdc_reference"]) + ".", ""]
+    if r.get("recall_k"):
+        L += _recall_k_lines(r["recall_k"])
     c = r.get("controls") or {}
     tab = c.get("table", {}).get("metrics", {})
     if tab:
@@ -179,6 +189,16 @@ def render(r: dict) -> str:
             L += [img(r["figures"]["controls"], "control sets"), ""]
     hide = (".fid_kid.", ".prdc.", ".fidelity_detail.")
     return "\n".join(L + nulls_note(r["null_reasons"], ["controls", "feature_space"], hide=hide))
+
+
+def _recall_k_lines(rk: dict) -> list[str]:
+    """Recall of every control set at each candidate k, and the k the controls chose."""
+    by_k = rk["recall_by_k"]
+    sets = list(next(iter(by_k.values())))
+    rows = [[k, *(f(v[s]) for s in sets)] for k, v in by_k.items()]
+    chosen = "none passed" if rk["chosen"] is None else f"k = {rk['chosen']}"
+    head = f"Recall's own k, chosen on the control sets alone ({rk['rule']}): **{chosen}**."
+    return [head, "", *table(["recall's k", *sets], rows)]
 
 
 def untrusted_note(r: dict, metrics: list[str]) -> str:

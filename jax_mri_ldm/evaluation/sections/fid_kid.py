@@ -126,6 +126,14 @@ def _prdc_reading(pr: dict) -> str:
         f"2020) against the real {ref['split']} split (n = {ref['n']}, k = {pr['k']}, "
         f"features at {ref['features_at']})"
     )
+    if ref.get("recall_k") not in (None, pr["k"]):
+        head += f"; recall's own k = {ref['recall_k']}, chosen on the controls (section 11)"
+    if ref.get("equal_n_per_class"):
+        head += (
+            f"; recall and coverage grow with a set's size, so both are measured at the held-out "
+            f"size the controls validated ({ref['equal_n_per_class']}; a larger set: mean of "
+            f"{ref['equal_n_subsets']} random subsets)"
+        )
     if ref["split"] == "train":
         return (
             f"{head}, the real training distribution, as in both papers: precision = share of "
