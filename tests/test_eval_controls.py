@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jax_mri_ldm.evaluation import control_study, controls, features, prdc, spectrum, trust
+from jax_mri_ldm.evaluation.context import Nulls
 
 
 def _slices(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -303,9 +304,24 @@ def test_equal_n_scores_a_large_set_as_the_mean_of_held_out_size_subsets():
     assert small["equal_n"]["subsets"] == 0
     assert small["overall"]["recall"] == prdc.prdc(real, big[subs[0]], 5)["recall"]
     # A class with one held-out image has no per-class PRDC at that size, as on the controls.
+    assert small["overall"]["n_fake_equal"] == 26 and small["per_class"]["a"]["n_fake_equal"] == 13
+    # A class with one held-out image has no per-class recall or coverage at that size (its
+    # precision and density, from the whole set, stay); the reason reaches the nulls.
     one = prdc.score_features(_ident_ref(real, ry, equal_n=(1, 13), subsets=3), big, by)
-    assert one["per_class"]["a"] is None and one["per_class"]["b"]["n_fake_equal"] == 13
+    a = one["per_class"]["a"]
+    assert a["recall"] is None and a["coverage"] is None and a["precision"] is not None
+    assert one["equal_n"]["undefined"] == ["a"] and one["per_class"]["b"]["n_fake_equal"] == 13
     assert one["overall"]["n_fake_equal"] == 14
+    nulls = Nulls()
+    prdc.null_undefined(nulls, "x.prdc", one)
+    assert set(nulls.reasons) == {"x.prdc.per_class.a.recall", "x.prdc.per_class.a.coverage"}
+    # A held-out size under 2 images allows no PRDC: the set is scored whole.
+    tiny = prdc.score_features(_ident_ref(real, ry, equal_n=(1, 0), subsets=3), big, by)
+    assert tiny["equal_n"]["subsets"] == 0 and tiny["overall"]["n_fake_equal"] == 400
+    # Unequal classes: one above its target is subsampled, one below is kept whole.
+    mixed = prdc.score_features(_ident_ref(real, ry, equal_n=(13, 300), subsets=4), big, by)
+    assert mixed["equal_n"]["n_per_class"] == [13, 200] and mixed["equal_n"]["subsets"] == 4
+    assert mixed["per_class"]["b"]["n_fake_equal"] == 200
 
 
 def test_recall_k_is_chosen_on_the_controls_alone():
@@ -325,11 +341,16 @@ def test_recall_k_is_chosen_on_the_controls_alone():
     assert table[5]["real"] == table[5]["blur"] == 1.0  # saturated: not a strict ranking
     assert all(table[kk]["real"] > table[kk]["blur"] for kk in (3, 2, 1))
     assert k == 3
-    fitted, info = control_study.fit_recall(ref, sets, (5, 3, 2, 1), subsets=7)
-    assert fitted.equal_n == (13, 13) and fitted.subsets == 7
-    assert info["chosen"] == 3 and fitted.recall_k == 3 and fitted.k == ref.k
-    # A control identical to the real set can never rank worse: no k passes, recall keeps k.
+    # A control identical to the real set can never rank worse: no k passes.
     same = {"real": (held, hy), "blur": (held.copy(), hy)}
     assert control_study.choose_recall_k(ref, same, (5, 2))[0] is None
-    none_ref, none_info = control_study.fit_recall(ref, same, (5, 2), subsets=0)
+    # fit_recall chooses k on the selection controls and takes the size from the held-out
+    # ones: the same held-out sets with either selection give either answer.
+    other = _ring(26, rng)  # a second held-out split, with no corruption at all
+    held_sets = {"real": (other, hy), "blur": (other.copy(), hy)}
+    fitted, info = control_study.fit_recall(ref, held_sets, sets, (5, 3, 2, 1), subsets=7)
+    assert fitted.equal_n == (13, 13) and fitted.subsets == 7
+    assert info["chosen"] == 3 and fitted.recall_k == 3 and fitted.k == ref.k
+    none_ref, none_info = control_study.fit_recall(ref, held_sets, same, (5, 2), subsets=0)
     assert none_info["chosen"] is None and none_ref.recall_k == ref.k and none_ref.equal_n is None
+    assert control_study.fit_recall(ref, held_sets, {}, (5, 2), subsets=7)[1] is None

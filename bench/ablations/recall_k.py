@@ -15,8 +15,9 @@ Run from the repository root::
 
 Writes ``<out>/results.json`` and ``<out>/features.npz``; ``--no_synthetic`` skips the samples.
 ``--rule_only`` reads ``<out>/features.npz`` back and applies the report's recall rule
-(`control_study.fit_recall`: recall's k chosen on the controls, recall and coverage at the
-held-out size) without embedding anything, writing ``<out>/report_rule.json``.
+(`control_study.fit_recall`: recall's k chosen on controls made from the test split, recall
+and coverage at the held-out size) without embedding anything, writing
+``<out>/report_rule.json``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from jax_mri_ldm.evaluation.generator import SyntheticImages  # noqa: E402
 from jax_mri_ldm.evaluation.sections import common  # noqa: E402
 
 KS = (1, 2, 3, 5)
+SELECT = "test-split control: "  # name prefix of the controls recall's k is chosen on
 CONTROL_NAMES = (
     "real",
     *controls_lib.CORRUPTIONS,
@@ -90,6 +92,18 @@ def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
         reconstruct=run.vae.reconstruct,
     )
     sets["real_test (extra)"] = (te.images, te.labels)
+    # the report's second control set, made from the test split, on which recall's k is chosen
+    selection = controls_lib.make_controls(
+        te.images,
+        te.labels,
+        tr.images,
+        tr.labels,
+        seed=cfg.controls_seed + 1,
+        decode=gen.decode_latents,
+        latent_shape=run.latent_shape,
+        reconstruct=run.vae.reconstruct,
+    )
+    sets.update({f"{SELECT}{n}": v for n, v in selection.items()})
     log(f"control sets built: {list(sets)}")
     # the space the committed report chose ('random'), as sections/controls.py:_choose builds it
     s = features.SSLSettings.from_config(cfg.features)
@@ -110,7 +124,7 @@ def main(workdir: str, out: str, guidance: float, synthetic: bool) -> None:
     feats, labels, check = {}, {}, {}
     for name, (x, y) in sets.items():
         feats[name], labels[name] = pref.embed(x), np.asarray(y)
-        full = _overall(pref, feats[name], labels[name])  # what prdc.rescore_row stores
+        full = _overall(pref, feats[name], labels[name])  # k = 5, whole set (the old rule)
         check[name] = {k: full[k] for k in prdc.KEYS}
         check[name]["fid"] = float(metrics.fid(space.embed(x), test_feats_fid))
     log("control features done")
@@ -212,8 +226,9 @@ def report_rule(out: str) -> dict:
                           int(cfg.prdc_k), None)  # fmt: skip
     scored = {n: (z[f"feats__{n}"], z[f"labels__{n}"]) for n in names}
     controls = {n: v for n, v in scored.items() if n in CONTROL_NAMES}
-    ks = tuple(int(k) for k in cfg.recall_ks)
-    pref, choice = control_study.fit_recall(pref, controls, ks, int(cfg.equal_n_subsets))
+    selection = {n[len(SELECT) :]: v for n, v in scored.items() if n.startswith(SELECT)}
+    ks, n_sub = tuple(int(k) for k in cfg.recall_ks), int(cfg.equal_n_subsets)
+    pref, choice = control_study.fit_recall(pref, controls, selection, ks, n_sub)
     rows = {}
     for n, (f, y) in scored.items():
         r = prdc.score_features(pref, f, y)

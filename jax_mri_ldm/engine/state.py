@@ -66,7 +66,8 @@ def make_lr_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> opta
     'wsd' holds the rate constant and then decays it linearly to ``lr * min_lr_ratio`` over the
     last ``decay_fraction`` of the run (Hu et al. 2024, "MiniCPM"): until the decay starts it is
     the constant schedule, so a constant-rate checkpoint from before that point resumes into
-    exactly the run a fresh 'wsd' run would have made.
+    exactly the run a fresh 'wsd' run would have made. The decay window is a fraction of the
+    run's length, so changing the length on resume moves it.
 
     Args:
       optim: `config.optim` (learning_rate, warmup_steps, schedule in {"constant", "cosine",
@@ -107,8 +108,8 @@ def _wsd_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
             f"config.optim.decay_fraction={frac} must be in (0, 1] for schedule 'wsd'."
         )
     lr, warmup = float(optim.learning_rate), max(int(optim.warmup_steps), 0)
-    decay = max(int(round(frac * total_steps)), 1)
-    start = max(total_steps - decay, warmup)
+    start = max(total_steps - max(int(round(frac * total_steps)), 1), warmup)
+    decay = max(total_steps - start, 1)  # a warmup longer than the stable phase shortens it
     pieces = [
         optax.constant_schedule(lr),
         optax.linear_schedule(lr, lr * float(optim.min_lr_ratio), decay),

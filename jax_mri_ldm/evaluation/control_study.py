@@ -125,7 +125,7 @@ def choose_recall_k(
     radius the distance to their k-th neighbour in that set. A control set is the held-out
     split (a few dozen images on a small data set), where a k = 5 ball spans a fifth of a class
     and swallows a blurred copy as readily as the original. Only control sets enter this
-    choice (the real held-out images and their corruptions), never a synthetic image.
+    choice (real images and their corruptions), never a synthetic image.
 
     Returns:
       (chosen k, or None when no candidate passes `trust`'s recall rule; {k: {set: recall}}).
@@ -135,42 +135,53 @@ def choose_recall_k(
     table: dict[int, dict[str, float]] = {}
     for k in sorted({int(k) for k in candidates}, reverse=True):
         at_k = dataclasses.replace(pref, recall_k=k)  # keeps pref's equal-n counts
-        table[k] = {
-            name: prdc.score_features(at_k, f, y)["overall"]["recall"]
-            for name, (f, y) in feats.items()
-        }
+        table[k] = {name: _recall_or_none(at_k, f, y) for name, (f, y) in feats.items()}
     passing = [k for k, scores in table.items() if trust.check_metric(rule, scores)["trustworthy"]]
     return (passing[0] if passing else None), table
 
 
+def _recall_or_none(pref: prdc.Reference, feats: np.ndarray, labels: np.ndarray) -> float | None:
+    """Overall recall of a set against `pref`; None for a set too small for PRDC."""
+    try:
+        return prdc.score_features(pref, feats, labels)["overall"]["recall"]
+    except ValueError:
+        return None
+
+
 def fit_recall(
     pref: prdc.Reference,
-    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    held_out_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    selection_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
     candidates: Sequence[int],
     subsets: int,
 ) -> tuple[prdc.Reference, dict | None]:
-    """`pref` with recall's k chosen on the controls (`choose_recall_k`) and recall and
-    coverage measured at the controls' per-class size (`prdc.Reference.equal_n`).
+    """`pref` with recall's k and the size at which recall and coverage are measured.
 
-    Without control sets, candidates or subsets the matching part stays as it was.
+    k is chosen (`choose_recall_k`) on `selection_sets`, controls made from a different real
+    split (the test split) than `held_out_sets` (the validation split's controls, which the
+    report's trust table then checks k on): a k picked and validated on the same sets would
+    pass by construction. The size is the held-out set's per-class counts
+    (`prdc.Reference.equal_n`), the size at which that table validates recall and coverage.
+    Without held-out controls, candidates or subsets the matching part stays as it was.
 
     Returns:
       (the reference, JSON of the choice or None).
     """
-    real = sets.get("real")
+    real = held_out_sets.get("real")
     if real is None:
         return pref, None
     labels = np.asarray(real[1])
     counts = tuple(int(np.sum(labels == c)) for c in range(len(pref.class_names)))
     if subsets > 0:
         pref = dataclasses.replace(pref, equal_n=counts, subsets=int(subsets))
-    if not candidates:
+    if not candidates or "real" not in selection_sets:
         return pref, None
-    k, table = choose_recall_k(pref, sets, candidates)
+    k, table = choose_recall_k(pref, selection_sets, candidates)
     pref = dataclasses.replace(pref, recall_k=pref.k if k is None else k)
     rule = (
-        "the largest candidate k at which recall ranks the real held-out images above every "
-        "corruption; none passing: k of the other three, and recall stays untrusted"
+        "the largest candidate k at which recall ranks the real test images above every "
+        "corruption of them (selection controls, not the table's); none passing: the k of "
+        "precision, density and coverage"
     )
     by_k = {str(kk): v for kk, v in table.items()}
     return pref, {"candidates": sorted(table, reverse=True), "chosen": k, "rule": rule,
@@ -298,7 +309,8 @@ def run_controls(
         space, splits.train, splits.test, class_names,
         split=prdc_split, k=prdc_k, input_size=prdc_input_size,
     )  # fmt: skip
-    pref, recall_k = fit_recall(pref, sets, recall_ks, equal_n_subsets)
+    selection = controls_lib.make_controls(te_x, te_y, tr_x, tr_y, seed=seed + 1)
+    pref, recall_k = fit_recall(pref, sets, selection, recall_ks, equal_n_subsets)
     rows, table = score_controls(ref, sets, Nulls(), prdc_ref=pref)
     return {"feature_space": info, "prdc_reference": pref.describe(), "recall_k": recall_k,
             "sets": rows, "table": table}  # fmt: skip

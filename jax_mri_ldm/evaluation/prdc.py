@@ -124,9 +124,10 @@ class Reference:
       input_size: side the encoder sees for PRDC (None: the space's own resolution).
       recall_k: k of the judged set's own balls, which recall uses (None: `k`).
       equal_n: per-class image counts at which recall and coverage are measured (None: each
-        set's own size). Both grow with the judged set's size, so a number validated on
+        set's own size). Both depend on the judged set's size, so a number validated on
         controls of n images only means the same for a synthetic set of n images: a larger
-        set is scored as the mean over `subsets` random per-class subsets of these counts.
+        set is scored as the mean over `subsets` random per-class subsets of these counts (a
+        smaller one whole; 'n_fake_equal' says which size was used).
       subsets: how many subsets that mean takes.
     """
 
@@ -176,8 +177,9 @@ def build_reference(
 
 
 N_DEPENDENT = ("recall", "coverage")
-"""The numbers that grow with the judged set's size (more balls of its own, more samples to
-land in real balls); precision and density are means over samples and do not."""
+"""The numbers that depend on the judged set's size: coverage grows with it (more samples to
+land in real balls), recall at a fixed k falls (its own k-NN balls shrink); precision and
+density are means over samples and do not."""
 
 
 def score(ref: Reference, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -188,14 +190,17 @@ def score(ref: Reference, images: np.ndarray, labels: np.ndarray) -> dict:
 def score_features(ref: Reference, feats: np.ndarray, labels: np.ndarray) -> dict:
     """`score` from features already embedded by `ref`; with `ref.equal_n`, recall and
     coverage of a set larger than those counts are means over random subsets of them, with
-    their standard deviation under 'equal_n'."""
+    their standard deviation and the classes left without a per-class value under 'equal_n'."""
     res = prdc_per_class(ref.feats, ref.labels, feats, labels, ref.class_names, ref.k, ref.recall_k)
     if ref.equal_n is None:
         return res
     counts = [int(np.sum(labels == c)) for c in range(len(ref.class_names))]
     target = [min(n, int(m)) for n, m in zip(counts, ref.equal_n, strict=True)]
-    if target == counts:  # already at (or below) the validated size
-        res["equal_n"] = {"n_per_class": target, "subsets": 0, "std": {}}
+    if sum(target) < 2:  # no PRDC at that size (tiny held-out splits): scored whole
+        target = counts
+    if target == counts:  # already at (or below) the validated size: scored whole
+        _set_n_used(res, target, ref.class_names)
+        res["equal_n"] = {"n_per_class": target, "subsets": 0, "std": {}, "undefined": []}
         return res
     runs = [
         prdc_per_class(
@@ -203,8 +208,19 @@ def score_features(ref: Reference, feats: np.ndarray, labels: np.ndarray) -> dic
         )  # fmt: skip
         for i in _subsets(labels, target, ref.subsets)
     ]
-    res["equal_n"] = {"n_per_class": target, "subsets": len(runs), "std": _average_into(res, runs)}
+    std, undefined = _average_into(res, runs)
+    _set_n_used(res, target, ref.class_names)
+    res["equal_n"] = {"n_per_class": target, "subsets": len(runs), "std": std,
+                      "undefined": undefined}  # fmt: skip
     return res
+
+
+def _set_n_used(res: dict, target: Sequence[int], class_names: Sequence[str]) -> None:
+    """Records the per-class and total size recall and coverage were measured at."""
+    res["overall"]["n_fake_equal"] = int(sum(target))
+    for name, n in zip(class_names, target, strict=True):
+        if res["per_class"][name] is not None:
+            res["per_class"][name]["n_fake_equal"] = int(n)
 
 
 def _subsets(labels: np.ndarray, counts: Sequence[int], num: int) -> list[np.ndarray]:
@@ -218,24 +234,28 @@ def _subsets(labels: np.ndarray, counts: Sequence[int], num: int) -> list[np.nda
     return out
 
 
-def _average_into(res: dict, runs: list[dict]) -> dict:
-    """Replaces the n-dependent numbers of `res` by their means over `runs` (a class with
-    fewer than 2 images in a subset gets no block, as `prdc_per_class` does); returns the
-    overall standard deviations {key: std}."""
-    std = {}
+def _average_into(res: dict, runs: list[dict]) -> tuple[dict, list[str]]:
+    """Replaces the n-dependent numbers of `res` by their means over `runs`.
+
+    A class with fewer than 2 images in a subset has no per-class recall or coverage at that
+    size (None); its precision and density, from the whole set, stay.
+
+    Returns:
+      ({key: overall standard deviation}, [classes left without recall and coverage]).
+    """
+    std, undefined = {}, []
     for key in N_DEPENDENT:
         vals = [r["overall"][key] for r in runs]
         res["overall"][key], std[key] = float(np.mean(vals)), float(np.std(vals))
-    res["overall"]["n_fake_equal"] = int(runs[0]["overall"]["n_fake"])
     for name, block in res["per_class"].items():
         parts = [r["per_class"][name] for r in runs]
-        if block is None or any(p is None for p in parts):
-            res["per_class"][name] = None
+        if block is None:
             continue
+        if any(p is None for p in parts):
+            undefined.append(name)
         for key in N_DEPENDENT:
-            block[key] = float(np.mean([p[key] for p in parts]))
-        block["n_fake_equal"] = int(parts[0]["n_fake"])
-    return std
+            block[key] = None if name in undefined else float(np.mean([p[key] for p in parts]))
+    return std, undefined
 
 
 KEYS = ("precision", "recall", "density", "coverage")
@@ -263,6 +283,7 @@ def rescore_row(ref: Reference, row: dict, images, labels, nulls, path: str) -> 
     for name, v in (res or {}).get("per_class", {}).items():
         if v is None:
             nulls.null(f"{path}.prdc.per_class.{name}", "fewer than 2 images of the class")
+    null_undefined(nulls, f"{path}.prdc", res)
     row["prdc"] = res
     for k in KEYS:
         row[k] = res["overall"][k] if res else None
@@ -271,3 +292,11 @@ def rescore_row(ref: Reference, row: dict, images, labels, nulls, path: str) -> 
         elif f"{path}.{k}" not in nulls.reasons:
             nulls.null(f"{path}.{k}", "too few images for this estimate")
     return row
+
+
+def null_undefined(nulls, path: str, res: dict | None) -> None:
+    """Reasons for per-class recall / coverage left undefined at the held-out size."""
+    for name in ((res or {}).get("equal_n") or {}).get("undefined", []):
+        for key in N_DEPENDENT:
+            nulls.null(f"{path}.per_class.{name}.{key}", "fewer than 2 images of the class "
+                       "in a held-out-size subset")  # fmt: skip

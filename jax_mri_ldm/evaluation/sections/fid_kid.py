@@ -35,6 +35,7 @@ def _prdc(ctx: Context, path: str, images, labels) -> dict | None:
     for name, v in res["per_class"].items():
         if v is None:
             ctx.nulls.null(f"{path}.per_class.{name}", "fewer than 2 images of the class")
+    prdc.null_undefined(ctx.nulls, path, res)
     return res
 
 
@@ -130,9 +131,10 @@ def _prdc_reading(pr: dict) -> str:
         head += f"; recall's own k = {ref['recall_k']}, chosen on the controls (section 11)"
     if ref.get("equal_n_per_class"):
         head += (
-            f"; recall and coverage grow with a set's size, so both are measured at the held-out "
+            f"; recall and coverage depend on a set's size, so both are measured at the held-out "
             f"size the controls validated ({ref['equal_n_per_class']}; a larger set: mean of "
-            f"{ref['equal_n_subsets']} random subsets)"
+            f"{ref['equal_n_subsets']} random subsets; a smaller one, like the DDPM sampler row's, "
+            "whole)"
         )
     if ref["split"] == "train":
         return (

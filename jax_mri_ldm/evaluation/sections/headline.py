@@ -66,6 +66,9 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
         "fid_ratio": _get(r, "fid_kid.ratio_synthetic_to_real_train"),
         "precision": _get(r, "prdc.synthetic.overall.precision"),
         "recall": _get(r, "prdc.synthetic.overall.recall"),
+        # recall's own k and the set size it was measured at (both set by the controls)
+        "recall_k": _get(r, "prdc_reference.recall_k"),
+        "recall_n": _get(r, "prdc.synthetic.overall.n_fake_equal"),
         "nn_ssim_ratio": _get(r, "realism.ratio"),
         "grid_ratio": _get(r, "spectrum.grid.ratio"),
         "spectrum_ratio": _get(r, "spectrum.spectrum.ratio"),
