@@ -111,6 +111,8 @@ def test_report_has_every_section_and_figure(tiny_report):
     ]
     assert positions == sorted(positions)
     assert "python evaluate.py" in md and "python train.py --config=configs/ldm.py:tiny" in md
+    assert "Recall's own k, chosen on a second set of controls made from the test split" in md
+    assert "measured at the held-out size the controls validated" in md
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert set(linked) == set(result["figures"].values())
     for rel in linked:
@@ -319,6 +321,19 @@ def test_controls_section_scores_every_control(tiny_report):
     assert set(tab) == set(scoring.SCALARS)
     assert r["feature_space"]["chosen"] in control_study.CANDIDATES
     assert set(r["feature_space"]["candidates"]) == set(control_study.CANDIDATES)
+    # Recall's k: chosen on test-split controls, used everywhere PRDC is scored, and the size
+    # recall is measured at is the held-out split's.
+    pr, rk = r["prdc_reference"], r["recall_k"]
+    assert rk["candidates"] == [5, 3, 2, 1] and set(rk["recall_by_k"]["5"]) >= {"real", "blur"}
+    assert pr["recall_k"] == (rk["chosen"] or pr["k"]) == r["headline"]["recall_k"]
+    assert (
+        list(pr["equal_n_per_class"].values())
+        == r["controls"]["sets"]["real"]["prdc"]["equal_n"]["n_per_class"]
+    )
+    syn = r["prdc"]["synthetic"]
+    assert syn["overall"]["recall_k"] == pr["recall_k"]
+    assert r["headline"]["recall_n"] == syn["overall"]["n_fake_equal"]
+    assert syn["overall"]["n_fake_equal"] <= sum(pr["equal_n_per_class"].values())
 
 
 def test_each_metric_ranks_noise_below_real_held_out(tiny_runs):
