@@ -89,11 +89,8 @@ ABSENT_MEANS: dict[str, Any] = {
 
 def is_resumable_setting(key: str) -> bool:
     """Whether the flattened config key `key` may differ from the checkpoint's on resume."""
-    return any(
-        fnmatch.fnmatchcase(key, pattern)
-        for patterns in RESUMABLE_SETTINGS.values()
-        for pattern in patterns
-    )
+    patterns = [p for group in RESUMABLE_SETTINGS.values() for p in group]
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
 
 
 @dataclasses.dataclass
