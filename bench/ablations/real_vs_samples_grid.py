@@ -1,0 +1,55 @@
+"""A grid of real test slices next to samples, per class, as the report generates them.
+
+Why: every results section shows samples beside real held-out images; the report's own figures
+show samples alone or beside their nearest training slice. This draws, per class, a row of real
+test slices and a row of samples of the report's main-set sampler at guidance `w`.
+
+Run from the repository root::
+
+  python bench/ablations/real_vs_samples_grid.py --workdir=runs/ldm --guidance=3 --out=grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from configs import report as report_cfg  # noqa: E402
+from jax_mri_ldm import pipeline, plots  # noqa: E402
+from jax_mri_ldm.evaluation import report as report_lib  # noqa: E402
+from jax_mri_ldm.evaluation.generator import SyntheticImages  # noqa: E402
+from jax_mri_ldm.evaluation.sections import common  # noqa: E402
+
+
+def main(workdir: str, guidance: float, per_class: int, out: str) -> None:
+    cfg = report_cfg.get_config("paper")
+    run = pipeline.load_ldm(workdir)
+    ds, split = report_lib._load_data(run)  # same split loading as evaluate.py
+    te = ds.subset(split["test"])
+    gen = SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=dict(cfg.compile_options))
+    spec = common.main_spec(types.SimpleNamespace(cfg=cfg, run=run), guidance)
+    x, y = gen.generate(spec, per_class)
+    name = spec.resolved(run.schedule.num_timesteps).name(run.schedule.num_timesteps)
+    rows = []
+    for c, cls in enumerate(run.class_names):
+        rows += [(f"real test {cls}", te.images[te.labels == c][:per_class])]
+        rows += [(f"synthetic {cls}", x[y == c][:per_class])]
+    plots.save_rows_figure(
+        rows, out, title=f"real test slices and samples ({name}, w={guidance:g})"
+    )
+    print(out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="diffusion run directory")
+    p.add_argument("--guidance", type=float, required=True, help="the report's main-set w")
+    p.add_argument("--per_class", type=int, default=8, help="images per row")
+    p.add_argument("--out", required=True, help="output PNG")
+    a = p.parse_args()
+    main(a.workdir, a.guidance, a.per_class, a.out)
