@@ -117,7 +117,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         why = "no control sets" if not sets else "no recall_ks or too few test images"
         ctx.nulls.null("recall_k", f"{why}: recall uses k = {pref.k}")
     elif recall_k["chosen"] is None:
-        why = "no candidate k ranks every corruption below the real held-out images"
+        why = "no candidate k ranks every corruption below the real test images"
         ctx.nulls.null("recall_k.chosen", f"{why}; recall uses k = {pref.k} and stays untrusted")
     ctx.shared["ref"], ctx.shared["prdc_ref"] = ref, pref
     ctx.shared["train_feats"] = embed(ctx.train.images)
