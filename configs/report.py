@@ -66,7 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ("dpmpp_2m", 10, "logSNR", 0.0),
     )
     c.sampler_per_class = 32  # images per class per sampler row (except DDPM)
-    c.ddpm_per_class = 8  # images per class for DDPM (about T network calls per image)
+    # images per class for DDPM (about T network calls each): as many as the other rows, so its
+    # interval, which the few-step samplers must fall into, is as tight as their estimates
+    c.ddpm_per_class = 32
     c.classifier_steps = 600  # training steps of the domain classifier (class fidelity)
     c.classifier_batch_size = 32  # its batch size (also the study's)
     c.classifier_lr = 1e-3  # its Adam learning rate (also the study's)

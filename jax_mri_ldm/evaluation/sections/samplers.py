@@ -197,6 +197,14 @@ def compute(ctx: Context) -> dict[str, Any]:
     return {"samplers": {"rows": rows, "fast_sampler": _fast_sampler(ctx, rows, pers)}}
 
 
+def _ddpm_size(s: dict) -> str:
+    """The render's phrase on how many images the DDPM row has against the other rows."""
+    n, others = s["ddpm_per_class"], s["sampler_per_class"]
+    if n >= others:
+        return f"yet it has as many images per class as the others ({n})"
+    return f"so it gets only {n} images per class (others {others}): its FID/diversity are noisier"
+
+
 def render(r: dict) -> str:
     s, T = r["settings"], r["run"]["ldm_config"]["diffusion"]["num_timesteps"]
     L = [HEADER, ""]
@@ -205,8 +213,7 @@ def render(r: dict) -> str:
         "image = median wall time of one steady-state batch call (sampler + VAE decode, after "
         "ahead-of-time compilation) / batch size, on this machine; compile time is separate. "
         f"DDPM runs all T = {T} steps (about T network calls per image, twice that with "
-        f"guidance), so it gets only {s['ddpm_per_class']} images per class in this preset "
-        f"(others {s['sampler_per_class']}): its FID/diversity are noisier. Each FID has its "
+        f"guidance), {_ddpm_size(s)}. Each FID has its "
         "real-train-vs-test reference at the same n. `batch` is the batch size the images were "
         "generated with (a row whose setting is the main set's reuses those images), and "
         "per-image time falls with batch size, so compare s / image at equal batch."
