@@ -178,6 +178,14 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert overall["n_a"] == ref["n_a"] == sum(r["fid_kid"]["n_per_class"].values())
     assert 0 <= r["prdc"]["synthetic"]["overall"]["precision"] <= 1
     assert 0 < r["diversity"]["synthetic"]["mean"] <= 1
+    iv = r["diversity"]["intensity"]
+    assert iv["held_out"] in ("val+test", "test")
+    for c, v in iv["per_class"].items():  # tiny held-out classes may be too small: a reason
+        if v is None:
+            assert f"diversity.intensity.per_class.{c}" in r["null_reasons"]
+            continue
+        assert v["rows"]["real held-out"]["brightness_spread_ratio"] == pytest.approx(1.0)
+        assert v["n_synthetic"] == min(v["n"], s.num_synthetic_per_class)
     mem = r["memorisation"]
     assert len(mem["synthetic_to_train"]["score"]) == 2 * s.num_synthetic_per_class
     assert 0 <= mem["fraction_flagged"] <= 1 and len(mem["nearest_pairs"]) == 5
