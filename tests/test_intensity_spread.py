@@ -48,18 +48,39 @@ def test_score_class_trusts_the_distance_only_when_real_beats_the_controls():
     assert rows["synthetic"]["distance"] < rows["collapse"]["distance"]
     # shuffled patches keep every pixel: a tie by construction
     assert rows["patch_shuffle"]["distance"] == rows["real held-out"]["distance"]
-    flat = np.repeat(heldout[:1], 60, axis=0)  # one image repeated: no diversity at all
-    bad = intensity.score_class(train, flat, synthetic=heldout, seed=0)
-    assert not bad["trusted"] and "collapse" in bad["failed_controls"]
+    ci = good["synthetic_intervals"]  # the same generator as real: intervals cover 0 and 1
+    assert ci["distance_gap"][0] < 0 < ci["distance_gap"][1]
+    assert ci["contrast_spread_ratio"][0] < 1 < ci["contrast_spread_ratio"][1]
+    narrow = intensity.score_class(train, heldout, intensity.collapse(_heads(80, 2)), seed=0)
+    assert narrow["synthetic_intervals"]["contrast_spread_ratio"][1] < 1  # caught as narrower
 
 
-def test_score_classes_skips_classes_with_too_few_held_out_images():
+def test_trust_fails_when_a_control_is_not_worse_or_a_distance_is_nan(monkeypatch):
+    train, heldout = _heads(200, 0), _heads(60, 1)
+    # held-out speckled where training is not: blurring brings it nearer the training set
+    flips = np.random.default_rng(3).choice([-0.25, 0.0, 0.25], heldout.shape, p=[0.2, 0.6, 0.2])
+    speckled = np.clip(heldout + (heldout > 0.1) * flips, 0, 1)
+    bad = intensity.score_class(train, speckled, synthetic=heldout, seed=0)
+    assert not bad["trusted"] and bad["failed_controls"] == ["blur"]
+    real = intensity.score_set
+    monkeypatch.setattr(intensity, "score_set", lambda *a: {**real(*a), "distance": float("nan")})
+    nan = intensity.score_class(train, heldout, synthetic=heldout, seed=0)
+    assert not nan["trusted"] and set(nan["failed_controls"]) == set(intensity.CONTROLS)
+
+
+def test_score_classes_gives_a_reason_for_small_or_flat_classes():
     train, heldout, syn = _heads(40, 0), _heads(10, 1), _heads(10, 2)
     labels = np.array([0] * 8 + [1] * 2)
+    names = ("normal", "tumour")
     per = intensity.score_classes(
-        (train, np.arange(40) % 2), (heldout, labels), (syn, labels), ("normal", "tumour"), 0
+        (train, np.arange(40) % 2), (heldout, labels), (syn, labels), names, 0
     )
-    assert per["normal"]["n"] == 8 and per["tumour"] is None
+    assert per["normal"]["n"] == 8 and "fewer than" in per["tumour"]
+    flat = np.repeat(heldout[:1], 10, axis=0)  # one image repeated: no spread to scale by
+    per_flat = intensity.score_classes(
+        (train, np.arange(40) % 2), (flat, labels), (syn, labels), names, 0
+    )
+    assert "no spread" in per_flat["normal"]
     sp = load_script(SCRIPT, "bench_intensity_spread")
     text = sp.render(per)
-    assert "| synthetic |" in text and "tumour: too few" in text
+    assert "| synthetic |" in text and "tumour: fewer than" in text and "95 %" in text

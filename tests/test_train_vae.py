@@ -264,3 +264,26 @@ def test_resuming_without_the_saved_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="split.json is missing"):
         train_ldm.train_and_evaluate(tiny_ldm_config(run), str(tmp_path / "ldm"))
     assert not (tmp_path / "ldm" / "checkpoints").exists()
+
+
+def test_builtin_budget_raises_num_steps_on_the_builtin_set_only(tmp_path, capsys):
+    from configs import vae as vae_cfg
+
+    config = vae_cfg.get_config("recommended")
+    assert config.train.builtin_min_steps > config.train.num_steps > 0
+    raised = train_vae.with_builtin_budget(config)
+    assert raised.train.num_steps == config.train.builtin_min_steps
+    assert config.train.num_steps == 3600  # the caller's config is not changed
+    assert "builtin_min_steps=0" in capsys.readouterr().err  # the raise is announced
+    config.train.num_steps = 2 * config.train.builtin_min_steps  # a longer run stays longer
+    assert train_vae.with_builtin_budget(config).train.num_steps == config.train.num_steps
+    folder = vae_cfg.get_config("recommended")
+    (tmp_path / "yes").mkdir()
+    folder.data.path = str(tmp_path)  # 'auto' resolves to a folder: num_steps is kept
+    assert train_vae.with_builtin_budget(folder).train.num_steps == 3600
+    for preset in ("paper", "demo", "tiny"):  # no floor, or a budget counted in epochs
+        plain = train_vae.with_builtin_budget(vae_cfg.get_config(preset))
+        assert plain.train.to_dict() == vae_cfg.get_config(preset).train.to_dict()
+    epochs = vae_cfg.get_config("recommended")
+    epochs.train.num_steps = 0  # an epoch budget is left alone even with a floor
+    assert train_vae.with_builtin_budget(epochs).train.num_steps == 0

@@ -1,8 +1,8 @@
 """Intensity diversity (`jax_mri_ldm/evaluation/intensity.py`) of a run without the full report.
 
-Why: the report's section 6 measures it on its main set; this scores an existing run in about a
-minute (one sampler compile and the held-out images per class), e.g. runs reported before the
-section existed. Samples come from the report's main-set sampler at guidance `w`.
+Why: the report's section 6 measures it on its main set; this scores an existing run with one
+sampler compile and the held-out n per class instead of a full report, e.g. runs reported
+before the section existed. Samples come from the report's main-set sampler at guidance `w`.
 
 Run from the repository root::
 
@@ -49,11 +49,12 @@ def main(workdir: str, guidance: float, seed: int, out: str) -> None:
 
 
 def render(per_class: dict) -> str:
-    """A markdown table per class: one row per set, distance and spread ratios."""
+    """A markdown table per class: one row per set, distance and spread ratios, then the
+    synthetic set's bootstrap intervals."""
     lines = []
     for cls, r in per_class.items():
-        if r is None:
-            lines += [f"{cls}: too few held-out images", ""]
+        if isinstance(r, str):  # the reason it has no score
+            lines += [f"{cls}: {r}", ""]
             continue
         head = f"{cls} (n = {r['n']}, trusted: {r['trusted']})"
         lines += [
@@ -63,7 +64,10 @@ def render(per_class: dict) -> str:
         for name, s in r["rows"].items():
             cells = (s["distance"], s["brightness_spread_ratio"], s["contrast_spread_ratio"])
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
-        lines.append("")
+        ci = r["synthetic_intervals"]
+        keys = ("distance_gap", "brightness_spread_ratio", "contrast_spread_ratio")
+        cells = [f"[{ci[k][0]:+.3f}, {ci[k][1]:+.3f}]" for k in keys]
+        lines += [f"| synthetic 95 % (gap to real) | {' | '.join(cells)} |", ""]
     return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "logging": ("train.log_every_steps", "train.progress_bar", "train.tensorboard"),
     "evaluation and sample grids": ("train.eval_*",),
     "checkpoints": ("train.checkpoint_every_epochs", "train.keep_checkpoints"),
-    "run length": ("train.num_epochs", "train.num_steps"),
+    "run length": ("train.num_epochs", "train.num_steps", "train.builtin_min_steps"),
     "locations": ("data.cache_dir", "vae_workdir"),
     # trainers reuse a run's saved split.json as saved, so the rule that made it may change
     "split rules": ("data.split.near_duplicate_threshold",),

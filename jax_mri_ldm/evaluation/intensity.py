@@ -12,6 +12,10 @@ and contrast pulled halfway to the set's means: the failure looked for), `noise`
 (`controls.py`). The distance is trusted for a class only where it ranks the real held-out
 images below each of them. Shuffled patches keep every pixel, so they score like the real
 images by construction: this measures intensity diversity, not realism.
+
+A bootstrap over the held-out and synthetic images gives 95 % intervals of the synthetic
+set's distance minus the real one's and of its spread ratios: a gap whose interval excludes 0,
+or a ratio whose interval excludes 1, is more than the sampling noise of n images per class.
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ COLLAPSE = 0.5
 CONTROLS: tuple[str, ...] = ("collapse", "noise", "blur")
 """The corruptions the distance must rank below the real held-out images."""
 MIN_IMAGES = 4
-"""Fewest held-out images of a class for its quartiles to mean anything."""
+"""Fewest images of a class in each set for its quartiles to mean anything."""
+RESAMPLES = 1000
+"""Bootstrap resamples of the synthetic-vs-real intervals."""
+MIN_IQR = 1e-6
+"""A statistic whose IQR is below this in the training or held-out set has no scale."""
 
 
 def image_stats(images: np.ndarray) -> np.ndarray:
@@ -70,12 +78,41 @@ def _w1(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def score_set(stats: np.ndarray, train: np.ndarray, heldout: np.ndarray) -> dict[str, float]:
-    """`distance` (mean over STATS of W1 to train / train IQR) and per-stat spread ratios."""
+    """`distance` (mean over STATS of W1 to train / train IQR) and per-stat spread ratios.
+
+    Raises:
+      ValueError: a statistic has (near) zero IQR in the training or held-out set.
+    """
     out, dists = {}, []
     for j, name in enumerate(STATS):
-        dists.append(_w1(stats[:, j], train[:, j]) / max(_iqr(train[:, j]), 1e-6))
-        out[f"{name}_spread_ratio"] = _iqr(stats[:, j]) / max(_iqr(heldout[:, j]), 1e-6)
+        scale, ref = _iqr(train[:, j]), _iqr(heldout[:, j])
+        if min(scale, ref) < MIN_IQR:
+            raise ValueError(f"the {name} of the training or held-out images has no spread")
+        dists.append(_w1(stats[:, j], train[:, j]) / scale)
+        out[f"{name}_spread_ratio"] = _iqr(stats[:, j]) / ref
     return {"distance": float(np.mean(dists)), **out}
+
+
+def synthetic_intervals(
+    train: np.ndarray, heldout: np.ndarray, synthetic: np.ndarray, seed: int
+) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of the synthetic set's distance minus the held-out one's
+    (`distance_gap`) and of its spread ratios, resampling both sets' per-image statistics."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(RESAMPLES):
+        ho = heldout[rng.integers(0, len(heldout), len(heldout))]
+        syn = synthetic[rng.integers(0, len(synthetic), len(synthetic))]
+        try:
+            real, fake = score_set(ho, train, ho), score_set(syn, train, ho)
+        except ValueError:  # a resample without spread: skipped
+            continue
+        fake["distance_gap"] = fake.pop("distance") - real["distance"]
+        for k, v in fake.items():
+            draws.setdefault(k, []).append(v)
+    return {
+        k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()
+    }
 
 
 def control_sets(heldout: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -93,18 +130,23 @@ def score_class(
     train: np.ndarray, heldout: np.ndarray, synthetic: np.ndarray, seed: int
 ) -> dict[str, Any]:
     """Every set of one class scored, the synthetic one at the held-out n; `trusted` when the
-    real held-out images beat each of CONTROLS."""
+    real held-out images beat each of CONTROLS (a NaN beats nothing).
+
+    Raises:
+      ValueError: a statistic without spread (see `score_set`).
+    """
     tr, ho = image_stats(train), image_stats(heldout)
-    sets = control_sets(heldout, seed) | {"synthetic": synthetic[: len(heldout)]}
+    syn = synthetic[: len(heldout)]
+    sets = control_sets(heldout, seed) | {"synthetic": syn}
     rows = {name: score_set(image_stats(x), tr, ho) for name, x in sets.items()}
     real = rows["real held-out"]["distance"]
-    bad = [n for n in CONTROLS if rows[n]["distance"] <= real]
-    n_syn = min(len(synthetic), len(heldout))
+    bad = [n for n in CONTROLS if not rows[n]["distance"] > real]
     return {
         "n": len(heldout),
-        "n_synthetic": n_syn,
+        "n_synthetic": len(syn),
         "rows": rows,
-        "trusted": not bad,
+        "synthetic_intervals": synthetic_intervals(tr, ho, image_stats(syn), seed),
+        "trusted": bool(np.isfinite(real)) and not bad,
         "failed_controls": bad,
     }
 
@@ -115,12 +157,17 @@ def score_classes(
     synthetic: tuple[np.ndarray, np.ndarray],
     class_names: tuple[str, ...],
     seed: int,
-) -> dict[str, dict[str, Any] | None]:
-    """`score_class` per class of (images, labels) sets; None where the held-out class has
-    fewer than MIN_IMAGES images or a set has none."""
-    out: dict[str, dict[str, Any] | None] = {}
+) -> dict[str, dict[str, Any] | str]:
+    """`score_class` per class of (images, labels) sets, or the reason it has no score (fewer
+    than MIN_IMAGES images in a set, or a statistic without spread)."""
+    out: dict[str, dict[str, Any] | str] = {}
     for c, name in enumerate(class_names):
         parts = [x[y == c] for x, y in (train, heldout, synthetic)]
-        ok = len(parts[1]) >= MIN_IMAGES and len(parts[0]) and len(parts[2])
-        out[name] = score_class(*parts, seed=seed) if ok else None
+        if min(len(p) for p in parts) < MIN_IMAGES:
+            out[name] = f"fewer than {MIN_IMAGES} training, held-out or synthetic images"
+            continue
+        try:
+            out[name] = score_class(*parts, seed=seed)
+        except ValueError as e:
+            out[name] = str(e)
     return out

@@ -44,12 +44,9 @@ def _intensity(ctx: Context, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     seed = int(ctx.cfg.controls_seed)
     per_class = intensity.score_classes(tr, ho, (x, y), ctx.class_names, seed)
     for name, v in per_class.items():
-        if v is None:
-            ctx.nulls.null(
-                f"diversity.intensity.per_class.{name}",
-                f"fewer than {intensity.MIN_IMAGES} held-out images of this class (or no "
-                "training or synthetic ones)",
-            )
+        if isinstance(v, str):  # the reason it has no score
+            ctx.nulls.null(f"diversity.intensity.per_class.{name}", v)
+            per_class[name] = None
     return {"held_out": "+".join(parts), "per_class": per_class}
 
 
@@ -77,16 +74,19 @@ def render(r: dict) -> str:
 
 
 def _render_intensity(iv: dict[str, Any]) -> list[str]:
+    """The intensity-diversity table: per class, the real held-out images, their controls and
+    the synthetic set, then the synthetic set's bootstrap intervals."""
     L = [
         "",
         f"**Intensity diversity** against the real held-out images ({iv['held_out']}): each "
         "image's foreground brightness (median) and contrast (90th - 10th percentile). "
-        "`distance` = Wasserstein distance of both to the training set's, in training IQRs; "
-        "`spread` = IQR across images / the held-out images' (1 = as diverse as real, below 1 "
-        "= narrower). The controls are the held-out images with brightness and contrast pulled "
-        "halfway to their means (`collapse`), noise and blur; the distance is trusted for a "
-        "class only where the real images beat all three. Shuffled patches keep every pixel: "
-        "a tie by construction (this is diversity, not realism).",
+        "`distance` = Wasserstein distance of both to the real training split's, in training "
+        "IQRs; `spread` = IQR across images / the held-out images' (1 = as diverse as real, "
+        "below 1 = narrower). The controls are the held-out images with brightness and "
+        "contrast pulled halfway to their means (`collapse`), noise and blur; the distance is "
+        "trusted for a class only where the real images beat all three. The synthetic set is "
+        "scored at the held-out n; its brackets are 95 % bootstrap intervals of its distance "
+        "minus the real one and of its spreads.",
         "",
     ]
     rows = []
@@ -95,8 +95,24 @@ def _render_intensity(iv: dict[str, Any]) -> list[str]:
             rows.append([cls, "n/a", "", "", "", ""])
             continue
         for name, s in v["rows"].items():
-            trust = ("yes" if v["trusted"] else "**no**") if name == "synthetic" else ""
-            cells = (s["distance"], s["brightness_spread_ratio"], s["contrast_spread_ratio"])
-            rows.append([cls, name, *(f(c) for c in cells), trust])
-    heads = ["class", "set", "distance", "brightness spread", "contrast spread", "trusted"]
+            if name == "patch_shuffle":  # keeps every pixel: a tie by construction
+                continue
+            cells = [f(s[k]) for k in ("distance", *_SPREADS)]
+            trust = ""
+            if name == "synthetic":
+                ci = v["synthetic_intervals"]
+                cells = [
+                    c + _bracket(ci.get(k))
+                    for c, k in zip(cells, ("distance_gap", *_SPREADS), strict=True)
+                ]
+                trust = "yes" if v["trusted"] else "**no**"
+            rows.append([f"{cls} (n = {v['n']})", name, *cells, trust])
+    heads = ["class", "set", "distance [gap]", "brightness spread", "contrast spread", "trusted"]
     return L + table(heads, rows)
+
+
+_SPREADS = ("brightness_spread_ratio", "contrast_spread_ratio")
+
+
+def _bracket(ci: list[float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"

@@ -201,7 +201,7 @@ def _ddpm_size(s: dict) -> str:
     """The render's phrase on how many images the DDPM row has against the other rows."""
     n, others = s["ddpm_per_class"], s["sampler_per_class"]
     if n >= others:
-        return f"yet it has as many images per class as the others ({n})"
+        return f"yet it has at least as many images per class as the others ({n})"
     return f"so it gets only {n} images per class (others {others}): its FID/diversity are noisier"
 
 
