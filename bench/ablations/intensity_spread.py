@@ -15,31 +15,22 @@ import argparse
 import json
 import os
 import sys
-import types
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
 from jax_mri_ldm.evaluation import intensity  # noqa: E402
 
 
 def main(workdir: str, guidance: float, seed: int, out: str) -> None:
-    from configs import report as report_cfg
-    from jax_mri_ldm import pipeline
-    from jax_mri_ldm.evaluation import report as report_lib
-    from jax_mri_ldm.evaluation.generator import SyntheticImages
-    from jax_mri_ldm.evaluation.sections import common
+    from report_samples import load_run_data, main_set
 
-    cfg = report_cfg.get_config("paper")
-    run = pipeline.load_ldm(workdir)
-    ds, split = report_lib._load_data(run)  # same split loading as evaluate.py
+    run, ds, split = load_run_data(workdir)
     tr, ho = ds.subset(split["train"]), ds.subset(np.concatenate([split["val"], split["test"]]))
     n_max = int(max(np.sum(ho.labels == c) for c in range(len(run.class_names))))
-    gen = SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=dict(cfg.compile_options))
-    spec = common.main_spec(types.SimpleNamespace(cfg=cfg, run=run), guidance)
-    x, y = gen.generate(spec, n_max)
+    x, y, _ = main_set(run, guidance, n_max)
     sets = ((tr.images, tr.labels), (ho.images, ho.labels), (x, y))
     per_class = intensity.score_classes(*sets, run.class_names, seed)
     result = {"workdir": workdir, "guidance": guidance, "per_class": per_class}

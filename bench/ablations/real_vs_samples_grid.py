@@ -14,27 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
-from configs import report as report_cfg  # noqa: E402
-from jax_mri_ldm import pipeline, plots  # noqa: E402
-from jax_mri_ldm.evaluation import report as report_lib  # noqa: E402
-from jax_mri_ldm.evaluation.generator import SyntheticImages  # noqa: E402
-from jax_mri_ldm.evaluation.sections import common  # noqa: E402
+from jax_mri_ldm import plots  # noqa: E402
 
 
 def main(workdir: str, guidance: float, per_class: int, out: str) -> None:
-    cfg = report_cfg.get_config("paper")
-    run = pipeline.load_ldm(workdir)
-    ds, split = report_lib._load_data(run)  # same split loading as evaluate.py
+    from report_samples import load_run_data, main_set
+
+    run, ds, split = load_run_data(workdir)
     te = ds.subset(split["test"])
-    gen = SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=dict(cfg.compile_options))
-    spec = common.main_spec(types.SimpleNamespace(cfg=cfg, run=run), guidance)
-    x, y = gen.generate(spec, per_class)
-    name = spec.resolved(run.schedule.num_timesteps).name(run.schedule.num_timesteps)
+    x, y, name = main_set(run, guidance, per_class)
     rows = []
     for c, cls in enumerate(run.class_names):
         rows += [(f"real test {cls}", te.images[te.labels == c][:per_class])]
