@@ -560,6 +560,25 @@ def test_nulls_record_reasons():
     assert n.value("b", lambda: 1.5) == 1.5 and "b" not in n.reasons
 
 
+def test_vae_workdir_follows_moved_runs(tmp_path, monkeypatch):
+    """A run trained elsewhere records a VAE path that no longer exists: the LDM config's
+    relative vae_workdir is used when it exists here, else the recorded path is kept."""
+    from jax_mri_ldm.evaluation.context import Context
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "vae").mkdir(parents=True)
+    here = str(tmp_path / "runs" / "vae")
+
+    def vae_dir(recorded, given):
+        meta = {"vae": {"source_workdir": recorded}}
+        run = SimpleNamespace(meta=meta, config={"vae_workdir": given})
+        return Context.vae_workdir.fget(SimpleNamespace(run=run))
+
+    assert vae_dir("/elsewhere/runs/vae", "runs/vae") == "runs/vae"
+    assert vae_dir(here, "runs/other") == here
+    assert vae_dir("/elsewhere/runs/vae", "runs/missing") == "/elsewhere/runs/vae"
+
+
 @pytest.mark.slow
 def test_report_with_four_classes(tmp_path):
     """K = 4 (built-in set with tumour types): every section is written per class."""

@@ -136,7 +136,15 @@ class Context:
 
     @property
     def vae_workdir(self) -> str:
-        return self.run.meta["vae"].get("source_workdir", "")
+        """The VAE run's folder: the absolute path recorded when the LDM trained or, when the
+        runs were moved since (another checkout or machine), the LDM config's `vae_workdir`
+        as written there (relative to the current folder); the recorded path if neither
+        exists."""
+        recorded = str(self.run.meta["vae"].get("source_workdir", ""))
+        given = str(self.run.config.get("vae_workdir") or "")
+        if not os.path.isdir(recorded) and given and os.path.isdir(given):
+            return given
+        return recorded
 
     def figure_path(self, name: str) -> str:
         """Absolute path of figures/<name>.png."""
