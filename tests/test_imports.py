@@ -148,7 +148,7 @@ def test_configs_read_sampler_defaults_from_sampler_spec(config):
 
 
 @pytest.mark.parametrize(
-    ("preset", "sampler", "eta"), [("paper", "ddim", 1.0), ("recommended", "dpmpp_2m", 0.0)]
+    ("preset", "sampler", "eta"), [("paper", "ddim", 1.0), ("recommended", "ddim", 1.0)]
 )
 def test_ldm_grid_settings_equal_the_run_default_sampler(preset, sampler, eta):
     from jax_mri_ldm.config_loader import load_config

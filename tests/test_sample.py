@@ -191,19 +191,26 @@ def test_sampler_spec_resolves_defaults_per_sampler():
             bad.validate()
 
 
-def test_default_sampler_follows_the_prediction_target():
+def test_default_sampler_is_the_fastest_ddpm_match_for_every_target(monkeypatch):
+    """Every target samples with DDIM-50 eta=1 until a deterministic setting matches DDPM; a
+    target listed in DETERMINISTIC_DEFAULT_PREDICTIONS gets the fast DPM-Solver++ 10."""
+    from jax_mri_ldm import sampler_settings
     from jax_mri_ldm.sampler_settings import default_sampler_spec
 
-    assert default_sampler_spec("eps") == SamplerSpec() == default_sampler_spec("x0")
+    for target in ("eps", "v", "x0"):
+        spec = default_sampler_spec(target).resolved(1000)
+        assert (spec.sampler, spec.steps, spec.eta) == ("ddim", 50, 1.0)
+    monkeypatch.setattr(sampler_settings, "DETERMINISTIC_DEFAULT_PREDICTIONS", ("v",))
     fast = default_sampler_spec("v").resolved(1000)
     assert (fast.sampler, fast.steps, fast.spacing, fast.eta) == ("dpmpp_2m", 10, "logSNR", 0.0)
     assert fast.guidance_scale == SamplerSpec().guidance_scale
+    assert default_sampler_spec("eps") == SamplerSpec()
 
 
 def test_flags_override_only_what_they_set():
-    from jax_mri_ldm.sampler_settings import default_sampler_spec, spec_with
+    from jax_mri_ldm.sampler_settings import FAST_DETERMINISTIC, spec_with
 
-    base = default_sampler_spec("v")
+    base = SamplerSpec(**FAST_DETERMINISTIC)
     assert spec_with(base, {"sampler": None, "steps": None, "eta": None}) == base
     assert spec_with(base, {"guidance_scale": 1.5}).guidance_scale == 1.5
     assert spec_with(base, {"steps": 25}).resolved(1000).steps == 25
@@ -232,15 +239,13 @@ def test_unset_flags_sample_with_the_run_default(tiny_runs, tmp_path):
     assert (row["sampler"], row["steps"], row["guidance"]) == (want.sampler, 3, 3.0)
 
 
-def test_export_samples_with_a_v_run_default(tiny_runs, tmp_path, monkeypatch):
-    """The run's default reaches the images: a run whose network predicted v would sample with
-    deterministic DPM-Solver++ (here at 3 steps, to stay fast), and the manifest says so."""
-    import dataclasses
-
+def test_export_samples_with_a_deterministic_run_default(tiny_runs, tmp_path, monkeypatch):
+    """The run's default reaches the images: a run whose default were the deterministic
+    DPM-Solver++ (here at 3 steps, to stay fast) samples with it, and the manifest says so."""
     from jax_mri_ldm import pipeline
-    from jax_mri_ldm.sampler_settings import default_sampler_spec
+    from jax_mri_ldm.sampler_settings import FAST_DETERMINISTIC
 
-    fast = dataclasses.replace(default_sampler_spec("v"), steps=3)
+    fast = SamplerSpec(**(FAST_DETERMINISTIC | {"steps": 3}))
     monkeypatch.setattr(pipeline.LDMPipeline, "default_spec", lambda self: fast)
     out = tmp_path / "v"
     run_sampling(_request(tiny_runs, out, spec=None, num_samples=2))
