@@ -63,12 +63,10 @@ def draw(ctx: dict, text: str, seed: int, per_class: int) -> dict[str, np.ndarra
     path = os.path.join(ctx["out"], f"{text.replace(':', '_')}_s{seed}_n{per_class}.npz")
     if os.path.exists(path):
         return dict(np.load(path))
-    gen = SyntheticImages(ctx["run"], 16, seed)
-    x, _ = gen.generate(parse_setting(text, ctx["guidance"]), per_class)
+    gen, spec = SyntheticImages(ctx["run"], 16, seed), parse_setting(text, ctx["guidance"])
+    x, _ = gen.generate(spec, per_class)
     scores = per_image(ctx["train"], x, ctx["period"])
-    scores["seconds_per_image"] = np.asarray(
-        gen.timing(parse_setting(text, ctx["guidance"]), per_class)["seconds_per_image"]
-    )
+    scores["seconds_per_image"] = np.asarray(gen.timing(spec, per_class)["seconds_per_image"])
     np.savez(path, **scores)
     return scores
 
