@@ -8,7 +8,7 @@ per-image metrics on which deterministic samplers missed (fidelity and spectrum 
 ``ddpm`` as a setting at the other seeds is the A/A check: how often DDPM itself passes.
 `--paired` judges each draw against DDPM at the same seed instead (the report compares draws
 that share their starting noise and labels). Per-image arrays are cached in `--out` (an .npz
-per draw), so each DDPM draw runs once.
+per draw), so each DDPM draw runs once; the summary keeps the rows of earlier calls.
 
 Settings are ``sampler:steps:spacing:eta[:w]`` (``ddpm`` alone for DDPM-1000; ``w`` defaults to
 ``--guidance``). Run from the repository root::
@@ -107,11 +107,25 @@ def main(args: argparse.Namespace) -> None:
             s = draw(ctx, text, seed, args.per_class)
             checks = {m: check_metric(m, ref[m], s[m], ctx["real"][m]) for m in METRICS}
             rows.append({"setting": text, "seed": seed, "checks": checks,
+                         "ddpm_seed": seed if args.paired else seeds[0],
                          "seconds_per_image": float(s["seconds_per_image"])})  # fmt: skip
             print(line(rows[-1]), flush=True)
     name = "summary_paired.json" if args.paired else "summary.json"
-    with open(os.path.join(args.out, name), "w") as fh:
-        json.dump({"real": ctx["real"], "ddpm_seeds": ref_seeds, "rows": rows}, fh, indent=1)
+    write_summary(os.path.join(args.out, name), ctx["real"], rows)
+
+
+def write_summary(path: str, real: dict, rows: list[dict]) -> None:
+    """Writes `rows` to the summary at `path`, keeping the rows of earlier calls for other
+    (setting, seed, DDPM seed), so runs over different settings add up instead of overwriting."""
+    old = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)["rows"]
+    key = lambda r: (r["setting"], r["seed"], r.get("ddpm_seed"))  # noqa: E731
+    new = {key(r) for r in rows}
+    merged = [r for r in old if key(r) not in new] + rows
+    with open(path, "w") as fh:
+        json.dump({"real": real, "rows": merged}, fh, indent=1)
 
 
 def line(row: dict) -> str:
