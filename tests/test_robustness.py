@@ -269,6 +269,23 @@ def test_metrics_are_truncated_to_the_checkpoint_step(tmp_path):
     assert log_lib.truncate_metrics(str(tmp_path / "none"), 2) == 0
 
 
+def test_training_time_skips_the_gap_between_a_stop_and_its_resume(tmp_path):
+    # Two sessions: started at 100, records until 160; resumed at 10,000, records until 10,030.
+    recs = [{"step": s, "time": t, "session": 100.0} for s, t in ((10, 130), (20, 160))]
+    recs += [{"step": s, "time": t, "session": 10_000.0} for s, t in ((30, 10_010), (40, 10_030))]
+    assert log_lib.training_seconds(recs) == pytest.approx(60 + 30)
+    # A log from before sessions were stamped: first to last record, as before.
+    legacy = [{"step": 10, "time": 5.0}, {"step": 20, "time": 65.0}]
+    assert log_lib.training_seconds(legacy) == pytest.approx(60)
+    assert log_lib.training_seconds(legacy[:1]) is None
+    assert log_lib.training_seconds([{"step": 1, "time": 7.0, "session": 2.0}]) == 5.0
+    # The writer stamps this process's start on every record.
+    writer = log_lib.MetricWriter(str(tmp_path), tensorboard=False)
+    writer.write(1, "train", {"loss": 1.0})
+    (rec,) = log_lib.read_metrics(str(tmp_path))
+    assert rec["session"] == log_lib.PROCESS_START <= rec["time"]
+
+
 # ----------------------------------------------------------------------------- config flags
 
 

@@ -15,6 +15,11 @@ import tqdm
 
 from jax_mri_ldm import atomic
 
+PROCESS_START = time.time()
+"""When this process imported the logger. Every record carries it as ``session``, so a run
+trained in several sessions (stopped, then resumed) can be timed without the gaps between them
+(`training_seconds`)."""
+
 
 def _to_python(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
@@ -48,7 +53,12 @@ class MetricWriter:
         """Writes one record; non-finite floats are kept as strings in JSON ('nan')."""
         if not self.enabled:
             return
-        record: dict[str, Any] = {"step": int(step), "split": split, "time": time.time()}
+        record: dict[str, Any] = {
+            "step": int(step),
+            "split": split,
+            "time": time.time(),
+            "session": PROCESS_START,
+        }
         for key, value in metrics.items():
             value = _to_python(value)
             if isinstance(value, float) and not math.isfinite(value):
@@ -88,6 +98,31 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]
             if split is None or rec.get("split") == split:
                 by_key[(rec.get("split", ""), rec["step"])] = rec
     return sorted(by_key.values(), key=lambda r: (r["step"], r.get("split", "")))
+
+
+def training_seconds(records: Sequence[dict[str, Any]]) -> float | None:
+    """Wall seconds a run took, without the gaps between its sessions.
+
+    Each session (one process: a first run or a resume) counts from its start to its last
+    record, so data loading, compilation and the final test scores are in it and a night
+    between a Ctrl-C and the resume is not. Records written before sessions were logged (no
+    ``session``) count as one session from their first to their last record.
+
+    Returns:
+      The sum over sessions, or None when there is no session record and fewer than two
+      timed records.
+    """
+    spans: dict[float | None, tuple[float, float]] = {}
+    for rec in records:
+        if "time" not in rec:
+            continue
+        key, t = rec.get("session"), float(rec["time"])
+        lo, hi = spans.get(key, (t if key is None else float(key), t))
+        spans[key] = (min(lo, t), max(hi, t))
+    legacy = [r for r in records if "time" in r and r.get("session") is None]
+    if not spans or (set(spans) == {None} and len(legacy) < 2):
+        return None
+    return float(sum(hi - lo for lo, hi in spans.values()))
 
 
 def truncate_metrics(workdir: str, step: int) -> int:

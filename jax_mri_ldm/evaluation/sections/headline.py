@@ -48,12 +48,13 @@ def _interval(summary: dict | None) -> list[float] | None:
 
 def _minutes(workdir: str) -> float | None:
     recs = log_lib.read_metrics(workdir) if os.path.isdir(workdir) else []
-    times = [rec["time"] for rec in recs if "time" in rec]
-    return (max(times) - min(times)) / 60 if len(times) >= 2 else None
+    seconds = log_lib.training_seconds(recs)
+    return None if seconds is None else seconds / 60
 
 
 def pipeline_minutes(ctx: Context) -> float | None:
-    """Wall minutes between the first and the last logged record of the VAE and LDM runs."""
+    """Wall minutes of the VAE and LDM runs, each summed over its sessions (a resumed run's
+    gaps between stop and resume do not count; `engine.logging.training_seconds`)."""
     parts = [_minutes(ctx.vae_workdir), _minutes(ctx.workdir)]
     return None if None in parts else float(sum(parts))
 
@@ -94,7 +95,8 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
 REASONS = {
     "downstream_half_gain_acc": "the study's half+syn - half interval needs >= 2 seeds",
     "downstream_half_gain_auc": "the study's half+syn - half AUC interval is undefined",
-    "pipeline_minutes": "metrics.jsonl of the VAE or LDM run is missing or has < 2 timed records",
+    "pipeline_minutes": "metrics.jsonl of the VAE or LDM run is missing or has no timed records "
+    "(one without session stamps needs two)",
     "fast_sampler": "no DDPM row, or no sampler matched DDPM on the trusted per-image metrics "
     "(section 10)",
     "fast_sampler_deterministic": "no DDPM row, or no sampler matched DDPM (section 10)",
