@@ -232,6 +232,7 @@ def run_training(
     Returns:
       Process exit status: 0 done, 2 bad input, 130 interrupted (checkpoint saved).
     """
+    from jax_mri_ldm.engine import logging as log_lib
     from jax_mri_ldm.engine import loop
 
     setup_logging()
@@ -242,6 +243,7 @@ def run_training(
         )
     workdir = workdir or f"runs/{stage}"
     created = not os.path.exists(workdir)
+    log_lib.start_session(workdir)  # this call's training time starts here (pipeline minutes)
     try:
         check_config_values(config)
         loop.initialize_distributed(coordinator_address, num_processes, process_id)

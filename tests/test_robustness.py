@@ -279,11 +279,14 @@ def test_training_time_skips_the_gap_between_a_stop_and_its_resume(tmp_path):
     assert log_lib.training_seconds(legacy) == pytest.approx(60)
     assert log_lib.training_seconds(legacy[:1]) is None
     assert log_lib.training_seconds([{"step": 1, "time": 7.0, "session": 2.0}]) == 5.0
-    # The writer stamps this process's start on every record.
-    writer = log_lib.MetricWriter(str(tmp_path), tensorboard=False)
-    writer.write(1, "train", {"loss": 1.0})
-    (rec,) = log_lib.read_metrics(str(tmp_path))
-    assert rec["session"] == log_lib.PROCESS_START <= rec["time"]
+    # The writer stamps its run's session start on every record; a new session (a resume, or
+    # the next run of a process that trains two) gets a new stamp.
+    start = log_lib.start_session(str(tmp_path))
+    log_lib.MetricWriter(str(tmp_path), tensorboard=False).write(1, "train", {"loss": 1.0})
+    later = log_lib.start_session(str(tmp_path))
+    log_lib.MetricWriter(str(tmp_path), tensorboard=False).write(2, "train", {"loss": 1.0})
+    assert [r["session"] for r in log_lib.read_metrics(str(tmp_path))] == [start, later]
+    assert start <= later and log_lib.session_start(str(tmp_path / "other")) >= later
 
 
 # ----------------------------------------------------------------------------- config flags

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, env_for_subprocess, tiny_vae_config
 from jax_mri_ldm import pipeline, train_vae
-from jax_mri_ldm.engine.logging import read_metrics
+from jax_mri_ldm.engine.logging import read_metrics, training_seconds
 
 
 def test_tiny_vae_run_is_complete(tiny_runs):
@@ -35,6 +35,15 @@ def test_tiny_vae_run_is_complete(tiny_runs):
     assert any(name.startswith("vae_recon_step") for name in figures)
     train = read_metrics(str(vae_dir), "train")
     assert train[-1]["loss"] < train[0]["loss"]
+    # One session for the whole run; the LDM trained after it in this process has its own,
+    # so its time does not include the VAE's (pipeline minutes count each once).
+    records = read_metrics(str(vae_dir))
+    (session,) = {r["session"] for r in records}
+    assert session <= min(r["time"] for r in records)
+    ldm_sessions = {r["session"] for r in read_metrics(str(tiny_runs["ldm_dir"]))}
+    assert min(ldm_sessions) >= max(r["time"] for r in records)
+    times = [r["time"] for r in records]
+    assert training_seconds(records) == pytest.approx(max(times) - session)
 
 
 def test_load_vae_roundtrip(tiny_runs):

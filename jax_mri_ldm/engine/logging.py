@@ -15,10 +15,26 @@ import tqdm
 
 from jax_mri_ldm import atomic
 
-PROCESS_START = time.time()
-"""When this process imported the logger. Every record carries it as ``session``, so a run
-trained in several sessions (stopped, then resumed) can be timed without the gaps between them
-(`training_seconds`)."""
+# abspath(workdir) -> Unix time its current session started (see `start_session`).
+_SESSIONS: dict[str, float] = {}
+
+
+def start_session(workdir: str) -> float:
+    """Marks now as the start of a training session of `workdir` and returns it.
+
+    Every record written to `workdir` afterwards carries it as ``session``, so a run trained
+    in several sessions (stopped, then resumed) can be timed without the gaps between them
+    (`training_seconds`). Keyed by run directory: a process that trains the VAE and then the
+    LDM (`make demo`) starts each run's session when that run starts.
+    """
+    _SESSIONS[os.path.abspath(workdir)] = time.time()
+    return _SESSIONS[os.path.abspath(workdir)]
+
+
+def session_start(workdir: str) -> float:
+    """The start of `workdir`'s session in this process (started now if none was)."""
+    key = os.path.abspath(workdir)
+    return _SESSIONS[key] if key in _SESSIONS else start_session(workdir)
 
 
 def _to_python(value: Any) -> Any:
@@ -43,6 +59,7 @@ class MetricWriter:
     def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.session = session_start(workdir)
         self._tb = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter  # local: heavy import, optional
@@ -57,7 +74,7 @@ class MetricWriter:
             "step": int(step),
             "split": split,
             "time": time.time(),
-            "session": PROCESS_START,
+            "session": self.session,
         }
         for key, value in metrics.items():
             value = _to_python(value)
@@ -103,10 +120,10 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]
 def training_seconds(records: Sequence[dict[str, Any]]) -> float | None:
     """Wall seconds a run took, without the gaps between its sessions.
 
-    Each session (one process: a first run or a resume) counts from its start to its last
-    record, so data loading, compilation and the final test scores are in it and a night
-    between a Ctrl-C and the resume is not. Records written before sessions were logged (no
-    ``session``) count as one session from their first to their last record.
+    Each session (one training call: a first run or a resume, `start_session`) counts from
+    its start to its last record, so data loading, compilation and the final test scores are
+    in it and a night between a Ctrl-C and the resume is not. Records written before sessions
+    were logged (no ``session``) count as one session from their first to their last record.
 
     Returns:
       The sum over sessions, or None when there is no session record and fewer than two
