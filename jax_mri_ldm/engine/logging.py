@@ -27,8 +27,8 @@ def start_session(workdir: str) -> float:
     (`training_seconds`). Keyed by run directory: a process that trains the VAE and then the
     LDM (`make demo`) starts each run's session when that run starts.
     """
-    _SESSIONS[os.path.abspath(workdir)] = time.time()
-    return _SESSIONS[os.path.abspath(workdir)]
+    start = _SESSIONS[os.path.abspath(workdir)] = time.time()
+    return start
 
 
 def session_start(workdir: str) -> float:
@@ -130,14 +130,15 @@ def training_seconds(records: Sequence[dict[str, Any]]) -> float | None:
       timed records.
     """
     spans: dict[float | None, tuple[float, float]] = {}
+    legacy = 0  # timed records without a session stamp
     for rec in records:
         if "time" not in rec:
             continue
         key, t = rec.get("session"), float(rec["time"])
+        legacy += key is None
         lo, hi = spans.get(key, (t if key is None else float(key), t))
         spans[key] = (min(lo, t), max(hi, t))
-    legacy = [r for r in records if "time" in r and r.get("session") is None]
-    if not spans or (set(spans) == {None} and len(legacy) < 2):
+    if not spans or (set(spans) == {None} and legacy < 2):
         return None
     return float(sum(hi - lo for lo, hi in spans.values()))
 
