@@ -165,6 +165,7 @@ def make_latent_sampler(
         eta=r.eta,
         prediction=prediction,
         clip_x0=clip_x0,
+        eps_scale=r.eps_scale,
     )
 
 

@@ -43,6 +43,7 @@ class SamplerSpec:
       guidance_scale: classifier-free guidance w (1 = plain conditional, 0 = unconditional).
       spacing: timestep spacing (see `sampling.timesteps_for`); None = `DEFAULT_SPACING`.
       use_ema: sample with the EMA weights (the paper's choice) instead of the raw ones.
+      eps_scale: epsilon scaling (Ning et al. 2024): every step uses eps / eps_scale; 1 = off.
     """
 
     sampler: str = "ddim"
@@ -51,6 +52,7 @@ class SamplerSpec:
     guidance_scale: float = 3.0
     spacing: str | None = None
     use_ema: bool = True
+    eps_scale: float = 1.0
 
     def validate(self) -> SamplerSpec:
         """Returns self, or raises ValueError naming the bad `sample.py` flag."""
@@ -62,6 +64,8 @@ class SamplerSpec:
             raise UserError(f"--steps={self.steps} must be positive.")
         if self.eta < 0:
             raise UserError(f"--eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: ancestral).")
+        if not self.eps_scale > 0:
+            raise UserError(f"--eps_scale={self.eps_scale} must be > 0 (1: off).")
         if self.spacing is not None and self.spacing not in sampling.SPACINGS:
             raise UserError(
                 f"--spacing={self.spacing} is not one of {', '.join(sampling.SPACINGS)}."
@@ -78,13 +82,15 @@ class SamplerSpec:
             spacing=self.spacing or DEFAULT_SPACING[self.sampler],
             eta=float(self.eta) if self.sampler == "ddim" else 0.0,
             guidance_scale=float(self.guidance_scale),
+            eps_scale=float(self.eps_scale),
         )
 
     def name(self, num_timesteps: int) -> str:
         """Human label, e.g. 'DPM-Solver++(2M) 25' or 'DDIM 50 η=1'."""
         r = self.resolved(num_timesteps)
         eta = f" η={r.eta:g}" if r.sampler == "ddim" else ""
-        return f"{_PRETTY[r.sampler]} {r.steps}{eta}"
+        scale = f" ε/{r.eps_scale:g}" if r.eps_scale != 1.0 else ""
+        return f"{_PRETTY[r.sampler]} {r.steps}{eta}{scale}"
 
 
 # A run samples with the fastest setting that matched DDPM-1000 on both data sets' reports; a

@@ -129,16 +129,25 @@ def _predict(
     null_label: int | None,
     prediction: str,
     clip_x0: ClipX0,
+    eps_scale: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """The guided ``(x0, eps)`` estimates at ``x: (B, ...)`` and the scalar index `t`."""
+    """The guided ``(x0, eps)`` estimates at ``x: (B, ...)`` and the scalar index `t`.
+
+    ``eps_scale = lam != 1`` is epsilon scaling (Ning et al. 2024, "Elucidating the exposure
+    bias in diffusion models"): ``eps / lam``, with ``x0`` re-derived from it so both stay a
+    consistent split of ``x``; it acts before any clipping.
+    """
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)  # (B,)
     out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
     x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
+    a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
+    if eps_scale != 1.0:
+        eps = eps / eps_scale
+        x0 = (x - s * eps) / a
     if clip_x0 is not None:
         lo, hi = _clip_bounds(clip_x0, schedule.sqrt_alphas_cumprod.dtype)
         x0 = jnp.clip(x0, lo, hi)
         # Re-derive eps from the clipped x0 so the DDIM direction stays consistent.
-        a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
         eps = (x - a * x0) / s
     return x0, eps
 
@@ -252,6 +261,7 @@ def _sample_impl(
     prediction: str,
     clip_x0: ClipX0,
     variance: str,
+    eps_scale: float = 1.0,
 ) -> jax.Array:
     """Traceable body shared by `sample` and `make_sample_fn` (all config static)."""
     # The state is integrated in the schedule's dtype: float32 normally (float64 only for a
@@ -271,6 +281,7 @@ def _sample_impl(
         null_label=null_label,
         prediction=prediction,
         clip_x0=clip_x0,
+        eps_scale=eps_scale,
     )
     noise = functools.partial(_step_noise, step_rng, shape, dtype)
     if sampler == "ddpm":
@@ -290,6 +301,7 @@ _STATIC = (
     "prediction",
     "clip_x0",
     "variance",
+    "eps_scale",
 )
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=_STATIC)
 
@@ -343,6 +355,7 @@ def _check_config(
     prediction: str,
     variance: str,
     conditional: bool,
+    eps_scale: float = 1.0,
 ) -> None:
     """Raises ValueError for an inconsistent sampling configuration."""
     if sampler not in SAMPLERS:
@@ -354,6 +367,8 @@ def _check_config(
         raise ValueError(f"guidance_scale must be a Python number, got {type(guidance_scale)}")
     if eta < 0.0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if not eps_scale > 0.0:
+        raise ValueError(f"eps_scale must be > 0, got {eps_scale}")
     if conditional and guidance_scale != 1.0 and null_label is None:
         raise ValueError("guidance_scale != 1 needs null_label (the unconditional class id)")
 
@@ -374,6 +389,7 @@ def sample(
     prediction: str = "eps",
     clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
+    eps_scale: float = 1.0,
 ) -> jax.Array:
     """Draws samples (latents) from a diffusion model.
 
@@ -413,7 +429,15 @@ def sample(
     """
     conditional = labels is not None
     _check_config(
-        schedule, sampler, guidance_scale, null_label, eta, prediction, variance, conditional
+        schedule,
+        sampler,
+        guidance_scale,
+        null_label,
+        eta,
+        prediction,
+        variance,
+        conditional,
+        eps_scale,
     )
     if conditional and tuple(jnp.shape(labels)) != (shape[0],):
         raise ValueError(f"labels shape {jnp.shape(labels)} must be (B,) with B = shape[0]")
@@ -432,6 +456,7 @@ def sample(
         prediction=prediction,
         clip_x0=normalize_clip(clip_x0),
         variance=variance,
+        eps_scale=float(eps_scale),
     )
 
 
@@ -449,6 +474,7 @@ def make_sample_fn(
     prediction: str = "eps",
     clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
+    eps_scale: float = 1.0,
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Builds a jitted ``fn(params, labels, rng) -> (B, *latent_shape)`` sampler.
 
@@ -470,6 +496,7 @@ def make_sample_fn(
       prediction: see `sample`.
       clip_x0: see `sample`.
       variance: see `sample`.
+      eps_scale: see `sample`.
 
     Returns:
       ``fn(params, labels, rng)``; ``labels`` is ``(B,)`` int (for an unconditional model pass
@@ -478,7 +505,9 @@ def make_sample_fn(
     Raises:
       ValueError: bad configuration.
     """
-    _check_config(schedule, sampler, guidance_scale, null_label, eta, prediction, variance, True)
+    _check_config(
+        schedule, sampler, guidance_scale, null_label, eta, prediction, variance, True, eps_scale
+    )
     ts = tuple(
         int(t)
         for t in timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
@@ -493,6 +522,7 @@ def make_sample_fn(
         prediction=prediction,
         clip_x0=normalize_clip(clip_x0),
         variance=variance,
+        eps_scale=float(eps_scale),
     )
 
     def fn(params: Any, labels: jax.Array, rng: jax.Array) -> jax.Array:

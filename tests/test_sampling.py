@@ -154,6 +154,44 @@ def test_deterministic_samplers_match_ddpm_1000() -> None:
         assert np.all(std_diff < 4 * np.sqrt(1 / n) + budget), (sampler, steps, std_diff)
 
 
+def _scaled(schedule, eps_scale, sampler="dpmpp_2m", steps=10, spacing="logSNR"):
+    model = gaussian_model(schedule, "v")
+    kw = dict(shape=(2000, 2), labels=None, rng=jax.random.key(3), prediction="v")
+    return np.asarray(
+        S.sample(model, schedule, sampler=sampler, steps=steps, spacing=spacing,
+                 eps_scale=eps_scale, **kw)
+    )  # fmt: skip
+
+
+def test_eps_scale_one_is_off_and_the_split_stays_consistent(sch) -> None:
+    """eps_scale = 1 gives the unscaled samples bit for bit; another value keeps
+    x = a x0 + sigma eps at every step (x0 is re-derived from the scaled eps)."""
+    model = gaussian_model(sch, "v")
+    kw = dict(shape=(64, 2), labels=None, rng=jax.random.key(1), sampler="dpmpp_2m",
+              steps=10, spacing="logSNR", prediction="v")  # fmt: skip
+    off = np.asarray(S.sample(model, sch, **kw))
+    np.testing.assert_array_equal(off, np.asarray(S.sample(model, sch, eps_scale=1.0, **kw)))
+    assert not np.allclose(off, np.asarray(S.sample(model, sch, eps_scale=1.01, **kw)))
+    x = jax.random.normal(jax.random.key(2), (8, 2)) * 3.0
+    for t in (999, 500, 5):
+        x0, eps = S._predict(x, jnp.int32(t), model_fn=model, schedule=sch, labels=None,
+                             guidance_scale=1.0, null_label=None, prediction="v",
+                             clip_x0=None, eps_scale=1.01)  # fmt: skip
+        a, s = sch.sqrt_alphas_cumprod[t], sch.sqrt_one_minus_alphas_cumprod[t]
+        np.testing.assert_allclose(a * x0 + s * eps, x, rtol=1e-4, atol=1e-4)
+        ref_eps = _posterior(sch, x, jnp.full((8,), t), MU, SD)[0]
+        np.testing.assert_allclose(eps, ref_eps / 1.01, rtol=1e-3, atol=1e-5)
+
+
+def test_eps_scale_above_one_leaves_more_spread(sch) -> None:
+    """Dividing eps by lam > 1 removes less noise each step, so the exact model's samples come
+    out wider than N(mu, s^2); lam < 1 removes more and narrows them. Means move little."""
+    base, wide, narrow = (_scaled(sch, lam).std(0) for lam in (1.0, 1.01, 0.99))
+    assert np.all(wide > base * 1.005) and np.all(narrow < base / 1.005), (base, wide, narrow)
+    with pytest.raises(ValueError, match="eps_scale"):
+        _scaled(sch, 0.0)
+
+
 def test_zero_terminal_snr_sampling_rules() -> None:
     """eps cannot be sampled at zero SNR; logSNR spacing still starts at pure noise."""
     zt = D.make_schedule("cosine", T, zero_terminal_snr=True)
