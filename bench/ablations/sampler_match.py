@@ -9,9 +9,11 @@ per-image metrics on which deterministic samplers missed (fidelity and spectrum 
 `--paired` judges each draw against DDPM at the same seed instead (the report compares draws
 that share their starting noise and labels). Per-image arrays are cached in `--out` (an .npz
 per draw), so each DDPM draw runs once; the summary keeps the rows of earlier calls.
+`--reference` puts another setting in DDPM's place (a stand-in where DDPM-1000 is too slow
+for the machine; its rows are then judged against that setting's interval, not DDPM's).
 
-Settings are ``sampler:steps:spacing:eta[:w]`` (``ddpm`` alone for DDPM-1000; ``w`` defaults to
-``--guidance``). Run from the repository root::
+Settings are ``sampler:steps:spacing:eta[:w[:eps_scale]]`` (``ddpm`` alone for DDPM-1000; an
+empty or missing ``w`` is ``--guidance``; ``eps_scale`` is epsilon scaling, 1 = off). Run from the repository root::
 
   python bench/ablations/sampler_match.py --workdir=runs/ldm --out=runs/match \\
       --settings=ddpm,dpmpp_2m:10:logSNR:0,ddim:50:uniform:1 --seeds=0,1,2
@@ -38,13 +40,15 @@ SEARCH_SIZE = 64  # configs/report.py memorisation_search_size
 
 
 def parse_setting(text: str, guidance: float) -> SamplerSpec:
-    """``sampler[:steps:spacing:eta[:w]]`` -> a SamplerSpec (EMA weights, as the report)."""
+    """``sampler[:steps:spacing:eta[:w[:eps_scale]]]`` -> a SamplerSpec (EMA weights, as the report)."""
     parts = text.split(":")
     fields = {"sampler": parts[0], "guidance_scale": guidance, "use_ema": True}
     if len(parts) > 1:
         fields |= {"steps": int(parts[1]), "spacing": parts[2], "eta": float(parts[3])}
-    if len(parts) > 4:
+    if len(parts) > 4 and parts[4]:
         fields["guidance_scale"] = float(parts[4])
+    if len(parts) > 5:
+        fields["eps_scale"] = float(parts[5])
     return spec_with(SamplerSpec(), fields)
 
 
@@ -97,20 +101,22 @@ def main(args: argparse.Namespace) -> None:
     ctx = load(args.workdir, args.out, args.guidance)
     seeds = [int(s) for s in args.seeds.split(",")]
     ref_seeds = seeds if args.paired else seeds[:1]
-    ddpm = {s: draw(ctx, "ddpm", s, args.per_class) for s in ref_seeds}
+    refs = {s: draw(ctx, args.reference, s, args.per_class) for s in ref_seeds}
     rows = []
     for text in args.settings.split(","):
         for seed in seeds:
-            if text == "ddpm" and (args.paired or seed == seeds[0]):
+            if text == args.reference and (args.paired or seed == seeds[0]):
                 continue  # the reference itself
-            ref = ddpm[seed if args.paired else seeds[0]]
+            ref = refs[seed if args.paired else seeds[0]]
             s = draw(ctx, text, seed, args.per_class)
             checks = {m: check_metric(m, ref[m], s[m], ctx["real"][m]) for m in METRICS}
-            rows.append({"setting": text, "seed": seed, "checks": checks,
+            rows.append({"setting": text, "seed": seed, "checks": checks, "reference": args.reference,
                          "ddpm_seed": seed if args.paired else seeds[0],
                          "seconds_per_image": float(s["seconds_per_image"])})  # fmt: skip
             print(line(rows[-1]), flush=True)
     name = "summary_paired.json" if args.paired else "summary.json"
+    if args.reference != "ddpm":
+        name = name.replace(".json", f"_ref_{args.reference.replace(':', '_')}.json")
     write_summary(os.path.join(args.out, name), ctx["real"], rows)
 
 
@@ -150,5 +156,11 @@ if __name__ == "__main__":
         help="judge each draw against DDPM at its own seed (same starting noise and labels)",
     )
     p.add_argument("--guidance", type=float, default=3.0, help="w unless a setting gives one")
+    p.add_argument(
+        "--reference",
+        default="ddpm",
+        help="the setting whose interval judges the others (default DDPM-1000; a cheaper "
+        "stochastic setting stands in where DDPM is too slow; then `ddpm_seed` is its seed)",
+    )
     p.add_argument("--per_class", type=int, default=32, help="images per class per draw")
     main(p.parse_args())

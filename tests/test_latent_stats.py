@@ -1,0 +1,66 @@
+"""bench/ablations/latent_stats.py: its statistics on known fields, and one run end to end."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+
+from conftest import REPO, load_script
+
+SCRIPT = REPO / "bench" / "ablations" / "latent_stats.py"
+
+
+def _ls():
+    return load_script(SCRIPT, "bench_latent_stats")
+
+
+def test_roughness_and_high_band_tell_white_noise_from_a_smooth_field() -> None:
+    ls = _ls()
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((8, 16, 16, 4)).astype(np.float32)
+    yy, xx = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    wave = np.sin(2 * np.pi * (xx + yy) / 16.0)[None, :, :, None]
+    smooth = (wave * rng.standard_normal((8, 1, 1, 4))).astype(np.float32)
+    white, flat = ls.stats(noise, noise), ls.stats(smooth, smooth)
+    assert 0.9 < white["roughness"] < 1.1 and flat["roughness"] < 0.1
+    # white noise spreads its power evenly: the share above half the Nyquist radius is the
+    # share of such frequencies in the grid; a period-16 wave has none there
+    assert 0.6 < white["high_band_share"] < 0.75 and flat["high_band_share"] < 1e-6
+    assert white["std"] == float(np.sqrt(noise.var()))
+    assert white["nn_distance"] == 0.0  # each latent is in its own pool
+
+
+def test_nearest_is_the_rms_distance_to_the_closest_pool_member() -> None:
+    ls = _ls()
+    pool = np.zeros((3, 2, 2, 1), np.float32)
+    pool[1] += 1.0
+    pool[2] += 3.0
+    z = np.full((2, 2, 2, 1), 0.8, np.float32)
+    z[1] = 2.5
+    np.testing.assert_allclose(ls.nearest(z, pool), [0.2, 0.5], atol=1e-6)
+
+
+def test_runs_on_a_finished_tiny_ldm_with_the_norm_table(tiny_runs, tmp_path) -> None:
+    ls = _ls()
+    out = tmp_path / "stats.json"
+    args = types.SimpleNamespace(
+        workdir=str(tiny_runs["ldm_dir"]),
+        out=str(out),
+        settings="ddim:5:uniform:1,dpmpp_2m:4:logSNR:0::0.99",
+        per_class=2,
+        seed=0,
+        guidance=3.0,
+        norms=True,
+    )
+    ls.main(args)
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"training (1/8 vs the rest)", *args.settings.split(",")}
+    for text, calls in zip(args.settings.split(","), (5, 4), strict=True):
+        assert np.isfinite([v for k, v in rows[text].items() if k != "norms"]).all()
+        norms = rows[text]["norms"]
+        assert len(norms) == calls  # one entry per network call's timestep
+        noisiest = norms[max(norms, key=int)]
+        # at the first call both sides are (almost) pure noise: RMS near 1 on both
+        assert abs(noisiest["sampled"][0] - 1) < 0.2 and abs(noisiest["training"][0] - 1) < 0.2
