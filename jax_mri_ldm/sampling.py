@@ -420,6 +420,10 @@ def sample(
         its standardised training latents; see `jax_mri_ldm.train_ldm`).
       variance: DDPM reverse variance: ``'fixed_small'`` (``beta_tilde``, the posterior
         variance; default) or ``'fixed_large'`` (``beta_t``), Ho et al. sec. 3.2.
+      eps_scale: epsilon scaling ``lam``: every step uses ``eps / lam`` (1 = off; see
+        `_predict`); a measured option against exposure bias, not a default. It suits
+        logSNR-spaced steps: a time-uniform first jump from t = T-1 multiplies its effect
+        (tests/test_sampling.py's toy; docs/results.md, "Epsilon scaling").
 
     Returns:
       ``(B, ...)`` float32 samples.
