@@ -209,6 +209,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
         "eta": spec.eta if spec.sampler == "ddim" else None,
         "guidance": spec.guidance_scale,
         "use_ema": bool(spec.use_ema),
+        "eps_scale": spec.eps_scale,
         "checkpoint_step": run.step,
         "config_fingerprint": run.config_fingerprint,
         "workdir": os.path.abspath(req.workdir),

@@ -65,7 +65,7 @@ class SamplerSpec:
         if self.eta < 0:
             raise UserError(f"--eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: ancestral).")
         if not self.eps_scale > 0:
-            raise UserError(f"eps_scale={self.eps_scale} must be > 0 (1: off).")
+            raise UserError(f"--eps_scale={self.eps_scale} must be > 0 (1: off).")
         if self.spacing is not None and self.spacing not in sampling.SPACINGS:
             raise UserError(
                 f"--spacing={self.spacing} is not one of {', '.join(sampling.SPACINGS)}."

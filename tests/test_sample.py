@@ -181,11 +181,14 @@ def test_sampler_spec_resolves_defaults_per_sampler():
     assert (ddpm.steps, ddpm.spacing, ddpm.eta) == (100, "uniform", 0.0)  # eta: DDIM only
     assert SamplerSpec("dpmpp_2m").resolved(1000).spacing == "logSNR"
     assert SamplerSpec("ddim", steps=5).name(100) == "DDIM 5 η=1"
+    scaled = SamplerSpec("dpmpp_2m", steps=10, eps_scale=0.99)
+    assert scaled.name(1000) == "DPM-Solver++(2M) 10 ε/0.99"
     for bad, flag in [
         (SamplerSpec("euler"), "--sampler=euler"),
         (SamplerSpec(steps=0), "--steps=0"),
         (SamplerSpec(eta=-1.0), "--eta=-1.0"),
         (SamplerSpec(spacing="cubic"), "--spacing=cubic"),
+        (SamplerSpec(eps_scale=0.0), "--eps_scale=0.0"),
     ]:
         with pytest.raises(ValueError, match=flag):
             bad.validate()
@@ -251,3 +254,23 @@ def test_export_samples_with_a_deterministic_run_default(tiny_runs, tmp_path, mo
     run_sampling(_request(tiny_runs, out, spec=None, num_samples=2))
     row = export.read_manifest(str(out))[0]
     assert (row["sampler"], row["steps"], row["spacing"]) == ("dpmpp_2m", 3, "logSNR")
+
+
+def test_eps_scale_flag_reaches_the_images_and_the_manifest(tiny_runs, tmp_path):
+    """--eps_scale changes a deterministic sampler's images at the same seed and is recorded;
+    left unset, the manifest says 1 (off). Same flags and seed give bit-identical images
+    (test above), so any difference is the scaling reaching the sampler; the tiny eps run clips
+    x0, which keeps that difference small."""
+    fast = SamplerSpec("dpmpp_2m", steps=3, eta=0.0)
+    rows, images = {}, {}
+    for name, scale in (("off", None), ("on", 0.9)):
+        out = tmp_path / name
+        over = {"eps_scale": scale}
+        run_sampling(
+            _request(tiny_runs, out, spec=fast, num_samples=2, format="npy", overrides=over)
+        )
+        rows[name] = sorted(export.read_manifest(str(out)), key=lambda r: r["index"])
+        images[name] = np.stack([np.load(out / r["file"]) for r in rows[name]])
+    assert rows["off"][0]["eps_scale"] == 1.0 and rows["on"][0]["eps_scale"] == 0.9
+    assert np.all(np.isfinite(images["on"]))
+    assert not np.array_equal(images["on"], images["off"])
