@@ -12,8 +12,10 @@ from the repository root::
 
 It works on a finished run or one still training (the checkpoints already on disk). For each
 step it loads that step's EMA weights through `pipeline.load_ldm(workdir, step)`, samples
-``--per_class`` images per class with the run's default sampler (`run.default_spec()`, seeded per
-image as the pipeline does, the same seeds at every step, so rows are paired) and scores them
+``--per_class`` images per class with the run's default sampler (`run.default_spec()`; the
+report config's main-sampler fields override it, e.g. ``--config.sampler=dpmpp_2m
+--config.steps=10 --config.eps_scale=0.99``; seeded per image as the pipeline does, the same
+seeds at every step, so rows are paired) and scores them
 with the report's own code (`evaluation.scoring.score_set`) against the real test split:
 
 * ``fid_ratio``: feature FID of the samples vs the test split, divided by the FID of the real
@@ -47,6 +49,7 @@ import dataclasses
 import os
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -346,14 +349,25 @@ def load_step(workdir: str, step: int) -> Any:
     return pipeline.load_ldm(workdir, step)
 
 
+def curve_spec(run: Any, cfg: ml_collections.ConfigDict) -> Any:
+    """The curve's sampler: the report's main sampler (`sections.common.main_spec`, the run's
+    default with the config's sampler fields that are set, e.g. ``--config.eps_scale``) at the
+    config's `guidance_scale`, or the run default's w when it is None (the curve runs no sweep)."""
+    from jax_mri_ldm.evaluation.sections import common
+
+    w = cfg.guidance_scale
+    w = run.default_spec().guidance_scale if w is None else w
+    return common.main_spec(types.SimpleNamespace(cfg=cfg, run=run), w)
+
+
 def sample_run(
-    run: Any, per_class: int, seed: int, batch_size: int
+    run: Any, spec: Any, per_class: int, seed: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images (K*n, H, W, 1), labels (K*n,)): the default sampler with the EMA weights,
-    image i seeded by fold_in(PRNGKey(seed), i) as the pipeline does."""
+    """(images (K*n, H, W, 1), labels (K*n,)) of sampler `spec`, image i seeded by
+    fold_in(PRNGKey(seed), i) as the pipeline does."""
 
     labels = np.repeat(np.arange(len(run.class_names)), per_class).astype(np.int32)
-    return run.sample_images(labels, seed, run.default_spec(), batch_size), labels
+    return run.sample_images(labels, seed, spec, batch_size), labels
 
 
 def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nulls, path: str):
@@ -427,10 +441,10 @@ def write_outputs(out_dir: str, curve: dict) -> None:
 # ----------------------------------------------------------------------------- the curve
 
 
-def curve_header(run: Any, real: RealData, space: str, per_class: int, seed: int) -> dict:
+def curve_header(
+    run: Any, spec: Any, real: RealData, space: str, per_class: int, seed: int
+) -> dict:
     """The curve's settings and once-per-curve numbers (before any row)."""
-
-    spec = run.default_spec()
     return {
         "workdir": os.path.abspath(run.workdir),
         "run_length": run_length(run),
@@ -471,7 +485,8 @@ def curve_step(
 ) -> dict:
     """Samples, scores and draws one checkpoint; returns its row."""
     t0 = time.perf_counter()
-    images, labels = sample_run(run, per_class, int(cfg.seed), int(cfg.batch_size))
+    spec = curve_spec(run, cfg)
+    images, labels = sample_run(run, spec, per_class, int(cfg.seed), int(cfg.batch_size))
     scores = score_step(images, labels, real, nulls, f"rows.{index}")
     pct = 100.0 * run.step / max(run_length(run), 1)
     title = f"step {run.step} ({pct:.0f} % of the run): samples above real test images"
@@ -513,7 +528,7 @@ def run_curve(
     nulls = Nulls()
     run = load_step(workdir, todo[0])
     real = prepare_real(run, cfg, space, nulls, log)
-    curve = curve_header(run, real, space, per_class, int(cfg.seed))
+    curve = curve_header(run, curve_spec(run, cfg), real, space, per_class, int(cfg.seed))
     batch = int(run.meta.get("global_batch_size", run.config.train.batch_size))
     windows = run_windows(workdir, batch)
     for i, step in enumerate(todo):

@@ -53,11 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.steps = placeholder(int)  # main sampler steps; None = the sampler's default
     c.spacing = placeholder(str)  # main timestep spacing; None = the sampler's default
     c.eta = placeholder(float)  # main DDIM eta; None = the run's default
+    c.eps_scale = placeholder(float)  # main sampler's epsilon scaling (1 = off); None = the run's
     c.guidance_scale = placeholder(float)  # main w; None = chosen by the guidance sweep
     c.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # the sweep's w values (empty: no sweep)
     c.sweep_per_class = 32  # images per class for each w of the sweep
     c.fidelity_tolerance = 0.05  # sweep: class fidelity >= real recall - max(this, 1 image)
-    # Sampler table rows at the main w: (sampler, steps or None for all T, spacing, eta).
+    # Sampler table rows at the main w: (sampler, steps or None for all T, spacing, eta), and an
+    # optional fifth field, epsilon scaling (1 = off; SamplerSpec.eps_scale).
     c.samplers = (
         ("ddpm", None, "uniform", 0.0),
         ("ddim", 50, "uniform", 0.0),

@@ -47,6 +47,25 @@ def test_steps_must_be_kept_and_numbers():
         qc.parse_steps(["12", "x"])
 
 
+def test_curve_samples_with_the_configs_main_sampler():
+    """Unset report sampler fields keep the run's default (its w too); set ones override it."""
+    import types
+
+    from jax_mri_ldm.evaluation import report
+    from jax_mri_ldm.sampler_settings import SamplerSpec
+
+    qc = _load()
+    run = types.SimpleNamespace(default_spec=lambda: SamplerSpec(guidance_scale=2.0))
+    cfg = report.resolve_settings("tiny")
+    assert qc.curve_spec(run, cfg) == SamplerSpec(guidance_scale=2.0, use_ema=bool(cfg.use_ema))
+    cfg = report.resolve_settings(
+        "tiny", sampler="dpmpp_2m", steps=10, eps_scale=0.99, guidance_scale=3.0
+    )
+    spec = qc.curve_spec(run, cfg).resolved(1000)
+    assert (spec.sampler, spec.steps, spec.spacing, spec.eta) == ("dpmpp_2m", 10, "logSNR", 0.0)
+    assert (spec.eps_scale, spec.guidance_scale) == (0.99, 3.0)
+
+
 @pytest.mark.slow
 def test_curve_of_a_tiny_run(tiny_runs, tmp_path):
     from jax_mri_ldm.evaluation import report

@@ -600,3 +600,16 @@ def test_report_with_four_classes(tmp_path):
     assert r["downstream"]["arms"]["syn"]["train_counts"]["synthetic"] == {n: 8 for n in names}
     md = (tmp_path / "out" / "report.md").read_text()
     assert all(f"| {n} |" in md or f" {n} " in md for n in names)
+
+
+def test_sampler_rows_take_an_optional_eps_scale():
+    """A `samplers` entry is (sampler, steps, spacing[, eta[, eps_scale]]); left out: 0, 1."""
+    ddim = samplers.row_spec(("ddim", 50, "uniform"), 3.0, True).resolved(1000)
+    assert (ddim.eta, ddim.eps_scale, ddim.guidance_scale) == (0.0, 1.0, 3.0)
+    scaled = samplers.row_spec(("dpmpp_2m", 10, "logSNR", 0.0, 0.99), 2.0, False)
+    assert (scaled.eps_scale, scaled.use_ema) == (0.99, False)
+    assert scaled.name(1000) == "DPM-Solver++(2M) 10 ε/0.99"
+    ddpm = samplers.row_spec(("ddpm", None, "uniform", 0.0), 3.0, True).resolved(100)
+    assert (ddpm.steps, ddpm.eps_scale) == (100, 1.0)
+    with pytest.raises(ValueError, match="eps_scale"):
+        samplers.row_spec(("dpmpp_2m", 10, "logSNR", 0.0, 0.0), 3.0, True)

@@ -38,6 +38,7 @@ from jax_mri_ldm.evaluation.generator import SyntheticImages
 from jax_mri_ldm.evaluation.markdown import table
 from jax_mri_ldm.evaluation.sections import (
     classifier,
+    common,
     controls,
     diversity,
     downstream,
@@ -233,7 +234,7 @@ def _assemble(ctx: Context, preset: str) -> dict:
     report["timings_seconds"] = ctx.timings
     if ctx.cfg.guidance_scale is None:
         ctx.nulls.null("settings.guidance_scale", "not set: the guidance sweep chose w (main_set)")
-    for key in ("sampler", "steps", "spacing", "eta"):
+    for key in common.SAMPLER_FIELDS:
         if ctx.cfg[key] is None:
             ctx.nulls.null(f"settings.{key}", "None = the run's default sampler's (main_set)")
     for i, (_, steps, *_) in enumerate(ctx.cfg.samplers):

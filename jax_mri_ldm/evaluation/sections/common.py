@@ -12,14 +12,15 @@ from jax_mri_ldm.evaluation import metrics, prdc, scoring, setmetrics
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context
 from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
 
+# The report config's main-sampler fields (None = the run's default); read by `main_spec`.
+SAMPLER_FIELDS = ("sampler", "steps", "spacing", "eta", "eps_scale")
+
 
 def main_spec(ctx: Context, w: float) -> SamplerSpec:
     """The main sampler at guidance w: the run's default sampler (`LDMPipeline.default_spec`)
     with the report config's sampler fields where they are set."""
     c = ctx.cfg
-    spec = spec_with(
-        ctx.run.default_spec(), {k: c[k] for k in ("sampler", "steps", "spacing", "eta")}
-    )
+    spec = spec_with(ctx.run.default_spec(), {k: c.get(k) for k in SAMPLER_FIELDS})
     return dataclasses.replace(spec, guidance_scale=float(w), use_ema=bool(c.use_ema))
 
 

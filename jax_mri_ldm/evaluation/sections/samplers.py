@@ -16,6 +16,7 @@ but too noisy at DDPM's few images to decide.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,13 +47,22 @@ def ddpm_interval(metric: str, values: np.ndarray) -> tuple[float, float]:
     return scoring.bootstrap_interval(values, PER_IMAGE[metric][1])
 
 
-def _row(ctx: Context, i: int, sampler: str, steps, spacing: str, eta: float) -> tuple:
+def row_spec(entry: Sequence[Any], w: float, use_ema: bool) -> SamplerSpec:
+    """The setting of a `cfg.samplers` entry: (sampler, steps, spacing[, eta[, eps_scale]]),
+    eta 0 and eps_scale 1 (off) when left out, at guidance w."""
+    sampler, steps, spacing, *rest = entry
+    eta = float(rest[0]) if rest else 0.0
+    eps_scale = float(rest[1]) if len(rest) > 1 else 1.0
+    fields = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
+    fields |= {"guidance_scale": float(w), "use_ema": bool(use_ema), "eps_scale": eps_scale}
+    return spec_with(SamplerSpec(), fields)
+
+
+def _row(ctx: Context, i: int, entry: Sequence[Any]) -> tuple:
+    """One table row: the `cfg.samplers` entry `entry` at the main w, scored."""
     w = ctx.shared["main_w"]
-    spec = spec_with(
-        SamplerSpec(),
-        {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
-        | {"guidance_scale": w, "use_ema": bool(ctx.cfg.use_ema)},
-    )
+    spec = row_spec(entry, w, ctx.cfg.use_ema)
+    sampler = spec.sampler
     n = ctx.cfg.ddpm_per_class if sampler == "ddpm" else ctx.cfg.sampler_per_class
     gen, T = ctx.shared["gen"], ctx.run.schedule.num_timesteps
     x, y = gen.generate(spec, n)
@@ -71,6 +81,7 @@ def _row(ctx: Context, i: int, sampler: str, steps, spacing: str, eta: float) ->
         "steps": r.steps,
         "spacing": r.spacing,
         "eta": r.eta,
+        "eps_scale": r.eps_scale,
         "guidance": w,
         "images_per_class": n,
         "real_fid_same_n": common.ref_fid_same_n(ctx, [n] * ctx.num_classes),
@@ -184,8 +195,8 @@ def _fast_sampler(ctx: Context, rows: list[dict], pers: list[dict]) -> dict:
 
 def compute(ctx: Context) -> dict[str, Any]:
     rows, pers, fig_rows = [], [], []
-    for i, (sampler, steps, spacing, *rest) in enumerate(ctx.cfg.samplers):
-        row, per, fig = _row(ctx, i, sampler, steps, spacing, float(rest[0]) if rest else 0.0)
+    for i, entry in enumerate(ctx.cfg.samplers):
+        row, per, fig = _row(ctx, i, entry)
         rows.append(row)
         pers.append(per)
         fig_rows.append(fig)
