@@ -1,4 +1,5 @@
-"""bench/ablations/latent_stats.py: its statistics on known fields, and one run end to end."""
+"""bench/ablations/latent_stats.py: its statistics on known fields, and one run end to end;
+real_vs_samples_grid.py's per-setting rows on the same tiny run."""
 
 from __future__ import annotations
 
@@ -67,3 +68,21 @@ def test_runs_on_a_finished_tiny_ldm_with_the_norm_table(tiny_runs, tmp_path) ->
         noisiest = norms[max(norms, key=int)]
         # at the first call both sides are (almost) pure noise: RMS near 1 on both
         assert abs(noisiest["sampled"][0] - 1) < 0.2 and abs(noisiest["training"][0] - 1) < 0.2
+
+
+def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -> None:
+    """Per class a real row, then one row per setting; the rows share their starting noise, so
+    epsilon scaling (the only difference) changes the images but not their number."""
+    grid = load_script(REPO / "bench" / "ablations" / "real_vs_samples_grid.py", "bench_grid")
+    from report_samples import load_run_data
+
+    run, _, _ = load_run_data(str(tiny_runs["ldm_dir"]))
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
+    sets = grid.setting_sets(run, texts, 3.0, 2)
+    assert [name for _, _, name in sets] == ["DPM-Solver++(2M) 3", "DPM-Solver++(2M) 3 ε/0.9"]
+    (a, ya, _), (b, yb, _) = sets
+    assert a.shape == b.shape == (4, *a.shape[1:]) and np.array_equal(ya, yb)
+    assert not np.array_equal(a, b)
+    out = tmp_path / "grid.png"
+    grid.main(str(tiny_runs["ldm_dir"]), 3.0, 2, str(out), ",".join(texts))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
