@@ -383,8 +383,8 @@ def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nu
     out["grid_within_real_iqr"] = grid["within_real_iqr"] if grid else None
     real_nn = float(np.median(real.ref.test_nn))
     out["nn_ssim_ratio"] = row["nn_ssim"] / real_nn if real_nn > 0 else None
-    for k in ("nn_ssim", "memorised", "spectrum"):
-        out[k] = row[k]
+    for k in ("nn_ssim", "memorised", "spectrum", "precision", "recall", "density", "coverage"):
+        out[k] = row.get(k)
     return out
 
 

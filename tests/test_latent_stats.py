@@ -1,5 +1,5 @@
 """bench/ablations/latent_stats.py: its statistics on known fields, and one run end to end;
-real_vs_samples_grid.py's per-setting rows on the same tiny run."""
+real_vs_samples_grid.py's per-setting rows and sampler_quality.py's scores on the same tiny run."""
 
 from __future__ import annotations
 
@@ -86,3 +86,20 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
     out = tmp_path / "grid.png"
     grid.main(str(tiny_runs["ldm_dir"]), 3.0, 2, str(out), ",".join(texts))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, tmp_path) -> None:
+    sq = load_script(REPO / "bench" / "ablations" / "sampler_quality.py", "bench_sq")
+    out = tmp_path / "q.json"
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
+    args = types.SimpleNamespace(
+        workdir=str(tiny_runs["ldm_dir"]), out=str(out), settings=",".join(texts), step=None,
+        per_class=3, seed=0, guidance=3.0, classifier_steps=5,
+    )  # fmt: skip
+    sq.main(args)
+    got = json.loads(out.read_text())
+    assert list(got["rows"]) == texts and 0 < got["real_test_diversity"] <= 1
+    for row in got["rows"].values():
+        assert row["fid_ratio"] > 0 and 0 <= row["memorised"] <= 1 and row["sample_seconds"] > 0
+        assert set(row["fidelity"]) == {"normal", "tumour"} and 0 < row["diversity"] <= 1
+    assert got["rows"][texts[1]]["name"].endswith("ε/0.9")
