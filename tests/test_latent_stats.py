@@ -98,7 +98,9 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
     )  # fmt: skip
     sq.main(args)
     got = json.loads(out.read_text())
-    assert list(got["rows"]) == texts and 0 < got["real_test_diversity"] <= 1
+    assert list(got["rows"]) == texts
+    real_div = got["real_test_diversity"]  # None when the tiny test split has < 2 per class
+    assert real_div is None or 0 < real_div <= 1
     for row in got["rows"].values():
         assert row["fid_ratio"] > 0 and 0 <= row["memorised"] <= 1 and row["sample_seconds"] > 0
         assert set(row["fidelity"]) == {"normal", "tumour"} and 0 < row["diversity"] <= 1
