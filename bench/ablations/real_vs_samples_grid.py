@@ -29,13 +29,10 @@ from jax_mri_ldm import plots  # noqa: E402
 
 def setting_sets(run, texts: list[str], guidance: float, per_class: int) -> list[tuple]:
     """[(images, labels, name)] of each setting, drawn as the report draws (seed, batch size)."""
+    from report_samples import report_generator
     from sampler_match import parse_setting
 
-    from configs import report as report_cfg
-    from jax_mri_ldm.evaluation.generator import SyntheticImages
-
-    cfg = report_cfg.get_config("paper")
-    gen = SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=dict(cfg.compile_options))
+    _, gen = report_generator(run)
     T, out = run.schedule.num_timesteps, []
     for text in texts:
         spec = parse_setting(text, guidance)

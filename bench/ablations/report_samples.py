@@ -19,15 +19,22 @@ def load_run_data(workdir: str) -> tuple[Any, Any, dict[str, np.ndarray]]:
     return run, ds, split
 
 
+def report_generator(run: Any) -> tuple[Any, Any]:
+    """(paper report config, `SyntheticImages` with its batch size, seed and compile options)."""
+    from configs import report as report_cfg
+    from jax_mri_ldm.evaluation.generator import SyntheticImages
+
+    cfg = report_cfg.get_config("paper")
+    opts = dict(cfg.compile_options)
+    return cfg, SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=opts)
+
+
 def main_set(run: Any, guidance: float, per_class: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(images, labels, sampler name): `per_class` samples per class of the paper report's
     main-set sampler at guidance `guidance`."""
-    from configs import report as report_cfg
-    from jax_mri_ldm.evaluation.generator import SyntheticImages
     from jax_mri_ldm.evaluation.sections import common
 
-    cfg = report_cfg.get_config("paper")
-    gen = SyntheticImages(run, cfg.batch_size, cfg.seed, compile_options=dict(cfg.compile_options))
+    cfg, gen = report_generator(run)
     spec = common.main_spec(types.SimpleNamespace(cfg=cfg, run=run), guidance)
     x, y = gen.generate(spec, per_class)
     T = run.schedule.num_timesteps
