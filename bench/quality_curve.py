@@ -373,6 +373,11 @@ def sample_run(
 def score_step(images: np.ndarray, labels: np.ndarray, real: RealData, nulls: Nulls, path: str):
     """The curve's numbers for one step's samples (the report's scoring, its ratios)."""
     row, per = scoring.score_set(real.ref, images, labels, nulls, path)
+    return step_numbers(row, per, images, labels, real, nulls, path)
+
+
+def step_numbers(row: dict, per: dict, images, labels, real: RealData, nulls: Nulls, path: str):
+    """`score_step` from `scoring.score_set`'s (row, per-image) of `images`."""
     out: dict[str, Any] = fid_ratios(nulls, path, real.ref.embed(images), labels, real)
     out["fid"] = row["fid"]
     out["fidelity"] = row.get("fidelity_detail", {}).get("per_class")

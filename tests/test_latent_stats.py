@@ -77,7 +77,7 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
     from report_samples import load_run_data
 
     run, _, _ = load_run_data(str(tiny_runs["ldm_dir"]))
-    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9", "ddpm"]
     sets = grid.setting_sets(run, texts, 3.0, 2)
     assert [name for _, _, name in sets] == ["DPM-Solver++(2M) 3", "DPM-Solver++(2M) 3 ε/0.9"]
     (a, ya, _), (b, yb, _) = sets
@@ -91,17 +91,46 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
 def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, tmp_path) -> None:
     sq = load_script(REPO / "bench" / "ablations" / "sampler_quality.py", "bench_sq")
     out = tmp_path / "q.json"
-    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9", "ddpm"]
     args = types.SimpleNamespace(
         workdir=str(tiny_runs["ldm_dir"]), out=str(out), settings=",".join(texts), step=None,
         per_class=3, seed=0, guidance=3.0, classifier_steps=5,
     )  # fmt: skip
     sq.main(args)
     got = json.loads(out.read_text())
-    assert list(got["rows"]) == texts
+    assert set(got["rows"]) == set(texts)  # written with sorted keys
     real_div = got["real_test_diversity"]  # None when the tiny test split has < 2 per class
     assert real_div is None or 0 < real_div <= 1
     for row in got["rows"].values():
         assert row["fid_ratio"] > 0 and 0 <= row["memorised"] <= 1 and row["sample_seconds"] > 0
         assert set(row["fidelity"]) == {"normal", "tumour"} and 0 < row["diversity"] <= 1
     assert got["rows"][texts[1]]["name"].endswith("ε/0.9")
+    match = got["ddpm_match"]
+    assert match["reference"] == "ddpm" and set(match["settings"]) == set(texts[:2])
+    for verdict in match["settings"].values():
+        checks = verdict["checks"]
+        assert {"fidelity", "nn_ssim", "spectrum"} <= set(checks)
+        assert verdict["passes"] == all(c["passes"] for c in checks.values())
+        lo, hi = checks["nn_ssim"]["ddpm_interval"]
+        assert lo <= checks["nn_ssim"]["ddpm_value"] <= hi
+    per = np.load(tmp_path / "q_per_image.npz")
+    assert per[f"{texts[0]}/nn_ssim"].shape == (6,) and per["ddpm/correct"].shape == (6,)
+
+
+def test_ddpm_checks_pass_a_copy_of_ddpm_and_fail_a_worse_fidelity() -> None:
+    sq = load_script(REPO / "bench" / "ablations" / "sampler_quality.py", "bench_sq")
+    rng = np.random.default_rng(0)
+    ddpm = {"correct": np.ones(40), "nn_ssim": rng.uniform(0.4, 0.6, 40),
+            "spectrum": rng.uniform(0.2, 0.3, 40), "grid": rng.uniform(1.0, 1.1, 40)}  # fmt: skip
+    worse = dict(ddpm, correct=np.r_[np.ones(20), np.zeros(20)])
+    pers = {"ddpm": ddpm, "copy": dict(ddpm), "worse": worse}
+    rows = {t: {"sampler": t if t == "ddpm" else "ddim"} for t in pers}
+    real = types.SimpleNamespace(
+        ref=types.SimpleNamespace(test_nn=np.full(5, 0.5)), test_grid=np.full(5, 1.05)
+    )
+    got = sq.ddpm_checks(pers, rows, real)
+    assert got["reference"] == "ddpm" and set(got["settings"]) == {"copy", "worse"}
+    assert got["settings"]["copy"]["within"] and got["settings"]["copy"]["passes"]
+    assert not got["settings"]["worse"]["checks"]["fidelity"]["passes"]
+    assert not got["settings"]["worse"]["passes"]
+    assert sq.ddpm_checks({"copy": ddpm}, {"copy": {"sampler": "ddim"}}, real) is None

@@ -8,12 +8,14 @@ scoring reference (the nearest-neighbour search among every training image and i
 in particular) costs more than the samples on a large training set. This builds that reference
 once (`quality_curve.prepare_real`) and scores each setting's samples with the curve's own
 `score_step` (the report's `scoring.score_set`, its ratios), plus within-class MS-SSIM diversity
-against the real test split's. Settings are `sampler_match.py`'s
+against the real test split's. With a DDPM setting among them, every other setting is also
+judged against DDPM's 95 % intervals by the report's sampler-table rule (`ddpm_match`), and the
+per-image values are saved beside the JSON (`*_per_image.npz`). Settings are `sampler_match.py`'s
 ``sampler:steps:spacing:eta[:w[:eps_scale]]``; every setting draws the same seeds. Run from the
 repository root::
 
   python bench/ablations/sampler_quality.py --workdir=runs/ldm --out=runs/sampler_quality.json \\
-      --settings=ddim:50:uniform:1,dpmpp_2m:10:logSNR:0,dpmpp_2m:10:logSNR:0::0.99
+      --settings=ddim:50:uniform:1,dpmpp_2m:10:logSNR:0,dpmpp_2m:10:logSNR:0::0.99,ddpm
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "bench")]
 
+import numpy as np  # noqa: E402
+
 from jax_mri_ldm import atomic  # noqa: E402
-from jax_mri_ldm.evaluation import setmetrics  # noqa: E402
+from jax_mri_ldm.evaluation import scoring, setmetrics  # noqa: E402
 from jax_mri_ldm.evaluation.context import Nulls, clean  # noqa: E402
+from jax_mri_ldm.evaluation.sections import samplers  # noqa: E402
+
+PER_IMAGE_KEYS = tuple(key for key, *_ in samplers.PER_IMAGE.values())
 
 
 def diversity(images, labels, names, max_pairs: int, nulls: Nulls, path: str) -> float | None:
@@ -47,11 +54,42 @@ def score_setting(run, real, cfg, text: str, args, nulls: Nulls) -> dict:
     t0 = time.perf_counter()
     x, y = qc.sample_run(run, spec, args.per_class, args.seed, int(cfg.batch_size))
     seconds = time.perf_counter() - t0
-    row = qc.score_step(x, y, real, nulls, text)
+    scored, per = scoring.score_set(real.ref, x, y, nulls, text)
+    row = qc.step_numbers(scored, per, x, y, real, nulls, text)
     names = run.class_names
     row["diversity"] = diversity(x, y, names, int(cfg.diversity_max_pairs), nulls, text)
     T = run.schedule.num_timesteps
-    return row | {"name": spec.resolved(T).name(T), "sample_seconds": seconds}
+    row |= {"name": spec.resolved(T).name(T), "sampler": spec.sampler, "sample_seconds": seconds}
+    return row, {k: per[k] for k in PER_IMAGE_KEYS if k in per}
+
+
+def real_targets(real) -> dict[str, float]:
+    """The real test images' medians the "real"-sided match checks aim at (as the report's)."""
+    out = {"nn_ssim": float(np.median(real.ref.test_nn))}
+    if real.test_grid is not None:
+        out["grid"] = float(np.median(real.test_grid))
+    return out
+
+
+def ddpm_checks(pers: dict[str, dict], rows: dict[str, dict], real) -> dict | None:
+    """Each setting against the first DDPM setting's 95 % intervals, by the report's rule
+    (`samplers.check_metric` on every per-image metric; no controls here, so all of them)."""
+    ddpm = next((t for t, r in rows.items() if r["sampler"] == "ddpm"), None)
+    if ddpm is None:
+        return None
+    targets, out = real_targets(real), {}
+    for text, per in pers.items():
+        if text == ddpm:
+            continue
+        checks = {
+            m: samplers.check_metric(m, pers[ddpm][key], per[key], targets.get(m))
+            for m, (key, *_) in samplers.PER_IMAGE.items()
+            if key in per and key in pers[ddpm]
+        }
+        verdicts = {"passes": all(c["passes"] for c in checks.values())}
+        verdicts["within"] = all(c["within"] for c in checks.values())
+        out[text] = {"checks": checks, **verdicts}
+    return {"reference": ddpm, "settings": out}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -71,10 +109,19 @@ def main(args: argparse.Namespace) -> None:
     out = {"workdir": os.path.abspath(args.workdir), "step": run.step, "seed": args.seed,
            "per_class": args.per_class, "real_recall": real.real_recall,
            "real_test_diversity": real_div, "rows": {}}  # fmt: skip
+    pers = {}
     for text in args.settings.split(","):
-        out["rows"][text] = score_setting(run, real, cfg, text, args, nulls)
+        out["rows"][text], pers[text] = score_setting(run, real, cfg, text, args, nulls)
+        out["ddpm_match"] = ddpm_checks(pers, out["rows"], real)
         atomic.write_json(args.out, clean(out), indent=1)
+        np.savez(os.path.splitext(args.out)[0] + "_per_image.npz", **flat(pers))
         print(text, json.dumps(clean(out["rows"][text]), default=str)[:400])
+    print("ddpm_match", json.dumps(clean(out["ddpm_match"]), default=str))
+
+
+def flat(pers: dict[str, dict]) -> dict[str, np.ndarray]:
+    """{setting: {metric: (N,)}} -> {"setting/metric": (N,)} for np.savez."""
+    return {f"{t}/{k}": v for t, per in pers.items() for k, v in per.items()}
 
 
 if __name__ == "__main__":
