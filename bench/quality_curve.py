@@ -62,6 +62,7 @@ from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine.loop import total_steps
 from jax_mri_ldm.errors import UserError
+from jax_mri_ldm.evaluation import cache as eval_cache
 from jax_mri_ldm.evaluation import domain_classifier, features, scoring, setmetrics, spectrum
 from jax_mri_ldm.evaluation.context import Nulls, clean
 from jax_mri_ldm.evaluation.markdown import f, table
@@ -251,7 +252,7 @@ def feature_space(
         return features.random_encoder_embed(s), f"untrained multi-scale CNN ({size})"
     if space == "contrastive":
         key = features.cache_key(s, run.meta.get("dataset_fingerprint", ""), train.ids)
-        cache = os.path.join(run.workdir, "eval_cache")  # the report's cache, shared with it
+        cache = eval_cache.run_cache_dir(run.workdir)  # the report's cache, shared with it
         params, _ = features.load_or_train(train.images, s, cache, key, log=print)
         desc = f"self-supervised (SimCLR) multi-scale CNN ({size}), {s.steps} steps"
         return features.encoder_embed(params, s.widths, s.input_size), desc
@@ -274,20 +275,13 @@ def prepare_real(
     embed, desc = feature_space(space, cfg, run, train, clf)
     period = latent_period(run)
     seen = generator_train(run, train)
+    # nearest-train search: seen = the split + extra training images
     ref = scoring.build_reference(
-        test.images,
-        test.labels,
-        seen.images,  # nearest-train search: split + extra images
-        run.class_names,
-        embed,
-        classify,
-        period,
-        cfg.memorisation_search_size,
-        cfg.kid_subsets,
-        cfg.kid_subset_size,
-        int(cfg.features.prdc_k),
-        calibration_images=calibration(run, cfg, seen),
-    )
+        test.images, test.labels, seen.images, run.class_names, embed, classify, period,
+        cfg.memorisation_search_size, cfg.kid_subsets, cfg.kid_subset_size,
+        int(cfg.features.prdc_k), calibration_images=calibration(run, cfg, seen),
+        cache_dir=eval_cache.run_cache_dir(run.workdir),
+    )  # fmt: skip
     recall = setmetrics.fidelity(
         nulls, "real_recall", classify(test.images), test.labels, run.class_names
     )["per_class"]

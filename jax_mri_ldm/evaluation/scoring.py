@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_mri_ldm.evaluation import neighbours, prdc, setmetrics, spectrum
+from jax_mri_ldm.evaluation import cache, neighbours, prdc, setmetrics, spectrum
 from jax_mri_ldm.evaluation.context import Nulls
 
 SCALARS: tuple[str, ...] = (
@@ -104,12 +104,20 @@ def nearest_train(train: np.ndarray, images: np.ndarray, search_size: int) -> np
     return np.asarray(nearest_train_match(train, images, search_size)["score"])
 
 
-def train_own_scores(train: np.ndarray, search_size: int) -> np.ndarray:
+def train_own_scores(
+    train: np.ndarray, search_size: int, cache_dir: str | None = None
+) -> np.ndarray:
     """(2T,) SSIM of every training image and mirror image to its nearest other slice (a slice,
-    its mirror image and its twins are one group)."""
+    its mirror image and its twins are one group); kept in `cache_dir` (None: not cached)."""
     refs, groups = with_mirrors(train)
-    return neighbours.own_neighbour_scores(
-        refs, groups, search_size=search_size, twin_ssim=neighbours.TWIN_SSIM
+    twin = neighbours.TWIN_SSIM
+    return cache.cached_array(
+        cache_dir,
+        "train_own",
+        (train, int(search_size), twin),
+        lambda: neighbours.own_neighbour_scores(
+            refs, groups, search_size=search_size, twin_ssim=twin
+        ),
     )
 
 
@@ -131,16 +139,18 @@ def build_reference(
     kid_subset_size: int = 1000,
     prdc_k: int = prdc.DEFAULT_K,
     calibration_images: np.ndarray | None = None,
+    cache_dir: str | None = None,
 ) -> Reference:
     """Prepares the test features, spectra and nearest-train scores once.
 
     `calibration_images` (M, H, W, 1): more held-out images that set both memorisation
     thresholds together with the test images (`data.calibration_slices`); test_nn stays the
-    test split's.
+    test split's. `cache_dir`: where the training images' self-search is kept
+    (`cache.run_cache_dir`; None: recomputed every time).
     """
     search = min(int(search_size), int(test_images.shape[1]))
     match = nearest_train_match(train_images, test_images, search)
-    own = train_own_scores(train_images, search)
+    own = train_own_scores(train_images, search, cache_dir)
     test_nn = np.asarray(match["score"])
     cal = None
     if calibration_images is not None:

@@ -8,11 +8,11 @@ feature space is the candidate whose FID separates the corruptions from the real
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from jax_mri_ldm import plots
 from jax_mri_ldm.errors import UserError
+from jax_mri_ldm.evaluation import cache as eval_cache
 from jax_mri_ldm.evaluation import control_study, features, prdc, scoring
 from jax_mri_ldm.evaluation import controls as controls_lib
 from jax_mri_ldm.evaluation.context import Context
@@ -25,7 +25,7 @@ def _choose(ctx: Context, sets: dict) -> tuple[control_study.Space, dict]:
     """The chosen space and the JSON describing the choice."""
     space, s = ctx.cfg.features.space, features.SSLSettings.from_config(ctx.cfg.features)
     key = features.cache_key(s, ctx.ds.fingerprint, ctx.train.ids)
-    cache = os.path.join(ctx.workdir, "eval_cache")
+    cache = eval_cache.run_cache_dir(ctx.workdir)
     d = int(ctx.cfg.classifier_widths[-1])
     builders = {
         "contrastive": lambda: control_study.contrastive_space(
@@ -106,6 +106,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         ctx.cfg.kid_subset_size,
         int(ctx.cfg.features.prdc_k),
         calibration_images=ctx.calibration_images,
+        cache_dir=eval_cache.run_cache_dir(ctx.workdir),
     )
     fc = ctx.cfg.features
     ks, n_sub = tuple(int(k) for k in fc.recall_ks), int(fc.equal_n_subsets)
