@@ -62,12 +62,21 @@ def test_runs_on_a_finished_tiny_ldm_with_the_norm_table(tiny_runs, tmp_path) ->
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"training (1/8 vs the rest)", *args.settings.split(",")}
     for text, calls in zip(args.settings.split(","), (5, 4), strict=True):
-        assert np.isfinite([v for k, v in rows[text].items() if k != "norms"]).all()
+        assert rows[text]["seconds_per_image"] is None  # one recording pass, not timed
+        untimed = {"norms", "seconds_per_image"}
+        assert np.isfinite([v for k, v in rows[text].items() if k not in untimed]).all()
         norms = rows[text]["norms"]
         assert len(norms) == calls  # one entry per network call's timestep
         noisiest = norms[max(norms, key=int)]
         # at the first call both sides are (almost) pure noise: RMS near 1 on both
         assert abs(noisiest["sampled"][0] - 1) < 0.2 and abs(noisiest["training"][0] - 1) < 0.2
+    # the recording pass ends in the timed sampler's latents, so the statistics are the same
+    from jax_mri_ldm.pipeline import load_ldm
+
+    run = load_ldm(str(tiny_runs["ldm_dir"]))
+    spec = ls.parse_setting(args.settings.split(",")[1], 3.0).resolved(run.schedule.num_timesteps)
+    timed, _ = ls.sample_latents(run, spec, 2, 0)
+    np.testing.assert_allclose(ls.trajectory_norms(run, spec, 2, 0)[1], timed, atol=1e-4)
 
 
 def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -> None:

@@ -31,6 +31,8 @@ sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
 from sampler_match import parse_setting  # noqa: E402
 
+from jax_mri_ldm import atomic  # noqa: E402
+
 BATCH = 16  # the report's generator batch
 
 
@@ -91,9 +93,10 @@ def nearest(z: np.ndarray, train: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2.min(1), 0.0) / a.shape[1])
 
 
-def trajectory_norms(run, spec, per_class: int, seed: int) -> dict[int, list[float]]:
-    """Per timestep index: [RMS of the states x_t, RMS of the unconditional eps prediction]
-    along a setting's trajectories (the null-class half of each guided call)."""
+def trajectory_norms(run, spec, per_class: int, seed: int) -> tuple[dict, np.ndarray]:
+    """(per timestep index: [RMS of the states x_t, RMS of the unconditional eps prediction]
+    along a setting's trajectories (the null-class half of each guided call), the latents
+    they end in: `sample_latents`' batches, seeds and values)."""
     import jax
     import jax.numpy as jnp
 
@@ -116,10 +119,12 @@ def trajectory_norms(run, spec, per_class: int, seed: int) -> dict[int, list[flo
     fn = make_latent_sampler(wrapped, sch, run.latent_shape, spec, null_label=run.null_label,
                              prediction=prediction, clip_x0=run.x0_clip)  # fmt: skip
     params, base, k = run.sampler_params(spec), jax.random.PRNGKey(seed), len(run.class_names)
+    z = []
     for i in range(-(-k * per_class // BATCH)):
         labels = jnp.asarray(np.arange(i * BATCH, (i + 1) * BATCH) % k, jnp.int32)
-        jax.block_until_ready(fn(params, labels, jax.random.fold_in(base, i)))
-    return {t: np.mean(v, axis=0).tolist() for t, v in rec.items()}
+        z.append(np.asarray(fn(params, labels, jax.random.fold_in(base, i))))
+    norms = {t: np.mean(v, axis=0).tolist() for t, v in rec.items()}
+    return norms, np.concatenate(z)[: k * per_class]
 
 
 def training_norms(run, spec, z0: np.ndarray, timesteps: list[int]) -> dict[int, list[float]]:
@@ -143,12 +148,13 @@ def training_norms(run, spec, z0: np.ndarray, timesteps: list[int]) -> dict[int,
     return out
 
 
-def norm_table(run, spec, per_class: int, seed: int, train: np.ndarray) -> dict:
-    """Exposure-bias check (Ning et al. 2024): state and eps RMS, sampled vs forward-noised."""
-    sampled = trajectory_norms(run, spec, per_class, seed)
+def norm_table(run, spec, per_class: int, seed: int, train: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Exposure-bias check (Ning et al. 2024): state and eps RMS, sampled vs forward-noised;
+    and the sampled latents (one pass: the statistics need no second, timed one)."""
+    sampled, z = trajectory_norms(run, spec, per_class, seed)
     z0 = train[:: max(1, len(train) // 64), 0][:64]
     trained = training_norms(run, spec, z0, sorted(sampled, reverse=True))
-    return {str(t): {"sampled": sampled[t], "training": trained[t]} for t in trained}
+    return {str(t): {"sampled": sampled[t], "training": trained[t]} for t in trained}, z
 
 
 def main(args: argparse.Namespace) -> None:
@@ -163,17 +169,20 @@ def main(args: argparse.Namespace) -> None:
     print(f"{'training':34s}", json.dumps(rows["training (1/8 vs the rest)"]), flush=True)
     for text in args.settings.split(","):
         spec = parse_setting(text, args.guidance).resolved(run.schedule.num_timesteps)
-        z, seconds = sample_latents(run, spec, args.per_class, args.seed)
-        rows[text] = stats(z, pool) | {"seconds_per_image": seconds / len(z)}
+        if args.norms and spec.sampler != "ddpm":  # the recording pass is not timed
+            table, z = norm_table(run, spec, args.per_class, args.seed, train)
+            rows[text] = stats(z, pool) | {"seconds_per_image": None}
+        else:
+            z, seconds = sample_latents(run, spec, args.per_class, args.seed)
+            rows[text], table = stats(z, pool) | {"seconds_per_image": seconds / len(z)}, None
         print(f"{text:34s}", json.dumps(rows[text]), flush=True)
-        if args.norms and spec.sampler != "ddpm":
-            rows[text]["norms"] = norm_table(run, spec, args.per_class, args.seed, train)
-            for t, v in rows[text]["norms"].items():
+        if table is not None:
+            rows[text]["norms"] = table
+            for t, v in table.items():
                 print(f"  t={t:>4s} x_rms {v['sampled'][0]:.3f} vs {v['training'][0]:.3f}; "
                       f"eps_rms {v['sampled'][1]:.3f} vs {v['training'][1]:.3f}")  # fmt: skip
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump({"workdir": args.workdir, "seed": args.seed, "rows": rows}, fh, indent=1)
+    out = {"workdir": args.workdir, "seed": args.seed, "rows": rows}
+    atomic.write_json(args.out, out, indent=1, sort_keys=False)
 
 
 if __name__ == "__main__":
@@ -184,5 +193,8 @@ if __name__ == "__main__":
     p.add_argument("--per_class", type=int, default=32, help="latents per class per setting")
     p.add_argument("--seed", type=int, default=0, help="the generator's base seed")
     p.add_argument("--guidance", type=float, default=3.0, help="w unless a setting gives one")
-    p.add_argument("--norms", action="store_true", help="also the exposure-bias norm table")
+    p.add_argument(
+        "--norms", action="store_true",
+        help="also the exposure-bias norm table (those settings sample once, untimed)",
+    )  # fmt: skip
     main(p.parse_args())
