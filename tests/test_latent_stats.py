@@ -86,7 +86,7 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
     from report_samples import load_run_data
 
     run, _, _ = load_run_data(str(tiny_runs["ldm_dir"]))
-    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9", "ddpm"]
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
     sets = grid.setting_sets(run, texts, 3.0, 2)
     assert [name for _, _, name in sets] == ["DPM-Solver++(2M) 3", "DPM-Solver++(2M) 3 ε/0.9"]
     (a, ya, _), (b, yb, _) = sets

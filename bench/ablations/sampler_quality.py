@@ -114,7 +114,8 @@ def main(args: argparse.Namespace) -> None:
         out["rows"][text], pers[text] = score_setting(run, real, cfg, text, args, nulls)
         out["ddpm_match"] = ddpm_checks(pers, out["rows"], real)
         atomic.write_json(args.out, clean(out), indent=1)
-        np.savez(os.path.splitext(args.out)[0] + "_per_image.npz", **flat(pers))
+        with atomic.atomic_path(os.path.splitext(args.out)[0] + "_per_image.npz") as tmp:
+            np.savez(tmp, **flat(pers))
         print(text, json.dumps(clean(out["rows"][text]), default=str)[:400])
     print("ddpm_match", json.dumps(clean(out["ddpm_match"]), default=str))
 
