@@ -63,21 +63,13 @@ def score_setting(run, real, cfg, text: str, args, nulls: Nulls) -> dict:
     return row, {k: per[k] for k in PER_IMAGE_KEYS if k in per}
 
 
-def real_targets(real) -> dict[str, float]:
-    """The real test images' medians the "real"-sided match checks aim at (as the report's)."""
-    out = {"nn_ssim": float(np.median(real.ref.test_nn))}
-    if real.test_grid is not None:
-        out["grid"] = float(np.median(real.test_grid))
-    return out
-
-
 def ddpm_checks(pers: dict[str, dict], rows: dict[str, dict], real) -> dict | None:
     """Each setting against the first DDPM setting's 95 % intervals, by the report's rule
     (`samplers.check_metric` on every per-image metric; no controls here, so all of them)."""
     ddpm = next((t for t, r in rows.items() if r["sampler"] == "ddpm"), None)
     if ddpm is None:
         return None
-    targets, out = real_targets(real), {}
+    targets, out = samplers.real_medians(real.ref.test_nn, real.test_grid), {}
     for text, per in pers.items():
         if text == ddpm:
             continue

@@ -138,12 +138,20 @@ def _matches(
     return out
 
 
+def real_medians(test_nn: np.ndarray, test_grid: np.ndarray | None) -> dict[str, float]:
+    """The median of each "real"-sided metric over the real test images' per-image values
+    (grid: None when the image size has no latent period)."""
+    out = {"nn_ssim": float(np.median(test_nn))}
+    if test_grid is not None:
+        out["grid"] = float(np.median(test_grid))
+    return out
+
+
 def real_reference(ctx: Context) -> dict[str, float]:
     """The real test images' median of each "real"-sided metric (the target it is judged by)."""
-    out = {"nn_ssim": float(np.median(ctx.shared["ref"].test_nn))}
-    if ctx.shared.get("period") is not None:
-        out["grid"] = float(np.median(spectrum.grid_score(ctx.test.images, ctx.shared["period"])))
-    return out
+    period = ctx.shared.get("period")
+    grid = None if period is None else spectrum.grid_score(ctx.test.images, period)
+    return real_medians(ctx.shared["ref"].test_nn, grid)
 
 
 def is_deterministic(row: dict) -> bool:
