@@ -21,6 +21,8 @@ from jax_mri_ldm.engine import loop
 pid, nproc, addr = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if nproc > 1:
     loop.initialize_distributed(addr, nproc, pid)
+import time
+time.sleep({late_s} if pid == nproc - 1 else 0)  # a late process, as on a busy machine
 import jax
 from pathlib import Path
 from conftest import tiny_vae_config
@@ -47,11 +49,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(root, nproc: int, devices_per_process: int):
-    # Build the data cache first: the processes then reach their first collective within
-    # seconds of each other (gloo gives up on a peer after 30 s).
+def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
+    # Build the data cache first, so neither process spends its start building it. (gloo gives
+    # a peer 30 s at a collective's rendezvous; `devices.sync_processes` makes the processes meet
+    # before the collectives that follow uneven host work, which a busy CI machine stretches.)
     load_imageset(tiny_vae_config(root).data)
-    script = SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root))
+    script = SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root), late_s=late_s)
     env = env_for_subprocess(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
     )
@@ -66,17 +69,21 @@ def _launch(root, nproc: int, devices_per_process: int):
         )
         for pid in range(nproc)
     ]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    return outs
+    results = [p.communicate(timeout=600) for p in procs]
+    failed = [
+        f"process {pid} exited {p.returncode}:\n{err[-2500:]}"
+        for pid, (p, (_, err)) in enumerate(zip(procs, results, strict=True))
+        if p.returncode != 0
+    ]
+    assert not failed, "\n\n".join(failed)
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
 
 
 @pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
-    two = _launch(tmp_path / "multi", nproc=2, devices_per_process=1)
+    # The last process starts its run 40 s late: past gloo's 30 s rendezvous, so the processes
+    # must meet at the coordination service's barrier first (`devices.sync_processes`).
+    two = _launch(tmp_path / "multi", nproc=2, devices_per_process=1, late_s=40.0)
     assert [o["processes"] for o in two] == [2, 2] and two[0]["devices"] == 2
     np.testing.assert_allclose(two[0]["sums"], two[1]["sums"], rtol=0, atol=0)
     (single,) = _launch(tmp_path / "single", nproc=1, devices_per_process=2)

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_mri_ldm.engine.devices import sync_processes
 from jax_mri_ldm.errors import CheckpointError, UserError, check_plain_name
 
 PyTree = Any
@@ -217,6 +218,7 @@ class Checkpointer:
         The metadata gains the content checksums of `items` (see `tree_checksums`).
         """
         meta = {**meta, CHECKSUM_KEY: tree_checksums(items)}
+        sync_processes("checkpoint")  # orbax's own barrier is a gloo collective (30 s rendezvous)
         self._manager.save(
             int(step),
             args=ocp.args.Composite(

@@ -5,6 +5,7 @@ Training code places batches and states through these; nothing here knows a mode
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jax
@@ -16,6 +17,11 @@ from jax_mri_ldm.errors import UserError
 
 Batch = dict[str, Any]
 PyTree = Any
+
+# How long a process waits at `sync_processes` for the others (host work such as a figure or an
+# evaluation on a busy machine can take minutes; a process that crashed is found long before).
+SYNC_TIMEOUT_S = 1800
+_sync_counter = itertools.count()
 
 
 def initialize_distributed(
@@ -68,8 +74,25 @@ def shard_batch(batch: Batch, mesh: jax.sharding.Mesh, global_batch_size: int) -
     return out
 
 
+def sync_processes(name: str) -> None:
+    """Waits until every process reaches this point; a no-op for a single process.
+
+    A barrier of the coordination service, with a long timeout. XLA:CPU's gloo collectives give
+    a peer only 30 s to reach a collective's rendezvous, and processes drift apart on host work
+    (compiling on a busy CPU, process 0 drawing figures), so they meet here before collectives
+    that may follow such work. Every process must call it in the same order.
+    """
+    if jax.process_count() == 1:
+        return
+    import orbax.checkpoint as ocp  # its barrier wraps the distributed client's
+
+    key = f"jax_mri_ldm.{name}.{next(_sync_counter)}"
+    ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=SYNC_TIMEOUT_S * 1000)
+
+
 def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-    """Places every leaf fully replicated on the mesh."""
+    """Places every leaf fully replicated on the mesh (a collective across processes)."""
+    sync_processes("replicate")
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 

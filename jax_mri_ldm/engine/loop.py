@@ -39,6 +39,7 @@ from jax_mri_ldm.engine.devices import (
     make_mesh,
     replicate,
     shard_batch,
+    sync_processes,
     unreplicate_to_host,
 )
 from jax_mri_ldm.engine.interrupt import InterruptFlag
@@ -538,6 +539,7 @@ def _between_steps(lp: _Loop) -> None:
     """The evaluation and checkpoint due after `lp.step`, if any."""
     if lp.task.evaluate is not None and lp.step % lp.eval_every == 0:
         lp.writer.write(lp.step, "val", lp.task.evaluate(lp.state, lp.workdir))
+        sync_processes("evaluated")  # process 0 drew figures; meet before the next step
     if lp.step % lp.ckpt_every == 0:
         lp.checkpointer.save(lp.step, lp.state.checkpoint_items(), {**lp.meta, "final": False})
 
