@@ -22,8 +22,9 @@ pid, nproc, addr = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if nproc > 1:
     loop.initialize_distributed(addr, nproc, pid)
 import time
-time.sleep({late_s} if pid == nproc - 1 else 0)  # a late process, as on a busy machine
 import jax
+jax.devices()  # the backends start (they wait for every process); then one falls behind:
+time.sleep({late_s} if pid == nproc - 1 else 0)  # a late process, as on a busy machine
 from pathlib import Path
 from conftest import tiny_vae_config
 from jax_mri_ldm import train_vae
@@ -71,7 +72,7 @@ def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
     ]
     results = [p.communicate(timeout=600) for p in procs]
     failed = [
-        f"process {pid} exited {p.returncode}:\n{err[-2500:]}"
+        f"process {pid} exited {p.returncode}:\n{err[:2000]}\n[...]\n{err[-2000:]}"
         for pid, (p, (_, err)) in enumerate(zip(procs, results, strict=True))
         if p.returncode != 0
     ]
