@@ -50,6 +50,7 @@ import quality_curve as qc  # noqa: E402  (bench/quality_curve.py: the run's spl
 from configs import report as report_cfg  # noqa: E402
 from jax_mri_ldm import atomic  # noqa: E402
 from jax_mri_ldm.evaluation import controls, neighbours, scoring  # noqa: E402
+from jax_mri_ldm.evaluation.cache import run_cache_dir  # noqa: E402
 from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
 
 NEW = ("real validation", "blur 1 px", "blur 2 px", "VAE recon. of validation")
@@ -89,13 +90,21 @@ def synthetic_set(run, guidance: float, per_class: int | None = None) -> np.ndar
 
 
 def score(
-    sets: dict, refs: np.ndarray, groups: np.ndarray, test: np.ndarray, size: int, cal=None
+    sets: dict,
+    train: np.ndarray,
+    test: np.ndarray,
+    size: int,
+    cal: np.ndarray | None = None,
+    cache_dir: str | None = None,
 ) -> dict:
-    """Fraction flagged by each rule, per set, plus nearest-SSIM and relative summaries
-    (`cal`: the report's fresh held-out slices, which join `test` in setting the thresholds)."""
-    own = neighbours.own_neighbour_scores(
-        refs, groups, search_size=size, twin_ssim=neighbours.TWIN_SSIM
-    )
+    """Fraction flagged by each rule, per set, plus nearest-SSIM and relative summaries.
+
+    The search runs over `train` and its mirror images, as section 7 of the report does. `cal`:
+    the report's fresh held-out slices, which join `test` in setting the thresholds;
+    `cache_dir`: the run's evaluation cache, shared with the report (None: not cached).
+    """
+    refs, groups = scoring.with_mirrors(train)  # (2T, H, W, 1)
+    own = scoring.train_own_scores(train, size, cache_dir)
     cal_nn = None if cal is None else neighbours.nearest_neighbours(cal, refs, search_size=size)
     out = {}
     for name, x in sets.items():
@@ -162,7 +171,6 @@ def probe(
     run = pipeline.load_ldm(workdir)
     train, val, test = qc.load_splits(run)
     seen = qc.generator_train(run, train)
-    refs, groups = scoring.with_mirrors(seen.images)  # (2T, H, W, 1), as section 7 searches
     cfg = report_cfg.get_config("paper")
     if calibration_per_class is not None:
         cfg.memorisation_calibration_per_class = int(calibration_per_class)
@@ -172,7 +180,7 @@ def probe(
     if synthetic:
         sets["synthetic main set"] = synthetic_set(run, guidance, per_class)
     res = {"workdir": workdir, "guidance": guidance}
-    res["sets"] = score(sets, refs, groups, test.images, size, cal)
+    res["sets"] = score(sets, seen.images, test.images, size, cal, run_cache_dir(workdir))
     return res
 
 

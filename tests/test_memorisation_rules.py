@@ -26,10 +26,8 @@ def test_near_copies_rotate_and_stay_in_range():
 def test_score_flags_planted_copies_by_both_rules_and_renders_a_row_per_set():
     mr = _load()
     train, test = blobs(12, 32, seed=1), blobs(6, 32, seed=2)
-    refs = np.concatenate([train, train[:, :, ::-1]])
-    groups = np.tile(np.arange(12), 2)
     sets = {"real validation": blobs(6, 32, seed=3), "mirrored train": train[:6, :, ::-1]}
-    res = {"workdir": "w", "sets": mr.score(sets, refs, groups, test, 32)}
+    res = {"workdir": "w", "sets": mr.score(sets, train, test, 32)}
     copies, new = res["sets"]["mirrored train"], res["sets"]["real validation"]
     assert copies["fixed"] == copies["relative"] == copies["fixed_and_ratio_below_1"] == 1.0
     assert max(copies["ratio"]) < 1e-4
@@ -64,6 +62,21 @@ def test_probe_of_a_tiny_run(tiny_runs):
 
     test = mr.qc.load_splits(pipeline.load_ldm(str(tiny_runs["ldm_dir"])))[2]
     assert res["sets"]["mirrored train"]["threshold_images"] == len(test) + 8  # 4 fresh per class
+
+
+def test_score_reads_the_training_self_search_from_the_run_cache(tmp_path):
+    mr = _load()
+    train, test = blobs(10, 32, seed=4), blobs(5, 32, seed=5)
+    sets = {"real validation": blobs(4, 32, seed=6)}
+    plain = mr.score(sets, train, test, 32)
+    first = mr.score(sets, train, test, 32, cache_dir=str(tmp_path))
+    (entry,) = tmp_path.glob("train_own_*.npy")
+    # A planted entry is what the second call reads: the relative ratios follow it.
+    own = np.load(entry)
+    np.save(entry, own * 0.5)
+    second = mr.score(sets, train, test, 32, cache_dir=str(tmp_path))
+    assert first["real validation"]["ratio"] == plain["real validation"]["ratio"]
+    assert second["real validation"]["ratio"] != first["real validation"]["ratio"]
 
 
 def test_report_settings_read_the_chosen_w_and_held_out_slices(tmp_path):
