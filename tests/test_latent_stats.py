@@ -103,7 +103,7 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
     texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9", "ddpm"]
     args = types.SimpleNamespace(
         workdir=str(tiny_runs["ldm_dir"]), out=str(out), settings=",".join(texts), step=None,
-        per_class=3, seed=0, guidance=3.0, classifier_steps=5,
+        per_class=3, seed=0, guidance=3.0, classifier_steps=5, reference=None,
     )  # fmt: skip
     sq.main(args)
     got = json.loads(out.read_text())
@@ -124,6 +124,18 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
         assert lo <= checks["nn_ssim"]["ddpm_value"] <= hi
     per = np.load(tmp_path / "q_per_image.npz")
     assert per[f"{texts[0]}/nn_ssim"].shape == (6,) and per["ddpm/correct"].shape == (6,)
+
+    # a second call reuses the DDPM row and judges its one new setting against it
+    again = types.SimpleNamespace(**(vars(args) | {"out": str(tmp_path / "r.json")}))
+    again.settings, again.reference = texts[1], str(out)
+    sq.main(again)
+    reused = json.loads((tmp_path / "r.json").read_text())
+    assert set(reused["rows"]) == {"ddpm", texts[1]}
+    assert reused["rows"]["ddpm"] == got["rows"]["ddpm"]
+    assert reused["ddpm_match"]["settings"][texts[1]] == match["settings"][texts[1]]
+    other = types.SimpleNamespace(**(vars(again) | {"seed": 1, "out": str(tmp_path / "s.json")}))
+    with pytest.raises(SystemExit, match="its seed is 0"):
+        sq.main(other)
 
 
 def test_ddpm_checks_pass_a_copy_of_ddpm_and_fail_a_worse_fidelity() -> None:

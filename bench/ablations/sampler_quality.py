@@ -11,7 +11,9 @@ once (`quality_curve.prepare_real`) and scores each setting's samples with the c
 against the real test split's. With a DDPM setting among them, every other setting is also
 judged against DDPM's 95 % intervals by the report's sampler-table rule (`ddpm_match`), and the
 per-image values are saved beside the JSON (`*_per_image.npz`). Settings are `sampler_match.py`'s
-``sampler:steps:spacing:eta[:w[:eps_scale]]``; every setting draws the same seeds. Run from the
+``sampler:steps:spacing:eta[:w[:eps_scale]]``; every setting draws the same seeds.
+``--reference=OLD.json`` reuses the DDPM row of an earlier call on the same checkpoint, seed,
+size and guidance (its samples would be the same; DDPM-1000 costs most of a call). Run from the
 repository root::
 
   python bench/ablations/sampler_quality.py --workdir=runs/ldm --out=runs/sampler_quality.json \\
@@ -84,6 +86,25 @@ def ddpm_checks(pers: dict[str, dict], rows: dict[str, dict], real) -> dict | No
     return {"reference": ddpm, "settings": out}
 
 
+def load_reference(path: str, out: dict, guidance: float) -> tuple[str, dict, dict]:
+    """(setting, row, per-image values) of the DDPM setting of an earlier call's JSON `path`,
+    checked to be of the same checkpoint, seed, size, guidance and domain classifier."""
+    with open(path) as f:
+        prev = json.load(f)
+    want = {k: out[k] for k in ("workdir", "step", "seed", "per_class", "real_recall")}
+    want["guidance"] = guidance
+    for key, value in want.items():
+        if prev.get(key, value) != value:
+            sys.exit(f"--reference={path}: its {key} is {prev[key]!r}, this call's {value!r}; "
+                     "give a reference of the same checkpoint, seed, per_class and guidance.")  # fmt: skip
+    text = next((t for t, r in prev["rows"].items() if r["sampler"] == "ddpm"), None)
+    if text is None:
+        sys.exit(f"--reference={path} has no DDPM setting; run it with `ddpm` in --settings.")
+    with np.load(os.path.splitext(path)[0] + "_per_image.npz") as z:
+        per = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(text + "/")}
+    return text, prev["rows"][text], per
+
+
 def main(args: argparse.Namespace) -> None:
     import quality_curve as qc
 
@@ -100,8 +121,12 @@ def main(args: argparse.Namespace) -> None:
     )
     out = {"workdir": os.path.abspath(args.workdir), "step": run.step, "seed": args.seed,
            "per_class": args.per_class, "real_recall": real.real_recall,
-           "real_test_diversity": real_div, "rows": {}}  # fmt: skip
+           "guidance": args.guidance, "real_test_diversity": real_div, "rows": {}}  # fmt: skip
     pers = {}
+    if args.reference:
+        text, row, per = load_reference(args.reference, clean(out), args.guidance)
+        out["rows"][text], pers[text] = row, per
+        print(f"{text}: reused from {args.reference}")
     for text in args.settings.split(","):
         out["rows"][text], pers[text] = score_setting(run, real, cfg, text, args, nulls)
         out["ddpm_match"] = ddpm_checks(pers, out["rows"], real)
@@ -126,5 +151,6 @@ if __name__ == "__main__":
     p.add_argument("--per_class", type=int, default=32, help="images per class per setting")
     p.add_argument("--seed", type=int, default=0, help="base seed of every setting's samples")
     p.add_argument("--guidance", type=float, default=3.0, help="w unless a setting gives one")
+    p.add_argument("--reference", default=None, help="earlier output JSON whose DDPM row to reuse")
     p.add_argument("--classifier_steps", type=int, default=600, help="domain classifier steps")
     main(p.parse_args())
