@@ -151,8 +151,17 @@ def make_latent_sampler(
 
     Returns:
       Jitted ``fn(params, labels (B,), rng) -> (B, h, w, c)`` normalised latents.
+
+    Raises:
+      UserError: an epsilon scaling that these steps would amplify (`sampling.eps_scale_jump`).
     """
-    r = spec.resolved(schedule.num_timesteps)
+    T = schedule.num_timesteps
+    r = spec.resolved(T)
+    ts = sampling.timesteps_for(r.sampler, r.steps, T, r.spacing, schedule=schedule)
+    try:
+        sampling.check_eps_scale(schedule, ts, r.eps_scale)
+    except ValueError as e:
+        raise UserError(f"{r.name(T)}: {e} (--eps_scale, --spacing).") from e
     return sampling.make_sample_fn(
         apply_fn,
         schedule,

@@ -42,7 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_mri_ldm.diffusion import Schedule, check_parameterisation, x0_eps_from_output
-from jax_mri_ldm.timesteps import SAMPLERS, SPACINGS, timesteps_for  # noqa: F401 (re-export)
+from jax_mri_ldm.timesteps import (  # noqa: F401 (re-export)
+    MAX_EPS_SCALE_JUMP,
+    SAMPLERS,
+    SPACINGS,
+    check_eps_scale,
+    eps_scale_jump,
+    timesteps_for,
+)
 
 DDPM_VARIANCES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
@@ -423,7 +430,9 @@ def sample(
       eps_scale: epsilon scaling ``lam``: every step uses ``eps / lam`` (1 = off; see
         `_predict`); a measured option against exposure bias, not a default. It suits
         logSNR-spaced steps: a time-uniform first jump from t = T-1 multiplies its effect
-        (tests/test_sampling.py's toy; docs/results.md, "Epsilon scaling").
+        (tests/test_sampling.py's toy; docs/results.md, "Epsilon scaling"), and a setting
+        whose scaling alone would move a sample by more than `MAX_EPS_SCALE_JUMP` noise
+        standard deviations in one step is refused (`eps_scale_jump`).
 
     Returns:
       ``(B, ...)`` float32 samples.
@@ -446,6 +455,7 @@ def sample(
     if conditional and tuple(jnp.shape(labels)) != (shape[0],):
         raise ValueError(f"labels shape {jnp.shape(labels)} must be (B,) with B = shape[0]")
     ts = timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
+    check_eps_scale(schedule, ts, eps_scale)
     return _sample_jit(
         model_fn,
         schedule,
@@ -516,6 +526,7 @@ def make_sample_fn(
         int(t)
         for t in timesteps_for(sampler, steps, schedule.num_timesteps, spacing, schedule=schedule)
     )
+    check_eps_scale(schedule, ts, eps_scale)
     latent_shape = tuple(int(d) for d in latent_shape)
     config = dict(
         sampler=sampler,

@@ -146,3 +146,43 @@ def _logsnr_indices(a: np.ndarray, s: np.ndarray, steps: int) -> np.ndarray:
     if not finite[-1]:
         ts[np.argmax(ts)] = a.size - 1
     return ts
+
+
+# Epsilon scaling (`sampling._predict`) may move a sample by at most this many standard
+# deviations of the unit noise in one step; beyond it the scaling itself draws the image.
+MAX_EPS_SCALE_JUMP = 1.0
+
+
+def eps_scale_jump(schedule: Schedule, timesteps: np.ndarray, eps_scale: float) -> tuple:
+    """``(jump, t, t_next)``: the largest one-step change that epsilon scaling alone makes to
+    a sample, in units of the unit noise, and the step where it happens.
+
+    Scaling ``eps`` by ``1 / lam`` with ``x0`` re-derived from it (``x = a x0 + s eps``) moves
+    ``x0`` by ``-s (1/lam - 1) eps / a``; a first-order step to ``t'`` then moves the sample by
+    ``(1/lam - 1) eps (s' - a' s / a)``. On the cosine schedule ``a`` at ``t = T-1`` is tiny,
+    so a long first step (time-uniform spacing) multiplies the scaling by ``a' / a`` in the
+    hundreds, while logSNR spacing's short first step keeps it small.
+    """
+    a, s = _concrete_alphas_sigmas(schedule, schedule.num_timesteps)
+    ts = np.asarray(timesteps, np.int64)
+    if eps_scale == 1.0 or ts.size < 2:
+        return 0.0, int(ts[0]), int(ts[-1])
+    t, nxt = ts[:-1], ts[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.abs(a[nxt] * s[t] / a[t] - s[nxt])  # (S-1,); inf where a[t] = 0
+    jump = abs(1.0 / eps_scale - 1.0) * np.nan_to_num(gain, nan=np.inf)
+    i = int(np.argmax(jump))
+    return float(jump[i]), int(t[i]), int(nxt[i])
+
+
+def check_eps_scale(schedule: Schedule, timesteps: np.ndarray, eps_scale: float) -> None:
+    """Raises ValueError when epsilon scaling would move a sample by more than
+    `MAX_EPS_SCALE_JUMP` noise standard deviations in one step (`eps_scale_jump`)."""
+    jump, t, nxt = eps_scale_jump(schedule, timesteps, eps_scale)
+    if jump > MAX_EPS_SCALE_JUMP:
+        raise ValueError(
+            f"eps_scale={eps_scale:g} would move each sample by {jump:.3g} noise standard "
+            f"deviations in the step t={t} -> {nxt} (at most {MAX_EPS_SCALE_JUMP:g}), which ruins "
+            "the samples; use 'logSNR' spacing (short steps where the noise is highest, e.g. "
+            "DPM-Solver++(2M) 10 steps), more steps, or a scale nearer 1"
+        )

@@ -86,9 +86,9 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
     from report_samples import load_run_data
 
     run, _, _ = load_run_data(str(tiny_runs["ldm_dir"]))
-    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9"]
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.998"]
     sets = grid.setting_sets(run, texts, 3.0, 2)
-    assert [name for _, _, name in sets] == ["DPM-Solver++(2M) 3", "DPM-Solver++(2M) 3 ε/0.9"]
+    assert [name for _, _, name in sets] == ["DPM-Solver++(2M) 3", "DPM-Solver++(2M) 3 ε/0.998"]
     (a, ya, _), (b, yb, _) = sets
     assert a.shape == b.shape == (4, *a.shape[1:]) and np.array_equal(ya, yb)
     assert not np.array_equal(a, b)
@@ -100,7 +100,7 @@ def test_grid_draws_a_row_per_setting_from_the_same_noise(tiny_runs, tmp_path) -
 def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, tmp_path) -> None:
     sq = load_script(REPO / "bench" / "ablations" / "sampler_quality.py", "bench_sq")
     out = tmp_path / "q.json"
-    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.9", "ddpm"]
+    texts = ["dpmpp_2m:3:logSNR:0", "dpmpp_2m:3:logSNR:0::0.998", "ddpm"]
     args = types.SimpleNamespace(
         workdir=str(tiny_runs["ldm_dir"]), out=str(out), settings=",".join(texts), step=None,
         per_class=3, seed=0, guidance=3.0, classifier_steps=5, reference=None,
@@ -113,7 +113,7 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
     for row in got["rows"].values():
         assert row["fid_ratio"] > 0 and 0 <= row["memorised"] <= 1 and row["sample_seconds"] > 0
         assert set(row["fidelity"]) == {"normal", "tumour"} and 0 < row["diversity"] <= 1
-    assert got["rows"][texts[1]]["name"].endswith("ε/0.9")
+    assert got["rows"][texts[1]]["name"].endswith("ε/0.998")
     match = got["ddpm_match"]
     assert match["reference"] == "ddpm" and set(match["settings"]) == set(texts[:2])
     for verdict in match["settings"].values():

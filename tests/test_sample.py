@@ -256,6 +256,17 @@ def test_export_samples_with_a_deterministic_run_default(tiny_runs, tmp_path, mo
     assert (row["sampler"], row["steps"], row["spacing"]) == ("dpmpp_2m", 3, "logSNR")
 
 
+def test_eps_scale_that_its_steps_would_amplify_is_a_user_error(tiny_runs, tmp_path):
+    """DDIM 5's time-uniform steps jump from t = 99 to 74: epsilon scaling there would draw
+    the image itself (`sampling.eps_scale_jump`), so it is refused before any sampling."""
+    from jax_mri_ldm.errors import UserError
+
+    out = tmp_path / "refused"
+    with pytest.raises(UserError, match=r"DDIM 5 .*eps_scale=0.99 .*t=99 -> 74.*--spacing"):
+        run_sampling(_request(tiny_runs, out, overrides={"eps_scale": 0.99}))
+    assert not list(out.rglob("*.png"))
+
+
 def test_eps_scale_flag_reaches_the_images_and_the_manifest(tiny_runs, tmp_path):
     """--eps_scale changes a deterministic sampler's images at the same seed and is recorded;
     left unset, the manifest says 1 (off). Same flags and seed give bit-identical images
@@ -263,7 +274,7 @@ def test_eps_scale_flag_reaches_the_images_and_the_manifest(tiny_runs, tmp_path)
     x0, which keeps that difference small."""
     fast = SamplerSpec("dpmpp_2m", steps=3, eta=0.0)
     rows, images = {}, {}
-    for name, scale in (("off", None), ("on", 0.9)):
+    for name, scale in (("off", None), ("on", 0.998)):
         out = tmp_path / name
         over = {"eps_scale": scale}
         run_sampling(
@@ -271,6 +282,6 @@ def test_eps_scale_flag_reaches_the_images_and_the_manifest(tiny_runs, tmp_path)
         )
         rows[name] = sorted(export.read_manifest(str(out)), key=lambda r: r["index"])
         images[name] = np.stack([np.load(out / r["file"]) for r in rows[name]])
-    assert rows["off"][0]["eps_scale"] == 1.0 and rows["on"][0]["eps_scale"] == 0.9
+    assert rows["off"][0]["eps_scale"] == 1.0 and rows["on"][0]["eps_scale"] == 0.998
     assert np.all(np.isfinite(images["on"]))
     assert not np.array_equal(images["on"], images["off"])

@@ -192,6 +192,33 @@ def test_eps_scale_above_one_leaves_more_spread(sch) -> None:
         _scaled(sch, 0.0)
 
 
+def test_eps_scale_is_refused_where_the_steps_amplify_it(sch, monkeypatch) -> None:
+    """The jump that `eps_scale_jump` predicts is what the exact model's samples show: DDIM-50's
+    time-uniform first step (999 -> 979) moves them by several data sds, DPM-Solver++ 10's
+    logSNR steps by little; the first is refused, with the step named."""
+    uni = S.timesteps_for("ddim", 50, T, "uniform")
+    log = S.timesteps_for("dpmpp_2m", 10, T, "logSNR", schedule=sch)
+    jump, t, nxt = S.eps_scale_jump(sch, uni, 0.99)
+    assert jump > 5 * S.MAX_EPS_SCALE_JUMP and (t, nxt) == (999, 979)
+    assert S.eps_scale_jump(sch, log, 0.99)[0] < 0.5 * S.MAX_EPS_SCALE_JUMP
+    assert S.eps_scale_jump(sch, uni, 1.0)[0] == 0.0
+    with pytest.raises(ValueError, match=r"eps_scale=0.99 .* t=999 -> 979"):
+        _scaled(sch, 0.99, "ddim", 50, "uniform")
+    with pytest.raises(ValueError, match="eps_scale"):
+        S.make_sample_fn(lambda p, x, t, y: x, sch, (2,), sampler="ddim", steps=50, eps_scale=0.99)
+    zt = D.make_schedule("cosine", T, zero_terminal_snr=True)  # a[T-1] = 0: x0 undefined
+    zt_steps = S.timesteps_for("ddim", 10, T, "logSNR", schedule=zt)
+    assert S.eps_scale_jump(zt, zt_steps, 0.99)[0] > 1e9
+
+    monkeypatch.setattr(S, "check_eps_scale", lambda *args: None)  # sample what was refused
+    settings = {"uniform": ("ddim", 50, "uniform"), "logSNR": ("dpmpp_2m", 10, "logSNR")}
+    moved = {
+        spacing: np.abs(_scaled(sch, 0.99, *setting) - _scaled(sch, 1.0, *setting)).mean(0) / SD
+        for spacing, setting in settings.items()
+    }  # (D,) mean |change| per dimension, in data sds
+    assert np.all(moved["uniform"] > 1.0) and np.all(moved["logSNR"] < 0.3), moved
+
+
 def test_zero_terminal_snr_sampling_rules() -> None:
     """eps cannot be sampled at zero SNR; logSNR spacing still starts at pure noise."""
     zt = D.make_schedule("cosine", T, zero_terminal_snr=True)
