@@ -163,10 +163,10 @@ def eps_scale_jump(schedule: Schedule, timesteps: np.ndarray, eps_scale: float) 
     so a long first step (time-uniform spacing) multiplies the scaling by ``a' / a`` in the
     hundreds, while logSNR spacing's short first step keeps it small.
     """
-    a, s = _concrete_alphas_sigmas(schedule, schedule.num_timesteps)
     ts = np.asarray(timesteps, np.int64)
-    if eps_scale == 1.0 or ts.size < 2:
+    if eps_scale == 1.0 or ts.size < 2:  # before reading the schedule, which may be traced
         return 0.0, int(ts[0]), int(ts[-1])
+    a, s = _concrete_alphas_sigmas(schedule, schedule.num_timesteps)
     t, nxt = ts[:-1], ts[1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = np.abs(a[nxt] * s[t] / a[t] - s[nxt])  # (S-1,); inf where a[t] = 0
