@@ -161,7 +161,10 @@ def make_latent_sampler(
     try:
         sampling.check_eps_scale(schedule, ts, r.eps_scale)
     except ValueError as e:
-        raise UserError(f"{r.name(T)}: {e} (--eps_scale, --spacing).") from e
+        raise UserError(
+            f"{r.name(T)}: {e} (the setting's eps_scale and spacing: sample.py --eps_scale, "
+            "--spacing; evaluate.py --config.eps_scale, --config.spacing or config.samplers)."
+        ) from e
     return sampling.make_sample_fn(
         apply_fn,
         schedule,

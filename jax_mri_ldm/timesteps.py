@@ -115,10 +115,12 @@ def _spaced_indices(spacing: str, S: int, T: int, schedule: Schedule | None) -> 
     return _logsnr_indices(*_concrete_alphas_sigmas(schedule, T), S)
 
 
-def _concrete_alphas_sigmas(schedule: Schedule | None, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(sqrt(abar), sqrt(1 - abar))`` as float64 host arrays, for the 'logSNR' spacing."""
+def _concrete_alphas_sigmas(
+    schedule: Schedule | None, T: int, purpose: str = "timestep spacing 'logSNR'"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(sqrt(abar), sqrt(1 - abar))`` as float64 host arrays, for `purpose` (named in errors)."""
     if schedule is None:
-        raise ValueError("timestep spacing 'logSNR' needs the schedule (schedule=...)")
+        raise ValueError(f"{purpose} needs the schedule (schedule=...)")
     if schedule.num_timesteps != T:
         raise ValueError(f"schedule has {schedule.num_timesteps} steps, expected {T}")
     try:
@@ -126,7 +128,7 @@ def _concrete_alphas_sigmas(schedule: Schedule | None, T: int) -> tuple[np.ndarr
         s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64)
     except jax.errors.TracerArrayConversionError as e:
         raise ValueError(
-            "spacing 'logSNR' needs a concrete schedule; do not pass it as a traced argument"
+            f"{purpose} needs a concrete schedule; do not pass it as a traced argument"
         ) from e
     return a, s
 
@@ -155,34 +157,46 @@ MAX_EPS_SCALE_JUMP = 1.0
 
 def eps_scale_jump(schedule: Schedule, timesteps: np.ndarray, eps_scale: float) -> tuple:
     """``(jump, t, t_next)``: the largest one-step change that epsilon scaling alone makes to
-    a sample, in units of the unit noise, and the step where it happens.
+    a sample, in units of the unit noise, and the step where it happens (``t_next = -1``: the
+    last step, to clean data).
 
     Scaling ``eps`` by ``1 / lam`` with ``x0`` re-derived from it (``x = a x0 + s eps``) moves
     ``x0`` by ``-s (1/lam - 1) eps / a``; a first-order step to ``t'`` then moves the sample by
-    ``(1/lam - 1) eps (s' - a' s / a)``. On the cosine schedule ``a`` at ``t = T-1`` is tiny,
-    so a long first step (time-uniform spacing) multiplies the scaling by ``a' / a`` in the
-    hundreds, while logSNR spacing's short first step keeps it small.
+    ``(1/lam - 1) eps (s' - a' s / a)`` (the last step has ``a' = 1, s' = 0``). On the cosine
+    schedule ``a`` at ``t = T-1`` is tiny, so a long first step (time-uniform spacing)
+    multiplies the scaling by ``a' / a`` in the hundreds, while logSNR spacing's short first
+    step keeps it small. The bound is first order: exact for DDIM with eta = 0; DDPM, eta > 0
+    and DPM-Solver++'s second-order term change it by a few per cent.
     """
-    ts = np.asarray(timesteps, np.int64)
-    if eps_scale == 1.0 or ts.size < 2:  # before reading the schedule, which may be traced
-        return 0.0, int(ts[0]), int(ts[-1])
-    a, s = _concrete_alphas_sigmas(schedule, schedule.num_timesteps)
-    t, nxt = ts[:-1], ts[1:]
+    ts = np.asarray(timesteps, np.int64)  # (S,) noisiest first
+    if eps_scale == 1.0:  # before reading the schedule, which may be traced
+        return 0.0, int(ts[0]), -1
+    a, s = _concrete_alphas_sigmas(schedule, schedule.num_timesteps, "epsilon scaling")
+    nxt = np.append(ts[1:], -1)  # (S,) -1 = clean data
+    a_n = np.where(nxt < 0, 1.0, a[np.maximum(nxt, 0)])
+    s_n = np.where(nxt < 0, 0.0, s[np.maximum(nxt, 0)])
     with np.errstate(divide="ignore", invalid="ignore"):
-        gain = np.abs(a[nxt] * s[t] / a[t] - s[nxt])  # (S-1,); inf where a[t] = 0
-    jump = abs(1.0 / eps_scale - 1.0) * np.nan_to_num(gain, nan=np.inf)
+        gain = np.abs(a_n * s[ts] / a[ts] - s_n)  # (S,); inf where a[t] = 0
+    jump = abs(1.0 / eps_scale - 1.0) * np.nan_to_num(gain, nan=np.inf, posinf=np.inf)
     i = int(np.argmax(jump))
-    return float(jump[i]), int(t[i]), int(nxt[i])
+    return float(jump[i]), int(ts[i]), int(nxt[i])
 
 
 def check_eps_scale(schedule: Schedule, timesteps: np.ndarray, eps_scale: float) -> None:
     """Raises ValueError when epsilon scaling would move a sample by more than
     `MAX_EPS_SCALE_JUMP` noise standard deviations in one step (`eps_scale_jump`)."""
     jump, t, nxt = eps_scale_jump(schedule, timesteps, eps_scale)
+    if not np.isfinite(jump):
+        raise ValueError(
+            f"eps_scale={eps_scale:g} is undefined on this schedule: it has no signal left at "
+            f"t={t} (zero terminal SNR), where x0 cannot be re-derived from a scaled epsilon; "
+            "use eps_scale=1 with it"
+        )
     if jump > MAX_EPS_SCALE_JUMP:
+        to = "clean data" if nxt < 0 else str(nxt)
         raise ValueError(
             f"eps_scale={eps_scale:g} would move each sample by {jump:.3g} noise standard "
-            f"deviations in the step t={t} -> {nxt} (at most {MAX_EPS_SCALE_JUMP:g}), which ruins "
+            f"deviations in the step t={t} -> {to} (at most {MAX_EPS_SCALE_JUMP:g}), which ruins "
             "the samples; use 'logSNR' spacing (short steps where the noise is highest, e.g. "
             "DPM-Solver++(2M) 10 steps), more steps, or a scale nearer 1"
         )

@@ -131,11 +131,42 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
     sq.main(again)
     reused = json.loads((tmp_path / "r.json").read_text())
     assert set(reused["rows"]) == {"ddpm", texts[1]}
-    assert reused["rows"]["ddpm"] == got["rows"]["ddpm"]
+    assert reused["rows"]["ddpm"] == got["rows"]["ddpm"] | {"reused_from": str(out)}
     assert reused["ddpm_match"]["settings"][texts[1]] == match["settings"][texts[1]]
     other = types.SimpleNamespace(**(vars(again) | {"seed": 1, "out": str(tmp_path / "s.json")}))
     with pytest.raises(SystemExit, match="its seed is 0"):
         sq.main(other)
+
+
+def _reference_file(tmp_path, **fields) -> str:
+    """An earlier sampler_quality output with one DDPM row and its per-image file."""
+    prev = {"workdir": "/run", "step": 8, "seed": 0, "per_class": 3, "real_recall": {"a": 1.0},
+            "guidance": 3.0, "classifier_steps": 5} | fields  # fmt: skip
+    row = {"sampler": "ddpm", "guidance_scale": 3.0, "eps_scale": 1.0} | fields.pop("row", {})
+    prev = {k: v for k, v in prev.items() if v is not None and k != "row"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(prev | {"rows": {"ddpm": row}}))
+    np.savez(tmp_path / "old_per_image.npz", **{"ddpm/nn_ssim": np.ones(6)})
+    return str(path)
+
+
+def test_sampler_quality_reference_refuses_what_it_cannot_check(tmp_path) -> None:
+    """A reference is reused only when every field it shares with this call is recorded and
+    equal, and its DDPM row is plain DDPM at this call's w."""
+    sq = load_script(REPO / "bench" / "ablations" / "sampler_quality.py", "bench_sq")
+    out = {"workdir": "/run", "step": 8, "seed": 0, "per_class": 3, "real_recall": {"a": 1.0},
+           "guidance": 3.0, "classifier_steps": 5}  # fmt: skip
+    text, row, per = sq.load_reference(_reference_file(tmp_path), out)
+    assert text == "ddpm" and row["reused_from"].endswith("old.json") and per["nn_ssim"].size == 6
+    for fields, message in [
+        ({"guidance": 2.0}, "its guidance is 2.0"),
+        ({"guidance": None}, "its guidance is 'not recorded'"),  # written before the field
+        ({"classifier_steps": 600}, "its classifier_steps is 600"),
+        ({"row": {"eps_scale": 0.99}}, "not plain DDPM"),
+        ({"row": {"guidance_scale": 5.0}}, "not plain DDPM"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            sq.load_reference(_reference_file(tmp_path, **fields), out)
 
 
 def test_ddpm_checks_pass_a_copy_of_ddpm_and_fail_a_worse_fidelity() -> None:

@@ -206,9 +206,17 @@ def test_eps_scale_is_refused_where_the_steps_amplify_it(sch, monkeypatch) -> No
         _scaled(sch, 0.99, "ddim", 50, "uniform")
     with pytest.raises(ValueError, match="eps_scale"):
         S.make_sample_fn(lambda p, x, t, y: x, sch, (2,), sampler="ddim", steps=50, eps_scale=0.99)
+    # One step goes straight to clean data: x0 itself moves by (1/lam - 1) s / a there.
+    jump, t, nxt = S.eps_scale_jump(sch, [T - 1], 0.99)
+    a, s = float(sch.sqrt_alphas_cumprod[T - 1]), float(sch.sqrt_one_minus_alphas_cumprod[T - 1])
+    assert (t, nxt) == (T - 1, -1) and jump == pytest.approx((1 / 0.99 - 1) * s / a, rel=1e-4)
+    with pytest.raises(ValueError, match=f"t={T - 1} -> clean data"):
+        S.check_eps_scale(sch, [T - 1], 0.99)
     zt = D.make_schedule("cosine", T, zero_terminal_snr=True)  # a[T-1] = 0: x0 undefined
     zt_steps = S.timesteps_for("ddim", 10, T, "logSNR", schedule=zt)
-    assert S.eps_scale_jump(zt, zt_steps, 0.99)[0] > 1e9
+    assert not np.isfinite(S.eps_scale_jump(zt, zt_steps, 0.99)[0])
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        S.check_eps_scale(zt, zt_steps, 0.99)
 
     monkeypatch.setattr(S, "check_eps_scale", lambda *args: None)  # sample what was refused
     settings = {"uniform": ("ddim", 50, "uniform"), "logSNR": ("dpmpp_2m", 10, "logSNR")}

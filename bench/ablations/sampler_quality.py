@@ -13,8 +13,8 @@ judged against DDPM's 95 % intervals by the report's sampler-table rule (`ddpm_m
 per-image values are saved beside the JSON (`*_per_image.npz`). Settings are `sampler_match.py`'s
 ``sampler:steps:spacing:eta[:w[:eps_scale]]``; every setting draws the same seeds.
 ``--reference=OLD.json`` reuses the DDPM row of an earlier call on the same checkpoint, seed,
-size and guidance (its samples would be the same; DDPM-1000 costs most of a call). Run from the
-repository root::
+size, guidance and domain classifier (its samples would be the same; DDPM-1000 costs most of a
+call). Run from the repository root::
 
   python bench/ablations/sampler_quality.py --workdir=runs/ldm --out=runs/sampler_quality.json \\
       --settings=ddim:50:uniform:1,dpmpp_2m:10:logSNR:0,dpmpp_2m:10:logSNR:0::0.99,ddpm
@@ -61,7 +61,9 @@ def score_setting(run, real, cfg, text: str, args, nulls: Nulls) -> dict:
     names = run.class_names
     row["diversity"] = diversity(x, y, names, int(cfg.diversity_max_pairs), nulls, text)
     T = run.schedule.num_timesteps
-    row |= {"name": spec.resolved(T).name(T), "sampler": spec.sampler, "sample_seconds": seconds}
+    r = spec.resolved(T)
+    row |= {"name": r.name(T), "sampler": r.sampler, "sample_seconds": seconds}
+    row |= {"guidance_scale": r.guidance_scale, "eps_scale": r.eps_scale}
     return row, {k: per[k] for k in PER_IMAGE_KEYS if k in per}
 
 
@@ -86,23 +88,32 @@ def ddpm_checks(pers: dict[str, dict], rows: dict[str, dict], real) -> dict | No
     return {"reference": ddpm, "settings": out}
 
 
-def load_reference(path: str, out: dict, guidance: float) -> tuple[str, dict, dict]:
+# What an earlier call must share with this one for its DDPM samples to be this call's.
+REFERENCE_KEYS = ("workdir", "step", "seed", "per_class", "guidance", "classifier_steps")
+REFERENCE_KEYS += ("real_recall",)  # the domain classifier's, a check that it is the same one
+
+
+def load_reference(path: str, out: dict) -> tuple[str, dict, dict]:
     """(setting, row, per-image values) of the DDPM setting of an earlier call's JSON `path`,
-    checked to be of the same checkpoint, seed, size, guidance and domain classifier."""
+    checked to be of the same checkpoint, seed, size, guidance and domain classifier; a file
+    without one of these fields (written before it was recorded) is refused too."""
     with open(path) as f:
         prev = json.load(f)
-    want = {k: out[k] for k in ("workdir", "step", "seed", "per_class", "real_recall")}
-    want["guidance"] = guidance
-    for key, value in want.items():
-        if prev.get(key, value) != value:
-            sys.exit(f"--reference={path}: its {key} is {prev[key]!r}, this call's {value!r}; "
-                     "give a reference of the same checkpoint, seed, per_class and guidance.")  # fmt: skip
+    for key in REFERENCE_KEYS:
+        if key not in prev or prev[key] != out[key]:
+            sys.exit(f"--reference={path}: its {key} is {prev.get(key, 'not recorded')!r}, this "
+                     f"call's {out[key]!r}; give a reference written with the same {key}.")  # fmt: skip
     text = next((t for t, r in prev["rows"].items() if r["sampler"] == "ddpm"), None)
     if text is None:
         sys.exit(f"--reference={path} has no DDPM setting; run it with `ddpm` in --settings.")
+    row = prev["rows"][text]
+    plain = {"guidance_scale": out["guidance"], "eps_scale": 1.0}
+    if any(row.get(k) != v for k, v in plain.items()):
+        sys.exit(f"--reference={path}: its DDPM setting {text!r} is not plain DDPM at w = "
+                 f"{out['guidance']:g} ({ {k: row.get(k) for k in plain} }).")  # fmt: skip
     with np.load(os.path.splitext(path)[0] + "_per_image.npz") as z:
         per = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(text + "/")}
-    return text, prev["rows"][text], per
+    return text, row | {"reused_from": os.path.abspath(path)}, per
 
 
 def main(args: argparse.Namespace) -> None:
@@ -121,10 +132,11 @@ def main(args: argparse.Namespace) -> None:
     )
     out = {"workdir": os.path.abspath(args.workdir), "step": run.step, "seed": args.seed,
            "per_class": args.per_class, "real_recall": real.real_recall,
-           "guidance": args.guidance, "real_test_diversity": real_div, "rows": {}}  # fmt: skip
+           "guidance": args.guidance, "classifier_steps": args.classifier_steps,
+           "real_test_diversity": real_div, "rows": {}}  # fmt: skip
     pers = {}
     if args.reference:
-        text, row, per = load_reference(args.reference, clean(out), args.guidance)
+        text, row, per = load_reference(args.reference, clean(out))
         out["rows"][text], pers[text] = row, per
         print(f"{text}: reused from {args.reference}")
     for text in args.settings.split(","):
