@@ -140,10 +140,10 @@ def test_sampler_quality_scores_every_setting_against_one_reference(tiny_runs, t
 
 def _reference_file(tmp_path, **fields) -> str:
     """An earlier sampler_quality output with one DDPM row and its per-image file."""
+    row = {"sampler": "ddpm", "guidance_scale": 3.0, "eps_scale": 1.0} | fields.pop("row", {})
     prev = {"workdir": "/run", "step": 8, "seed": 0, "per_class": 3, "real_recall": {"a": 1.0},
             "guidance": 3.0, "classifier_steps": 5} | fields  # fmt: skip
-    row = {"sampler": "ddpm", "guidance_scale": 3.0, "eps_scale": 1.0} | fields.pop("row", {})
-    prev = {k: v for k, v in prev.items() if v is not None and k != "row"}
+    prev = {k: v for k, v in prev.items() if v is not None}  # None: a field not recorded
     path = tmp_path / "old.json"
     path.write_text(json.dumps(prev | {"rows": {"ddpm": row}}))
     np.savez(tmp_path / "old_per_image.npz", **{"ddpm/nn_ssim": np.ones(6)})
