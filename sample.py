@@ -11,10 +11,16 @@ import sys
 
 from absl import app, flags
 
-from jax_mri_ldm.sampler_settings import DEFAULT_SPACING, DEFAULT_STEPS, SamplerSpec
+from jax_mri_ldm.sampler_settings import (
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+    FAST_DETERMINISTIC,
+    SamplerSpec,
+)
 from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
 
-DEFAULT = SamplerSpec()  # only --use_ema reads it; sampler flags default to the run's own
+DEFAULT = SamplerSpec()  # --use_ema reads it; sampler flags default to the run's own
+FAST = SamplerSpec(**FAST_DETERMINISTIC)  # the v-prediction runs' default
 RUN_DEFAULT = "default: the run's own (sampler_settings.default_sampler_spec)"
 
 FLAGS = flags.FLAGS
@@ -29,13 +35,14 @@ flags.DEFINE_enum(
     "sampler",
     None,
     list(SAMPLERS),
-    f"Sampler ({RUN_DEFAULT}: DDIM-50 eta=1; --sampler=dpmpp_2m --steps=10 is the "
-    "deterministic option, about 4x faster).",
+    f"Sampler ({RUN_DEFAULT}: v-prediction runs {FAST.sampler} {FAST.steps} steps with "
+    f"eps_scale {FAST.eps_scale:g}, deterministic; other runs {DEFAULT.sampler} "
+    f"{DEFAULT_STEPS[DEFAULT.sampler]} steps, eta {DEFAULT.eta:g}).",
 )
 flags.DEFINE_float(
     "eta",
     None,
-    f"DDIM noise: 1 = ancestral, 0 = deterministic ({RUN_DEFAULT}: 1).",
+    f"DDIM noise: 1 = ancestral, 0 = deterministic ({RUN_DEFAULT}; DDIM {DEFAULT.eta:g}).",
 )
 flags.DEFINE_integer(
     "steps",
@@ -56,7 +63,9 @@ flags.DEFINE_float(
     "eps_scale",
     None,
     "Epsilon scaling (Ning et al. 2024): every step uses eps / eps_scale, 1 = off; values a "
-    f"little below 1 (0.99) tighten deterministic samplers' spread ({RUN_DEFAULT}: 1).",
+    f"little below 1 tighten deterministic samplers' spread ({RUN_DEFAULT}: "
+    f"{FAST.eps_scale:g} for v-prediction runs, else 1; another --sampler, --steps or "
+    "--spacing turns it off unless given).",
 )
 flags.DEFINE_integer("seed", 0, "Random seed; same flags and seed give identical images.")
 flags.DEFINE_string("out", "samples", "Output directory (refused if non-empty, see --overwrite).")

@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ("ddim", 50, "uniform", 1.0),
         ("dpmpp_2m", 25, "logSNR", 0.0),
         ("dpmpp_2m", 10, "logSNR", 0.0),
+        ("dpmpp_2m", 10, "logSNR", 0.0, 0.99),  # the v-prediction runs' default
     )
     c.sampler_per_class = 32  # images per class per sampler row (except DDPM)
     # images per class for DDPM (about T network calls each): as many as the other rows, so its

@@ -334,8 +334,10 @@ class LDMPipeline:
         return np.asarray(self.decode_fn()(self.vae.params, z))
 
     def default_spec(self) -> SamplerSpec:
-        """This run's default sampler (`default_sampler_spec` of its prediction target)."""
-        return default_sampler_spec(str(self.config.diffusion.get("prediction", "eps")))
+        """This run's default sampler (`default_sampler_spec` of its prediction target and
+        schedule)."""
+        prediction = str(self.config.diffusion.get("prediction", "eps"))
+        return default_sampler_spec(prediction, self.schedule)
 
     def sampler_params(self, spec: SamplerSpec) -> PyTree:
         """The UNet parameters a setting samples with (EMA unless `spec.use_ema` is off)."""

@@ -148,14 +148,15 @@ def test_configs_read_sampler_defaults_from_sampler_spec(config):
 
 
 @pytest.mark.parametrize(
-    ("preset", "sampler", "eta"), [("paper", "ddim", 1.0), ("recommended", "ddim", 1.0)]
+    ("preset", "sampler", "eta"), [("paper", "ddim", 1.0), ("recommended", "dpmpp_2m", 0.0)]
 )
 def test_ldm_grid_settings_equal_the_run_default_sampler(preset, sampler, eta):
     from jax_mri_ldm.config_loader import load_config
     from jax_mri_ldm.sampler_settings import default_sampler_spec, grid_sampler_spec
+    from jax_mri_ldm.schedules import schedule_from_config
 
     cfg = load_config("ldm", preset)
-    default = default_sampler_spec(cfg.diffusion.prediction)
+    default = default_sampler_spec(cfg.diffusion.prediction, schedule_from_config(cfg.diffusion))
     assert grid_sampler_spec(cfg).resolved(1000) == default.resolved(1000)
     assert (default.sampler, default.resolved(1000).eta) == (sampler, eta)
     cfg.train.eval_sampler = "ddpm"  # an explicit grid sampler wins; DDPM runs all T

@@ -215,8 +215,10 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert set(sweep["threshold_per_class"]) == {"normal", "tumour"}
     assert "fidelity tumour (real " in guidance.render(r)
     rows = r["samplers"]["rows"]
-    assert [row["sampler"] for row in rows] == ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m"]
+    want = ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m", "dpmpp_2m"]
+    assert [row["sampler"] for row in rows] == want
     assert [row["eta"] for row in rows][1:3] == [0.0, 1.0]
+    assert [row["eps_scale"] for row in rows][-2:] == [1.0, 0.99]  # the v runs' default
     assert rows[0]["steps"] == 100  # the tiny LDM's T: DDPM runs the full chain
     assert all(row["seconds_per_image"] > 0 for row in rows)
     assert r["spectrum"]["grid"]["median"] > 0 and r["timings_seconds"]["total"] > 0

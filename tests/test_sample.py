@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -195,19 +196,29 @@ def test_sampler_spec_resolves_defaults_per_sampler():
 
 
 def test_default_sampler_is_the_fastest_ddpm_match_for_every_target(monkeypatch):
-    """Every target samples with DDIM-50 eta=1 until a deterministic setting matches DDPM; a
-    target listed in DETERMINISTIC_DEFAULT_PREDICTIONS gets the fast DPM-Solver++ 10."""
+    """v-prediction samples with DPM-Solver++ 10 eps/0.99 where its schedule bounds the
+    scaling; other targets, and v on a schedule that would amplify it, with DDIM-50 eta=1."""
     from jax_mri_ldm import sampler_settings
     from jax_mri_ldm.sampler_settings import default_sampler_spec
+    from jax_mri_ldm.schedules import make_schedule
 
-    for target in ("eps", "v", "x0"):
-        spec = default_sampler_spec(target).resolved(1000)
-        assert (spec.sampler, spec.steps, spec.eta) == ("ddim", 50, 1.0)
-    monkeypatch.setattr(sampler_settings, "DETERMINISTIC_DEFAULT_PREDICTIONS", ("v",))
-    fast = default_sampler_spec("v").resolved(1000)
+    cosine = make_schedule("cosine", 1000)
+    fast = default_sampler_spec("v", cosine).resolved(1000)
     assert (fast.sampler, fast.steps, fast.spacing, fast.eta) == ("dpmpp_2m", 10, "logSNR", 0.0)
+    assert fast.eps_scale == 0.99
     assert fast.guidance_scale == SamplerSpec().guidance_scale
-    assert default_sampler_spec("eps") == SamplerSpec()
+    for target in ("eps", "x0"):
+        assert default_sampler_spec(target, cosine) == SamplerSpec()
+    fits = sampler_settings.eps_scale_fits
+    spec = SamplerSpec(**sampler_settings.FAST_DETERMINISTIC)
+    assert fits(spec, make_schedule("cosine", 100))  # logSNR steps keep it bounded at T = 100
+    assert not fits(dataclasses.replace(spec, steps=3), make_schedule("cosine", 100))
+    # no signal at t = T-1 (zero terminal SNR): scaling is undefined, so the run falls back
+    zero_snr = make_schedule("cosine", 1000, zero_terminal_snr=True)
+    assert not fits(spec, zero_snr)
+    assert default_sampler_spec("v", zero_snr) == SamplerSpec()
+    monkeypatch.setattr(sampler_settings, "DETERMINISTIC_DEFAULT_PREDICTIONS", ())
+    assert default_sampler_spec("v", cosine) == SamplerSpec()
 
 
 def test_flags_override_only_what_they_set():
@@ -216,10 +227,17 @@ def test_flags_override_only_what_they_set():
     base = SamplerSpec(**FAST_DETERMINISTIC)
     assert spec_with(base, {"sampler": None, "steps": None, "eta": None}) == base
     assert spec_with(base, {"guidance_scale": 1.5}).guidance_scale == 1.5
+    same = spec_with(base, {"steps": 10, "spacing": "logSNR"})  # the same grid: scaling kept
+    assert same.resolved(1000) == base.resolved(1000)
+    # other steps or spacing drop the base's epsilon scaling (measured at its own steps) ...
     assert spec_with(base, {"steps": 25}).resolved(1000).steps == 25
-    # another sampler drops the base's steps and spacing: they belong to its sampler
+    assert spec_with(base, {"steps": 25}).eps_scale == 1.0
+    assert spec_with(base, {"spacing": "uniform"}).eps_scale == 1.0
+    # ... unless it is given too
+    assert spec_with(base, {"steps": 25, "eps_scale": 0.995}).eps_scale == 0.995
+    # another sampler drops the base's steps, spacing and scaling: they belong to its sampler
     ddim = spec_with(base, {"sampler": "ddim"}).resolved(1000)
-    assert (ddim.steps, ddim.spacing, ddim.eta) == (50, "uniform", 0.0)
+    assert (ddim.steps, ddim.spacing, ddim.eta, ddim.eps_scale) == (50, "uniform", 0.0, 1.0)
     assert spec_with(base, {"sampler": "ddim", "eta": 1.0}).resolved(1000).eta == 1.0
     with pytest.raises(ValueError, match="--steps=0"):
         spec_with(base, {"steps": 0})
@@ -248,7 +266,8 @@ def test_export_samples_with_a_deterministic_run_default(tiny_runs, tmp_path, mo
     from jax_mri_ldm import pipeline
     from jax_mri_ldm.sampler_settings import FAST_DETERMINISTIC
 
-    fast = SamplerSpec(**(FAST_DETERMINISTIC | {"steps": 3}))
+    # unscaled: at 3 of the tiny run's 100 steps eps/0.99 would be amplified (and refused)
+    fast = SamplerSpec(**(FAST_DETERMINISTIC | {"steps": 3, "eps_scale": 1.0}))
     monkeypatch.setattr(pipeline.LDMPipeline, "default_spec", lambda self: fast)
     out = tmp_path / "v"
     run_sampling(_request(tiny_runs, out, spec=None, num_samples=2))
