@@ -106,10 +106,10 @@ FAST_DETERMINISTIC = {"sampler": "dpmpp_2m", "steps": 10, "eta": 0.0, "eps_scale
 
 def eps_scale_fits(spec: SamplerSpec, schedule: Schedule) -> bool:
     """True when `spec`'s epsilon scaling stays bounded on `schedule` (`check_eps_scale`)."""
-    r = spec.resolved(schedule.num_timesteps)
     T = schedule.num_timesteps
-    ts = sampling.timesteps_for(r.sampler, r.steps, T, r.spacing, schedule=schedule)
-    try:
+    try:  # more steps than T also do not fit
+        r = spec.resolved(T)
+        ts = sampling.timesteps_for(r.sampler, r.steps, T, r.spacing, schedule=schedule)
         sampling.check_eps_scale(schedule, ts, r.eps_scale)
     except ValueError:
         return False
@@ -136,20 +136,22 @@ def default_sampler_spec(prediction: str, schedule: Schedule) -> SamplerSpec:
 
 
 def _grid(spec: SamplerSpec) -> tuple:
-    """(sampler, steps, spacing) with the sampler's defaults filled in (DDPM: None = all T)."""
+    """(sampler, steps, spacing) with the sampler's defaults filled in (DDPM: always all T)."""
     steps = DEFAULT_STEPS[spec.sampler] if spec.steps is None else spec.steps
+    steps = None if spec.sampler == "ddpm" else steps
     return spec.sampler, steps, spec.spacing or DEFAULT_SPACING[spec.sampler]
 
 
 def spec_with(base: SamplerSpec, overrides: dict[str, Any]) -> SamplerSpec:
     """`base` with the fields of `overrides` whose value is not None (flags left unset keep
-    the base's), validated. A sampler change drops the base's steps and spacing (they belong
-    to its sampler); a change of sampler, steps or spacing drops its epsilon scaling unless
-    `eps_scale` is given (it was measured at those steps); DDPM drops any steps (all T)."""
+    the base's), validated. A sampler change drops the base's steps, spacing and eta (they
+    belong to its sampler; eta goes back to `SamplerSpec`'s); a change of sampler, steps or
+    spacing drops its epsilon scaling unless `eps_scale` is given (it was measured at those
+    steps); DDPM drops any steps (all T)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     scaled_grid = _grid(base)
     if given.get("sampler", base.sampler) != base.sampler:
-        base = dataclasses.replace(base, steps=None, spacing=None)
+        base = dataclasses.replace(base, steps=None, spacing=None, eta=SamplerSpec.eta)
     spec = dataclasses.replace(base, **given)
     if "eps_scale" not in given and _grid(spec) != scaled_grid:
         spec = dataclasses.replace(spec, eps_scale=1.0)

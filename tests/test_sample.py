@@ -213,6 +213,8 @@ def test_default_sampler_is_the_fastest_ddpm_match_for_every_target(monkeypatch)
     spec = SamplerSpec(**sampler_settings.FAST_DETERMINISTIC)
     assert fits(spec, make_schedule("cosine", 100))  # logSNR steps keep it bounded at T = 100
     assert not fits(dataclasses.replace(spec, steps=3), make_schedule("cosine", 100))
+    assert not fits(spec, make_schedule("cosine", 8))  # fewer timesteps than its steps
+    assert default_sampler_spec("v", make_schedule("cosine", 8)) == SamplerSpec()
     # no signal at t = T-1 (zero terminal SNR): scaling is undefined, so the run falls back
     zero_snr = make_schedule("cosine", 1000, zero_terminal_snr=True)
     assert not fits(spec, zero_snr)
@@ -237,8 +239,12 @@ def test_flags_override_only_what_they_set():
     assert spec_with(base, {"steps": 25, "eps_scale": 0.995}).eps_scale == 0.995
     # another sampler drops the base's steps, spacing and scaling: they belong to its sampler
     ddim = spec_with(base, {"sampler": "ddim"}).resolved(1000)
-    assert (ddim.steps, ddim.spacing, ddim.eta, ddim.eps_scale) == (50, "uniform", 0.0, 1.0)
-    assert spec_with(base, {"sampler": "ddim", "eta": 1.0}).resolved(1000).eta == 1.0
+    want = (50, "uniform", SamplerSpec().eta, 1.0)  # eta back to the stochastic default's
+    assert (ddim.steps, ddim.spacing, ddim.eta, ddim.eps_scale) == want
+    assert spec_with(base, {"sampler": "ddim", "eta": 0.0}).resolved(1000).eta == 0.0
+    # DDPM always runs all T: giving its steps is the same grid
+    ddpm = SamplerSpec("ddpm", eps_scale=0.99)
+    assert spec_with(ddpm, {"steps": 1000}).eps_scale == 0.99
     with pytest.raises(ValueError, match="--steps=0"):
         spec_with(base, {"steps": 0})
 

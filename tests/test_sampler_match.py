@@ -136,3 +136,24 @@ def test_deterministic_samplers():
     rows = [("ddpm", 1.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
     got = [samplers.is_deterministic({"sampler": s, "eta": e}) for s, e in rows]
     assert got == [False, True, False, True]
+
+
+def test_sampler_rows_the_schedule_cannot_scale_are_left_out_with_the_reason():
+    """A zero-terminal-SNR run cannot use the eps/0.99 row (scaling undefined there): the
+    table leaves it out and says why, instead of failing the report."""
+    from types import SimpleNamespace
+
+    from jax_mri_ldm.evaluation.context import Nulls
+    from jax_mri_ldm.schedules import make_schedule
+
+    entries = (("ddpm", None, "uniform", 0.0), ("dpmpp_2m", 10, "logSNR", 0.0, 0.99))
+    for zero_snr, kept in ((False, 2), (True, 1)):
+        ctx = SimpleNamespace(
+            shared={"main_w": 3.0},
+            cfg=SimpleNamespace(samplers=entries, use_ema=True),
+            run=SimpleNamespace(schedule=make_schedule("cosine", 100, zero_snr)),
+            nulls=Nulls(),
+        )
+        assert samplers._usable(ctx) == list(entries[:kept])
+        assert ("samplers.left_out" in ctx.nulls.reasons) == zero_snr
+    assert "ε/0.99" in ctx.nulls.reasons["samplers.left_out"]

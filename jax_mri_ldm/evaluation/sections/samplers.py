@@ -27,7 +27,7 @@ from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, img, nulls_note, table, verdict
 from jax_mri_ldm.evaluation.sections import common
 from jax_mri_ldm.evaluation.sections.guidance import ROW_DETAIL
-from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
+from jax_mri_ldm.sampler_settings import SamplerSpec, eps_scale_fits, spec_with
 
 HEADER = "## 10. Sampler comparison"
 # per-image metric -> (per-image key, statistic, better side): "higher", "lower", or "real"
@@ -201,9 +201,24 @@ def _fast_sampler(ctx: Context, rows: list[dict], pers: list[dict]) -> dict:
     }
 
 
+def _usable(ctx: Context) -> list:
+    """The `cfg.samplers` entries this run's schedule can sample; an entry whose epsilon
+    scaling it would amplify (`eps_scale_fits`) is left out, with the reason."""
+    w, T = ctx.shared["main_w"], ctx.run.schedule.num_timesteps
+    specs = [row_spec(e, w, ctx.cfg.use_ema) for e in ctx.cfg.samplers]
+    bad = [s.name(T) for s in specs if not eps_scale_fits(s, ctx.run.schedule)]
+    if bad:
+        ctx.nulls.null(
+            "samplers.left_out",
+            f"{', '.join(bad)}: this run's schedule would amplify the epsilon scaling "
+            "(sampler_settings.eps_scale_fits, e.g. zero terminal SNR)",
+        )
+    return [e for e, s in zip(ctx.cfg.samplers, specs, strict=True) if s.name(T) not in bad]
+
+
 def compute(ctx: Context) -> dict[str, Any]:
     rows, pers, fig_rows = [], [], []
-    for i, entry in enumerate(ctx.cfg.samplers):
+    for i, entry in enumerate(_usable(ctx)):
         row, per, fig = _row(ctx, i, entry)
         rows.append(row)
         pers.append(per)
