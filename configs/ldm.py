@@ -108,7 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # For the 128 px `configs/vae.py:recommended` VAE. v-prediction is well posed at every
         # noise level, so no sampler needs the x0 clip and the deterministic few-step samplers
         # stay finite (its runs sample with DPM-Solver++ 10 eps/0.99 by default,
-        # sampler_settings.py); Min-SNR-5 balances the timesteps. The budget counts updates, not epochs.
+        # sampler_settings.py); Min-SNR-5 balances the timesteps. The budget counts updates,
+        # not epochs.
         c.model.channels = (64, 128, 128)
         c.diffusion.prediction = "v"
         c.diffusion.loss_weighting = "min_snr"
