@@ -206,14 +206,15 @@ def _usable(ctx: Context) -> list:
     scaling it would amplify (`eps_scale_fits`) is left out, with the reason."""
     w, T = ctx.shared["main_w"], ctx.run.schedule.num_timesteps
     specs = [row_spec(e, w, ctx.cfg.use_ema) for e in ctx.cfg.samplers]
-    bad = [s.name(T) for s in specs if not eps_scale_fits(s, ctx.run.schedule)]
-    if bad:
+    fits = [eps_scale_fits(s, ctx.run.schedule) for s in specs]
+    if not all(fits):
+        bad = [s.name(T) for s, ok in zip(specs, fits, strict=True) if not ok]
         ctx.nulls.null(
             "samplers.left_out",
             f"{', '.join(bad)}: this run's schedule would amplify the epsilon scaling "
             "(sampler_settings.eps_scale_fits, e.g. zero terminal SNR)",
         )
-    return [e for e, s in zip(ctx.cfg.samplers, specs, strict=True) if s.name(T) not in bad]
+    return [e for e, ok in zip(ctx.cfg.samplers, fits, strict=True) if ok]
 
 
 def compute(ctx: Context) -> dict[str, Any]:
