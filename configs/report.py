@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # XLA options for the sampler/decoder compiles as (name, value) pairs; tiny turns LLVM
     # optimisation off (faster compiles, unrepresentative seconds per image).
     c.compile_options = ()
+    # keep finished sample batches and classifier runs in <out>/partial/ so that rerunning a
+    # stopped report (Ctrl-C, crash) resumes; the folder is deleted once report.json is written
+    c.resume = True
 
     if preset == "paper":
         pass

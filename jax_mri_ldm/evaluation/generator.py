@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_mri_ldm.batching import batched_apply
+from jax_mri_ldm.evaluation.resume import ResumeStore, tree_key
 from jax_mri_ldm.pipeline import LDMPipeline
 from jax_mri_ldm.sampler_settings import SamplerSpec
 
@@ -35,6 +36,8 @@ class SyntheticImages:
       seed: base seed.
       progress: optional logging callback.
       compile_options: XLA compiler options for every compile.
+      store: keeps every generated batch on disk and reads it back instead of sampling again
+        (a stopped report resumes); None = memory only.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class SyntheticImages:
         seed: int,
         progress: Callable[[str], None] | None = None,
         compile_options: dict[str, Any] | None = None,
+        store: ResumeStore | None = None,
     ):
         self.run = run
         self.compile_options = dict(compile_options or {}) or None
@@ -57,6 +61,8 @@ class SyntheticImages:
         self._compiled: dict[tuple, Any] = {}
         self._batches: dict[tuple, dict[int, np.ndarray]] = {}
         self.stats: dict[tuple, dict[str, Any]] = {}
+        self.store = store
+        self._weights_keys: dict[bool, str] = {}
 
     def _batch_for(self, spec: SamplerSpec, total: int) -> int:
         """A larger batch size whose cached batches already hold `total` images wins over
@@ -85,12 +91,36 @@ class SyntheticImages:
         lowered = fn.lower(params, jnp.zeros((b,), jnp.int32), jax.random.PRNGKey(0))
         self._compiled[key] = (lowered.compile(compiler_options=self.compile_options), params)
         self.decoder(b)
-        self.stats[key] = {
-            "compile_seconds": time.perf_counter() - t0,
-            "batch_seconds": [],
-            "batch_size": b,
-        }
+        self._stats(spec, b)["compile_seconds"] = time.perf_counter() - t0
         return self._compiled[key]
+
+    def _stats(self, spec: SamplerSpec, b: int) -> dict[str, Any]:
+        """The timing record of (spec, b); resumed batches count the seconds they were made in."""
+        return self.stats.setdefault(
+            (spec, b),
+            {"compile_seconds": None, "batch_seconds": [], "batch_size": b, "resumed_batches": 0},
+        )
+
+    def _store_parts(self, spec: SamplerSpec, b: int, i: int) -> tuple:
+        """What batch i of (spec, b) depends on: weights, setting, seed, batch, compile options."""
+        if spec.use_ema not in self._weights_keys:
+            weights = (self.run.sampler_params(spec), self.vae_params)
+            self._weights_keys[spec.use_ema] = tree_key(weights)
+        options = sorted((self.compile_options or {}).items())
+        return (self._weights_keys[spec.use_ema], repr(spec), b, self.seed, i, repr(options))
+
+    def _load(self, spec: SamplerSpec, b: int, cache: dict, i: int) -> bool:
+        """Batch i read back from the store into `cache`; False when it is not there."""
+        got = self.store.load_batch(self._store_parts(spec, b, i)) if self.store else None
+        if got is None:
+            return False
+        cache[i], timing = got
+        stats = self._stats(spec, b)
+        stats["batch_seconds"].append(timing["seconds"])
+        stats["resumed_batches"] += 1
+        if stats["compile_seconds"] is None:
+            stats["compile_seconds"] = timing["compile_seconds"]
+        return True
 
     def generate(self, spec: SamplerSpec, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
         """The first `n_per_class` images per class of a setting.
@@ -110,21 +140,30 @@ class SyntheticImages:
         return images, (np.arange(total) % self.num_classes).astype(np.int32)
 
     def _fill(self, spec: SamplerSpec, b: int, cache: dict, missing: list[int]) -> None:
-        compiled, params = self._get_compiled(spec, b)
-        decode = self._decoders[b]
-        base = jax.random.PRNGKey(self.seed)
-        stats = self.stats[(spec, b)]
-        for i in missing:
+        todo = [i for i in missing if not self._load(spec, b, cache, i)]
+        stats = self._stats(spec, b)
+        if todo:
+            compiled, params = self._get_compiled(spec, b)
+            decode = self._decoders[b]
+            base = jax.random.PRNGKey(self.seed)
+        for i in todo:
             labels = jnp.asarray(np.arange(i * b, (i + 1) * b) % self.num_classes, jnp.int32)
             t0 = time.perf_counter()
             z = compiled(params, labels, jax.random.fold_in(base, i))
             cache[i] = np.asarray(decode(self.vae_params, z))  # (b, H, W, 1)
             stats["batch_seconds"].append(time.perf_counter() - t0)
+            if self.store:
+                parts = self._store_parts(spec, b, i)
+                self.store.save_batch(
+                    parts, cache[i], stats["batch_seconds"][-1], stats["compile_seconds"]
+                )
         if self.progress:
             name = spec.name(self.run.schedule.num_timesteps)
+            resumed = len(missing) - len(todo)
             self.progress(
-                f"  {name} w={spec.guidance_scale:g}: {len(missing)} batch(es) of {b}, "
-                f"{np.median(stats['batch_seconds']):.2f} s/batch"
+                f"  {name} w={spec.guidance_scale:g}: {len(missing)} batch(es) of {b}"
+                + (f" ({resumed} read back from a stopped run)" if resumed else "")
+                + f", {np.median(stats['batch_seconds']):.2f} s/batch"
             )
 
     def clear(self) -> None:
@@ -143,6 +182,7 @@ class SyntheticImages:
             "seconds_per_image": float(np.median(st["batch_seconds"])) / st["batch_size"],
             "batch_size": st["batch_size"],
             "batches_timed": len(st["batch_seconds"]),
+            "resumed_batches": st["resumed_batches"],
         }
 
     def decode_latents(self, z: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from jax_mri_ldm.evaluation import runinfo
 from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context, clean, walk_nulls
 from jax_mri_ldm.evaluation.generator import SyntheticImages
 from jax_mri_ldm.evaluation.markdown import table
+from jax_mri_ldm.evaluation.resume import RESUME_SUBDIR, ResumeStore
 from jax_mri_ldm.evaluation.sections import (
     classifier,
     common,
@@ -217,14 +218,26 @@ def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) ->
     period = run.image_size // h if run.image_size % h == 0 else None
     ok = period is not None and run.image_size % period == 0 and run.image_size >= 2 * period
     ctx.shared["period"] = period if ok else None
+    ctx.shared["store"] = _resume_store(out_dir, cfg, log)
     ctx.shared["gen"] = SyntheticImages(
         run,
         cfg.batch_size,
         cfg.seed,
         progress=log,
         compile_options=dict(cfg.compile_options),
+        store=ctx.shared["store"],
     )
     return ctx
+
+
+def _resume_store(out_dir: str, cfg: ml_collections.ConfigDict, log) -> ResumeStore | None:
+    """The store of a stopped report in `out_dir` (config.resume), announced when not empty."""
+    if not cfg.get("resume", False):
+        return None
+    store = ResumeStore(os.path.join(out_dir, RESUME_SUBDIR))
+    if store.count():
+        log(f"[report] resuming: {store.count()} stored results in {store.root}", flush=True)
+    return store
 
 
 def _assemble(ctx: Context, preset: str) -> dict:
@@ -232,6 +245,10 @@ def _assemble(ctx: Context, preset: str) -> dict:
     report.update(ctx.results)
     report["figures"] = {k: os.path.relpath(v, ctx.out_dir) for k, v in ctx.figures.items()}
     report["timings_seconds"] = ctx.timings
+    store = ctx.shared.get("store")
+    report["resumed"] = dict(store.hits) if store else None
+    if store is None:
+        ctx.nulls.null("resumed", "config.resume is off: nothing was kept or read back")
     if ctx.cfg.guidance_scale is None:
         ctx.nulls.null("settings.guidance_scale", "not set: the guidance sweep chose w (main_set)")
     for key in common.SAMPLER_FIELDS:
@@ -258,6 +275,15 @@ def _render_timings(r: dict) -> str:
         f"{'n/a' if spi is None else f'{spi:.4f}'} s per image (batch {ms.get('batch_size')}).",
         "",
     ]
+    resumed = r.get("resumed") or {}
+    if any(resumed.values()):
+        L += [
+            f"Resumed from a stopped run: {resumed.get('sample_batches', 0)} sample batches and "
+            f"{resumed.get('runs', 0)} classifier runs were read back, so the stage times above "
+            "leave their cost out; seconds per image count the batches as they were timed when "
+            "generated.",
+            "",
+        ]
     return "\n".join(L)
 
 
@@ -325,4 +351,6 @@ def write_report(
     atomic.write_text(json_path, json.dumps(report, indent=1, allow_nan=False))
     atomic.write_text(md_path, render_markdown(report))
     log(f"[report] wrote {md_path} ({ctx.timings['total']:.1f} s)")
+    if ctx.shared.get("store"):
+        ctx.shared["store"].remove()
     return {**report, "out_dir": out_dir, "report_md": md_path, "report_json": json_path}

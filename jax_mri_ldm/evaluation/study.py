@@ -223,6 +223,7 @@ def downstream_study(
     confidence: float = 0.95,
     progress: Callable[[str], None] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
+    memo: Callable[[tuple, Callable[[], dict]], dict] | None = None,
 ) -> dict:
     """Trains one classifier per (arm, seed) and scores it on the real evaluation set.
 
@@ -246,6 +247,8 @@ def downstream_study(
       confidence: level of the Student-t intervals over seeds.
       progress: optional callback receiving one line per finished run.
       class_names: label id -> name; K = len(class_names) classes (metrics: `metric_names`).
+      memo: `memo(parts, compute) -> dict` keeps each classifier run's scores under the hash
+        of its inputs (`resume.ResumeStore.result`), so a stopped study resumes; None = off.
 
     Returns:
       JSON-able dict (non-finite numbers become None):
@@ -276,7 +279,9 @@ def downstream_study(
     _check_pool(data, class_names)
     train_kw = dict(steps=steps, batch_size=batch_size, lr=lr, augment=augment)
     train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=len(class_names))
-    per_arm, sweep = _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress)
+    per_arm, sweep = _run_arms(
+        data, arms, seeds, n_per_class, train_kw, class_names, progress, memo
+    )
     _summarise_arms(per_arm, arms, names, confidence)
     config = {
         "n_per_class": n_per_class,
@@ -438,8 +443,11 @@ def _sweep_draws(data: dict, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress):
+def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress, memo=None):
     """Trains and scores one classifier per (seed, arm) and per (seed, sweep row).
+
+    `memo(parts, compute)`, when given, returns a stored result of a run whose inputs `parts`
+    (seed, images, labels, evaluation set, settings) it has seen, or computes and keeps it.
 
     Returns:
       ({arm: {'per_seed', 'train_counts'}}, [{'multiple', 'arm', 'synthetic_per_class',
@@ -457,13 +465,21 @@ def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress):
         for m, c in zip(multiples, data["sweep"], strict=True)
     ]
 
-    def run(name: str, x, y, seed: int) -> dict:
+    def fit(x, y, seed: int) -> dict:
         clf, hist = train_classifier(x, y, seed=seed, **train_kw)  # init: PRNGKey(seed)
         scores = evaluate_classifier(clf, *data["test"], class_names=class_names)
+        return {"seed": seed, **scores, "final_loss": float(hist["loss"][-1])}
+
+    def run(name: str, x, y, seed: int) -> dict:
+        if memo is None:
+            out = fit(x, y, seed)
+        else:
+            parts = ("study run", seed, x, y, *data["test"], sorted(train_kw.items()), class_names)
+            out = memo(parts, lambda: fit(x, y, seed))
         if progress is not None:
-            line = ", ".join(f"{k}={v:.3f}" for k, v in scores.items())
+            line = ", ".join(f"{k}={out[k]:.3f}" for k in metric_names(class_names) if k in out)
             progress(f"seed {seed} arm {name}: {line}")
-        return {"seed": seed, **scores, "final_loss": hist["loss"][-1]}
+        return out
 
     for seed in seeds:
         half_idx, syn = _seed_draws(data, seed, n_per_class)

@@ -247,6 +247,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         steps=cfg.study_steps,
         progress=lambda line: ctx.log(f"  {line}"),
         class_names=ctx.class_names,
+        memo=store.result if (store := ctx.shared.get("store")) else None,
         **classifier_kwargs(ctx),
     )
     ds["data"]["real_test"] = ctx.test.counts()  # the test split alone, as before 'real_eval'
