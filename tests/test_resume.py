@@ -20,7 +20,7 @@ def test_store_keeps_batches_and_results_by_key(tmp_path):
     got, timing = store.load_batch(("a", 1))
     np.testing.assert_array_equal(got, images)
     assert timing == {"seconds": 1.5, "compile_seconds": 7.0}
-    assert store.load_batch(("a", 2)) is None and store.hits["sample_batches"] == 1
+    assert store.load_batch(("a", 2)) is None and store.hits["sample_batches"] == 0  # its own
     calls = []
 
     def compute():
@@ -28,12 +28,29 @@ def test_store_keeps_batches_and_results_by_key(tmp_path):
         return {"auc": np.float32(0.75), "n": np.int64(3)}
 
     first = store.result(("run", np.arange(3)), compute)
-    again = store.result(("run", np.arange(3)), compute)
-    other = store.result(("run", np.arange(4)), compute)  # other inputs: computed
-    assert len(calls) == 2 and again == {"auc": 0.75, "n": 3} and first["auc"] == 0.75
-    assert other == again and store.hits["runs"] == 1 and store.count() == 3
-    store.remove()
+    again = store.result(("run", np.arange(3)), compute)  # its own entry: not a resume
+    assert len(calls) == 1 and again == {"auc": 0.75, "n": 3} and first["auc"] == 0.75
+    assert store.hits == {"sample_batches": 0, "runs": 0}
+    later = ResumeStore(store.root)  # the rerun after a stop
+    assert later.result(("run", np.arange(3)), compute) == again and later.hits["runs"] == 1
+    other = later.result(("run", np.arange(4)), compute)  # other inputs: computed
+    assert len(calls) == 2 and other == again and later.count() == 3
+    later.remove()
     assert not (tmp_path / "partial").exists() and store.count() == 0
+
+
+def test_store_refuses_a_folder_it_did_not_make(tmp_path):
+    from jax_mri_ldm.errors import UserError
+
+    mine = tmp_path / "partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match="not made by a report"):
+        ResumeStore(str(mine))
+    empty = ResumeStore(str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    empty.remove()  # no marker: left alone
+    assert (tmp_path / "empty").is_dir()
 
 
 def test_store_recomputes_an_unreadable_entry(tmp_path):
@@ -74,6 +91,7 @@ def test_generator_reads_stored_batches_back_without_sampling(tiny_runs, tmp_pat
         raise AssertionError("sampled again instead of reading the stored batch")
 
     monkeypatch.setattr(run, "make_sampler", refuse)
+    store = ResumeStore(store.root)  # a new process
     again = SyntheticImages(run, batch_size=4, seed=3, compile_options=FAST_COMPILE, store=store)
     x2, y2 = again.generate(spec, 3)
     np.testing.assert_array_equal(x2, x)
@@ -109,6 +127,7 @@ def test_study_resumes_its_classifier_runs(tmp_path, monkeypatch):
         raise AssertionError("trained again instead of reading the stored run")
 
     monkeypatch.setattr(study, "train_classifier", refuse)
+    store = ResumeStore(store.root)  # a new process
     again = study.downstream_study(*args, memo=store.result, **kw)
     assert again == first and store.hits["runs"] == runs
     with pytest.raises(AssertionError, match="trained again"):

@@ -9,6 +9,7 @@ starting noise (common random numbers), which makes w and sampler comparisons pa
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_mri_ldm.batching import batched_apply
+from jax_mri_ldm.evaluation.cache import key_of
 from jax_mri_ldm.evaluation.resume import ResumeStore, tree_key
 from jax_mri_ldm.pipeline import LDMPipeline
 from jax_mri_ldm.sampler_settings import SamplerSpec
@@ -102,10 +104,12 @@ class SyntheticImages:
         )
 
     def _store_parts(self, spec: SamplerSpec, b: int, i: int) -> tuple:
-        """What batch i of (spec, b) depends on: weights, setting, seed, batch, compile options."""
+        """What batch i of (spec, b) depends on: weights, the run's metadata (schedule, latent
+        scale, prediction, ...), setting, seed, batch index, compile options."""
         if spec.use_ema not in self._weights_keys:
             weights = (self.run.sampler_params(spec), self.vae_params)
-            self._weights_keys[spec.use_ema] = tree_key(weights)
+            meta = json.dumps(self.run.meta, sort_keys=True, default=str)  # schedule, scale, ...
+            self._weights_keys[spec.use_ema] = tree_key(weights) + key_of(meta)
         options = sorted((self.compile_options or {}).items())
         return (self._weights_keys[spec.use_ema], repr(spec), b, self.seed, i, repr(options))
 

@@ -232,7 +232,7 @@ def _context(workdir: str, out_dir: str, cfg: ml_collections.ConfigDict, log) ->
 
 def _resume_store(out_dir: str, cfg: ml_collections.ConfigDict, log) -> ResumeStore | None:
     """The store of a stopped report in `out_dir` (config.resume), announced when not empty."""
-    if not cfg.get("resume", False):
+    if not cfg.resume:
         return None
     store = ResumeStore(os.path.join(out_dir, RESUME_SUBDIR))
     if store.count():
@@ -280,8 +280,8 @@ def _render_timings(r: dict) -> str:
         L += [
             f"Resumed from a stopped run: {resumed.get('sample_batches', 0)} sample batches and "
             f"{resumed.get('runs', 0)} classifier runs were read back, so the stage times above "
-            "leave their cost out; seconds per image count the batches as they were timed when "
-            "generated.",
+            "leave their cost out; seconds per image count those batches as they were timed when "
+            "generated, by the earlier process (on another machine, if the run moved).",
             "",
         ]
     return "\n".join(L)
@@ -316,7 +316,9 @@ def write_report(
     Args:
       ldm_workdir: the diffusion run directory (`train.py --config=configs/ldm.py`).
       out_dir: output directory; None = `runinfo.default_out_dir(ldm_workdir)`. Files the
-        report owns (report.md, report.json, figures/) are overwritten; nothing else is touched.
+        report owns (report.md, report.json, figures/) are overwritten; partial/
+        (config.resume) holds finished batches and classifier runs while the report runs and
+        is deleted at the end; nothing else is touched.
       preset: 'paper' | 'demo' | 'tiny' (configs/report.py), unless `config` is given.
       config: a report config (evaluate.py's --config).
       command: the command line that produced this call, shown in the report.

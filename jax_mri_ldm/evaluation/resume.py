@@ -4,10 +4,11 @@ Why: on a 2-core CPU the report of a real run takes hours, most of them in two p
 sampled images (DDPM-1000's row alone is about T network calls per image) and the downstream
 study's classifiers. A crash, Ctrl-C or a lost machine would otherwise throw all of it away.
 The report keeps each finished sample batch and each finished classifier run here, under a
-key that hashes everything its value depends on (weights, setting, seed, batch, data), so a
-rerun of the same command reads them back and a changed run or setting misses instead of
-reading a stale entry. Entries are written atomically (a stop leaves no half file); the
-report deletes the folder once report.json is written.
+key that hashes everything its value depends on (weights, the run's metadata, setting, seed,
+batch, data), so a rerun of the same command reads them back and a changed run or setting
+misses instead of reading a stale entry (`RESUME_VERSION` covers changes to this code).
+Entries are written atomically (a stop leaves no half file); the report deletes the folder,
+which a marker file names as its own, once report.json is written.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import jax
 import numpy as np
 
 from jax_mri_ldm import atomic
+from jax_mri_ldm.errors import UserError
 from jax_mri_ldm.evaluation.cache import key_of
 
 RESUME_SUBDIR = "partial"  # inside the report's --out folder
+RESUME_VERSION = 1  # part of every key: bump when what a stored entry holds changes
+MARKER = ".report_partial"  # marks the folder as the report's own (only then is it deleted)
 
 
 def _plain(x: Any) -> Any:
@@ -47,11 +51,21 @@ class ResumeStore:
 
     Args:
       root: the folder (created on the first write).
+
+    Raises:
+      UserError: `root` exists, is not empty and was not made by a report.
     """
 
     def __init__(self, root: str):
         self.root = root
-        self.hits = {"sample_batches": 0, "runs": 0}  # read back in this process
+        self.hits = {"sample_batches": 0, "runs": 0}  # entries of an earlier process read back
+        self._written: set[str] = set()  # entries this process wrote (not counted as hits)
+        owned = os.path.exists(os.path.join(root, MARKER))
+        if os.path.isdir(root) and os.listdir(root) and not owned:
+            raise UserError(
+                f"{root} exists and was not made by a report; the report keeps its partial "
+                "results there. Move that folder or choose another --out."
+            )
 
     def count(self) -> int:
         """Entries on disk now."""
@@ -60,11 +74,19 @@ class ResumeStore:
         return sum(1 for n in os.listdir(self.root) if not n.startswith("."))
 
     def _path(self, kind: str, parts: tuple, ext: str) -> str:
-        return os.path.join(self.root, f"{kind}_{key_of(kind, *parts)}.{ext}")
+        return os.path.join(self.root, f"{kind}_{key_of(RESUME_VERSION, kind, *parts)}.{ext}")
+
+    def _hit(self, kind: str, path: str) -> None:
+        if path not in self._written:
+            self.hits[kind] += 1
 
     def _write(self, path: str, data: bytes) -> None:
         try:
+            marker = os.path.join(self.root, MARKER)
+            if not os.path.exists(marker):
+                atomic.write_bytes(marker, b"partial results of evaluate.py; safe to delete\n")
             atomic.write_bytes(path, data)
+            self._written.add(path)
         except OSError as e:
             warnings.warn(f"{path}: cannot keep this result for a resume ({e}).", stacklevel=3)
 
@@ -82,7 +104,7 @@ class ResumeStore:
                 f"{path}: unreadable stored batch ({e}); generating it again.", stacklevel=2
             )
             return None
-        self.hits["sample_batches"] += 1
+        self._hit("sample_batches", path)
         return images, timing
 
     def save_batch(
@@ -100,7 +122,7 @@ class ResumeStore:
             try:
                 with open(path) as f:
                     out = json.load(f)
-                self.hits["runs"] += 1
+                self._hit("runs", path)
                 return out
             except (OSError, ValueError) as e:
                 warnings.warn(
@@ -111,5 +133,6 @@ class ResumeStore:
         return out
 
     def remove(self) -> None:
-        """Deletes the folder (the report that needed it is written)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Deletes the folder (the report that needed it is written), if it is the report's."""
+        if os.path.exists(os.path.join(self.root, MARKER)):
+            shutil.rmtree(self.root, ignore_errors=True)
