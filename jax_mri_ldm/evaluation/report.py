@@ -235,8 +235,8 @@ def _resume_store(out_dir: str, cfg: ml_collections.ConfigDict, log) -> ResumeSt
     if not cfg.resume:
         return None
     store = ResumeStore(os.path.join(out_dir, RESUME_SUBDIR))
-    if store.count():
-        log(f"[report] resuming: {store.count()} stored results in {store.root}", flush=True)
+    if n := store.count():
+        log(f"[report] resuming: {n} stored results in {store.root}", flush=True)
     return store
 
 
