@@ -72,6 +72,12 @@ flags.DEFINE_string("out", "samples", "Output directory (refused if non-empty, s
 flags.DEFINE_enum("format", "png", ["png", "npy", "nii"], "Per-image file format.")
 flags.DEFINE_bool("use_ema", DEFAULT.use_ema, "Sample with the EMA weights (paper), not the raw.")
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+flags.DEFINE_bool(
+    "equalise",
+    True,
+    "Decode through the run's decoder equaliser when it has one (jax_mri_ldm/equaliser.py); "
+    "--noequalise decodes with the decoder as trained.",
+)
 
 
 def main(argv):
@@ -92,6 +98,7 @@ def main(argv):
         out=FLAGS.out,
         format=FLAGS.format,
         overwrite=FLAGS.overwrite,
+        equalise=FLAGS.equalise,
     )
     try:
         summary = run_sampling(req)

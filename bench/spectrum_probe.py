@@ -7,7 +7,8 @@ through the VAE decoder, so the decoder's own loss of high-frequency power is a 
 theirs. This probe scores, against the same test mean:
 
 * the real validation and test images (the real spread);
-* VAE reconstructions (posterior mean) of the validation images (what decoding alone costs);
+* VAE reconstructions (posterior mean) of the validation images (what decoding alone costs;
+  through the run's decoder equaliser when it has one, as the samples are decoded);
 * ``--per_class`` samples per class from each sampler at guidance ``--guidance`` (EMA weights,
   image i seeded by fold_in(PRNGKey(0), i) as the pipeline does, the same seeds per sampler).
 

@@ -55,6 +55,7 @@ class SampleRequest:
     format: str = "png"
     overwrite: bool = False
     progress: bool = True
+    equalise: bool = True  # decode through the run's decoder equaliser when it has one
 
 
 def to_uint8(image01: np.ndarray) -> np.ndarray:
@@ -193,6 +194,8 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
     """
     _check_request(req)
     run = load_ldm(req.workdir)
+    if not req.equalise:
+        run = dataclasses.replace(run, vae=run.vae.without_equaliser())
     labels = resolve_labels(req.label, run.class_names, req.num_samples)
     try:
         sampler = run.image_sampler(
@@ -210,6 +213,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
         "guidance": spec.guidance_scale,
         "use_ema": bool(spec.use_ema),
         "eps_scale": spec.eps_scale,
+        "equalised": run.vae.equaliser is not None,
         "checkpoint_step": run.step,
         "config_fingerprint": run.config_fingerprint,
         "workdir": os.path.abspath(req.workdir),

@@ -6,7 +6,9 @@ module never imports a trainer.
 
 * Sampler settings (`SamplerSpec`, a run's default sampler) live in `sampler_settings.py`;
   `LDMPipeline.default_spec()` is the loaded run's.
-* `load_vae(workdir)` -> `VAEPipeline` (encode, decode, reconstruct a stage-1 run).
+* `load_vae(workdir)` -> `VAEPipeline` (encode, decode, reconstruct a stage-1 run). A run with a
+  decoder equaliser (`equaliser.py`, its file in the run directory) decodes through it
+  everywhere; `VAEPipeline.without_equaliser()` decodes as the decoder was trained.
 * `load_ldm(workdir)` -> `LDMPipeline` (its UNet, schedule, latent normalisation and frozen VAE;
   `make_sampler(spec)` and `image_sampler(spec)` turn it into latents or images).
 
@@ -33,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_mri_ldm import CLASS_NAMES, diffusion, sampling
+from jax_mri_ldm import CLASS_NAMES, diffusion, equaliser, sampling
 from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.errors import UserError
@@ -95,24 +97,40 @@ def make_encode_fn(vae: VAE, params: PyTree) -> Callable[[jax.Array], tuple[jax.
     return lambda images01: encode(params, images01)  # params stay an argument, not a constant
 
 
-def make_reconstruct_fn(vae: VAE) -> Callable[[PyTree, jax.Array], jax.Array]:
-    """Jitted (params, images01) -> posterior-mean reconstructions in [0, 1]."""
+def params_sha256(params: PyTree) -> str:
+    """SHA-256 of the msgpack serialisation of a parameter pytree (host copy)."""
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    return hashlib.sha256(flax.serialization.msgpack_serialize(host)).hexdigest()
+
+
+def _equalised(x01: jax.Array, gains: np.ndarray | None) -> jax.Array:
+    """Decoded images (B, H, W, 1) in [0, 1], through the decoder equaliser when there is one."""
+    return x01 if gains is None else equaliser.apply(x01, gains)
+
+
+def make_reconstruct_fn(
+    vae: VAE, gains: np.ndarray | None = None
+) -> Callable[[PyTree, jax.Array], jax.Array]:
+    """Jitted (params, images01) -> posterior-mean reconstructions in [0, 1] (equalised by
+    `gains`, the decoder equaliser's, when given)."""
 
     @jax.jit
     def reconstruct(params, images01):
         mean, _ = vae.apply({"params": params}, to_model_space(images01), method=VAE.encode)
-        return from_model_space(vae.apply({"params": params}, mean, method=VAE.decode))
+        x = from_model_space(vae.apply({"params": params}, mean, method=VAE.decode))
+        return _equalised(x, gains)
 
     return reconstruct
 
 
-def make_decode_fn(vae: VAE, shift: Any = 0.0, scale: Any = 1.0):
+def make_decode_fn(vae: VAE, shift: Any = 0.0, scale: Any = 1.0, gains: np.ndarray | None = None):
     """Jitted (vae_params, normalised latents) -> images (B, H, W, 1) in [0, 1].
 
     Args:
       vae: the VAE module.
       shift: ``(C,)`` (or scalar) latent shift; 0 for raw latents.
       scale: ``(C,)`` (or scalar) latent scale; 1 for raw latents.
+      gains: the decoder equaliser's radial gains (`equaliser.py`); None decodes without.
 
     Returns:
       ``decode(vae_params, z)`` with ``z: (B, h, w, C)`` in the diffusion model's space.
@@ -123,7 +141,7 @@ def make_decode_fn(vae: VAE, shift: Any = 0.0, scale: Any = 1.0):
     @jax.jit
     def decode(vae_params, z):
         x = vae.apply({"params": vae_params}, z / scale + shift, method=VAE.decode)
-        return from_model_space(x)
+        return _equalised(from_model_space(x), gains)
 
     return decode
 
@@ -204,11 +222,18 @@ class VAEPipeline:
       params: its parameters (host arrays).
       meta: the run's final metadata (config, latent_scale_factor, latent_shape, ...); for the
         VAE inside a diffusion run, that run's ``vae`` metadata section.
+      equaliser: the decoder equaliser's (R + 1,) radial gains, applied after every decode
+        (`equaliser.py`); None when the run has none.
     """
 
     module: VAE
     params: PyTree
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    equaliser: np.ndarray | None = None
+
+    def without_equaliser(self) -> VAEPipeline:
+        """The same VAE decoding without the equaliser (the decoder as trained)."""
+        return dataclasses.replace(self, equaliser=None)
 
     @property
     def latent_scale_factor(self) -> float:
@@ -223,12 +248,12 @@ class VAEPipeline:
 
     def decode(self, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Raw latents (N, h, w, c) -> images (N, H, W, 1) in [0, 1]."""
-        decode = make_decode_fn(self.module)
+        decode = make_decode_fn(self.module, gains=self.equaliser)
         return batched_apply(lambda z: decode(self.params, z), latents, batch_size=batch_size)
 
     def reconstruct(self, images01: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """(N, H, W, 1) in [0, 1] -> posterior-mean reconstructions, same shape."""
-        reconstruct = make_reconstruct_fn(self.module)
+        reconstruct = make_reconstruct_fn(self.module, self.equaliser)
         return batched_apply(lambda x: reconstruct(self.params, x), images01, batch_size=batch_size)
 
 
@@ -269,7 +294,12 @@ def load_vae(workdir: str) -> VAEPipeline:
         checkpointer.close()
     which = meta.get("inference_params", VAE_INFERENCE_PARAMS[0])
     module = build_vae(ml_collections.ConfigDict(meta["config"]["model"]))
-    return VAEPipeline(module=module, params=items[which], meta=meta)
+    params = items[which]
+    path, gains = os.path.join(workdir, equaliser.FILE_NAME), None
+    if os.path.exists(path):  # hashing the weights costs time only where there is a file
+        size = int(meta.get("image_size", meta["config"]["data"]["image_size"]))
+        gains = equaliser.load(path, params_sha256(params), size)
+    return VAEPipeline(module=module, params=params, meta=meta, equaliser=gains)
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -327,7 +357,9 @@ class LDMPipeline:
 
     def decode_fn(self):
         """Jitted (vae_params, normalised latents) -> images in [0, 1] (`make_decode_fn`)."""
-        return make_decode_fn(self.vae.module, self.latent_shift, self.latent_channel_scale)
+        return make_decode_fn(
+            self.vae.module, self.latent_shift, self.latent_channel_scale, self.vae.equaliser
+        )
 
     def decode(self, z: jax.Array) -> np.ndarray:
         """Normalised latents (B, h, w, c) -> images (B, H, W, 1) in [0, 1]."""
@@ -477,6 +509,11 @@ def load_ldm(workdir: str, step: int | None = None) -> LDMPipeline:
         module=build_vae(ml_collections.ConfigDict(meta["vae"]["model"])),
         params=_read_vae_copy(workdir, meta["vae"]),
         meta=meta["vae"],
+        equaliser=equaliser.load(
+            os.path.join(workdir, equaliser.LDM_FILE_NAME),
+            meta["vae"]["sha256"],
+            int(meta["image_size"]),
+        ),
     )
     return LDMPipeline(
         workdir=workdir,

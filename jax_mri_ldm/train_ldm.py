@@ -15,9 +15,10 @@ augmentation at the cost of encoding twice, once. Rotations and contrast jitter 
 this stage (they would need an encoder pass per step, which costs more than the UNet step).
 
 Self-describing run. The VAE's parameters are copied into `<workdir>/vae_params.msgpack` (with
-their SHA-256 in the checkpoint metadata, checked on load), and the final checkpoint stores the
-config, schedule, class names, latent shape and normalisation, so sampling needs only this
-workdir (`pipeline.load_ldm`).
+their SHA-256 in the checkpoint metadata, checked on load), its decoder equaliser (if the VAE
+run has one) into `<workdir>/vae_equaliser.json`, and the final checkpoint stores the config,
+schedule, class names, latent shape and normalisation, so sampling needs only this workdir
+(`pipeline.load_ldm`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_mri_ldm import atomic, diffusion, plots
+from jax_mri_ldm import atomic, diffusion, equaliser, plots
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
@@ -49,6 +50,7 @@ from jax_mri_ldm.pipeline import (
     make_apply_fn,
     make_decode_fn,
     make_latent_sampler,
+    params_sha256,
 )
 from jax_mri_ldm.sampler_settings import grid_sampler_spec
 
@@ -64,11 +66,6 @@ MIN_UPDATES_PER_IMAGE = 8
 def min_updates_for(num_train_images: int) -> int:
     """Updates below which an LDM run on `num_train_images` is called far from converged."""
     return min(MIN_UPDATES, MIN_UPDATES_PER_IMAGE * int(num_train_images))
-
-
-def params_sha256(params: Any) -> str:
-    """SHA-256 of the msgpack serialisation of a parameter pytree."""
-    return hashlib.sha256(flax.serialization.msgpack_serialize(_to_numpy(params))).hexdigest()
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -117,6 +114,20 @@ def _write_vae_copy(workdir: str, vae_params: Any) -> str:
         if existing != digest:
             atomic.write_bytes(path, blob)
     return digest
+
+
+def _write_equaliser_copy(workdir: str, vae_workdir: str) -> None:
+    """Copies the VAE run's decoder equaliser beside the VAE copy, or removes the copy when the
+    VAE run has none, so that the diffusion run decodes as its VAE does (`equaliser.py`)."""
+    src = os.path.join(vae_workdir, equaliser.FILE_NAME)
+    dst = os.path.join(workdir, equaliser.LDM_FILE_NAME)
+    if jax.process_index() != 0:
+        return
+    if os.path.exists(src):
+        with open(src) as f:
+            atomic.write_text(dst, f.read())
+    elif os.path.exists(dst):
+        os.remove(dst)
 
 
 def save_loss_curve(workdir: str) -> str:
@@ -301,6 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     null_label = len(class_names)
     batch_size = int(config.train.batch_size)
     vae_sha = _write_vae_copy(workdir, vae.params)
+    _write_equaliser_copy(workdir, config.vae_workdir)
     lat = _prepare_latents(config, workdir, vae, train_set, batch_size)
     schedule = diffusion.schedule_from_config(config.diffusion)
     unet = build_unet(config.model, len(class_names))
@@ -418,7 +430,7 @@ def _make_evaluate(
     """The evaluation hook: a labelled grid of EMA samples per class, and the loss curve."""
     n_per_class = int(config.train.eval_num_images)
     eval_labels = jnp.repeat(jnp.arange(len(class_names), dtype=jnp.int32), n_per_class)
-    decode = make_decode_fn(vae.module, lat.shift, lat.scale)
+    decode = make_decode_fn(vae.module, lat.shift, lat.scale, vae.equaliser)
     sample_fn = make_latent_sampler(
         make_apply_fn(unet),
         schedule,

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from jax_mri_ldm import data as data_lib
-from jax_mri_ldm import plots
+from jax_mri_ldm import equaliser, plots
 from jax_mri_ldm.batching import batched_apply
 from jax_mri_ldm.data.augment import augment_from_config
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
@@ -36,6 +36,7 @@ from jax_mri_ldm.pipeline import (
     build_vae,
     make_encode_fn,
     make_reconstruct_fn,
+    params_sha256,
 )
 
 # The paper's schedule on the built-in set (50 epochs = 1,000 updates) reaches the paper's loss;
@@ -217,7 +218,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             "image_size": size,
         },
     )
-    return loop.run(config, workdir, task)
+    result = loop.run(config, workdir, task)
+    if not result.interrupted:
+        _sync_equaliser(config, hooks, result.state, workdir)
+    return result
+
+
+def _equaliser_current(path: str, params: Any, size: int) -> bool:
+    """Whether `path` holds an equaliser this code reads, fitted for `params`."""
+    try:
+        return equaliser.load(path, params_sha256(params), size) is not None
+    except UserError:  # another version or other weights: refit it
+        return False
+
+
+def _sync_equaliser(config, hooks: _Hooks, state: TrainState, workdir: str) -> None:
+    """Makes the finished run's equaliser file follow `config.model.equaliser`: fits it for a
+    run that finished without one, removes it when the option is off (`equaliser.py`)."""
+    path = os.path.join(workdir, equaliser.FILE_NAME)
+    wanted = bool(config.model.get("equaliser", False))
+    if wanted and not _equaliser_current(path, hooks.inference_params(state), hooks.size):
+        scores = hooks.fit_equaliser(hooks.inference_params(state), workdir)
+        print(f"vae: fitted the decoder equaliser ({path}); equalised test scores {scores}.")
+    elif not wanted and os.path.exists(path) and jax.process_index() == 0:
+        os.remove(path)
+        print(f"vae: model.equaliser is off; removed {path} (the run decodes as trained).")
 
 
 def with_builtin_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -332,13 +357,31 @@ class _Hooks:
         if jax.process_index() == 0:
             self._save_test_results(state, workdir, test_scores, recon)
         size = self.size
-        return {
+        out = {
             "latent_scale_factor": 1.0 / max(z_std, 1e-8),
             "latent_std": z_std,
             "latent_shape": [size // 8, size // 8, int(self.config.model.latent_channels)],
             "inference_params": inference_params_key(self.config),
             "test_metrics": test_scores,
         }
+        if self.config.model.get("equaliser", False):
+            scores = self.fit_equaliser(params, workdir)
+            print(f"vae: fitted the decoder equaliser; equalised test scores {scores}.")
+        return out
+
+    def fit_equaliser(self, params: Any, workdir: str) -> dict[str, float]:
+        """Fits the decoder equaliser on the training split, writes it into the run, and
+        returns the test-split PSNR / SSIM of the equalised reconstructions."""
+        train = self.train_set.images
+        _, recon = reconstruction_metrics(self.reconstruct, params, train, self.batch_size)
+        gains = equaliser.fit_gains(train, recon)
+        if jax.process_index() == 0:
+            rec = equaliser.record(gains, params_sha256(params), len(train))
+            equaliser.save(os.path.join(workdir, equaliser.FILE_NAME), rec)
+        scores, _ = reconstruction_metrics(
+            make_reconstruct_fn(self.model, gains), params, self.test_set.images, self.batch_size
+        )
+        return scores
 
     def _save_test_results(
         self, state: TrainState, workdir: str, scores: dict[str, float], recon: np.ndarray

@@ -147,8 +147,9 @@ def fine_tune(run, train: np.ndarray, flags) -> tuple[Any, list[dict]]:
 
 
 def with_decoder(run, dec):
-    """The run with its VAE's decoder parameters replaced (encoder, LDM unchanged)."""
-    vae = dataclasses.replace(run.vae, params={**run.vae.params, "decoder": dec})
+    """The run with its VAE's decoder parameters replaced (encoder, LDM unchanged); without
+    the equaliser, which was fitted for the old decoder."""
+    vae = dataclasses.replace(run.vae, params={**run.vae.params, "decoder": dec}, equaliser=None)
     return dataclasses.replace(run, vae=vae)
 
 
@@ -157,6 +158,7 @@ def probe(flags) -> dict:
     from jax_mri_ldm import pipeline  # heavy
 
     run = pipeline.load_ldm(flags.workdir)
+    run = dataclasses.replace(run, vae=run.vae.without_equaliser())  # both decoders as trained
     train, val, test = qc.load_splits(run)
     ref, period = qc.generator_train(run, train).images, qc.latent_period(run)
     dec, log = fine_tune(run, train.images, flags)

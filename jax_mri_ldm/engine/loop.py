@@ -66,8 +66,8 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("train.checkpoint_every_epochs", "train.keep_checkpoints"),
     "run length": ("train.num_epochs", "train.num_steps", "train.builtin_min_steps"),
     "locations": ("data.cache_dir", "vae_workdir"),
-    # trainers reuse a run's saved split.json as saved, so the rule that made it may change
-    "split rules": ("data.split.near_duplicate_threshold",),
+    "split rules": ("data.split.near_duplicate_threshold",),  # a saved split.json is reused
+    "decoder equaliser": ("model.equaliser",),  # fitted after the last update (train_vae.py)
 }
 
 # Settings added to the configs after runs were trained with them absent, and the value their

@@ -105,11 +105,15 @@ class SyntheticImages:
 
     def _store_parts(self, spec: SamplerSpec, b: int, i: int) -> tuple:
         """What batch i of (spec, b) depends on: weights, the run's metadata (schedule, latent
-        scale, prediction, ...), setting, seed, batch index, compile options."""
+        scale, prediction, ...), decoder equaliser, setting, seed, batch index, compile
+        options."""
         if spec.use_ema not in self._weights_keys:
             weights = (self.run.sampler_params(spec), self.vae_params)
             meta = json.dumps(self.run.meta, sort_keys=True, default=str)  # schedule, scale, ...
-            self._weights_keys[spec.use_ema] = tree_key(weights) + key_of(meta)
+            key = tree_key(weights) + key_of(meta)
+            if self.run.vae.equaliser is not None:  # decoded through it: its gains count too
+                key += key_of(np.asarray(self.run.vae.equaliser, np.float64))
+            self._weights_keys[spec.use_ema] = key
         options = sorted((self.compile_options or {}).items())
         return (self._weights_keys[spec.use_ema], repr(spec), b, self.seed, i, repr(options))
 

@@ -89,6 +89,10 @@ def _values(ctx: Context, r: dict) -> dict[str, Any]:
         "vae_ssim": _get(r, "vae.ssim.mean"),
         "vae_grid_ratio": _get(r, "vae.grid.ratio"),
         "vae_spectrum_ratio": _get(r, "vae.spectrum.ratio"),
+        "vae_equaliser": _get(r, "vae.equaliser"),
+        # the decoder as trained, when the run decodes through an equaliser
+        "vae_psnr_unequalised": _get(r, "vae.unequalised.psnr"),
+        "vae_ssim_unequalised": _get(r, "vae.unequalised.ssim"),
     }
 
 
@@ -100,6 +104,8 @@ REASONS = {
     "fast_sampler": "no DDPM row, or no sampler matched DDPM on the trusted per-image metrics "
     "(section 10)",
     "fast_sampler_deterministic": "no DDPM row, or no sampler matched DDPM (section 10)",
+    "vae_psnr_unequalised": "the run has no decoder equaliser (vae_psnr is the decoder's own)",
+    "vae_ssim_unequalised": "the run has no decoder equaliser (vae_ssim is the decoder's own)",
 }
 
 
