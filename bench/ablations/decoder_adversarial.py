@@ -185,8 +185,8 @@ def probe(flags) -> dict:
     return out
 
 
-def render(res: dict) -> str:
-    """decoder_adversarial.md: the spectrum rows and the test PSNR / SSIM per decoder."""
+def tables(res: dict, recon_head: list[str]) -> list[str]:
+    """Markdown lines: the spectrum rows (`spectrum_probe.score`), then test PSNR / SSIM."""
     head = ["set", "n", "spectrum median [IQR]", "high band", "grid", "NN-SSIM"]
     rows = [
         [n, r["n"], f"{f(r['median'])} [{f(r['iqr'][0])}, {f(r['iqr'][1])}]"]
@@ -194,17 +194,16 @@ def render(res: dict) -> str:
         for n, r in res["rows"].items()
     ]
     rec = [[k, f(v["psnr"], 2), f(v["ssim"])] for k, v in res["recon"].items()]
-    return "\n".join(
-        [
-            f"# Adversarial decoder fine-tune: `{res['workdir']}`, {res['steps']} updates, "
-            f"adv_weight {res['adv_weight']:g}, lr {res['lr']:g}",
-            "",
-            *table(head, rows),
-            "",
-            *table(["decoder", "test PSNR", "test SSIM"], rec),
-            "",
-        ]
+    return [*table(head, rows), "", *table(recon_head, rec)]
+
+
+def render(res: dict) -> str:
+    """decoder_adversarial.md: the spectrum rows and the test PSNR / SSIM per decoder."""
+    title = (
+        f"# Adversarial decoder fine-tune: `{res['workdir']}`, {res['steps']} updates, "
+        f"adv_weight {res['adv_weight']:g}, lr {res['lr']:g}"
     )
+    return "\n".join([title, "", *tables(res, ["decoder", "test PSNR", "test SSIM"]), ""])
 
 
 def figure(res: dict, path: str, n: int = 4, crop: int = 64) -> None:

@@ -39,7 +39,6 @@ import spectrum_probe as sp  # noqa: E402
 
 from jax_mri_ldm import atomic, equaliser  # noqa: E402
 from jax_mri_ldm.evaluation import metrics  # noqa: E402
-from jax_mri_ldm.evaluation.markdown import f, table  # noqa: E402
 from jax_mri_ldm.sampler_settings import SamplerSpec  # noqa: E402
 
 
@@ -92,24 +91,11 @@ def probe(flags) -> dict:
 
 def render(res: dict) -> str:
     """decoder_equaliser.md: spectrum rows, then test PSNR / SSIM, each way."""
-    head = ["set", "n", "spectrum median [IQR]", "high band", "grid", "NN-SSIM"]
-    rows = [
-        [n, r["n"], f"{f(r['median'])} [{f(r['iqr'][0])}, {f(r['iqr'][1])}]"]
-        + [f(r["bands"]["high"], 2), f(r["grid"]), f(r["nn_ssim"])]
-        for n, r in res["rows"].items()
-    ]
-    rec = [[k, f(v["psnr"], 2), f(v["ssim"])] for k, v in res["recon"].items()]
-    return "\n".join(
-        [
-            f"# Decoder equaliser: `{res['workdir']}`, w = {res['guidance']:g}, "
-            f"{res['per_class']} per class",
-            "",
-            *table(head, rows),
-            "",
-            *table(["test reconstructions", "PSNR", "SSIM"], rec),
-            "",
-        ]
+    title = (
+        f"# Decoder equaliser: `{res['workdir']}`, w = {res['guidance']:g}, "
+        f"{res['per_class']} per class"
     )
+    return "\n".join([title, "", *da.tables(res, ["test reconstructions", "PSNR", "SSIM"]), ""])
 
 
 def main(_argv) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jax_mri_ldm.equaliser import radius_index
+
 LATENT_PERIOD = 8
 """The VAE's downsampling factor: a decoder artefact repeats every this many pixels."""
 
@@ -32,13 +34,6 @@ def _power(images: np.ndarray) -> np.ndarray:
         raise ValueError(f"images must be (N, H, W, 1); got shape {np.shape(images)}.")
     x = x - x.mean(axis=(1, 2), keepdims=True)
     return np.abs(np.fft.fft2(x)) ** 2  # (N, H, W)
-
-
-def _radius_index(h: int, w: int) -> np.ndarray:
-    """(H, W) integer radius (in frequency bins of the shorter side) of every FFT bin."""
-    fy = np.fft.fftfreq(h) * min(h, w)
-    fx = np.fft.fftfreq(w) * min(h, w)
-    return np.rint(np.hypot(fy[:, None], fx[None, :])).astype(np.int64)
 
 
 def radial_spectrum(images: np.ndarray) -> np.ndarray:
@@ -56,7 +51,7 @@ def radial_spectrum(images: np.ndarray) -> np.ndarray:
     p = _power(images)
     p = p / np.maximum(p.reshape(len(p), -1).sum(axis=1), 1e-30)[:, None, None]
     n, h, w = p.shape
-    r = _radius_index(h, w).ravel()
+    r = radius_index(h, w).ravel()  # the equaliser's radii, so the two curves agree
     rmax = min(h, w) // 2
     counts = np.bincount(r, minlength=rmax + 1)[1 : rmax + 1]
     sums = np.stack([np.bincount(r, weights=pi.ravel(), minlength=rmax + 1) for pi in p])
