@@ -237,8 +237,9 @@ def _sync_equaliser(config, hooks: _Hooks, state: TrainState, workdir: str) -> N
     run that finished without one, removes it when the option is off (`equaliser.py`)."""
     path = os.path.join(workdir, equaliser.FILE_NAME)
     wanted = bool(config.model.get("equaliser", False))
-    if wanted and not _equaliser_current(path, hooks.inference_params(state), hooks.size):
-        scores = hooks.fit_equaliser(hooks.inference_params(state), workdir)
+    params = hooks.inference_params(state) if wanted else None  # one host copy for both
+    if wanted and not _equaliser_current(path, params, hooks.size):
+        scores = hooks.fit_equaliser(params, workdir)
         print(f"vae: fitted the decoder equaliser ({path}); equalised test scores {scores}.")
     elif not wanted and os.path.exists(path) and jax.process_index() == 0:
         os.remove(path)
@@ -373,7 +374,9 @@ class _Hooks:
         """Fits the decoder equaliser on the training split, writes it into the run, and
         returns the test-split PSNR / SSIM of the equalised reconstructions."""
         train = self.train_set.images
-        _, recon = reconstruction_metrics(self.reconstruct, params, train, self.batch_size)
+        recon = batched_apply(
+            lambda x: self.reconstruct(params, x), train, batch_size=self.batch_size
+        )
         gains = equaliser.fit_gains(train, recon)
         if jax.process_index() == 0:
             rec = equaliser.record(gains, params_sha256(params), len(train))
