@@ -75,6 +75,32 @@ def test_train_classifier_rejects_missing_class():
         dc.train_classifier(tx, ty[:4], steps=1, **TINY)
 
 
+def test_class_draws_follow_sample_weights():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    members = [np.flatnonzero(labels == c) for c in (0, 1)]
+    draw = dc._class_draws(members, np.array([1.0, 0.0, 3.0, 0.0, 0.0, 2.0]), 6)
+    rng = np.random.default_rng(0)
+    zeros = np.array([draw(rng, 0) for _ in range(4000)])
+    assert set(zeros) == {0, 2}  # weight 0 is never drawn
+    assert abs(np.mean(zeros == 2) - 0.75) < 0.03  # 3 : 1 within the class
+    assert {draw(rng, 1) for _ in range(100)} == {5}
+    uniform = dc._class_draws(members, None, 6)
+    assert {uniform(rng, 1) for _ in range(200)} == {3, 4, 5}
+    for bad in (np.ones(5), np.array([1, 1, 1, 0, 0, 0.0]), np.array([1, -1, 1, 1, 1, 1.0])):
+        with pytest.raises(ValueError, match="sample_weights"):
+            dc._class_draws(members, bad, 6)
+
+
+def test_train_classifier_ignores_zero_weight_images():
+    tx, ty = _toy(64, seed=1)
+    vx, vy = _toy(64, seed=2)
+    flipped = ty.copy()
+    flipped[:32] = 1 - flipped[:32]  # the first half carries wrong labels ...
+    w = np.r_[np.zeros(32), np.ones(32)]  # ... and is never drawn
+    clf, _ = dc.train_classifier(tx, flipped, seed=0, steps=40, sample_weights=w, **TINY)
+    assert dc.evaluate_classifier(clf, vx, vy)["accuracy"] >= 0.9
+
+
 @pytest.fixture(scope="module")
 def tiny_study() -> dict:
     real_train, real_test, syn = _toy(32, seed=4), _toy(32, seed=5), _toy(24, seed=6)

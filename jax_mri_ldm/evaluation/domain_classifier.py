@@ -137,6 +137,7 @@ def train_classifier(
     dropout_rate: float = 0.0,
     log_every: int = 25,
     eval_every: int | None = None,
+    sample_weights=None,
 ) -> tuple[TrainedClassifier, dict]:
     """Trains a ClassifierCNN with Adam on class-balanced, randomly flipped batches.
 
@@ -156,6 +157,9 @@ def train_classifier(
       dropout_rate: dropout on pooled features during training.
       log_every: record the mean loss / batch accuracy every this many steps.
       eval_every: validation period in steps; None = only at the end.
+      sample_weights: optional (N,) non-negative weights: within its class, an image is drawn
+        with probability proportional to its weight (None = uniformly). The downstream study
+        uses it to fix the synthetic images' share of each class's draws.
 
     Returns:
       (classifier, history) where history has lists 'step', 'loss', 'batch_accuracy' (means over
@@ -165,6 +169,7 @@ def train_classifier(
         train_images, train_labels, num_classes, steps, batch_size
     )
     val_data = _resized_val(val, num_classes, input_size)
+    draw = _class_draws(members, sample_weights, labels.shape[0])
     images = metrics.resize_images(images, input_size)  # (N, s, s, C), once
     model = ClassifierCNN(
         num_classes=num_classes,
@@ -176,10 +181,27 @@ def train_classifier(
     init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(init_key, jnp.asarray(images[:1]))["params"]
     params, history = _fit(
-        model, step_fn, params, tx.init(params), images, labels, members, batch_size, seed,
+        model, step_fn, params, tx.init(params), images, labels, draw, batch_size, seed,
         steps, log_every, eval_every, val_data, step_key,
     )  # fmt: skip
     return TrainedClassifier(model, params), history
+
+
+def _class_draws(
+    members: list[np.ndarray], weights, n: int
+) -> Callable[[np.random.Generator, int], int]:
+    """`draw(rng, c)`: one training image index of class c, uniform or by `weights` (N,)."""
+    if weights is None:
+        return lambda rng, c: members[c][rng.integers(members[c].size)]
+    w = np.asarray(weights, np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"sample_weights must be ({n},) finite and >= 0; got shape {w.shape}.")
+    sums = [w[m].sum() for m in members]
+    if min(sums) <= 0:
+        raise ValueError("sample_weights give some class a total weight of 0.")
+    cdfs = [np.cumsum(w[m]) / s for m, s in zip(members, sums, strict=True)]
+    return lambda rng, c: members[c][min(np.searchsorted(cdfs[c], rng.random(), "right"),
+                                         members[c].size - 1)]  # fmt: skip
 
 
 def _fit(
@@ -189,7 +211,7 @@ def _fit(
     opt_state,
     images,
     labels,
-    members,
+    draw,
     batch_size,
     seed,
     steps,
@@ -198,15 +220,16 @@ def _fit(
     val,
     step_key,
 ) -> tuple[Any, dict]:
-    """The training loop of `train_classifier`: balanced batches, logging, validation."""
-    num_classes = len(members)
+    """The training loop of `train_classifier`: balanced batches (`draw(rng, class)` picks an
+    image), logging, validation."""
+    num_classes = model.num_classes
     rng = np.random.default_rng(seed)
     slot_classes = np.arange(batch_size) % num_classes  # equal numbers per class per batch
     history: dict[str, list] = {"step": [], "loss": [], "batch_accuracy": [], "val": []}
     loss_acc, acc_acc, count = 0.0, 0.0, 0
     for step in range(1, steps + 1):
         cls = (slot_classes + step) % num_classes
-        idx = np.array([members[c][rng.integers(members[c].size)] for c in cls])
+        idx = np.array([draw(rng, c) for c in cls])
         params, opt_state, loss, acc = step_fn(
             params,
             opt_state,

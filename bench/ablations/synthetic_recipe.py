@@ -1,0 +1,159 @@
+"""How should a classifier use synthetic slices? Mixing share and label filtering, paired.
+
+The report's downstream study adds the synthetic pool to half the real training images and
+draws each class's batch slots uniformly over real and synthetic images together, so 200
+synthetic images per class outnumber the half's real ones 2-5 to 1, and every synthetic image
+whose content does not match its label is label noise. This probe compares, on one pool and
+paired within each seed (same half split, classifier initialisation, evaluation set):
+
+* ``half``: the half alone;
+* ``half+syn``: the report's arm (uniform draws over the union);
+* ``half+syn share s``: synthetic images get share s of each class's draws (`--shares`);
+* ``half+syn filtered``: only synthetic images that the seed's ``half`` classifier (trained on
+  the real images this arm has, nothing else) assigns to their own label with probability
+  >= `--keep_prob`; and the same with each share.
+
+Every run is scored on the validation split and the test split apart and together (the
+report's evaluation set), so a recipe can be chosen on validation and confirmed on test.
+
+Run from the repository root::
+
+  python bench/ablations/synthetic_recipe.py --workdir=runs/ldm --guidance=1 --seeds=10 \\
+      --out=runs/exp/synthetic_recipe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench"), os.path.dirname(os.path.abspath(__file__))]
+
+import quality_curve as qc  # noqa: E402
+from equaliser_downstream import paired  # noqa: E402
+
+from configs import report as report_cfg  # noqa: E402
+from jax_mri_ldm import atomic  # noqa: E402
+from jax_mri_ldm.evaluation import metrics, study  # noqa: E402
+from jax_mri_ldm.evaluation.domain_classifier import (  # noqa: E402
+    evaluate_classifier,
+    predict_proba,
+    train_classifier,
+)
+
+METRICS = ("accuracy", "auc")
+
+
+def share_weights(labels: np.ndarray, is_syn: np.ndarray, share: float | None) -> np.ndarray | None:
+    """Per-image draw weights giving synthetic images `share` of each class (None: uniform)."""
+    if share is None:
+        return None
+    w = np.zeros(labels.shape, np.float64)
+    for c in np.unique(labels):
+        for syn, part in ((True, share), (False, 1.0 - share)):
+            m = (labels == c) & (is_syn == syn)
+            w[m] = part / max(1, m.sum())
+    return w
+
+
+def pool(run, args, cache: str) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic pool (`--per_class` per class, run's default sampler), cached in `cache`."""
+    labels = np.repeat(np.arange(len(run.class_names)), args.per_class).astype(np.int32)
+    if os.path.exists(cache):
+        x = np.load(cache)["images"]
+        if x.shape[0] == labels.size:
+            return x, labels
+    spec = dataclasses.replace(run.default_spec(), guidance_scale=args.guidance)
+    x = run.sample_images(labels, args.seed, spec, 16)
+    with atomic.atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=x)
+    return x, labels
+
+
+def scores(clf, sets: dict) -> dict:
+    return {k: evaluate_classifier(clf, *v) for k, v in sets.items()}
+
+
+def one_seed(seed, train, syn, sets, args, kw) -> dict:
+    """Every arm of one seed: {arm: {set: metrics}} plus the filter's kept counts."""
+    rng = np.random.default_rng(seed)
+    half = study.half_sizes(np.bincount(train[1]).tolist(), study.HALF_FRACTION)
+    idx = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(train[1] == c), h, replace=False) for c, h in enumerate(half)
+    ]))  # fmt: skip
+    hx, hy = train[0][idx], train[1][idx]
+    clf, _ = train_classifier(hx, hy, seed=seed, **kw)
+    out = {"half": scores(clf, sets)}
+    p_label = predict_proba(clf, syn[0])[np.arange(syn[1].size), syn[1]]
+    keep = p_label >= args.keep_prob
+    out["kept_per_class"] = np.bincount(syn[1][keep], minlength=2).tolist()
+    for tag, sel in (("", np.ones_like(keep)), (" filtered", keep)):
+        x = np.concatenate([hx, syn[0][sel]])
+        y = np.concatenate([hy, syn[1][sel]])
+        is_syn = np.r_[np.zeros(hy.size, bool), np.ones(int(sel.sum()), bool)]
+        for share in (None, *args.shares):
+            name = f"half+syn{tag}" + ("" if share is None else f" share {share:g}")
+            w = share_weights(y, is_syn, share)
+            clf, _ = train_classifier(x, y, seed=seed, sample_weights=w, **kw)
+            out[name] = scores(clf, sets)
+            print(f"seed {seed} {name}: " + ", ".join(
+                f"{k} acc {v['accuracy']:.3f} auc {v['auc']:.3f}" for k, v in out[name].items()
+            ), flush=True)  # fmt: skip
+    return out
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    """Paired gains over 'half' of every arm, per evaluation set and metric."""
+    arms = [a for a in per_seed[0] if a.startswith("half+syn")]
+    out = {}
+    for a in arms:
+        out[a] = {s: {m: paired([r[a][s] for r in per_seed], [r["half"][s] for r in per_seed], m)
+                      for m in METRICS} for s in per_seed[0]["half"]}  # fmt: skip
+    return out
+
+
+def main(args: argparse.Namespace) -> None:
+    from jax_mri_ldm import pipeline  # heavy
+
+    cfg = report_cfg.get_config("paper")
+    run = pipeline.load_ldm(args.workdir)
+    train, val, test = qc.load_splits(run)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    t0 = time.time()
+    syn = pool(run, args, args.out + f".pool_w{args.guidance:g}.npz")
+    size = cfg.classifier_input_size
+    sets = {"val": (val.images, val.labels), "test": (test.images, test.labels)}
+    sets["val+test"] = tuple(np.concatenate([sets["val"][i], sets["test"][i]]) for i in (0, 1))
+    sets = {k: (metrics.resize_images(x, size), y) for k, (x, y) in sets.items()}
+    train_r = (metrics.resize_images(train.images, size), train.labels)
+    syn_r = (metrics.resize_images(syn[0], size), syn[1])
+    kw = dict(steps=cfg.study_steps, batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr,
+              input_size=size, widths=tuple(cfg.classifier_widths))  # fmt: skip
+    per_seed = []
+    for seed in range(args.seeds):
+        per_seed.append(one_seed(seed, train_r, syn_r, sets, args, kw))
+        res = {"args": vars(args), "seconds": time.time() - t0, "per_seed": per_seed,
+               "gain_over_half": summarise(per_seed) if len(per_seed) > 1 else None}  # fmt: skip
+        atomic.write_json(args.out, res, indent=1)
+    for arm, g in res["gain_over_half"].items():
+        print(arm, {s: {m: f"{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+                        for m, v in d.items()} for s, d in g.items()})  # fmt: skip
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="a finished LDM run")
+    p.add_argument("--out", required=True, help="output JSON (the pool is cached beside it)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
+    p.add_argument("--per_class", type=int, default=200, help="synthetic pool per class")
+    p.add_argument("--seeds", type=int, default=10, help="study seeds (0..seeds-1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the pool")
+    p.add_argument("--shares", type=float, nargs="*", default=[0.25], help="synthetic shares")
+    p.add_argument("--keep_prob", type=float, default=0.5, help="filter: min P(own label)")
+    main(p.parse_args())
