@@ -83,6 +83,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.downstream_eval_splits = ("val", "test")
     # Synthetic-amount sweep: half+syn at these multiples of the half real set's per-class size.
     c.downstream_syn_multiples = (1.0, 2.0)
+    # The '+syn' arms' recipe (evaluation/synthetic_mix.py; chosen on the validation split,
+    # docs/results.md). Share of each class's training draws given to synthetic images, in
+    # (0, 1); 0 = no fixed share (uniform over real and synthetic images together).
+    c.downstream_syn_share = 0.5
+    # Label filter: keep the synthetic images that the same seed's classifier of the arm's real
+    # images alone gives P(own label) >= this, in [0, 1); 0 = keep every synthetic image.
+    c.downstream_syn_keep_prob = 0.5
     c.diversity_max_pairs = 500  # pairs per class for mean pairwise MS-SSIM
     c.kid_subsets = 100  # KID subsets
     c.kid_subset_size = 1000  # KID subset size (clipped to the set sizes)

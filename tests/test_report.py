@@ -273,6 +273,11 @@ def _check_downstream_sets(r: dict, s) -> None:
     md = downstream.render(r)
     assert "How much synthetic data" in md and "scored on the real evaluation set" in md
     assert all(f"{m:g} x half (" in md for m in s.downstream_syn_multiples if m not in skipped)
+    assert ds["config"]["syn_share"] == (s.downstream_syn_share or None)
+    assert ds["config"]["syn_keep_prob"] == (s.downstream_syn_keep_prob or None)
+    if s.downstream_syn_keep_prob:  # the recipe is stated and every run counted
+        assert "a label filter keeps" in md
+        assert all("synthetic_used" in run for run in ds["arms"]["half+syn"]["per_seed"])
     comp = ds["comparisons"]["half+syn - half"]["accuracy"]
     gain = r["headline"]["downstream_half_gain_acc"]
     assert gain is None or gain == pytest.approx(
@@ -487,6 +492,8 @@ def test_resolve_settings_presets_and_errors():
     bad = {
         "downstream_eval_splits": [("valid",), ("train", "test"), ("test", "test"), ()],
         "downstream_syn_multiples": [(0.0,), (1.0, 1.0), (-2.0,)],
+        "downstream_syn_share": [-0.5, 1.5],
+        "downstream_syn_keep_prob": [1.0, -0.5],
     }
     for option, values in bad.items():
         for value in values:  # refused up front, before any sampling

@@ -171,6 +171,14 @@ def _check_downstream_options(c: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"--config.downstream_syn_multiples={tuple(multiples)}: use distinct multiples > 0."
         )
+    from jax_mri_ldm.evaluation import synthetic_mix
+
+    try:
+        synthetic_mix.check_settings(
+            c.get("downstream_syn_share") or None, c.get("downstream_syn_keep_prob") or None
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _check_ldm_workdir(workdir: str) -> None:

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from jax_mri_ldm import CLASS_NAMES
-from jax_mri_ldm.evaluation import metrics, stats
+from jax_mri_ldm.evaluation import metrics, stats, synthetic_mix
 from jax_mri_ldm.evaluation.domain_classifier import (
     check_dataset,
     evaluate_classifier,
+    predict_proba,
     train_classifier,
 )
 
@@ -224,6 +225,8 @@ def downstream_study(
     progress: Callable[[str], None] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     memo: Callable[[tuple, Callable[[], dict]], dict] | None = None,
+    syn_share: float | None = None,
+    syn_keep_prob: float | None = None,
 ) -> dict:
     """Trains one classifier per (arm, seed) and scores it on the real evaluation set.
 
@@ -249,6 +252,12 @@ def downstream_study(
       class_names: label id -> name; K = len(class_names) classes (metrics: `metric_names`).
       memo: `memo(parts, compute) -> dict` keeps each classifier run's scores under the hash
         of its inputs (`resume.ResumeStore.result`), so a stopped study resumes; None = off.
+      syn_share: the synthetic images' share of each class's draws in 'real+syn', 'half+syn'
+        and the sweep (`synthetic_mix.share_weights`); None = uniform over real and synthetic.
+      syn_keep_prob: label filter of those arms: keep the synthetic images that the same
+        seed's classifier of their real images alone (`FILTER_SOURCE`, which must be in `arms`)
+        gives P(own label) >= this; None = keep all. Each filtered run records its
+        'synthetic_used' counts.
 
     Returns:
       JSON-able dict (non-finite numbers become None):
@@ -267,6 +276,8 @@ def downstream_study(
                  'per_seed', 'summary', 'gain'}]} (gain: paired over 'half', as 'comparisons').
     """
     arms, seeds = _check_study_args(arms, seeds, half_fraction, syn_multiples)
+    _check_mix(arms, syn_share, syn_keep_prob)
+    mix = {"share": syn_share, "keep_prob": syn_keep_prob}
     class_names = tuple(class_names)
     names = metric_names(class_names)
     data = _prepare_study_data(
@@ -280,7 +291,7 @@ def downstream_study(
     train_kw = dict(steps=steps, batch_size=batch_size, lr=lr, augment=augment)
     train_kw.update(input_size=input_size, widths=tuple(widths), num_classes=len(class_names))
     per_arm, sweep = _run_arms(
-        data, arms, seeds, n_per_class, train_kw, class_names, progress, memo
+        data, arms, seeds, n_per_class, train_kw, class_names, progress, memo, mix
     )
     _summarise_arms(per_arm, arms, names, confidence)
     config = {
@@ -288,6 +299,8 @@ def downstream_study(
         "seeds": list(seeds),
         "arms": list(arms),
         "syn_multiples": [float(m) for m in syn_multiples],
+        "syn_share": syn_share,
+        "syn_keep_prob": syn_keep_prob,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
         "half_fraction": half_fraction,
         "confidence": confidence,
@@ -363,6 +376,21 @@ def _check_study_args(
     return arms, seeds
 
 
+def _check_mix(arms: tuple[str, ...], share: float | None, keep_prob: float | None) -> None:
+    """The mixing settings are in range and every filtered arm has its vetting arm."""
+    synthetic_mix.check_settings(share, keep_prob)
+    if keep_prob is None:
+        return
+    missing = {a: FILTER_SOURCE[a] for a in arms if a in FILTER_SOURCE}
+    missing = {a: s for a, s in missing.items() if s not in arms}
+    if missing:
+        raise ValueError(
+            f"the label filter (syn_keep_prob={keep_prob}) vets each arm's synthetic images "
+            f"with a classifier of its real images alone; add {sorted(set(missing.values()))} "
+            f"to arms for {sorted(missing)}, or set syn_keep_prob=None."
+        )
+
+
 def _prepare_study_data(
     real_train, real_eval, synthetic, arms, sweep, n_per_class, class_names, input_size
 ) -> dict[str, Any]:
@@ -409,8 +437,9 @@ def _check_pool(data: dict, class_names: Sequence[str]) -> None:
         )
 
 
-def _seed_draws(data: dict, seed: int, n_per_class: int) -> tuple[np.ndarray, tuple | None]:
-    """One seed's stratified half (indices into the real train split) and synthetic subset."""
+def _seed_draws(data: dict, seed: int, n_per_class: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One seed's stratified half (indices into the real train split) and synthetic subset
+    (indices into the pool; None without a pool)."""
     rng = np.random.default_rng(seed)
     half_idx = np.sort(
         np.concatenate(
@@ -420,80 +449,116 @@ def _seed_draws(data: dict, seed: int, n_per_class: int) -> tuple[np.ndarray, tu
             ]
         )
     )
-    syn = None
-    if data["syn"] is not None:
-        pick = np.concatenate(
-            [rng.choice(m, n_per_class, replace=False) for m in data["syn_members"]]
-        )
-        syn = (data["syn"][0][pick], data["syn"][1][pick])
-    return half_idx, syn
+    if data["syn"] is None:
+        return half_idx, None
+    pick = np.concatenate([rng.choice(m, n_per_class, replace=False) for m in data["syn_members"]])
+    return half_idx, pick
 
 
-def _sweep_draws(data: dict, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One seed's synthetic sets of the sweep rows, nested: every row takes the first counts of
+def _sweep_draws(data: dict, seed: int) -> list[np.ndarray]:
+    """One seed's pool indices of the sweep rows, nested: every row takes the first counts of
     one per-class permutation (its own stream, so the main arms' draws do not depend on it)."""
     if not data["sweep"]:
         return []
     rng = np.random.default_rng([seed, 1])
     perms = [rng.permutation(m) for m in data["syn_members"]]
-    out = []
-    for counts in data["sweep"]:
-        pick = np.concatenate([p[:n] for p, n in zip(perms, counts, strict=True)])
-        out.append((data["syn"][0][pick], data["syn"][1][pick]))
-    return out
+    return [np.concatenate([p[:n] for p, n in zip(perms, c, strict=True)]) for c in data["sweep"]]
 
 
-def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress, memo=None):
+FILTER_SOURCE: dict[str, str] = {"real+syn": "real", "half+syn": "half"}
+"""With a label filter, the real-only arm whose classifier vets each '+syn' arm's synthetic
+images ('syn' has no real images to train one and is never filtered)."""
+
+
+def _mixed(data, arm, half_idx, pick, p_own, mix) -> tuple[np.ndarray, np.ndarray, Any, dict]:
+    """(images, labels, draw weights or None, {'real', 'synthetic'} label arrays) of one arm:
+    its synthetic draw `pick` filtered by `p_own` (the pool's P(own label); None = keep all)
+    and weighted to the synthetic share `mix['share']` when the arm has real images too."""
+    syn = None
+    if pick is not None and arm in ("real+syn", "syn", "half+syn"):
+        if p_own is not None:
+            pick = pick[synthetic_mix.filter_keep(p_own[pick], mix["keep_prob"])]
+        syn = (data["syn"][0][pick], data["syn"][1][pick])
+    x, y, real_used, syn_used = _arm_data(arm, data["train"], half_idx, syn)
+    is_syn = np.r_[np.zeros(real_used.size, bool), np.ones(syn_used.size, bool)]
+    share = mix["share"] if arm in FILTER_SOURCE else None  # the arms with both kinds
+    weights = synthetic_mix.share_weights(y, is_syn, share)
+    return x, y, weights, {"real": real_used, "synthetic": syn_used}
+
+
+def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress, memo, mix):
     """Trains and scores one classifier per (seed, arm) and per (seed, sweep row).
 
-    `memo(parts, compute)`, when given, returns a stored result of a run whose inputs `parts`
-    (seed, images, labels, evaluation set, settings) it has seen, or computes and keeps it.
+    The real-only arms run first within a seed, so that with a label filter
+    (`mix['keep_prob']`) their classifiers' P(own label) of every pool image (`FILTER_SOURCE`)
+    is known when the '+syn' arms draw. `memo(parts, compute)`, when given, returns a stored
+    result of a run whose inputs `parts` (seed, images, labels, evaluation set, settings) it
+    has seen, or computes and keeps it.
 
     Returns:
       ({arm: {'per_seed', 'train_counts'}}, [{'multiple', 'arm', 'synthetic_per_class',
       'per_seed'}] of the sweep rows).
     """
     per_arm: dict[str, dict] = {a: {"per_seed": []} for a in arms}
-    multiples = data["multiples"]
     sweep = [
-        {
-            "multiple": m,
-            "arm": f"half+syn x{m:g}",
-            "synthetic_per_class": dict(zip(class_names, c, strict=True)),
-            "per_seed": [],
-        }
-        for m, c in zip(multiples, data["sweep"], strict=True)
-    ]
+        {"multiple": m, "arm": f"half+syn x{m:g}",
+         "synthetic_per_class": dict(zip(class_names, c, strict=True)), "per_seed": []}
+        for m, c in zip(data["multiples"], data["sweep"], strict=True)
+    ]  # fmt: skip
+    run = _runner(data, train_kw, class_names, progress, memo, mix)
+    order = sorted(arms, key=lambda a: a not in FILTER_SOURCE.values())
+    for seed in seeds:
+        half_idx, pick = _seed_draws(data, seed, n_per_class)
+        p_own: dict[str, Any] = {}
+        for arm in order:
+            src = FILTER_SOURCE.get(arm)
+            x, y, w, used = _mixed(data, arm, half_idx, pick, p_own.get(src), mix)
+            out = run(arm, x, y, w, seed, vets=arm in FILTER_SOURCE.values())
+            p_own[arm] = out.pop("p_own_pool", None)
+            if mix["keep_prob"] is not None and arm in FILTER_SOURCE:
+                out["synthetic_used"] = _counts(used["synthetic"], class_names)
+            per_arm[arm]["per_seed"].append(out)
+            per_arm[arm]["train_counts"] = {k: _counts(v, class_names) for k, v in used.items()}
+        for row, rpick in zip(sweep, _sweep_draws(data, seed), strict=True):
+            x, y, w, used = _mixed(data, "half+syn", half_idx, rpick, p_own.get("half"), mix)
+            out = run(row["arm"], x, y, w, seed)
+            if mix["keep_prob"] is not None:
+                out["synthetic_used"] = _counts(used["synthetic"], class_names)
+            row["per_seed"].append(out)
+    return per_arm, sweep
 
-    def fit(x, y, seed: int) -> dict:
-        clf, hist = train_classifier(x, y, seed=seed, **train_kw)  # init: PRNGKey(seed)
+
+def _runner(data, train_kw, class_names, progress, memo, mix) -> Callable[..., dict]:
+    """`run(name, x, y, weights, seed, vets=False) -> scores`: one classifier run, memoised;
+    with `vets` and a label filter, the scores carry 'p_own_pool' (P(own label) of the pool)."""
+
+    def fit(x, y, w, seed: int, vets: bool) -> dict:
+        clf, hist = train_classifier(x, y, seed=seed, sample_weights=w, **train_kw)
         scores = evaluate_classifier(clf, *data["test"], class_names=class_names)
-        return {"seed": seed, **scores, "final_loss": float(hist["loss"][-1])}
+        out = {"seed": seed, **scores, "final_loss": float(hist["loss"][-1])}
+        if vets:
+            probs = predict_proba(clf, data["syn"][0])
+            out["p_own_pool"] = synthetic_mix.own_label_probability(probs, data["syn"][1]).tolist()
+        return out
 
-    def run(name: str, x, y, seed: int) -> dict:
+    def run(name: str, x, y, w, seed: int, vets: bool = False) -> dict:
+        vets = vets and mix["keep_prob"] is not None and data["syn"] is not None
         if memo is None:
-            out = fit(x, y, seed)
+            out = fit(x, y, w, seed, vets)
         else:
             parts = ("study run", seed, x, y, *data["test"], sorted(train_kw.items()), class_names)
-            out = memo(parts, lambda: fit(x, y, seed))
+            parts += () if w is None else ("weights", w)
+            parts += ("vets", *data["syn"]) if vets else ()
+            out = memo(parts, lambda: fit(x, y, w, seed, vets))
+        out = dict(out)
+        if vets:
+            out["p_own_pool"] = np.asarray(out["p_own_pool"])
         if progress is not None:
             line = ", ".join(f"{k}={out[k]:.3f}" for k in metric_names(class_names) if k in out)
             progress(f"seed {seed} arm {name}: {line}")
         return out
 
-    for seed in seeds:
-        half_idx, syn = _seed_draws(data, seed, n_per_class)
-        for arm in arms:
-            x, y, real_used, syn_used = _arm_data(arm, data["train"], half_idx, syn)
-            per_arm[arm]["per_seed"].append(run(arm, x, y, seed))
-            per_arm[arm]["train_counts"] = {
-                "real": _counts(real_used, class_names),
-                "synthetic": _counts(syn_used, class_names),
-            }
-        for row, s in zip(sweep, _sweep_draws(data, seed), strict=True):
-            x, y, _, _ = _arm_data("half+syn", data["train"], half_idx, s)
-            row["per_seed"].append(run(row["arm"], x, y, seed))
-    return per_arm, sweep
+    return run
 
 
 def _comparisons(per_arm: dict, names: Sequence[str], confidence: float) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from jax_mri_ldm import plots
 from jax_mri_ldm.evaluation import study
 from jax_mri_ldm.evaluation.context import Context, Nulls
@@ -164,11 +166,13 @@ def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> 
     if real and real["mean"] is not None and real["mean"] >= 0.95:
         limits.append(f"the real-only baseline is already at {real['mean']:.3f} (ceiling)")
     if fidelity is not None and real_fidelity is not None and fidelity < real_fidelity - 0.05:
+        filtered = ds["config"].get("syn_keep_prob") is not None
         limits.append(
             f"class fidelity of the synthetic images ({fidelity:.3f}) is below the classifier's "
             f"accuracy on real test images ({real_fidelity:.3f}), so part of the synthetic set "
-            "acts as label noise"
-        )
+            + ("is off-label (the label filter drops what its classifier sees as such)"
+               if filtered else "acts as label noise")
+        )  # fmt: skip
     if fid_ratio is not None and fid_ratio > 2.0:
         limits.append(
             f"the domain FID is {fid_ratio:.1f}x the real-vs-real reference: the synthetic "
@@ -248,6 +252,8 @@ def compute(ctx: Context) -> dict[str, Any]:
         progress=lambda line: ctx.log(f"  {line}"),
         class_names=ctx.class_names,
         memo=store.result if (store := ctx.shared.get("store")) else None,
+        syn_share=cfg.downstream_syn_share or None,  # 0: no fixed share
+        syn_keep_prob=cfg.downstream_syn_keep_prob or None,  # 0: keep all
         **classifier_kwargs(ctx),
     )
     ds["data"]["real_test"] = ctx.test.counts()  # the test split alone, as before 'real_eval'
@@ -327,6 +333,34 @@ def render_sweep(dsr: dict) -> list[str]:
     return L + ([""] if sweep.get("skipped") else [])
 
 
+def describe_recipe(dsr: dict) -> list[str]:
+    """How the '+syn' arms take in the synthetic images (markdown lines; none for the plain
+    recipe: uniform draws over every synthetic image, and reports before the option)."""
+    cfg = dsr["config"]
+    share, keep = cfg.get("syn_share"), cfg.get("syn_keep_prob")
+    if share is None and keep is None:
+        return []
+    parts = []
+    if share is not None:
+        parts.append(
+            f"synthetic images get {share:.0%} of each class's training draws in `real+syn`, "
+            "`half+syn` and the sweep, however many there are"
+        )
+    if keep is not None:
+        runs = dsr["arms"].get("half+syn", {}).get("per_seed", [])
+        used = [r["synthetic_used"] for r in runs if "synthetic_used" in r]
+        kept = ", ".join(
+            f"{n} {np.mean([u[n] for u in used]):.0f}" for n in cfg["class_names"]
+        ) if used else "n/a"  # fmt: skip
+        parts.append(
+            f"a label filter keeps the synthetic images that the same seed's classifier of the "
+            f"arm's real images alone (`real` for `real+syn`, `half` for `half+syn`) gives "
+            f"P(own label) >= {keep:g} (`half+syn` kept, mean over seeds: {kept} of "
+            f"{cfg['n_per_class']} per class)"
+        )
+    return ["Recipe (evaluation/synthetic_mix.py): " + "; ".join(parts) + ".", ""]
+
+
 def render(r: dict) -> str:
     dsr = r["downstream"]
     cfg = dsr["config"]
@@ -341,6 +375,7 @@ def render(r: dict) -> str:
         "half split and the batch order).",
         "",
     ]
+    L += describe_recipe(dsr)
     arm_rows = []
     for arm, a in dsr["arms"].items():
         counts = a["train_counts"]
