@@ -80,6 +80,22 @@ def scores(clf, sets: dict) -> dict:
     return {k: evaluate_classifier(clf, *v) for k, v in sets.items()}
 
 
+def filter_figure(path: str, test, pool, p_own: np.ndarray, keep_prob: float, n: int = 8) -> None:
+    """Per class: real test slices, the synthetic images the filter trusts most, and those it
+    rejects (lowest P(own label) first), full resolution."""
+    from jax_mri_ldm import CLASS_NAMES, plots
+
+    rows = []
+    for c, name in enumerate(CLASS_NAMES):
+        idx = np.flatnonzero(pool[1] == c)
+        order = idx[np.argsort(-p_own[idx])]
+        out = order[p_own[order] < keep_prob][::-1]
+        rows += [(f"real {name}", test[0][test[1] == c][:n]),
+                 (f"kept {name}", pool[0][order[:n]]),
+                 (f"rejected {name}", pool[0][out[:n]])]  # fmt: skip
+    plots.save_rows_figure(rows, path, f"label filter P(own label) >= {keep_prob:g}, seed 0")
+
+
 def one_seed(seed, train, syn, sets, args, kw) -> dict:
     """Every arm of one seed: {arm: {set: metrics}} plus the filter's kept counts."""
     rng = np.random.default_rng(seed)
@@ -92,6 +108,8 @@ def one_seed(seed, train, syn, sets, args, kw) -> dict:
     out = {"half": scores(clf, sets)}
     p_label = predict_proba(clf, syn[0])[np.arange(syn[1].size), syn[1]]
     keep = p_label >= args.keep_prob
+    if args.figure and seed == 0:
+        filter_figure(args.figure, args.test_full, args.pool_full, p_label, args.keep_prob)
     out["kept_per_class"] = np.bincount(syn[1][keep], minlength=2).tolist()
     for tag, sel in (("", np.ones_like(keep)), (" filtered", keep)):
         x = np.concatenate([hx, syn[0][sel]])
@@ -127,6 +145,7 @@ def main(args: argparse.Namespace) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     t0 = time.time()
     syn = pool(run, args, args.out + f".pool_w{args.guidance:g}.npz")
+    args.test_full, args.pool_full = (test.images, test.labels), syn
     size = cfg.classifier_input_size
     sets = {"val": (val.images, val.labels), "test": (test.images, test.labels)}
     sets["val+test"] = tuple(np.concatenate([sets["val"][i], sets["test"][i]]) for i in (0, 1))
@@ -138,10 +157,11 @@ def main(args: argparse.Namespace) -> None:
     per_seed = []
     for seed in range(args.seeds):
         per_seed.append(one_seed(seed, train_r, syn_r, sets, args, kw))
-        res = {"args": vars(args), "seconds": time.time() - t0, "per_seed": per_seed,
+        res = {"args": {k: v for k, v in vars(args).items() if not k.endswith("_full")},
+               "seconds": time.time() - t0, "per_seed": per_seed,
                "gain_over_half": summarise(per_seed) if len(per_seed) > 1 else None}  # fmt: skip
         atomic.write_json(args.out, res, indent=1)
-    for arm, g in res["gain_over_half"].items():
+    for arm, g in (res["gain_over_half"] or {}).items():
         print(arm, {s: {m: f"{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
                         for m, v in d.items()} for s, d in g.items()})  # fmt: skip
 
@@ -156,4 +176,5 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the pool")
     p.add_argument("--shares", type=float, nargs="*", default=[0.25], help="synthetic shares")
     p.add_argument("--keep_prob", type=float, default=0.5, help="filter: min P(own label)")
+    p.add_argument("--figure", default="", help="PNG: seed 0's kept and rejected images")
     main(p.parse_args())
