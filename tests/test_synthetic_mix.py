@@ -59,6 +59,12 @@ def test_study_filter_drops_off_label_synthetic_images():
         used = run["synthetic_used"]
         assert used["tumour"] <= 2 < used["normal"]  # the half's classifier vetoes blanks
     assert "synthetic_used" not in res["arms"]["half"]["per_seed"][0]
+    counts = res["arms"]["half+syn"]["train_counts"]
+    runs = res["arms"]["half+syn"]["per_seed"]
+    assert counts["synthetic_drawn"] == {"normal": 12, "tumour": 12}
+    assert counts["synthetic"] == {
+        n: round(np.mean([r["synthetic_used"][n] for r in runs])) for n in ("normal", "tumour")
+    }  # the mean kept count over seeds, not the last seed's
     plain = study.downstream_study(real_train, real_eval, pool, **kw)
     assert plain["config"]["syn_keep_prob"] is None
     assert "synthetic_used" not in plain["arms"]["half+syn"]["per_seed"][0]

@@ -196,10 +196,10 @@ def _class_draws(
     w = np.asarray(weights, np.float64)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError(f"sample_weights must be ({n},) finite and >= 0; got shape {w.shape}.")
-    sums = [w[m].sum() for m in members]
-    if min(sums) <= 0:
+    cdfs = [np.cumsum(w[m]) for m in members]
+    if min(c[-1] for c in cdfs) <= 0:
         raise ValueError("sample_weights give some class a total weight of 0.")
-    cdfs = [np.cumsum(w[m]) / s for m, s in zip(members, sums, strict=True)]
+    cdfs = [c / c[-1] for c in cdfs]  # ends at exactly 1: a weight-0 tail is never drawn
     return lambda rng, c: members[c][min(np.searchsorted(cdfs[c], rng.random(), "right"),
                                          members[c].size - 1)]  # fmt: skip
 

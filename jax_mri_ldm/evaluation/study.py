@@ -507,13 +507,16 @@ def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress, m
     ]  # fmt: skip
     run = _runner(data, train_kw, class_names, progress, memo, mix)
     order = sorted(arms, key=lambda a: a not in FILTER_SOURCE.values())
+    consumers = {FILTER_SOURCE[a] for a in arms if a in FILTER_SOURCE} | (
+        {"half"} if sweep else set()
+    )
     for seed in seeds:
         half_idx, pick = _seed_draws(data, seed, n_per_class)
         p_own: dict[str, Any] = {}
         for arm in order:
             src = FILTER_SOURCE.get(arm)
             x, y, w, used = _mixed(data, arm, half_idx, pick, p_own.get(src), mix)
-            out = run(arm, x, y, w, seed, vets=arm in FILTER_SOURCE.values())
+            out = run(arm, x, y, w, seed, vets=arm in consumers)
             p_own[arm] = out.pop("p_own_pool", None)
             if mix["keep_prob"] is not None and arm in FILTER_SOURCE:
                 out["synthetic_used"] = _counts(used["synthetic"], class_names)
@@ -525,7 +528,21 @@ def _run_arms(data, arms, seeds, n_per_class, train_kw, class_names, progress, m
             if mix["keep_prob"] is not None:
                 out["synthetic_used"] = _counts(used["synthetic"], class_names)
             row["per_seed"].append(out)
+    _mean_kept(per_arm, class_names, n_per_class)
     return per_arm, sweep
+
+
+def _mean_kept(per_arm: dict, class_names: Sequence[str], n_per_class: int) -> None:
+    """Filtered arms: 'train_counts' gets 'synthetic_drawn' (n_per_class per class, before
+    the filter) and, as 'synthetic', the mean kept count over seeds (rounded), instead of
+    the last seed's."""
+    for a in per_arm.values():
+        used = [r["synthetic_used"] for r in a["per_seed"] if "synthetic_used" in r]
+        if used:
+            a["train_counts"]["synthetic_drawn"] = {n: n_per_class for n in class_names}
+            a["train_counts"]["synthetic"] = {
+                n: round(float(np.mean([u[n] for u in used]))) for n in class_names
+            }
 
 
 def _runner(data, train_kw, class_names, progress, memo, mix) -> Callable[..., dict]:

@@ -44,7 +44,8 @@ def share_weights(labels: np.ndarray, is_syn: np.ndarray, share: float | None) -
 
     Returns:
       (N,) weights, or None. A class without synthetic (or real) images gives all of its
-      draws to the images it has.
+      draws to the images it has. The share is fixed, not capped: a class whose filter kept
+      few synthetic images draws each of them often (the study records the kept counts).
     """
     if share is None:
         return None

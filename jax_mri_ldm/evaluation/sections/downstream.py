@@ -304,6 +304,11 @@ def _sweep_rows(dsr: dict) -> list[list]:
         )  # fmt: skip
     for row in dsr.get("syn_sweep", {}).get("rows", []):
         counts = _fmt_counts(row["synthetic_per_class"])
+        used = [r["synthetic_used"] for r in row["per_seed"] if "synthetic_used" in r]
+        if used:  # the label filter's kept counts, mean over seeds
+            counts += "; kept " + ", ".join(
+                f"{n} {np.mean([u[n] for u in used]):.0f}" for n in row["synthetic_per_class"]
+            )
         s, g = row["summary"], row["gain"]
         rows.append(
             [f"{row['multiple']:g} x half ({counts})", ci(s["accuracy"]), ci(s["auc"]),
@@ -322,9 +327,12 @@ def render_sweep(dsr: dict) -> list[str]:
         "How much synthetic data: half + synthetic at multiples of the half real set's size per "
         f"class ({_fmt_counts(half)}); gains over `half` are "
         "paired as above. The fixed-N row is the headline arm; its definition does not depend "
-        "on the sweep.",
+        "on the sweep."
+        + (" With a fixed synthetic share (the recipe above), the rows differ in how many "
+           "distinct synthetic images are drawn, not in their weight in training."
+           if dsr["config"].get("syn_share") is not None else ""),
         "",
-    ]
+    ]  # fmt: skip
     L += table(
         ["synthetic per class", "accuracy", "AUC", "accuracy gain", "AUC gain"], _sweep_rows(dsr)
     )
@@ -340,23 +348,23 @@ def describe_recipe(dsr: dict) -> list[str]:
     share, keep = cfg.get("syn_share"), cfg.get("syn_keep_prob")
     if share is None and keep is None:
         return []
+    mixed = [f"`{a}`" for a in ("real+syn", "half+syn") if a in dsr["arms"]]
+    mixed += ["the sweep"] if dsr.get("syn_sweep", {}).get("rows") else []
     parts = []
     if share is not None:
         parts.append(
-            f"synthetic images get {share:.0%} of each class's training draws in `real+syn`, "
-            "`half+syn` and the sweep, however many there are"
+            f"synthetic images get {share:.0%} of each class's training draws in "
+            f"{', '.join(mixed)}, however many there are"
         )
     if keep is not None:
-        runs = dsr["arms"].get("half+syn", {}).get("per_seed", [])
-        used = [r["synthetic_used"] for r in runs if "synthetic_used" in r]
-        kept = ", ".join(
-            f"{n} {np.mean([u[n] for u in used]):.0f}" for n in cfg["class_names"]
-        ) if used else "n/a"  # fmt: skip
+        vet = {"real+syn": "`real` for `real+syn`", "half+syn": "`half` for `half+syn`"}
+        vets = [v for a, v in vet.items() if a in dsr["arms"]]
+        vets += ["`half` for the sweep"] if "the sweep" in mixed else []
         parts.append(
-            f"a label filter keeps the synthetic images that the same seed's classifier of the "
-            f"arm's real images alone (`real` for `real+syn`, `half` for `half+syn`) gives "
-            f"P(own label) >= {keep:g} (`half+syn` kept, mean over seeds: {kept} of "
-            f"{cfg['n_per_class']} per class)"
+            "a label filter keeps the synthetic images that the same seed's classifier of the "
+            f"arm's real images alone ({', '.join(vets)}) gives P(own label) >= {keep:g}; "
+            "the arm table's synthetic count of a filtered arm is its mean kept count over "
+            f"seeds (of {cfg['n_per_class']} drawn per class)"
         )
     return ["Recipe (evaluation/synthetic_mix.py): " + "; ".join(parts) + ".", ""]
 
