@@ -46,20 +46,13 @@ from jax_mri_ldm.evaluation.domain_classifier import (  # noqa: E402
     predict_proba,
     train_classifier,
 )
+from jax_mri_ldm.evaluation.synthetic_mix import (  # noqa: E402
+    filter_keep,
+    own_label_probability,
+    share_weights,
+)
 
 METRICS = ("accuracy", "auc")
-
-
-def share_weights(labels: np.ndarray, is_syn: np.ndarray, share: float | None) -> np.ndarray | None:
-    """Per-image draw weights giving synthetic images `share` of each class (None: uniform)."""
-    if share is None:
-        return None
-    w = np.zeros(labels.shape, np.float64)
-    for c in np.unique(labels):
-        for syn, part in ((True, share), (False, 1.0 - share)):
-            m = (labels == c) & (is_syn == syn)
-            w[m] = part / max(1, m.sum())
-    return w
 
 
 def pool(run, args, cache: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +99,8 @@ def one_seed(seed, train, syn, sets, args, kw) -> dict:
     hx, hy = train[0][idx], train[1][idx]
     clf, _ = train_classifier(hx, hy, seed=seed, **kw)
     out = {"half": scores(clf, sets)}
-    p_label = predict_proba(clf, syn[0])[np.arange(syn[1].size), syn[1]]
-    keep = p_label >= args.keep_prob
+    p_label = own_label_probability(predict_proba(clf, syn[0]), syn[1])
+    keep = filter_keep(p_label, args.keep_prob)
     if args.figure and seed == 0:
         filter_figure(args.figure, args.test_full, args.pool_full, p_label, args.keep_prob)
     out["kept_per_class"] = np.bincount(syn[1][keep], minlength=2).tolist()
