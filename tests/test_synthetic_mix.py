@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,3 +79,21 @@ def test_study_filter_needs_the_vetting_arm():
     with pytest.raises(ValueError, match=r"add \['half'\]"):
         study.downstream_study(real, real, syn, n_per_class=2, arms=("half+syn",),
                                syn_keep_prob=0.5, **TINY)  # fmt: skip
+
+
+def test_readme_recipe_snippet_runs(monkeypatch):
+    """The README's 'Adding the slices to your own classifier' code block runs as written
+    (with the tests' tiny classifier settings, so that it takes seconds)."""
+    from jax_mri_ldm.evaluation import domain_classifier as dc
+
+    tiny = functools.partial(dc.train_classifier, steps=40, **TINY)
+    monkeypatch.setattr(dc, "train_classifier", tiny)
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("**Adding the slices to your own classifier.**", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    real_x, real_y = _toy(24, seed=21)
+    syn_x, syn_y = _mislabelled_pool(16, seed=22)
+    ns = {"np": np, "real_x": real_x, "real_y": real_y, "syn_x": syn_x, "syn_y": syn_y}
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
+    assert ns["weights"].shape == ns["y"].shape and ns["keep"].shape == syn_y.shape
+    assert ns["keep"][syn_y == 1].sum() < ns["keep"][syn_y == 0].sum()  # blanks vetoed
