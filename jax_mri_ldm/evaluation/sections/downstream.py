@@ -341,6 +341,11 @@ def render_sweep(dsr: dict) -> list[str]:
     return L + ([""] if sweep.get("skipped") else [])
 
 
+def _and(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
 def describe_recipe(dsr: dict) -> list[str]:
     """How the '+syn' arms take in the synthetic images (markdown lines; none for the plain
     recipe: uniform draws over every synthetic image, and reports before the option)."""
@@ -354,7 +359,7 @@ def describe_recipe(dsr: dict) -> list[str]:
     if share is not None:
         parts.append(
             f"synthetic images get {share:.0%} of each class's training draws in "
-            f"{', '.join(mixed)}, however many there are"
+            f"{_and(mixed)}, however many there are"
         )
     if keep is not None:
         vet = {"real+syn": "`real` for `real+syn`", "half+syn": "`half` for `half+syn`"}
@@ -362,7 +367,7 @@ def describe_recipe(dsr: dict) -> list[str]:
         vets += ["`half` for the sweep"] if "the sweep" in mixed else []
         parts.append(
             "a label filter keeps the synthetic images that the same seed's classifier of the "
-            f"arm's real images alone ({', '.join(vets)}) gives P(own label) >= {keep:g}; "
+            f"arm's real images alone ({_and(vets)}) gives P(own label) >= {keep:g}; "
             "the arm table's synthetic count of a filtered arm is its mean kept count over "
             f"seeds (of {cfg['n_per_class']} drawn per class)"
         )
