@@ -295,19 +295,13 @@ def downstream_study(
     )
     _summarise_arms(per_arm, arms, names, confidence)
     config = {
-        "n_per_class": n_per_class,
-        "seeds": list(seeds),
-        "arms": list(arms),
-        "syn_multiples": [float(m) for m in syn_multiples],
-        "syn_share": syn_share,
+        "n_per_class": n_per_class, "seeds": list(seeds), "arms": list(arms),
+        "syn_multiples": [float(m) for m in syn_multiples], "syn_share": syn_share,
         "syn_keep_prob": syn_keep_prob,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in train_kw.items()},
-        "half_fraction": half_fraction,
-        "confidence": confidence,
-        "class_names": list(class_names),
-        "metric_names": list(names),
-        "pairing": PAIRING,
-    }
+        "half_fraction": half_fraction, "confidence": confidence,
+        "class_names": list(class_names), "metric_names": list(names), "pairing": PAIRING,
+    }  # fmt: skip
     result = _study_result(config, data, per_arm, arms, names, confidence, class_names)
     if syn_multiples:
         result["syn_sweep"] = _jsonable(_sweep_result(sweep, per_arm, names, data, confidence))
