@@ -85,12 +85,17 @@ def main(args: argparse.Namespace) -> None:
         print(key, {k: v for k, v in out[key].items()})
 
 
-if __name__ == "__main__":
+def pool_study_flags(workdir_help: str, out_help: str) -> argparse.ArgumentParser:
+    """The flags of a paired study on one synthetic pool (this probe, synthetic_recipe.py)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="a finished LDM run with an equaliser")
-    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--workdir", required=True, help=workdir_help)
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
     p.add_argument("--per_class", type=int, default=200, help="synthetic pool per class")
     p.add_argument("--seeds", type=int, default=10, help="study seeds (0..seeds-1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the pool")
-    main(p.parse_args())
+    return p
+
+
+if __name__ == "__main__":
+    main(pool_study_flags("a finished LDM run with an equaliser", "output JSON").parse_args())

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench"), os.path.dirname(os.path.abspath(__file__))]
 
 import quality_curve as qc  # noqa: E402
-from equaliser_downstream import paired  # noqa: E402
+from equaliser_downstream import paired, pool_study_flags  # noqa: E402
 
 from configs import report as report_cfg  # noqa: E402
 from jax_mri_ldm import atomic  # noqa: E402
@@ -160,13 +160,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="a finished LDM run")
-    p.add_argument("--out", required=True, help="output JSON (the pool is cached beside it)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
-    p.add_argument("--per_class", type=int, default=200, help="synthetic pool per class")
-    p.add_argument("--seeds", type=int, default=10, help="study seeds (0..seeds-1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed of the pool")
+    p = pool_study_flags("a finished LDM run", "output JSON (the pool is cached beside it)")
+    p.description = __doc__.splitlines()[0]
     p.add_argument("--shares", type=float, nargs="*", default=[0.25], help="synthetic shares")
     p.add_argument("--keep_prob", type=float, default=0.5, help="filter: min P(own label)")
     p.add_argument("--figure", default="", help="PNG: seed 0's kept and rejected images")
