@@ -543,6 +543,11 @@ def test_interpretation_follows_the_intervals():
     ds["comparisons"]["half+syn - half"] = {"accuracy": summ(0.02, 0.01), "auc": summ(0.0, 0.01)}
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "the evaluation set has only 51 real images" in text
+    assert "measurably helped only with half the real data" in text  # +0.02 ± 0.01
+    assert "did not measurably help" not in text
+    ds["comparisons"]["half+syn - half"]["accuracy"] = summ(0.02, 0.03)
+    text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
+    assert "did not measurably help" in text and "helped only" not in text
     assert "adding synthetic images: accuracy changed by +0.020" in text
     assert "AUC changed by +0.000 (95 % CI [-0.010, +0.010]): no detectable effect" in text
 

@@ -144,19 +144,28 @@ def interpret_downstream(
             f"A classifier trained on synthetic images only reaches {syn['mean']:.3f} accuracy "
             f"on the real evaluation images vs {real['mean']:.3f} when trained on real ones."
         )
-    helped = False
-    if "real+syn - real" in comps:
-        s = comps["real+syn - real"]["accuracy"]
-        helped = s["mean"] is not None and s["half_width"] is not None
-        helped = helped and s["mean"] - s["half_width"] > 0
-    limits = _limits(ds, real, fidelity, real_fidelity, fid_ratio)
-    if not helped:
+    limits = "; ".join(_limits(ds, real, fidelity, real_fidelity, fid_ratio))
+    helped_all, helped_half = _helped(comps, "real+syn - real"), _helped(comps, "half+syn - half")
+    if helped_all:
+        parts.append(f"Caveats: {limits}.")
+    elif helped_half:
         parts.append(
-            "Synthetic data did not measurably help here. Likely limits: " + "; ".join(limits) + "."
+            "Synthetic data measurably helped only with half the real data (a gain whose "
+            f"interval excludes 0); with all real images it did not. Caveats: {limits}."
         )
     else:
-        parts.append("Caveats: " + "; ".join(limits) + ".")
+        parts.append(f"Synthetic data did not measurably help here. Likely limits: {limits}.")
     return " ".join(parts)
+
+
+def _helped(comps: dict, name: str) -> bool:
+    """Whether comparison `name` has an accuracy or AUC gain whose interval excludes 0."""
+    for metric in ("accuracy", "auc"):
+        s = comps.get(name, {}).get(metric) or {}
+        if s.get("mean") is not None and s.get("half_width") is not None:
+            if s["mean"] - s["half_width"] > 0:
+                return True
+    return False
 
 
 def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> list[str]:
