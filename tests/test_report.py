@@ -533,7 +533,8 @@ def test_interpretation_follows_the_intervals():
     }
     text = downstream.interpret_downstream(ds, 0.95, 0.96, 1.2)
     assert "+0.050 (95 % CI [+0.030, +0.070]): an improvement" in text
-    assert "did not measurably help" not in text
+    assert "did not measurably help" not in text and "Caveats:" in text
+    assert "helped only" not in text
     ds["comparisons"]["real+syn - real"]["accuracy"] = summ(-0.01, 0.03)
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "no detectable effect" in text and "did not measurably help" in text
@@ -544,12 +545,17 @@ def test_interpretation_follows_the_intervals():
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "the evaluation set has only 51 real images" in text
     assert "measurably helped only with half the real data" in text  # +0.02 ± 0.01
-    assert "did not measurably help" not in text
+    assert "with all real images it did not" in text and "did not measurably help" not in text
+    del ds["comparisons"]["real+syn - real"]
+    text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
+    assert "with all real images it was not measured" in text
+    assert "adding synthetic images: accuracy changed by +0.020" in text
+    assert "AUC changed by +0.000 (95 % CI [-0.010, +0.010]): no detectable effect" in text
     ds["comparisons"]["half+syn - half"]["accuracy"] = summ(0.02, 0.03)
     text = downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
     assert "did not measurably help" in text and "helped only" not in text
-    assert "adding synthetic images: accuracy changed by +0.020" in text
-    assert "AUC changed by +0.000 (95 % CI [-0.010, +0.010]): no detectable effect" in text
+    ds["comparisons"]["half+syn - half"]["auc"] = summ(0.03, 0.01)  # AUC alone counts too
+    assert "helped only" in downstream.interpret_downstream(ds, 0.70, 0.96, 3.0)
 
 
 def test_realism_reading_names_low_novelty_and_unrealistic_sets():

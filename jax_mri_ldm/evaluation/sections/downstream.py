@@ -149,9 +149,10 @@ def interpret_downstream(
     if helped_all:
         parts.append(f"Caveats: {limits}.")
     elif helped_half:
+        full = "it did not" if "real+syn - real" in comps else "it was not measured"
         parts.append(
             "Synthetic data measurably helped only with half the real data (a gain whose "
-            f"interval excludes 0); with all real images it did not. Caveats: {limits}."
+            f"interval excludes 0); with all real images {full}. Caveats: {limits}."
         )
     else:
         parts.append(f"Synthetic data did not measurably help here. Likely limits: {limits}.")
