@@ -86,7 +86,7 @@ def describe_diff(summ: dict, what: str) -> str:
     if h is None:
         return f"{what} changed by {m:+.3f} (one seed: no interval, so no conclusion)"
     lo, hi = m - h, m + h
-    if lo > 0:
+    if _gain_established(summ):
         verdict = "an improvement"
     elif hi < 0:
         verdict = "a deterioration"
@@ -159,14 +159,16 @@ def interpret_downstream(
     return " ".join(parts)
 
 
+def _gain_established(summ: dict) -> bool:
+    """Whether a paired difference's interval lies above 0."""
+    m, h = summ.get("mean"), summ.get("half_width")
+    return m is not None and h is not None and m - h > 0
+
+
 def _helped(comps: dict, name: str) -> bool:
     """Whether comparison `name` has an accuracy or AUC gain whose interval excludes 0."""
-    for metric in ("accuracy", "auc"):
-        s = comps.get(name, {}).get(metric) or {}
-        if s.get("mean") is not None and s.get("half_width") is not None:
-            if s["mean"] - s["half_width"] > 0:
-                return True
-    return False
+    comp = comps.get(name, {})
+    return any(_gain_established(comp.get(metric) or {}) for metric in ("accuracy", "auc"))
 
 
 def _limits(ds: dict, real: dict | None, fidelity, real_fidelity, fid_ratio) -> list[str]:
