@@ -114,6 +114,16 @@ def test_prdc_same_distribution_vs_far_away():
         prdc.prdc(real, real[:1])
 
 
+def test_recall_covered_is_recalls_per_image_form():
+    rng = np.random.default_rng(3)
+    real, near = rng.standard_normal((60, 4)), rng.standard_normal((12, 4))
+    for k in (1, 3, 5):
+        mask = prdc.recall_covered(real, near, k)
+        assert mask.shape == (60,) and mask.dtype == bool
+        assert mask.mean() == pytest.approx(prdc.prdc(real, near, 5, k)["recall"])
+    assert not prdc.recall_covered(real, near + 50, 3).any()  # a far set covers nothing
+
+
 def test_prdc_per_class_handles_a_missing_class():
     rng = np.random.default_rng(1)
     f = rng.standard_normal((20, 4))

@@ -77,6 +77,18 @@ def prdc(real_feats, fake_feats, k: int = DEFAULT_K, recall_k: int | None = None
     }
 
 
+def recall_covered(real_feats, fake_feats, recall_k: int = DEFAULT_K) -> np.ndarray:
+    """(N,) bool: which real features recall counts as covered by the judged set.
+
+    The per-image form of `prdc`'s recall (its mean), so two judged sets can be compared on
+    the same real features, e.g. in a paired test of which covers more of the manifold.
+    """
+    r = np.asarray(real_feats, np.float64)
+    f = np.asarray(fake_feats, np.float64)
+    rk = int(max(1, min(recall_k, r.shape[0] - 1, f.shape[0] - 1)))
+    return (_sq_dists(r, f) < _kth_radius(f, rk)[None, :]).any(axis=1)
+
+
 def prdc_per_class(
     real_feats,
     real_labels,
