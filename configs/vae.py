@@ -102,8 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # real set's VAE + LDM run stays within 90 wall minutes on the 2-core AVX-512 EPYC
         # (not on the AVX2 machines; docs/results.md, "VAE at 4,800 updates").
         c.train.num_steps = 4800
-        # The built-in phantoms reach test SSIM 0.85 only at 8,000 updates (0.830 at 3,600),
-        # and the equaliser takes some of it back, so they get 10,000; the real yes/no set
+        # The built-in phantoms reach test SSIM 0.85 as trained only at 8,000 updates (0.830 at
+        # 3,600); equalised they score 0.848 at 8,000 and 0.855 at 10,000; the real yes/no set
         # reaches 0.88 at 3,600 (docs/results.md, "Built-in VAE: what more updates buy",
         # "Built-in set, recommended preset with the equaliser"). Set 0 to give the built-in
         # set num_steps too.

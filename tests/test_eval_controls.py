@@ -122,6 +122,19 @@ def test_recall_covered_is_recalls_per_image_form():
         assert mask.shape == (60,) and mask.dtype == bool
         assert mask.mean() == pytest.approx(prdc.prdc(real, near, 5, k)["recall"])
     assert not prdc.recall_covered(real, near + 50, 3).any()  # a far set covers nothing
+    # a judged set [0, 2, 10] at k = 1 has radii 2, 2, 8: -2 sits on the first ball's edge
+    # (not inside: strict <), 0.5 inside it, 13 inside the third
+    judged = np.array([[0.0], [2.0], [10.0]])
+    assert prdc.recall_covered(np.array([[-2.0], [0.5], [13.0]]), judged, 1).tolist() == [
+        False, True, True
+    ]  # fmt: skip
+    small = near[:3]  # k = 5 is clipped to 2 for a 3-image set, as prdc clips it
+    assert prdc.recall_covered(real, small, 5).mean() == pytest.approx(
+        prdc.prdc(real, small, 5, 5)["recall"]
+    )
+    assert (prdc.recall_covered(real, small, 5) == prdc.recall_covered(real, small, 2)).all()
+    with pytest.raises(ValueError, match=">= 2 images"):  # one image has no k-NN ball
+        prdc.recall_covered(real, near[:1], 1)
 
 
 def test_prdc_per_class_handles_a_missing_class():

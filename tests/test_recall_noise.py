@@ -42,5 +42,25 @@ def test_tests_separate_a_covering_set_from_a_collapsed_one(tmp_path) -> None:
     same = res["test"]["3"]["blur"]  # an identical copy: nothing to tell apart
     assert same["only_real"] == same["only_control"] == 0 and same["sign_p"] == 1.0
     assert same["jackknife_diff"] == 0 and same["jackknife_z"] is None
+    assert same["jackknife_se"] == 0 and same["jackknife_max_influence"] == 0
     assert set(res["validation"]["3"]) == {"blur"}  # corruptions without features are skipped
     assert json.loads((tmp_path / "recall_noise.json").read_text()) == res
+
+
+def test_jackknife_is_the_delete_one_formula_on_counts(monkeypatch) -> None:
+    rn = _rn()
+    m = 20  # reference images; each judged image i covers v_i of them, none shared
+
+    def covered(ref, feats, k):
+        mask = np.zeros(len(ref), bool)
+        mask[: int(np.asarray(feats).sum())] = True
+        return mask
+
+    monkeypatch.setattr(rn.prdc, "recall_covered", covered)
+    real = np.array([[1.0], [2.0], [3.0], [6.0]])
+    jk = rn.jackknife_z(np.zeros((m, 1)), real, np.zeros_like(real), k=1)
+    # leave-one-out counts 11, 10, 9, 6 (mean 9): sqrt(3/4 * 14) / 20
+    assert jk["diff"] == pytest.approx(12 / m)
+    assert jk["se"] == pytest.approx(np.sqrt(0.75 * 14) / m)
+    assert jk["z"] == pytest.approx(12 / np.sqrt(0.75 * 14))
+    assert jk["max_influence"] == pytest.approx(6 / m)  # deleting the image that covers 6

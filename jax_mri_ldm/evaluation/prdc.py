@@ -37,6 +37,22 @@ def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
     return np.partition(d, k - 1, axis=1)[:, k - 1]
 
 
+def _checked(real_feats, fake_feats) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets as float64 (N, D) and (M, D) arrays with N, M >= 2."""
+    r = np.asarray(real_feats, np.float64)
+    f = np.asarray(fake_feats, np.float64)
+    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D); got {r.shape} and {f.shape}.")
+    if min(r.shape[0], f.shape[0]) < 2:
+        raise ValueError(f"PRDC needs >= 2 images per side; got {r.shape[0]} and {f.shape[0]}.")
+    return r, f
+
+
+def _clip_k(k: int, r: np.ndarray, f: np.ndarray) -> int:
+    """k clipped to [1, min(N, M) - 1]: a ball needs k other members on both sides."""
+    return int(max(1, min(k, r.shape[0] - 1, f.shape[0] - 1)))
+
+
 def prdc(real_feats, fake_feats, k: int = DEFAULT_K, recall_k: int | None = None) -> dict:
     """Precision, recall, density and coverage of `fake_feats` against `real_feats`.
 
@@ -54,14 +70,9 @@ def prdc(real_feats, fake_feats, k: int = DEFAULT_K, recall_k: int | None = None
     Raises:
       ValueError: fewer than two rows on a side, or mismatched feature dimensions.
     """
-    r = np.asarray(real_feats, np.float64)
-    f = np.asarray(fake_feats, np.float64)
-    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D); got {r.shape} and {f.shape}.")
-    if min(r.shape[0], f.shape[0]) < 2:
-        raise ValueError(f"PRDC needs >= 2 images per side; got {r.shape[0]} and {f.shape[0]}.")
-    k = int(max(1, min(k, r.shape[0] - 1, f.shape[0] - 1)))
-    rk = int(max(1, min(k if recall_k is None else recall_k, r.shape[0] - 1, f.shape[0] - 1)))
+    r, f = _checked(real_feats, fake_feats)
+    k = _clip_k(k, r, f)
+    rk = _clip_k(k if recall_k is None else recall_k, r, f)
     r_rad, f_rad = _kth_radius(r, k), _kth_radius(f, rk)
     d = _sq_dists(r, f)  # (N, M)
     inside_real = d < r_rad[:, None]  # sample j inside real ball i
@@ -83,10 +94,8 @@ def recall_covered(real_feats, fake_feats, recall_k: int = DEFAULT_K) -> np.ndar
     The per-image form of `prdc`'s recall (its mean), so two judged sets can be compared on
     the same real features, e.g. in a paired test of which covers more of the manifold.
     """
-    r = np.asarray(real_feats, np.float64)
-    f = np.asarray(fake_feats, np.float64)
-    rk = int(max(1, min(recall_k, r.shape[0] - 1, f.shape[0] - 1)))
-    return (_sq_dists(r, f) < _kth_radius(f, rk)[None, :]).any(axis=1)
+    r, f = _checked(real_feats, fake_feats)
+    return (_sq_dists(r, f) < _kth_radius(f, _clip_k(recall_k, r, f))[None, :]).any(axis=1)
 
 
 def prdc_per_class(
