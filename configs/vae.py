@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # With the spectral term, validation PSNR still rises past 3,600 updates, and the
         # equaliser costs reconstruction PSNR, so the budget leaves room for both while the
         # real set's VAE + LDM run stays within 90 wall minutes on the 2-core AVX-512 EPYC
-        # (not on the AVX2 machines; docs/results.md, "VAE at 4,800 updates").
+        # (measured there only; docs/results.md, "VAE at 4,800 updates").
         c.train.num_steps = 4800
         # The built-in phantoms reach test SSIM 0.85 as trained only at 8,000 updates (0.830 at
         # 3,600); equalised they score 0.848 at 8,000 and 0.855 at 10,000; the real yes/no set
