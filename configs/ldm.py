@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Leave out extra slices less like the training split than this quantile of the training
     # slices' own nearest-other-slice correlation (other planes or framing; 0 = keep all).
     c.extra_train.domain_quantile = 0.1
+    # Per-folder overrides of domain_quantile, "folder=q,..." (e.g. "glioma=0.3"; '' = none).
+    c.extra_train.folder_quantiles = ""
     # > 0 on the binary built-in set (moot for a data path): this many new generated slices of
     # each class join the diffusion training set instead, as a second folder would.
     c.extra_train.builtin_per_class = 0

@@ -37,10 +37,16 @@ def _data_cfg(path: Path, tmp: Path) -> ml_collections.ConfigDict:
 
 
 def _extra_cfg(
-    path: Path | str, folders: str = "", quantile: float = 0.0
+    path: Path | str, folders: str = "", quantile: float = 0.0, per_folder: str = ""
 ) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
-        {"path": str(path), "folders": folders, "class_map": "", "domain_quantile": quantile}
+        {
+            "path": str(path),
+            "folders": folders,
+            "class_map": "",
+            "domain_quantile": quantile,
+            "folder_quantiles": per_folder,
+        }
     )
 
 
@@ -119,6 +125,50 @@ def test_the_domain_filter_leaves_out_slices_unlike_the_training_split(tmp_path)
         data_lib.load_extra_train(_extra_cfg(bars_dir, quantile=1.0), cfg, ds, ds)
 
 
+def test_folder_quantiles_set_each_folders_domain_floor(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    main_dir = _write(
+        tmp_path / "main",
+        {"no": [_head(rng) for _ in range(8)], "yes": [_head(rng) for _ in range(8)]},
+    )
+    heads = [_head(rng) for _ in range(3)]  # as in the test above: the heads pass 0.1, bars not
+    bars = [_head(rng, wide=False) for _ in range(2)]
+    extra_dir = _write(tmp_path / "extra", {"no": [*heads, bars[0]], "yes": [*heads, bars[1]]})
+    cfg = _data_cfg(main_dir, tmp_path)
+    ds = data_lib.load_imageset(cfg)
+    floor = extra_lib.domain_floor(ds, 0.1, 0.99)
+    # the default (0) keeps every 'no' slice; 'yes' gets its own 0.1 floor: its bar goes
+    kept, summary = data_lib.load_extra_train(
+        _extra_cfg(extra_dir, per_folder="yes=0.1"), cfg, ds, ds
+    )
+    assert [d["id"] for d in summary["left_out_unlike_training"]] == ["yes/yes_03.png"]
+    assert kept.counts() == {"normal": 4, "tumour": 3}
+    assert summary["domain_floor"] is None
+    assert summary["folder_floors"] == {"yes": pytest.approx(floor)}
+    # and the other way round: a folder's 0 overrides the default's 0.1
+    kept, summary = data_lib.load_extra_train(
+        _extra_cfg(extra_dir, quantile=0.1, per_folder=" yes = 0 "), cfg, ds, ds
+    )
+    assert [d["id"] for d in summary["left_out_unlike_training"]] == ["no/no_03.png"]
+    assert summary["folder_floors"] == {"yes": None}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("notumor=abc", r"folder_quantiles has 'notumor=abc'; expected 'folder=q'"),
+        ("notumor=1.5", r"folder_quantiles has 'notumor=1.5'"),
+        ("=0.3", r"folder_quantiles has '=0.3'"),
+        ("gliomas=0.3", r"folder_quantiles names 'gliomas', not a folder read \(glioma, notumor\)"),
+    ],
+)
+def test_bad_folder_quantiles_name_the_option(sets, spec, message) -> None:
+    ds, main_dir, extra_dir, tmp = sets
+    cfg = _extra_cfg(extra_dir, per_folder=spec)
+    with pytest.raises(data_lib.DataError, match=message):
+        data_lib.load_extra_train(cfg, _data_cfg(main_dir, tmp), ds, ds)
+
+
 def test_no_path_means_no_extra_images(sets) -> None:
     ds, main_dir, _, tmp = sets
     assert data_lib.load_extra_train(_extra_cfg(""), _data_cfg(main_dir, tmp), ds, ds)[0] is None
@@ -191,6 +241,9 @@ def test_the_report_summary_names_the_extra_images() -> None:
     [line] = summary._extra_line(rec)
     for part in ("'normal': 95", "/data/4class", "folders notumor", "2 dropped", "53 left out"):
         assert part in line
+    assert "(floor 0.644)" in line
+    [line] = summary._extra_line({**rec, "folder_floors": {"glioma": 0.7123, "pituitary": None}})
+    assert "(floor 0.644; glioma 0.712; pituitary off)" in line
 
 
 def _builtin_cfg(tmp: Path, types: bool = False) -> ml_collections.ConfigDict:

@@ -12,7 +12,9 @@ set's `notumor/`, say) adds new patients. These rules keep every score honest:
 - an extra file less like the training split than most training slices are like each other
   (its best fingerprint correlation with a training slice below the `domain_quantile` of the
   training slices' own best correlation with another slice group) is left out: another plane,
-  sequence or framing than the main set holds would be learnt as a feature of its class;
+  sequence or framing than the main set holds would be learnt as a feature of its class
+  (`folder_quantiles` sets a stricter or looser quantile for named folders: a folder that mixes
+  planes more than another needs a higher one);
 - the report's memorisation search treats the extra images as training images.
 On the binary built-in set, `builtin_per_class` adds new phantom slices instead: the generator
 draws each slice from its own seed, so raising the counts yields the main set plus new ones
@@ -104,9 +106,10 @@ def domain_floor(train: ImageSet, quantile: float, threshold: float) -> float:
 
 
 def _keep_in_domain(
-    extra: ImageSet, train: ImageSet, floor: float
+    extra: ImageSet, train: ImageSet, floor: float | np.ndarray
 ) -> tuple[ImageSet, list[dict[str, Any]]]:
-    """Leaves out extra images whose best correlation with a training slice is below `floor`."""
+    """Leaves out extra images whose best correlation with a training slice is below `floor`
+    (one value, or one per image)."""
     best, _ = near_duplicates.best_matches(
         near_duplicates.fingerprints(extra.images), near_duplicates.fingerprints(train.images)
     )
@@ -157,6 +160,52 @@ def generated_slices(per_class: int, data_cfg: Any, skip: int = 0) -> ImageSet:
     return big.subset(np.sort(np.concatenate(new)))
 
 
+def parse_folder_quantiles(spec: str, folders: set[str], where: str) -> dict[str, float]:
+    """'glioma=0.3, pituitary=0.3' -> {'glioma': 0.3, 'pituitary': 0.3}; '' -> {}.
+
+    Raises:
+      DataError: an item that is not 'folder=q', q outside [0, 1], or a folder not read.
+    """
+    out: dict[str, float] = {}
+    for item in (s.strip() for s in str(spec or "").split(",") if s.strip()):
+        name, _, value = (x.strip() for x in item.partition("="))
+        try:
+            q = float(value)
+        except ValueError:
+            q = float("nan")
+        if not name or not 0.0 <= q <= 1.0:
+            raise DataError(
+                f"{where}: config.extra_train.folder_quantiles has {item!r}; expected "
+                "'folder=q' items with 0 <= q <= 1, e.g. 'glioma=0.3,pituitary=0.3'."
+            )
+        if name not in folders:
+            raise DataError(
+                f"{where}: config.extra_train.folder_quantiles names {name!r}, not a folder "
+                f"read ({', '.join(sorted(folders))}); fix the name or config.extra_train.folders."
+            )
+        out[name] = q
+    return out
+
+
+def _image_floors(
+    extra: ImageSet, train: ImageSet, extra_cfg: Any, data_cfg: Any, where: str
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Each extra image's domain floor: its folder's `folder_quantiles` entry, else
+    `domain_quantile`. Returns (floors (N,), the default floor, {folder: floor})."""
+    top = np.asarray([i.split("/", 1)[0] for i in extra.ids])
+    per_folder = parse_folder_quantiles(
+        extra_cfg.get("folder_quantiles", ""), set(top.tolist()), where
+    )
+    threshold = near_copy_threshold(data_cfg)
+    default = domain_floor(train, float(extra_cfg.get("domain_quantile", 0.0) or 0.0), threshold)
+    floors = {k: domain_floor(train, q, threshold) for k, q in per_folder.items()}
+    return np.asarray([floors.get(t, default) for t in top]), default, floors
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
 def _from_folder(
     extra_cfg: Any, data_cfg: Any, ds: ImageSet, train: ImageSet, where: str
 ) -> tuple[ImageSet, dict[str, Any]]:
@@ -166,21 +215,24 @@ def _from_folder(
     extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
     extra, dropped = _drop_copies(extra, ds, data_cfg, where)
     quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
-    floor = domain_floor(train, quantile, near_copy_threshold(data_cfg))
-    extra, unlike = _keep_in_domain(extra, train, floor)
+    floors, floor, per_folder = _image_floors(extra, train, extra_cfg, data_cfg, where)
+    extra, unlike = _keep_in_domain(extra, train, floors)
     if len(extra) == 0:
         raise DataError(
             f"{where}: no image is as like the training split as the config.extra_train."
-            f"domain_quantile={quantile:g} floor ({floor:.3f}) asks; lower it (0 keeps all)."
+            f"domain_quantile={quantile:g} floor ({floor:.3f}) and folder_quantiles ask; "
+            "lower them (0 keeps all)."
         )
     summary = {
         "path": str(extra_cfg.path),
         "folders": list(folders),
         "dropped_near_copies": dropped,
         "domain_quantile": quantile,
-        "domain_floor": floor if np.isfinite(floor) else None,
+        "domain_floor": _finite(floor),
         "left_out_unlike_training": unlike,
     }
+    if per_folder:
+        summary["folder_floors"] = {k: _finite(v) for k, v in per_folder.items()}
     return extra, summary
 
 
@@ -223,7 +275,7 @@ def load_extra_train(
 
     Args:
       extra_cfg: config.extra_train (path, folders, class_map, domain_quantile,
-        builtin_per_class); an empty path and no generated slices means none.
+        folder_quantiles, builtin_per_class); an empty path and no generated slices means none.
       data_cfg: the main set's config.data (image size, class mode, near-duplicate threshold).
       ds: the main data set (all splits: an extra image may copy none of them).
       train: its training split (the domain filter's reference).

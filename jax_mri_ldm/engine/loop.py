@@ -83,7 +83,7 @@ ABSENT_MEANS: dict[str, Any] = {
     "loss.spectral_weight": 0.0,
     "optim.decay_fraction": 0.1,  # read only by the wsd schedule, which such a run never had
     # an older run had no extra images (path '', no generated slices); the rest is then moot
-    **{f"extra_train.{k}": "" for k in ("path", "folders", "class_map")},
+    **{f"extra_train.{k}": "" for k in ("path", "folders", "class_map", "folder_quantiles")},
     **{"extra_train.domain_quantile": 0.1, "extra_train.builtin_per_class": 0},
 }
 

@@ -97,7 +97,14 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
         "dropped_near_copies": len(rec.get("dropped_near_copies", [])),
         "left_out_unlike_training": len(rec.get("left_out_unlike_training", [])),
         "domain_floor": rec.get("domain_floor"),
+        "folder_floors": rec.get("folder_floors", {}),
     }
+
+
+def _folder_floors(x: dict[str, Any]) -> str:
+    """'; glioma 0.712, pituitary off' for per-folder floors (extra_train.folder_quantiles)."""
+    items = (x.get("folder_floors") or {}).items()
+    return "".join(f"; {k} {'off' if v is None else f(v)}" for k, v in items)
 
 
 def _extra_line(x: dict[str, Any] | None) -> list[str]:
@@ -110,7 +117,7 @@ def _extra_line(x: dict[str, Any] | None) -> list[str]:
         f"from {x['path']}{folders}; "
         f"{x['dropped_near_copies']} dropped as near-copies of main-set images, "
         f"{x['left_out_unlike_training']} left out as unlike the training split (floor "
-        f"{f(x['domain_floor'])}). Memorisation is searched over them too."
+        f"{f(x['domain_floor'])}{_folder_floors(x)}). Memorisation is searched over them too."
     ]
 
 
