@@ -32,7 +32,7 @@ from jax_mri_ldm.errors import UserError
 
 FILE_NAME = "equaliser.json"  # in a VAE run directory
 LDM_FILE_NAME = "vae_equaliser.json"  # in a diffusion run directory, beside its VAE copy
-VERSION = 2  # bump when the fit or the file format changes (2: absolute power)
+VERSION = 3  # bump when the fit or the file format changes (2: absolute power; 3: corner radii)
 REFIT = (
     "Rerun the VAE's training command with --config.model.equaliser=True (it refits the "
     "equaliser in seconds; or delete the file to decode without one), then the diffusion "
@@ -49,24 +49,31 @@ def radius_index(h: int, w: int) -> np.ndarray:
     return np.rint(np.hypot(fy[:, None], fx[None, :])).astype(np.int64)
 
 
+def num_radii(h: int, w: int) -> int:
+    """Integer radii of an (H, W) FFT, DC to the corners: the length of a gain vector."""
+    return int(radius_index(h, w).max()) + 1
+
+
 def mean_log_radial_power(images: np.ndarray, chunk: int = 64) -> np.ndarray:
     """(N, H, W, 1) images -> (R + 1,) mean over images of log10 power per radius.
 
     Absolute power (mean removed), not power relative to each image's total: the fit pairs
     every real image with its own reconstruction, so the low band, which the decoder keeps,
-    gets gains of about 1 instead of absorbing the high band's lift. Radii beyond
-    R = min(H, W) // 2 (the corners) are pooled into R. Entry 0 (DC) is 0.
+    gets gains of about 1 instead of absorbing the high band's lift. Every radius out to the
+    corners (R + 1 = `num_radii`) has its own entry: pooling the corners into the Nyquist
+    radius gave the Nyquist lines, where harmonics of the latent grid lie, the corners' larger
+    gain and lifted them above their neighbours. Entry 0 (DC) is 0.
     """
     h, w = images.shape[1:3]
-    rmax = min(h, w) // 2
-    r = np.minimum(radius_index(h, w), rmax).ravel()
-    counts = np.bincount(r, minlength=rmax + 1)
-    total = np.zeros(rmax + 1)
+    n = num_radii(h, w)
+    r = radius_index(h, w).ravel()
+    counts = np.bincount(r, minlength=n)
+    total = np.zeros(n)
     for i in range(0, len(images), chunk):  # bounded memory on large training sets
         x = np.asarray(images[i : i + chunk], np.float64)[..., 0]
         x = x - x.mean(axis=(1, 2), keepdims=True)
         p = (np.abs(np.fft.fft2(x)) ** 2).reshape(len(x), -1)  # (n, H * W)
-        sums = np.stack([np.bincount(r, weights=pi, minlength=rmax + 1) for pi in p])
+        sums = np.stack([np.bincount(r, weights=pi, minlength=n) for pi in p])
         total += np.log10(sums / counts + 1e-20).sum(axis=0)  # (R + 1,)
     logs = total / len(images)
     logs[0] = 0.0
@@ -74,7 +81,7 @@ def mean_log_radial_power(images: np.ndarray, chunk: int = 64) -> np.ndarray:
 
 
 def gain_map(gains: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(R + 1,) radial gains -> (H, W) float32 multiplier of the FFT bins (corners get R's)."""
+    """(R + 1,) radial gains -> (H, W) float32 multiplier of the FFT bins."""
     gains = np.asarray(gains, np.float64)
     return gains[np.minimum(radius_index(h, w), len(gains) - 1)].astype(np.float32)
 
@@ -102,12 +109,12 @@ def fit_gains(real: np.ndarray, recon: np.ndarray, iterations: int = ITERATIONS)
       iterations: fixed-point iterations (each re-measures the equalised reconstructions).
 
     Returns:
-      (R + 1,) float64 gains, R = min(H, W) // 2; gains[0] (DC) is 1.
+      (R + 1,) float64 gains, R + 1 = `num_radii(H, W)`; gains[0] (DC) is 1.
     """
     if real.shape != recon.shape or real.ndim != 4 or real.shape[-1] != 1:
         raise ValueError(f"real {real.shape} and recon {recon.shape} must be equal (N, H, W, 1).")
     target = mean_log_radial_power(real)
-    gains = np.ones(min(real.shape[1:3]) // 2 + 1)
+    gains = np.ones(num_radii(*real.shape[1:3]))
     for _ in range(iterations):
         residual = target - mean_log_radial_power(_apply_chunked(recon, gains))
         gains = np.clip(gains * 10 ** (residual / 2), 1 / MAX_GAIN, MAX_GAIN)
@@ -152,9 +159,10 @@ def load(path: str, vae_sha256: str, image_size: int) -> np.ndarray | None:
         )
     if rec.get("vae_sha256") != vae_sha256:
         raise UserError(f"{path} was fitted for other VAE weights. {REFIT}")
-    if len(gains) != image_size // 2 + 1 or not np.all(np.isfinite(gains) & (gains > 0)):
+    n = num_radii(image_size, image_size)
+    if len(gains) != n or not np.all(np.isfinite(gains) & (gains > 0)):
         raise UserError(
-            f"{path} does not hold {image_size // 2 + 1} finite positive gains (one per "
-            f"radius of {image_size}px images). {REFIT}"
+            f"{path} does not hold {n} finite positive gains (one per radius of "
+            f"{image_size}px images). {REFIT}"
         )
     return gains

@@ -37,19 +37,34 @@ def test_fit_restores_the_spectrum_a_blur_removes():
     gains = equaliser.fit_gains(real, recon)
     fitted = np.asarray(equaliser.apply(recon, gains))
     after = np.abs(equaliser.mean_log_radial_power(fitted) - target)[1:]
-    assert gains.shape == (17,) and gains[0] == 1.0
-    assert before.max() > 0.5 and after.max() < 0.02  # log10 power units
+    assert gains.shape == (equaliser.num_radii(32, 32),) == (24,) and gains[0] == 1.0
+    # log10 power units, out to the Nyquist radius; the corners lose more than MAX_GAIN restores
+    assert before.max() > 0.5 and after[:16].max() < 0.02
+    assert gains[-1] == pytest.approx(equaliser.MAX_GAIN)
     assert gains[-1] > 2.0 > gains[1] > 0.9  # the high band is lifted, the low left alone
     held_out = _textured(24, 32, 1)  # gains fitted on one set equalise another
     other = np.asarray(equaliser.apply(_blur(held_out, 0.35), gains))
     gap = equaliser.mean_log_radial_power(other) - equaliser.mean_log_radial_power(held_out)
-    assert np.abs(gap[1:]).max() < 0.15
+    assert np.abs(gap[1:16]).max() < 0.15
+
+
+def test_the_nyquist_lines_and_the_corners_get_their_own_gains():
+    # A blur loses more at the corners than on the Nyquist lines (where the latent grid's
+    # period-2 harmonics lie); one pooled gain for both lifted those harmonics above their
+    # neighbours (the built-in VAE's reconstructions left the real grid-score range).
+    real = _textured(24, 32, 5)
+    gains = equaliser.fit_gains(real, _blur(real, 0.35))
+    g = equaliser.gain_map(gains, 32, 32)
+    assert g[0, 16] == pytest.approx(gains[16]) and g[16, 16] == pytest.approx(gains[23])
+    assert gains[23] > 1.2 * gains[16]
+    assert gains[15] < gains[16] < gains[17]  # the Nyquist radius follows its neighbours
 
 
 def test_unit_gains_are_the_identity_and_output_stays_in_range():
     x = _textured(3, 16, 2)
-    np.testing.assert_allclose(np.asarray(equaliser.apply(x, np.ones(9))), x, atol=1e-5)
-    y = np.asarray(equaliser.apply(x, np.full(9, equaliser.MAX_GAIN)))
+    n = equaliser.num_radii(16, 16)
+    np.testing.assert_allclose(np.asarray(equaliser.apply(x, np.ones(n))), x, atol=1e-5)
+    y = np.asarray(equaliser.apply(x, np.full(n, equaliser.MAX_GAIN)))
     assert y.min() >= 0.0 and y.max() <= 1.0 and y.shape == x.shape
 
 
@@ -67,12 +82,12 @@ def test_fit_refuses_mismatched_sets():
 def test_file_round_trip_and_refusals(tmp_path):
     path = str(tmp_path / equaliser.FILE_NAME)
     assert equaliser.load(path, "abc", 16) is None  # no file: no equaliser
-    gains = np.linspace(1, 2, 9)
+    gains = np.linspace(1, 2, equaliser.num_radii(16, 16))
     equaliser.save(path, equaliser.record(gains, "abc", 5))
     np.testing.assert_allclose(equaliser.load(path, "abc", 16), gains)
     with pytest.raises(UserError, match="other VAE weights. Rerun the VAE's training command"):
         equaliser.load(path, "def", 16)
-    with pytest.raises(UserError, match="17 finite positive gains"):
+    with pytest.raises(UserError, match="24 finite positive gains"):
         equaliser.load(path, "abc", 32)
     old = {**equaliser.record(gains, "abc", 5), "version": equaliser.VERSION - 1}
     (tmp_path / equaliser.FILE_NAME).write_text(json.dumps(old))
@@ -96,7 +111,7 @@ def test_runs_fit_copy_and_decode_through_the_equaliser(tiny_runs, tmp_path):
     cfg.model.equaliser = True  # a finished run resumed with the option: fitted, no training
     train_vae.train_and_evaluate(cfg, str(vae_dir))
     vae = pipeline.load_vae(str(vae_dir))
-    assert vae.equaliser is not None and len(vae.equaliser) == cfg.data.image_size // 2 + 1
+    assert vae.equaliser is not None and len(vae.equaliser) == equaliser.num_radii(32, 32)
     x = blobs(4, cfg.data.image_size, 3)
     assert not np.allclose(vae.reconstruct(x), vae.without_equaliser().reconstruct(x))
 
@@ -140,7 +155,7 @@ def test_a_copied_equaliser_for_other_weights_is_refused(tiny_runs, tmp_path):
     ldm_dir = tmp_path / "ldm"
     shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
     size = tiny_runs["vae_cfg"].data.image_size
-    rec = equaliser.record(np.ones(size // 2 + 1), "0" * 64, 1)
+    rec = equaliser.record(np.ones(equaliser.num_radii(size, size)), "0" * 64, 1)
     (ldm_dir / equaliser.LDM_FILE_NAME).write_text(json.dumps(rec))
     with pytest.raises(UserError, match="vae_equaliser.json was fitted for other VAE weights"):
         pipeline.load_ldm(str(ldm_dir))
@@ -161,7 +176,7 @@ def test_a_fresh_run_with_the_option_fits_at_its_end(tmp_path):
     cfg.train.num_epochs = 1
     train_vae.train_and_evaluate(cfg, str(tmp_path / "vae"))
     rec = json.loads((tmp_path / "vae" / equaliser.FILE_NAME).read_text())
-    assert rec["version"] == equaliser.VERSION and len(rec["gains"]) == 17
+    assert rec["version"] == equaliser.VERSION and len(rec["gains"]) == 24  # 32 px
     assert pipeline.load_vae(str(tmp_path / "vae")).equaliser is not None  # its hash matches
 
 
