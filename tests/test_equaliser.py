@@ -180,11 +180,8 @@ def test_a_fresh_run_with_the_option_fits_at_its_end(tmp_path):
     assert pipeline.load_vae(str(tmp_path / "vae")).equaliser is not None  # its hash matches
 
 
-def test_bench_probe_scores_the_same_latents_both_ways(tiny_runs, tmp_path):
-    import types
-
-    from conftest import REPO, load_script
-
+def _equalised_runs(tiny_runs, tmp_path):
+    """Copies of the tiny VAE and LDM runs, the VAE refitted with an equaliser, copied over."""
     vae_dir, ldm_dir = tmp_path / "vae", tmp_path / "ldm"
     shutil.copytree(tiny_runs["vae_dir"], vae_dir)
     shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
@@ -194,6 +191,15 @@ def test_bench_probe_scores_the_same_latents_both_ways(tiny_runs, tmp_path):
     ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
     ldm_cfg.vae_workdir = str(vae_dir)
     train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))
+    return vae_dir, ldm_dir
+
+
+def test_bench_probe_scores_the_same_latents_both_ways(tiny_runs, tmp_path):
+    import types
+
+    from conftest import REPO, load_script
+
+    _, ldm_dir = _equalised_runs(tiny_runs, tmp_path)
     de = load_script(REPO / "bench" / "ablations" / "decoder_equaliser.py", "bench_dec_eq")
     flags = types.SimpleNamespace(
         workdir=str(ldm_dir), guidance=1.0, per_class=2, samplers="default"
@@ -205,3 +211,20 @@ def test_bench_probe_scores_the_same_latents_both_ways(tiny_runs, tmp_path):
     assert set(res["recon"]) == {"as trained", "equalised"}
     assert res["recon"]["as trained"]["psnr"] != res["recon"]["equalised"]["psnr"]
     assert "default samples, equalised" in res["rows"] and "# Decoder equaliser" in de.render(res)
+
+
+def test_versions_probe_decodes_one_set_three_ways(tiny_runs, tmp_path):
+    from conftest import REPO, load_script
+
+    _, ldm_dir = _equalised_runs(tiny_runs, tmp_path)
+    old = tmp_path / "old.json"  # unit gains: the old decoding must equal the raw one
+    old.write_text(json.dumps({"gains": [1.0] * equaliser.num_radii(32, 32)}))
+    ev = load_script(REPO / "bench" / "ablations" / "equaliser_versions.py", "bench_eq_ver")
+    res = ev.probe(str(ldm_dir), str(old), guidance=1.0, per_class=2)
+    assert res["num_samples"] == 4 and set(res) >= {"raw", "old", "current", "real"}
+    for key in ("recon_grid", "sample_spectrum", "sample_grid", "val_recon_spectrum"):
+        assert res["old"][key]["median"] == pytest.approx(res["raw"][key]["median"], abs=1e-4)
+    assert res["current"]["recon_psnr"] != pytest.approx(res["raw"]["recon_psnr"])
+    assert res["current"]["sample_spectrum"] != res["raw"]["sample_spectrum"]
+    text = ev.render(res)
+    assert "| current |" in text and "sample spectrum" in text
