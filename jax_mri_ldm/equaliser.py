@@ -81,7 +81,8 @@ def mean_log_radial_power(images: np.ndarray, chunk: int = 64) -> np.ndarray:
 
 
 def gain_map(gains: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(R + 1,) radial gains -> (H, W) float32 multiplier of the FFT bins."""
+    """(R + 1,) radial gains -> (H, W) float32 multiplier of the FFT bins (radii beyond R get
+    R's gain: a shorter, version-2 vector pools the corners into its Nyquist radius)."""
     gains = np.asarray(gains, np.float64)
     return gains[np.minimum(radius_index(h, w), len(gains) - 1)].astype(np.float32)
 

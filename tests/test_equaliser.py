@@ -217,14 +217,22 @@ def test_versions_probe_decodes_one_set_three_ways(tiny_runs, tmp_path):
     from conftest import REPO, load_script
 
     _, ldm_dir = _equalised_runs(tiny_runs, tmp_path)
-    old = tmp_path / "old.json"  # unit gains: the old decoding must equal the raw one
-    old.write_text(json.dumps({"gains": [1.0] * equaliser.num_radii(32, 32)}))
+    old = tmp_path / "old.json"  # unit gains of version 2's length: old must equal raw
+    old.write_text(json.dumps({"gains": [1.0] * (32 // 2 + 1), "version": 2}))
     ev = load_script(REPO / "bench" / "ablations" / "equaliser_versions.py", "bench_eq_ver")
     res = ev.probe(str(ldm_dir), str(old), guidance=1.0, per_class=2)
-    assert res["num_samples"] == 4 and set(res) >= {"raw", "old", "current", "real"}
+    assert res["num_samples"] == 4 and res["old_file"] == str(old) and res["old_version"] == 2
     for key in ("recon_grid", "sample_spectrum", "sample_grid", "val_recon_spectrum"):
         assert res["old"][key]["median"] == pytest.approx(res["raw"][key]["median"], abs=1e-4)
     assert res["current"]["recon_psnr"] != pytest.approx(res["raw"]["recon_psnr"])
     assert res["current"]["sample_spectrum"] != res["raw"]["sample_spectrum"]
     text = ev.render(res)
-    assert "| current |" in text and "sample spectrum" in text
+    assert f"old gains {old} (version 2)" in text and "| current |" in text
+    run = pipeline.load_ldm(str(ldm_dir))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"gains": [1.0] * 24, "vae_sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="other VAE weights"):
+        ev.read_old(str(other), run)
+    other.write_text(json.dumps({"gains": [1.0] * 20}))
+    with pytest.raises(SystemExit, match="holds 20 gains"):
+        ev.read_old(str(other), run)

@@ -120,9 +120,12 @@ def test_the_domain_filter_leaves_out_slices_unlike_the_training_split(tmp_path)
     assert summary["domain_floor"] == pytest.approx(floor)
     everything, summary = data_lib.load_extra_train(_extra_cfg(extra_dir), cfg, ds, ds)
     assert len(everything) == 5 and summary["domain_floor"] is None
-    with pytest.raises(data_lib.DataError, match="domain_quantile=1 floor"):
-        bars_dir = _write(tmp_path / "bars", {"no": bars})
+    bars_dir = _write(tmp_path / "bars", {"no": bars})
+    with pytest.raises(data_lib.DataError, match=r"domain_quantile=1: floor 0\.\d{3}\)"):
         data_lib.load_extra_train(_extra_cfg(bars_dir, quantile=1.0), cfg, ds, ds)
+    per_folder = r"domain_quantile=0, folder_quantiles='no=1': floor off; no 0\.\d{3}\)"
+    with pytest.raises(data_lib.DataError, match=per_folder):
+        data_lib.load_extra_train(_extra_cfg(bars_dir, per_folder="no=1"), cfg, ds, ds)
 
 
 def test_folder_quantiles_set_each_folders_domain_floor(tmp_path) -> None:
@@ -159,6 +162,7 @@ def test_folder_quantiles_set_each_folders_domain_floor(tmp_path) -> None:
         ("notumor=abc", r"folder_quantiles has 'notumor=abc'; expected 'folder=q'"),
         ("notumor=1.5", r"folder_quantiles has 'notumor=1.5'"),
         ("=0.3", r"folder_quantiles has '=0.3'"),
+        ("glioma=0.3,glioma=0.5", r"has 'glioma=0.5'; expected 'folder=q' items, each folder once"),
         ("gliomas=0.3", r"folder_quantiles names 'gliomas', not a folder read \(glioma, notumor\)"),
     ],
 )
@@ -167,6 +171,20 @@ def test_bad_folder_quantiles_name_the_option(sets, spec, message) -> None:
     cfg = _extra_cfg(extra_dir, per_folder=spec)
     with pytest.raises(data_lib.DataError, match=message):
         data_lib.load_extra_train(cfg, _data_cfg(main_dir, tmp), ds, ds)
+
+
+def test_a_folder_of_near_copies_may_still_be_named(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    main = [_blob(rng) for _ in range(8)]
+    main_dir = _write(tmp_path / "main", {"no": main[:4], "yes": main[4:]})
+    extra_dir = _write(tmp_path / "extra", {"notumor": [_blob(rng)], "glioma": [main[5]]})
+    cfg = _data_cfg(main_dir, tmp_path)
+    ds = data_lib.load_imageset(cfg)
+    extra = _extra_cfg(extra_dir, per_folder="glioma=0.3")  # its only file copies a main slice
+    extra.class_map = "glioma=1"
+    kept, summary = data_lib.load_extra_train(extra, cfg, ds, ds)
+    assert kept.counts() == {"normal": 1, "tumour": 0}
+    assert [d["id"] for d in summary["dropped_near_copies"]] == ["glioma/glioma_00.png"]
 
 
 def test_no_path_means_no_extra_images(sets) -> None:

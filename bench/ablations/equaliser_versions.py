@@ -49,12 +49,27 @@ def decodings(raw: np.ndarray, gains: dict[str, np.ndarray | None]) -> dict[str,
     return {k: raw if g is None else np.asarray(equaliser.apply(raw, g)) for k, g in gains.items()}
 
 
+def read_old(path: str, run) -> tuple[np.ndarray, int | None]:
+    """(gains, version) of an older equaliser file, refused unless fitted for the run's VAE
+    (when it records the VAE's hash) and of a length some version writes for its image size."""
+    with open(path) as f:
+        rec = json.load(f)
+    gains = np.asarray(rec["gains"], np.float64)
+    size = run.image_size
+    lengths = {size // 2 + 1, equaliser.num_radii(size, size)}  # version 2, version 3
+    sha = rec.get("vae_sha256")
+    if sha is not None and sha != run.meta["vae"]["sha256"]:
+        raise SystemExit(f"--old={path} was fitted for other VAE weights than {run.workdir}'s.")
+    if len(gains) not in lengths:
+        raise SystemExit(f"--old={path} holds {len(gains)} gains; {size}px needs one of {lengths}.")
+    return gains, rec.get("version")
+
+
 def probe(workdir: str, old: str, guidance: float, per_class: int) -> dict:
     """Every number of the probe (see the module docstring)."""
     run, ds, split = load_run_data(workdir)
     te, va = ds.subset(split["test"]).images, ds.subset(split["val"]).images
-    with open(old) as f:
-        old_gains = np.asarray(json.load(f)["gains"], np.float64)
+    old_gains, old_version = read_old(old, run)
     gains = {"raw": None, "old": old_gains, "current": run.vae.equaliser}
     raw_vae = run.vae.without_equaliser()
     recon = decodings(raw_vae.reconstruct(te), gains)  # (N, H, W, 1) each
@@ -63,7 +78,8 @@ def probe(workdir: str, old: str, guidance: float, per_class: int) -> dict:
     samples = decodings(x, gains)
     out = {
         "workdir": workdir,
-        "old": old,
+        "old_file": old,
+        "old_version": old_version,
         "sampler": name,
         "guidance": guidance,
         "num_samples": len(x),
@@ -90,7 +106,7 @@ def render(res: dict) -> str:
     iqr = {k: f"{v['q25']:.3f}-{v['q75']:.3f}" for k, v in r.items()}
     lines = [
         f"{res['workdir']}: {res['num_samples']} samples of {res['sampler']} at w = "
-        f"{res['guidance']:g}; old gains {res['old']}",
+        f"{res['guidance']:g}; old gains {res['old_file']} (version {res['old_version']})",
         "",
         f"| decoder | recon grid (real {iqr['test_grid']}) | PSNR / SSIM | val recon spectrum "
         f"(real {iqr['val_spectrum']}) | sample spectrum | sample grid |",

@@ -62,7 +62,7 @@ def _read(extra_cfg: Any, data_cfg: Any) -> ImageSet:
 
 def _keep_folders(extra: ImageSet, folders: tuple[str, ...], where: str) -> ImageSet:
     """Only the images in the named class folders (all of them when `folders` is empty)."""
-    top = np.asarray([i.split("/", 1)[0] for i in extra.ids])
+    top = top_folders(extra)
     if not folders:
         return extra
     missing = [f for f in folders if f not in set(top.tolist())]
@@ -98,11 +98,18 @@ def domain_floor(train: ImageSet, quantile: float, threshold: float) -> float:
     Groups are the split's (`splits.split_groups` at `threshold`), so a slice's own copies do
     not count. Returns -inf for quantile <= 0 or fewer than two groups.
     """
+    return domain_floors(train, [quantile], threshold)[0]
+
+
+def domain_floors(train: ImageSet, quantiles: list[float], threshold: float) -> list[float]:
+    """`domain_floor` for several quantiles, the best-match search done once."""
+    if all(q <= 0 for q in quantiles):
+        return [float("-inf")] * len(quantiles)
     groups = split_groups(train, threshold)
-    if quantile <= 0 or len(np.unique(groups)) < 2:
-        return float("-inf")
+    if len(np.unique(groups)) < 2:
+        return [float("-inf")] * len(quantiles)
     best = near_duplicates.best_other_group(near_duplicates.fingerprints(train.images), groups)
-    return float(np.quantile(best, quantile))
+    return [float(np.quantile(best, q)) if q > 0 else float("-inf") for q in quantiles]
 
 
 def _keep_in_domain(
@@ -164,7 +171,8 @@ def parse_folder_quantiles(spec: str, folders: set[str], where: str) -> dict[str
     """'glioma=0.3, pituitary=0.3' -> {'glioma': 0.3, 'pituitary': 0.3}; '' -> {}.
 
     Raises:
-      DataError: an item that is not 'folder=q', q outside [0, 1], or a folder not read.
+      DataError: an item that is not 'folder=q', q outside [0, 1], a folder named twice, or
+        one that is not among `folders` (those read).
     """
     out: dict[str, float] = {}
     for item in (s.strip() for s in str(spec or "").split(",") if s.strip()):
@@ -173,10 +181,11 @@ def parse_folder_quantiles(spec: str, folders: set[str], where: str) -> dict[str
             q = float(value)
         except ValueError:
             q = float("nan")
-        if not name or not 0.0 <= q <= 1.0:
+        if not name or not 0.0 <= q <= 1.0 or name in out:
             raise DataError(
                 f"{where}: config.extra_train.folder_quantiles has {item!r}; expected "
-                "'folder=q' items with 0 <= q <= 1, e.g. 'glioma=0.3,pituitary=0.3'."
+                "'folder=q' items, each folder once, with 0 <= q <= 1, e.g. "
+                "'glioma=0.3,pituitary=0.3'."
             )
         if name not in folders:
             raise DataError(
@@ -187,23 +196,33 @@ def parse_folder_quantiles(spec: str, folders: set[str], where: str) -> dict[str
     return out
 
 
+def top_folders(images: ImageSet) -> np.ndarray:
+    """(N,) the class folder of each image (the first part of its id)."""
+    return np.asarray([i.split("/", 1)[0] for i in images.ids])
+
+
 def _image_floors(
-    extra: ImageSet, train: ImageSet, extra_cfg: Any, data_cfg: Any, where: str
+    extra: ImageSet, train: ImageSet, extra_cfg: Any, per_folder: dict[str, float], data_cfg: Any
 ) -> tuple[np.ndarray, float, dict[str, float]]:
-    """Each extra image's domain floor: its folder's `folder_quantiles` entry, else
+    """Each extra image's domain floor: its folder's `per_folder` quantile, else
     `domain_quantile`. Returns (floors (N,), the default floor, {folder: floor})."""
-    top = np.asarray([i.split("/", 1)[0] for i in extra.ids])
-    per_folder = parse_folder_quantiles(
-        extra_cfg.get("folder_quantiles", ""), set(top.tolist()), where
-    )
-    threshold = near_copy_threshold(data_cfg)
-    default = domain_floor(train, float(extra_cfg.get("domain_quantile", 0.0) or 0.0), threshold)
-    floors = {k: domain_floor(train, q, threshold) for k, q in per_folder.items()}
-    return np.asarray([floors.get(t, default) for t in top]), default, floors
+    quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
+    floors = domain_floors(train, [quantile, *per_folder.values()], near_copy_threshold(data_cfg))
+    named = dict(zip(per_folder, floors[1:], strict=True))
+    return np.asarray([named.get(t, floors[0]) for t in top_folders(extra)]), floors[0], named
 
 
 def _finite(x: float) -> float | None:
     return x if np.isfinite(x) else None
+
+
+def _floors_text(floor: float, per_folder: dict[str, float]) -> str:
+    """'floor 0.644; glioma 0.743' ('off' for a quantile of 0)."""
+
+    def one(x: float) -> str:
+        return f"{x:.3f}" if np.isfinite(x) else "off"
+
+    return f"floor {one(floor)}" + "".join(f"; {k} {one(v)}" for k, v in per_folder.items())
 
 
 def _from_folder(
@@ -213,15 +232,18 @@ def _from_folder(
     extra = _read(extra_cfg, data_cfg)
     folders = parse_folders(extra_cfg.get("folders", ""))
     extra = _relabel(_keep_folders(extra, folders, where), tuple(ds.class_names), where)
+    spec = extra_cfg.get("folder_quantiles", "")
+    per_folder = parse_folder_quantiles(spec, set(top_folders(extra).tolist()), where)
     extra, dropped = _drop_copies(extra, ds, data_cfg, where)
     quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
-    floors, floor, per_folder = _image_floors(extra, train, extra_cfg, data_cfg, where)
+    floors, floor, named = _image_floors(extra, train, extra_cfg, per_folder, data_cfg)
     extra, unlike = _keep_in_domain(extra, train, floors)
     if len(extra) == 0:
         raise DataError(
-            f"{where}: no image is as like the training split as the config.extra_train."
-            f"domain_quantile={quantile:g} floor ({floor:.3f}) and folder_quantiles ask; "
-            "lower them (0 keeps all)."
+            f"{where}: no image is as like the training split as the domain filter asks "
+            f"(config.extra_train.domain_quantile={quantile:g}"
+            f"{f', folder_quantiles={spec!r}' if per_folder else ''}: "
+            f"{_floors_text(floor, named)}); lower them (0 keeps all)."
         )
     summary = {
         "path": str(extra_cfg.path),
@@ -231,8 +253,8 @@ def _from_folder(
         "domain_floor": _finite(floor),
         "left_out_unlike_training": unlike,
     }
-    if per_folder:
-        summary["folder_floors"] = {k: _finite(v) for k, v in per_folder.items()}
+    if named:
+        summary["folder_floors"] = {k: _finite(v) for k, v in named.items()}
     return extra, summary
 
 

@@ -102,7 +102,7 @@ def _extra(ctx: Context) -> dict[str, Any] | None:
 
 
 def _folder_floors(x: dict[str, Any]) -> str:
-    """'; glioma 0.712, pituitary off' for per-folder floors (extra_train.folder_quantiles)."""
+    """'; glioma 0.712; pituitary off' for per-folder floors (extra_train.folder_quantiles)."""
     items = (x.get("folder_floors") or {}).items()
     return "".join(f"; {k} {'off' if v is None else f(v)}" for k, v in items)
 
