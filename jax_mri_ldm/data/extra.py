@@ -202,11 +202,10 @@ def top_folders(images: ImageSet) -> np.ndarray:
 
 
 def _image_floors(
-    extra: ImageSet, train: ImageSet, extra_cfg: Any, per_folder: dict[str, float], data_cfg: Any
+    extra: ImageSet, train: ImageSet, quantile: float, per_folder: dict[str, float], data_cfg: Any
 ) -> tuple[np.ndarray, float, dict[str, float]]:
-    """Each extra image's domain floor: its folder's `per_folder` quantile, else
-    `domain_quantile`. Returns (floors (N,), the default floor, {folder: floor})."""
-    quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
+    """Each extra image's domain floor: its folder's `per_folder` quantile, else `quantile`.
+    Returns (floors (N,), the default floor, {folder: floor})."""
     floors = domain_floors(train, [quantile, *per_folder.values()], near_copy_threshold(data_cfg))
     named = dict(zip(per_folder, floors[1:], strict=True))
     return np.asarray([named.get(t, floors[0]) for t in top_folders(extra)]), floors[0], named
@@ -236,7 +235,7 @@ def _from_folder(
     per_folder = parse_folder_quantiles(spec, set(top_folders(extra).tolist()), where)
     extra, dropped = _drop_copies(extra, ds, data_cfg, where)
     quantile = float(extra_cfg.get("domain_quantile", 0.0) or 0.0)
-    floors, floor, named = _image_floors(extra, train, extra_cfg, per_folder, data_cfg)
+    floors, floor, named = _image_floors(extra, train, quantile, per_folder, data_cfg)
     extra, unlike = _keep_in_domain(extra, train, floors)
     if len(extra) == 0:
         raise DataError(
