@@ -44,6 +44,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.latents.x0_clip_percentile = 0.5  # samplers clip x0 to [p, 100-p] latent percentiles (<0 off)
 
+    # The VAE run's decoder equaliser (configs/vae.py model.equaliser) matches the mean spectrum
+    # of reconstructions; whether it also brings samples nearer real slices is judged on them.
+    c.decoder = ml_collections.ConfigDict()
+    # auto: at the end of training decode one batch of samples with and without it and keep it
+    # only if the samples' spectrum and grid scores land nearer the real validation slices'
+    # (decoder_check.py) | on | off. Moot when the VAE run has no equaliser.
+    c.decoder.equaliser = "auto"
+    c.decoder.check_per_class = 32  # samples of each class the auto check draws
+
     c.model = ml_collections.ConfigDict()
     # (32, 64, 128) (3.6 M parameters) is sized for a 2-core CPU; (64, 128, 256) (14.4 M) for an
     # accelerator. Training speeds of both: docs/performance.md.
@@ -137,6 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.eval_num_images = 2
         c.train.eval_sample_steps = 5
         c.optim.warmup_steps = 0
+        c.decoder.check_per_class = 4
     else:
         raise ValueError(
             f"unknown preset {preset!r} for configs/ldm.py; use recommended, paper, demo or tiny."

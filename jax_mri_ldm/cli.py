@@ -154,13 +154,14 @@ def check_config_values(config: ml_collections.ConfigDict) -> None:
     """Builds what the config alone decides (optimiser, diffusion schedule) and checks its
     choices, so that a bad value is a UserError naming the field before anything is written
     (inside the training these would only surface while compiling the first step)."""
-    from jax_mri_ldm import diffusion
+    from jax_mri_ldm import diffusion, equaliser
     from jax_mri_ldm.engine.state import make_optimizer
 
     _choice(config, "diffusion.schedule", diffusion.SCHEDULES)
     _choice(config, "diffusion.prediction", diffusion.PREDICTIONS)
     _choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
     _choice(config, "loss.kl_reduction", ("mean", "sum"))
+    _choice(config, "decoder.equaliser", equaliser.CHOICE_MODES)
     builds = [("optim", lambda: make_optimizer(config.optim, 1_000_000))]
     if "diffusion" in config:
         builds.append(("diffusion", lambda: diffusion.schedule_from_config(config.diffusion)))

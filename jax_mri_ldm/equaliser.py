@@ -16,10 +16,16 @@ measures both sides.
 
 The gains live in the run directory as JSON (`FILE_NAME`), with the SHA-256 of the VAE
 parameters they were fitted for; a loader refuses gains fitted for other weights.
+
+A diffusion run copies the gains, and its trainer then judges them on its samples
+(`decoder_check.py`): the equaliser matches the *reconstructions'* mean spectrum, which need not
+bring the *samples* nearer the real images. The verdict (`CHOICE_FILE_NAME`) names the gains it
+judged; `chosen_gains` reads it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -32,6 +38,8 @@ from jax_mri_ldm.errors import UserError
 
 FILE_NAME = "equaliser.json"  # in a VAE run directory
 LDM_FILE_NAME = "vae_equaliser.json"  # in a diffusion run directory, beside its VAE copy
+CHOICE_FILE_NAME = "decoder_choice.json"  # in a diffusion run directory: decode with the gains?
+CHOICE_MODES = ("auto", "on", "off")  # configs/ldm.py decoder.equaliser (decoder_check.py)
 VERSION = 3  # bump when the fit or the file format changes (2: absolute power; 3: corner radii)
 REFIT = (
     "Rerun the VAE's training command with --config.model.equaliser=True (it refits the "
@@ -167,3 +175,30 @@ def load(path: str, vae_sha256: str, image_size: int) -> np.ndarray | None:
             f"{image_size}px images). {REFIT}"
         )
     return gains
+
+
+def gains_sha256(gains: np.ndarray) -> str:
+    """SHA-256 of a gains vector (float64 bytes): names the gains a decoder check judged."""
+    return hashlib.sha256(np.asarray(gains, np.float64).tobytes()).hexdigest()
+
+
+def chosen_gains(workdir: str, gains: np.ndarray | None) -> np.ndarray | None:
+    """The gains a diffusion run decodes with: `gains`, or None where its decoder check
+    (`CHOICE_FILE_NAME`, written by `decoder_check.py`) chose the decoder as trained.
+
+    Raises:
+      UserError: the verdict is unreadable or judged other gains (the message says what to do).
+    """
+    path = os.path.join(workdir, CHOICE_FILE_NAME)
+    if gains is None or not os.path.exists(path):
+        return gains
+    redo = "Rerun the diffusion run's training command to redo the check (seconds), or delete it."
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        equalise, judged = bool(rec["equalise"]), rec["gains_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a readable decoder check ({e}). {redo}") from e
+    if judged != gains_sha256(gains):
+        raise UserError(f"{path} judged other equaliser gains than {LDM_FILE_NAME}. {redo}")
+    return gains if equalise else None

@@ -509,10 +509,13 @@ def load_ldm(workdir: str, step: int | None = None) -> LDMPipeline:
         module=build_vae(ml_collections.ConfigDict(meta["vae"]["model"])),
         params=_read_vae_copy(workdir, meta["vae"]),
         meta=meta["vae"],
-        equaliser=equaliser.load(
-            os.path.join(workdir, equaliser.LDM_FILE_NAME),
-            meta["vae"]["sha256"],
-            int(meta["image_size"]),
+        equaliser=equaliser.chosen_gains(  # the copy, unless the decoder check left it out
+            workdir,
+            equaliser.load(
+                os.path.join(workdir, equaliser.LDM_FILE_NAME),
+                meta["vae"]["sha256"],
+                int(meta["image_size"]),
+            ),
         ),
     )
     return LDMPipeline(

@@ -18,7 +18,8 @@ Self-describing run. The VAE's parameters are copied into `<workdir>/vae_params.
 their SHA-256 in the checkpoint metadata, checked on load), its decoder equaliser (if the VAE
 run has one) into `<workdir>/vae_equaliser.json`, and the final checkpoint stores the config,
 schedule, class names, latent shape and normalisation, so sampling needs only this workdir
-(`pipeline.load_ldm`).
+(`pipeline.load_ldm`). A finished run with an equaliser copy then judges it on its own samples
+(`decoder_check.py`, `config.decoder`) and records the verdict beside the copy.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_mri_ldm import atomic, diffusion, equaliser, plots
+from jax_mri_ldm import atomic, decoder_check, diffusion, equaliser, plots
 from jax_mri_ldm import data as data_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.engine import loop
@@ -303,7 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     loop.ensure_writable_workdir(workdir)
     vae = load_vae(config.vae_workdir)
     vae_config = ml_collections.ConfigDict(vae.meta["config"])
-    ds, train_set = _vae_training_split(config, vae, vae_config, workdir)
+    ds, split = _vae_training_split(config, vae, vae_config, workdir)
+    train_set = ds.subset(split["train"])
+    real = _decoder_check_reals(ds, split)  # before the extra slices join
     extra, extra_summary = data_lib.load_extra_train(
         config.get("extra_train"), vae_config.data, ds, train_set
     )
@@ -334,7 +337,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
             "extra_train": extra_summary,
         },
     )
-    return loop.run(config, workdir, task)
+    result = loop.run(config, workdir, task)
+    if not result.interrupted and jax.process_index() == 0:
+        _sync_decoder_check(config, workdir, vae, int(jax.device_get(result.state.step)), real)
+    return result
+
+
+def _decoder_check_reals(
+    ds: data_lib.ImageSet, split: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, spread) real images of the decoder check: the training split and the
+    validation split (the training split again where it is too small); never the test split."""
+    train = ds.subset(split["train"]).images
+    val = ds.subset(split["val"]).images if len(split.get("val", ())) >= 8 else train
+    return train, val  # (N, H, W, 1), (M, H, W, 1)
+
+
+def _sync_decoder_check(config, workdir: str, vae: VAEPipeline, step: int, real) -> None:
+    """Judges the copied equaliser on the finished run's samples (`decoder_check.sync`)."""
+    decoder = config.get("decoder", {})
+    rec = decoder_check.sync(
+        workdir,
+        str(decoder.get("equaliser", "on")),  # configs older than the check: decode as they did
+        vae.equaliser,
+        step,
+        real,
+        int(decoder.get("check_per_class", 32)),
+        seed=int(config.seed),
+    )
+    if rec is not None and "as_trained" in rec:
+        dev = {k: round(rec[k]["deviation"], 3) for k in ("as_trained", "equalised")}
+        keep = "keeps" if rec["equalise"] else "leaves out"
+        print(f"ldm: decoder check {keep} the equaliser (deviation from real {dev}).")
 
 
 def _vae_training_split(
@@ -342,8 +376,8 @@ def _vae_training_split(
     vae: VAEPipeline,
     vae_config: ml_collections.ConfigDict,
     workdir: str,
-) -> tuple[data_lib.ImageSet, data_lib.ImageSet]:
-    """The VAE run's data set (refused if it changed since) and its training subset.
+) -> tuple[data_lib.ImageSet, dict[str, Any]]:
+    """The VAE run's data set (refused if it changed since) and its split (index arrays).
 
     The split is the VAE run's, written to `<workdir>/split.json` too.
     """
@@ -367,7 +401,7 @@ def _vae_training_split(
     )
     if jax.process_index() == 0:
         data_lib.save_split(os.path.join(workdir, "split.json"), ds, split)
-    return ds, ds.subset(split["train"])
+    return ds, split
 
 
 def _prepare_latents(

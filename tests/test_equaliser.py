@@ -117,6 +117,7 @@ def test_runs_fit_copy_and_decode_through_the_equaliser(tiny_runs, tmp_path):
 
     ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
     ldm_cfg.vae_workdir = str(vae_dir)
+    ldm_cfg.decoder.equaliser = "on"  # decode through the copy (the check: test_decoder_check)
     train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))  # complete: copies the equaliser
     run = pipeline.load_ldm(str(ldm_dir))
     np.testing.assert_allclose(run.vae.equaliser, vae.equaliser)
@@ -190,6 +191,7 @@ def _equalised_runs(tiny_runs, tmp_path):
     train_vae.train_and_evaluate(cfg, str(vae_dir))
     ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
     ldm_cfg.vae_workdir = str(vae_dir)
+    ldm_cfg.decoder.equaliser = "on"  # decode through the copy (the check: test_decoder_check)
     train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))
     return vae_dir, ldm_dir
 

@@ -67,7 +67,8 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "run length": ("train.num_epochs", "train.num_steps", "train.builtin_min_steps"),
     "locations": ("data.cache_dir", "vae_workdir"),
     "split rules": ("data.split.near_duplicate_threshold",),  # a saved split.json is reused
-    "decoder equaliser": ("model.equaliser",),  # fitted after the last update (train_vae.py)
+    # fitted after the last update (train_vae.py), judged on samples after it (train_ldm.py)
+    "decoder equaliser": ("model.equaliser", "decoder.*"),
 }
 
 # Settings added to the configs after runs were trained with them absent, and the value their

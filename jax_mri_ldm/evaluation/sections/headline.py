@@ -104,8 +104,8 @@ REASONS = {
     "fast_sampler": "no DDPM row, or no sampler matched DDPM on the trusted per-image metrics "
     "(section 10)",
     "fast_sampler_deterministic": "no DDPM row, or no sampler matched DDPM (section 10)",
-    "vae_psnr_unequalised": "the run has no decoder equaliser (vae_psnr is the decoder's own)",
-    "vae_ssim_unequalised": "the run has no decoder equaliser (vae_ssim is the decoder's own)",
+    "vae_psnr_unequalised": "the run decodes without an equaliser (vae_psnr is the decoder's own)",
+    "vae_ssim_unequalised": "the run decodes without an equaliser (vae_ssim is the decoder's own)",
 }
 
 

@@ -4,12 +4,13 @@ decoded by the same VAE; a sample set can land slightly below it, so it is not a
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import numpy as np
 
-from jax_mri_ldm import plots
+from jax_mri_ldm import equaliser, plots
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.evaluation import metrics, spectrum
 from jax_mri_ldm.evaluation.context import Context
@@ -40,12 +41,23 @@ def _spectrum(ctx: Context) -> dict:
     )
 
 
+def _decoder_check(ctx: Context) -> dict | None:
+    """The diffusion run's verdict on its equaliser copy (decoder_check.py), or None."""
+    try:
+        with open(os.path.join(ctx.workdir, equaliser.CHOICE_FILE_NAME)) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        ctx.nulls.null("vae.decoder_check", "the run has no decoder check (no equaliser copy)")
+        return None
+    return {k: rec.get(k) for k in ("equalise", "mode", "as_trained", "equalised", "sampler")}
+
+
 def _unequalised(ctx: Context) -> dict | None:
     """PSNR / SSIM / spectrum of the decoder as trained, when the run decodes through an
     equaliser (equaliser.py): what the equaliser trades for the spectrum."""
     vae = ctx.run.vae
     if vae.equaliser is None:
-        ctx.nulls.null("vae.unequalised", "the run has no decoder equaliser")
+        ctx.nulls.null("vae.unequalised", "the run decodes without an equaliser")
         return None
     raw, te = vae.without_equaliser(), ctx.test.images
     recon = raw.reconstruct(te, batch_size=ctx.cfg.batch_size)
@@ -90,6 +102,7 @@ def compute(ctx: Context) -> dict[str, Any]:
     out["spectrum"] = _spectrum(ctx)
     out["equaliser"] = ctx.run.vae.equaliser is not None
     out["unequalised"] = _unequalised(ctx)
+    out["decoder_check"] = _decoder_check(ctx)
     n_fig = min(ctx.cfg.figure_images, len(te))
     path = plots.save_reconstruction_figure(
         te.images[:n_fig],
@@ -131,7 +144,7 @@ def render(r: dict) -> str:
         )
     elif u:
         line += "."
-    L += [line, ""]
+    L += [line, ""] + _render_check(v.get("decoder_check"))
     g = v.get("grid")
     if g:
         L += [
@@ -154,3 +167,28 @@ def render(r: dict) -> str:
             "",
         ]
     return "\n".join(L + nulls_note(r["null_reasons"], ["vae."]))
+
+
+def _render_check(c: dict | None) -> list[str]:
+    """A paragraph on the decoder check's verdict (README, "Decoder check")."""
+    if not c:
+        return []
+    verdict = "keeps" if c.get("equalise") else "leaves out"
+    if c.get("mode") != "auto":
+        return [f"The decoder equaliser is {c.get('mode')} by config (no decoder check).", ""]
+    parts = []
+    for arm in ("as_trained", "equalised"):
+        a = c[arm]
+        parts.append(
+            f"{arm.replace('_', ' ')}: spectrum distance {f(a['spectrum']['median'])}, grid "
+            f"{f(a['grid']['median'])}, deviation {f(a['deviation'], 2)}"
+        )
+    sp = c["as_trained"]["spectrum"]
+    return [
+        f'The diffusion run\'s decoder check (`decoder_choice.json`, README "Decoder check") '
+        f"{verdict} the equaliser: on its own {c.get('sampler')} samples, against validation "
+        f"slices (spectrum median {f(sp['real_median'])}, interquartile range "
+        f"{f(sp['real_q25'])}-{f(sp['real_q75'])}), {'; '.join(parts)} (deviation: distance "
+        "from the real medians in real interquartile ranges, summed).",
+        "",
+    ]

@@ -1,0 +1,156 @@
+"""The decoder check: the equaliser is kept only where it brings samples nearer real slices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import blobs
+from jax_mri_ldm import cli, decoder_check, equaliser, pipeline, train_ldm, train_vae
+from jax_mri_ldm.errors import UserError
+
+
+def _textured(n: int, seed: int, size: int = 32) -> np.ndarray:
+    """Blobs with fine grain: real-like slices whose high band a blur removes."""
+    rng = np.random.default_rng(seed)
+    x = blobs(n, size, seed) * 0.8 + 0.1 + 0.05 * rng.standard_normal((n, size, size, 1))
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def _blur(images: np.ndarray, sigma: float = 0.3) -> np.ndarray:
+    """Gaussian low-pass in the Fourier domain: a decoder that loses the high band."""
+    f = np.fft.fftfreq(images.shape[1])
+    g = np.exp(-0.5 * (np.hypot(f[:, None], f[None, :]) / sigma) ** 2)
+    x = np.real(np.fft.ifft2(np.fft.fft2(images[..., 0]) * g))
+    return np.clip(x, 0, 1)[..., None].astype(np.float32)
+
+
+def test_deviation_counts_real_interquartile_ranges():
+    real = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # median 3, IQR 2
+    assert decoder_check.deviation(np.array([3.0, 3.0]), real) == 0.0
+    assert decoder_check.deviation(np.array([7.0]), real) == pytest.approx(2.0)
+    assert decoder_check.deviation(np.array([2.0]), real) == pytest.approx(0.5)
+
+
+def test_the_equaliser_is_kept_where_it_restores_the_samples_spectrum():
+    real, reference = _textured(24, 1), _textured(24, 2)
+    gains = equaliser.fit_gains(_textured(24, 3), _blur(_textured(24, 3)))
+    blurred = _blur(_textured(16, 4))  # samples that lost the high band, as the fit's did
+    rec = decoder_check.judge(blurred, gains, reference, real)
+    assert rec["equalise"]
+    assert rec["equalised"]["deviation"] < rec["as_trained"]["deviation"]
+    assert rec["equalised"]["spectrum"]["within_real_iqr"]
+    assert not rec["as_trained"]["spectrum"]["within_real_iqr"]
+
+
+def test_the_equaliser_is_left_out_where_the_samples_need_none():
+    real, reference = _textured(24, 1), _textured(24, 2)
+    gains = equaliser.fit_gains(_textured(24, 3), _blur(_textured(24, 3)))
+    sharp = _textured(16, 4)  # samples already as sharp as real: the gains over-sharpen them
+    rec = decoder_check.judge(sharp, gains, reference, real)
+    assert not rec["equalise"]
+    assert rec["as_trained"]["deviation"] < rec["equalised"]["deviation"]
+
+
+def test_a_bad_mode_is_refused_before_training():
+    cfg = train_ldm_config()
+    cfg.decoder.equaliser = "maybe"
+    with pytest.raises(UserError, match="decoder.equaliser='maybe' is not one of auto, on, off"):
+        cli.check_config_values(cfg)
+
+
+def train_ldm_config():
+    from jax_mri_ldm.config_loader import load_config
+
+    return load_config("ldm", "tiny")
+
+
+@pytest.fixture(scope="module")
+def equalised(tiny_runs, tmp_path_factory):
+    """Copies of the tiny runs, the VAE refitted with an equaliser (no training)."""
+    root = tmp_path_factory.mktemp("decoder_check")
+    vae_dir, ldm_dir = root / "vae", root / "ldm"
+    shutil.copytree(tiny_runs["vae_dir"], vae_dir)
+    shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
+    cfg = tiny_runs["vae_cfg"].copy_and_resolve_references()
+    cfg.model.equaliser = True
+    train_vae.train_and_evaluate(cfg, str(vae_dir))
+    ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
+    ldm_cfg.vae_workdir = str(vae_dir)
+    return {"vae_dir": vae_dir, "ldm_dir": ldm_dir, "vae_cfg": cfg, "ldm_cfg": ldm_cfg}
+
+
+def _verdict(ldm_dir) -> dict:
+    return json.loads((ldm_dir / equaliser.CHOICE_FILE_NAME).read_text())
+
+
+def test_a_finished_run_judges_its_equaliser_on_samples(equalised):
+    ldm_dir, cfg = equalised["ldm_dir"], equalised["ldm_cfg"]
+    assert cfg.decoder.equaliser == "auto"
+    train_ldm.train_and_evaluate(cfg, str(ldm_dir))  # complete: copies, then judges
+    rec = _verdict(ldm_dir)
+    gains = pipeline.load_vae(str(equalised["vae_dir"])).equaliser
+    assert rec["gains_sha256"] == equaliser.gains_sha256(gains) and rec["mode"] == "auto"
+    for arm in ("as_trained", "equalised"):
+        assert np.isfinite(rec[arm]["deviation"]) and rec[arm]["deviation"] >= 0
+    assert rec["equalise"] == (rec["equalised"]["deviation"] <= rec["as_trained"]["deviation"])
+    assert rec["step"] == pipeline.load_ldm(str(ldm_dir)).step
+    run = pipeline.load_ldm(str(ldm_dir))
+    if rec["equalise"]:
+        np.testing.assert_allclose(run.vae.equaliser, gains)
+    else:
+        assert run.vae.equaliser is None
+    mtime = (ldm_dir / equaliser.CHOICE_FILE_NAME).stat().st_mtime_ns
+    train_ldm.train_and_evaluate(cfg, str(ldm_dir))  # same settings: the verdict is kept
+    assert (ldm_dir / equaliser.CHOICE_FILE_NAME).stat().st_mtime_ns == mtime
+
+
+def test_on_and_off_override_the_check(equalised):
+    ldm_dir, cfg = equalised["ldm_dir"], equalised["ldm_cfg"].copy_and_resolve_references()
+    gains = pipeline.load_vae(str(equalised["vae_dir"])).equaliser
+    for mode, expect in (("off", None), ("on", gains)):
+        cfg.decoder.equaliser = mode
+        train_ldm.train_and_evaluate(cfg, str(ldm_dir))
+        assert _verdict(ldm_dir)["mode"] == mode and "as_trained" not in _verdict(ldm_dir)
+        got = pipeline.load_ldm(str(ldm_dir)).vae.equaliser
+        assert got is None if expect is None else np.allclose(got, expect)
+
+
+def test_a_verdict_on_other_gains_is_refused_then_redone(equalised):
+    ldm_dir, cfg = equalised["ldm_dir"], equalised["ldm_cfg"].copy_and_resolve_references()
+    cfg.decoder.equaliser = "on"
+    train_ldm.train_and_evaluate(cfg, str(ldm_dir))
+    rec = _verdict(ldm_dir)
+    rec["gains_sha256"] = "0" * 64
+    (ldm_dir / equaliser.CHOICE_FILE_NAME).write_text(json.dumps(rec))
+    with pytest.raises(UserError, match="decoder_choice.json judged other equaliser gains"):
+        pipeline.load_ldm(str(ldm_dir))
+    train_ldm.train_and_evaluate(cfg, str(ldm_dir))  # the rerun redoes it
+    assert pipeline.load_ldm(str(ldm_dir)).vae.equaliser is not None
+
+
+def test_a_run_without_an_equaliser_keeps_no_verdict(tiny_runs, tmp_path):
+    ldm_dir = tmp_path / "ldm"
+    shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
+    (ldm_dir / equaliser.CHOICE_FILE_NAME).write_text("{}")
+    train_ldm.train_and_evaluate(tiny_runs["ldm_cfg"], str(ldm_dir))
+    assert not (ldm_dir / equaliser.CHOICE_FILE_NAME).exists()
+    assert pipeline.load_ldm(str(ldm_dir)).vae.equaliser is None
+
+
+def test_the_report_names_the_verdict_and_both_arms():
+    from jax_mri_ldm.evaluation.sections import vae as vae_section
+
+    real, reference = _textured(24, 1), _textured(24, 2)
+    gains = equaliser.fit_gains(_textured(24, 3), _blur(_textured(24, 3)))
+    rec = decoder_check.judge(_textured(16, 4), gains, reference, real)
+    rec.update(mode="auto", sampler="DDIM 50")
+    text = "\n".join(vae_section._render_check(rec))
+    assert "leaves out the equaliser" in text and "DDIM 50 samples" in text
+    assert f"deviation {rec['equalised']['deviation']:.2f}" in text
+    assert vae_section._render_check({"mode": "off", "equalise": False})[0].startswith(
+        "The decoder equaliser is off by config"
+    )
