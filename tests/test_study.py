@@ -67,6 +67,21 @@ def test_train_classifier_separates_toy():
     assert metrics.fid(neg, pos) > 5 * metrics.fid(neg[:16], neg[16:])
 
 
+def test_train_classifier_fine_tunes_from_given_params():
+    tx, ty = _toy(64, seed=1)
+    vx, vy = _toy(64, seed=2)
+    pre, _ = dc.train_classifier(tx, ty, seed=0, steps=40, **TINY)
+    assert dc.evaluate_classifier(pre, vx, vy)["accuracy"] >= 0.9
+    frozen = {**TINY, "lr": 0.0}  # no update: the start is all there is
+    tuned, _ = dc.train_classifier(tx, ty, seed=3, steps=2, init_params=pre.params, **frozen)
+    fresh, _ = dc.train_classifier(tx, ty, seed=3, steps=2, **frozen)
+    np.testing.assert_allclose(dc.predict_proba(tuned, vx), dc.predict_proba(pre, vx), rtol=1e-5)
+    assert not np.allclose(dc.predict_proba(fresh, vx), dc.predict_proba(pre, vx), atol=1e-3)
+    other, _ = dc.train_classifier(tx, ty, seed=0, steps=1, **{**TINY, "widths": (8, 8)})
+    with pytest.raises(ValueError, match="init_params do not fit this classifier"):
+        dc.train_classifier(tx, ty, seed=0, steps=1, init_params=other.params, **TINY)
+
+
 def test_train_classifier_rejects_missing_class():
     tx, ty = _toy(8, seed=3)
     with pytest.raises(ValueError, match="no examples of class"):

@@ -11,7 +11,11 @@ paired within each seed (same half split, classifier initialisation, evaluation 
 * ``half+syn share s``: synthetic images get share s of each class's draws (`--shares`);
 * ``half+syn filtered``: only synthetic images that the seed's ``half`` classifier (trained on
   the real images this arm has, nothing else) assigns to their own label with probability
-  >= `--keep_prob`; and the same with each share.
+  >= `--keep_prob`; and the same with each share (`--filtered_only` skips the unfiltered arms);
+* with `--pretrain`, ``syn filtered -> half``: a classifier trained on the filtered synthetic
+  images alone for the study's steps, then fine-tuned on the half for as many; and its control
+  ``half 2x steps`` (the half alone for twice the steps), so that a gain of pretraining is not
+  only the extra updates.
 
 Every run is scored on the validation split and the test split apart and together (the
 report's evaluation set), so a recipe can be chosen on validation and confirmed on test.
@@ -104,7 +108,10 @@ def one_seed(seed, train, syn, sets, args, kw) -> dict:
     if args.figure and seed == 0:
         filter_figure(args.figure, args.test_full, args.pool_full, p_label, args.keep_prob)
     out["kept_per_class"] = np.bincount(syn[1][keep], minlength=2).tolist()
-    for tag, sel in (("", np.ones_like(keep)), (" filtered", keep)):
+    if args.pretrain:
+        out.update(pretrain_arms(seed, (hx, hy), (syn[0][keep], syn[1][keep]), sets, kw))
+    mixes = (("", np.ones_like(keep)), (" filtered", keep))
+    for tag, sel in mixes[1:] if args.filtered_only else mixes:
         x = np.concatenate([hx, syn[0][sel]])
         y = np.concatenate([hy, syn[1][sel]])
         is_syn = np.r_[np.zeros(hy.size, bool), np.ones(int(sel.sum()), bool)]
@@ -119,9 +126,23 @@ def one_seed(seed, train, syn, sets, args, kw) -> dict:
     return out
 
 
+def pretrain_arms(seed, half, syn, sets, kw) -> dict:
+    """``syn filtered -> half`` (pretrain on the synthetic images, fine-tune on the half) and
+    its control ``half 2x steps``: {arm: {set: metrics}}."""
+    pre, _ = train_classifier(*syn, seed=seed, **kw)
+    tuned, _ = train_classifier(*half, seed=seed, init_params=pre.params, **kw)
+    longer, _ = train_classifier(*half, seed=seed, **{**kw, "steps": 2 * kw["steps"]})
+    out = {"syn filtered -> half": scores(tuned, sets), "half 2x steps": scores(longer, sets)}
+    for name, r in out.items():
+        print(f"seed {seed} {name}: " + ", ".join(
+            f"{k} acc {v['accuracy']:.3f} auc {v['auc']:.3f}" for k, v in r.items()
+        ), flush=True)  # fmt: skip
+    return out
+
+
 def summarise(per_seed: list[dict]) -> dict:
     """Paired gains over 'half' of every arm, per evaluation set and metric."""
-    arms = [a for a in per_seed[0] if a.startswith("half+syn")]
+    arms = [a for a in per_seed[0] if a not in ("half", "kept_per_class")]
     out = {}
     for a in arms:
         out[a] = {s: {m: paired([r[a][s] for r in per_seed], [r["half"][s] for r in per_seed], m)
@@ -165,4 +186,6 @@ if __name__ == "__main__":
     p.add_argument("--shares", type=float, nargs="*", default=[0.25], help="synthetic shares")
     p.add_argument("--keep_prob", type=float, default=0.5, help="filter: min P(own label)")
     p.add_argument("--figure", default="", help="PNG: seed 0's kept and rejected images")
+    p.add_argument("--pretrain", action="store_true", help="add the pretrain/fine-tune arms")
+    p.add_argument("--filtered_only", action="store_true", help="skip the unfiltered mixes")
     main(p.parse_args())

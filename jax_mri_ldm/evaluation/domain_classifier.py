@@ -138,6 +138,7 @@ def train_classifier(
     log_every: int = 25,
     eval_every: int | None = None,
     sample_weights=None,
+    init_params=None,
 ) -> tuple[TrainedClassifier, dict]:
     """Trains a ClassifierCNN with Adam on class-balanced, randomly flipped batches.
 
@@ -160,6 +161,9 @@ def train_classifier(
       sample_weights: optional (N,) non-negative weights: within its class, an image is drawn
         with probability proportional to its weight (None = uniformly). The downstream study
         uses it to fix the synthetic images' share of each class's draws.
+      init_params: optional parameters to start from instead of a fresh initialisation (a
+        classifier of the same architecture trained on other images: pretraining, then
+        fine-tuning with a fresh optimiser state).
 
     Returns:
       (classifier, history) where history has lists 'step', 'loss', 'batch_accuracy' (means over
@@ -180,11 +184,19 @@ def train_classifier(
     step_fn, tx = _train_step_fn(model, float(lr), bool(augment))
     init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(init_key, jnp.asarray(images[:1]))["params"]
+    if init_params is not None:
+        jax.tree.map(_same_shape, params, init_params)  # the same architecture, or a clear error
+        params = init_params
     params, history = _fit(
         model, step_fn, params, tx.init(params), images, labels, draw, batch_size, seed,
         steps, log_every, eval_every, val_data, step_key,
     )  # fmt: skip
     return TrainedClassifier(model, params), history
+
+
+def _same_shape(a, b) -> None:
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"init_params do not fit this classifier: {np.shape(b)} vs {np.shape(a)}.")
 
 
 def _class_draws(
