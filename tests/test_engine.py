@@ -291,6 +291,8 @@ def test_resumable_settings_cover_logging_evaluation_grids_and_length():
         "vae_workdir",
         "data.split.near_duplicate_threshold",  # trainers reuse the saved split.json
         "model.equaliser",  # fitted after the last update (train_vae.py)
+        "decoder.equaliser",  # judged on samples after the last update (decoder_check.py)
+        "decoder.check_per_class",
     }
     assert keys == expected
     for fixed in ("train.batch_size", "model.channels", "optim.learning_rate", "seed"):

@@ -252,9 +252,10 @@ def test_resumed_vae_and_its_ldm_keep_the_saved_split(tmp_path):
     vae = pipeline.load_vae(str(run))
     vae_cfg = ml_collections.ConfigDict(vae.meta["config"])
     (tmp_path / "ldm").mkdir()
-    _, train_set = train_ldm._vae_training_split(
+    ldm_ds, ldm_split = train_ldm._vae_training_split(
         tiny_ldm_config(run), vae, vae_cfg, str(tmp_path / "ldm")
     )
+    train_set = ldm_ds.subset(ldm_split["train"])
     assert sorted(train_set.ids) == sorted(saved["ids"]["train"])
 
 
