@@ -57,15 +57,15 @@ def judge(
 ) -> dict[str, Any]:
     """Scores decoded samples as trained (`raw`, (N, H, W, 1)) and equalised by `gains`;
     'equalise' is True when the equalised set deviates no more from the real images."""
-    eq = np.concatenate(
-        [np.asarray(equaliser.apply(raw[i : i + 64], gains)) for i in range(0, len(raw), 64)]
-    )
+    eq = equaliser.apply_chunked(raw, gains)
     rec = {"as_trained": scores(raw, reference, real), "equalised": scores(eq, reference, real)}
     rec["equalise"] = bool(rec["equalised"]["deviation"] <= rec["as_trained"]["deviation"])
     return rec
 
 
-def check(workdir: str, reference: np.ndarray, real: np.ndarray, per_class: int, seed: int):
+def check(
+    workdir: str, reference: np.ndarray, real: np.ndarray, per_class: int, seed: int
+) -> dict[str, Any]:
     """Samples `per_class` images of each class from the finished run in `workdir` with its
     default sampler, decodes them without the equaliser, and `judge`s the equaliser on them."""
     run = load_ldm(workdir)

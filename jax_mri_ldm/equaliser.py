@@ -103,7 +103,7 @@ def apply(images: Any, gains: np.ndarray) -> Any:
     return jnp.clip(out, 0.0, 1.0)[..., None].astype(images.dtype)
 
 
-def _apply_chunked(images: np.ndarray, gains: np.ndarray, chunk: int = 64) -> np.ndarray:
+def apply_chunked(images: np.ndarray, gains: np.ndarray, chunk: int = 64) -> np.ndarray:
     """`apply` over a large set in chunks (bounded memory); numpy in, numpy out."""
     parts = [np.asarray(apply(images[i : i + chunk], gains)) for i in range(0, len(images), chunk)]
     return np.concatenate(parts)
@@ -125,7 +125,7 @@ def fit_gains(real: np.ndarray, recon: np.ndarray, iterations: int = ITERATIONS)
     target = mean_log_radial_power(real)
     gains = np.ones(num_radii(*real.shape[1:3]))
     for _ in range(iterations):
-        residual = target - mean_log_radial_power(_apply_chunked(recon, gains))
+        residual = target - mean_log_radial_power(apply_chunked(recon, gains))
         gains = np.clip(gains * 10 ** (residual / 2), 1 / MAX_GAIN, MAX_GAIN)
         gains[0] = 1.0
     return gains
