@@ -192,7 +192,7 @@ def chosen_gains(workdir: str, gains: np.ndarray | None) -> np.ndarray | None:
     path = os.path.join(workdir, CHOICE_FILE_NAME)
     if gains is None or not os.path.exists(path):
         return gains
-    redo = "Rerun the diffusion run's training command to redo the check (seconds), or delete it."
+    redo = "Rerun the diffusion run's training command to redo the check (under a minute)."
     try:
         with open(path) as f:
             rec = json.load(f)
