@@ -91,3 +91,36 @@ def blobs(n: int, size: int, seed: int) -> np.ndarray:
             d2 = (yy - cy) ** 2 + (xx - cx) ** 2
             out[i, ..., 0] += rng.uniform(0.3, 1.0) * np.exp(-d2 / r**2)
     return np.clip(out, 0.0, 1.0)
+
+
+def textured(n: int, size: int, seed: int) -> np.ndarray:
+    """Blobs with fine grain, so that the high band carries power a blur removes."""
+    rng = np.random.default_rng(seed)
+    x = blobs(n, size, seed) * 0.8 + 0.1 + 0.05 * rng.standard_normal((n, size, size, 1))
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def fourier_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass in the Fourier domain: a decoder that loses the high band."""
+    f = np.fft.fftfreq(images.shape[1])
+    g = np.exp(-0.5 * (np.hypot(f[:, None], f[None, :]) / sigma) ** 2)
+    x = np.real(np.fft.ifft2(np.fft.fft2(images[..., 0]) * g))
+    return np.clip(x, 0, 1)[..., None].astype(np.float32)
+
+
+def equalised_copies(tiny_runs: dict, root: Path):
+    """Copies of the tiny VAE and LDM runs under `root`, the VAE refitted with an equaliser (no
+    training); returns (vae_dir, ldm_dir, an LDM config pointing at the VAE copy)."""
+    import shutil
+
+    from jax_mri_ldm import train_vae
+
+    vae_dir, ldm_dir = root / "vae", root / "ldm"
+    shutil.copytree(tiny_runs["vae_dir"], vae_dir)
+    shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
+    cfg = tiny_runs["vae_cfg"].copy_and_resolve_references()
+    cfg.model.equaliser = True
+    train_vae.train_and_evaluate(cfg, str(vae_dir))
+    ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
+    ldm_cfg.vae_workdir = str(vae_dir)
+    return vae_dir, ldm_dir, ldm_cfg

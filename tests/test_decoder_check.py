@@ -8,24 +8,17 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import blobs
-from jax_mri_ldm import cli, decoder_check, equaliser, pipeline, train_ldm, train_vae
+from conftest import equalised_copies, fourier_blur, textured
+from jax_mri_ldm import cli, decoder_check, equaliser, pipeline, train_ldm
 from jax_mri_ldm.errors import UserError
 
 
-def _textured(n: int, seed: int, size: int = 32) -> np.ndarray:
-    """Blobs with fine grain: real-like slices whose high band a blur removes."""
-    rng = np.random.default_rng(seed)
-    x = blobs(n, size, seed) * 0.8 + 0.1 + 0.05 * rng.standard_normal((n, size, size, 1))
-    return np.clip(x, 0, 1).astype(np.float32)
+def _textured(n: int, seed: int) -> np.ndarray:
+    return textured(n, 32, seed)
 
 
-def _blur(images: np.ndarray, sigma: float = 0.3) -> np.ndarray:
-    """Gaussian low-pass in the Fourier domain: a decoder that loses the high band."""
-    f = np.fft.fftfreq(images.shape[1])
-    g = np.exp(-0.5 * (np.hypot(f[:, None], f[None, :]) / sigma) ** 2)
-    x = np.real(np.fft.ifft2(np.fft.fft2(images[..., 0]) * g))
-    return np.clip(x, 0, 1)[..., None].astype(np.float32)
+def _blur(images: np.ndarray) -> np.ndarray:
+    return fourier_blur(images, 0.3)  # a loss the equaliser's capped gains can restore
 
 
 def test_deviation_counts_real_interquartile_ranges():
@@ -71,16 +64,10 @@ def train_ldm_config():
 @pytest.fixture(scope="module")
 def equalised(tiny_runs, tmp_path_factory):
     """Copies of the tiny runs, the VAE refitted with an equaliser (no training)."""
-    root = tmp_path_factory.mktemp("decoder_check")
-    vae_dir, ldm_dir = root / "vae", root / "ldm"
-    shutil.copytree(tiny_runs["vae_dir"], vae_dir)
-    shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
-    cfg = tiny_runs["vae_cfg"].copy_and_resolve_references()
-    cfg.model.equaliser = True
-    train_vae.train_and_evaluate(cfg, str(vae_dir))
-    ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
-    ldm_cfg.vae_workdir = str(vae_dir)
-    return {"vae_dir": vae_dir, "ldm_dir": ldm_dir, "vae_cfg": cfg, "ldm_cfg": ldm_cfg}
+    vae_dir, ldm_dir, ldm_cfg = equalised_copies(
+        tiny_runs, tmp_path_factory.mktemp("decoder_check")
+    )
+    return {"vae_dir": vae_dir, "ldm_dir": ldm_dir, "ldm_cfg": ldm_cfg}
 
 
 def _verdict(ldm_dir) -> dict:

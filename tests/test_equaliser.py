@@ -8,25 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import blobs
+from conftest import blobs, equalised_copies
+from conftest import fourier_blur as _blur
+from conftest import textured as _textured
 from jax_mri_ldm import equaliser, export, pipeline, train_ldm, train_vae
 from jax_mri_ldm.errors import UserError
-
-
-def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass in the Fourier domain: a decoder that loses the high band."""
-    h = images.shape[1]
-    f = np.fft.fftfreq(h)
-    g = np.exp(-0.5 * (np.hypot(f[:, None], f[None, :]) / sigma) ** 2)
-    x = np.real(np.fft.ifft2(np.fft.fft2(images[..., 0]) * g))
-    return np.clip(x, 0, 1)[..., None].astype(np.float32)
-
-
-def _textured(n: int, size: int, seed: int) -> np.ndarray:
-    """Blobs with fine grain, so that the high band carries power a blur removes."""
-    rng = np.random.default_rng(seed)
-    x = blobs(n, size, seed) * 0.8 + 0.1 + 0.05 * rng.standard_normal((n, size, size, 1))
-    return np.clip(x, 0, 1).astype(np.float32)
 
 
 def test_fit_restores_the_spectrum_a_blur_removes():
@@ -183,14 +169,7 @@ def test_a_fresh_run_with_the_option_fits_at_its_end(tmp_path):
 
 def _equalised_runs(tiny_runs, tmp_path):
     """Copies of the tiny VAE and LDM runs, the VAE refitted with an equaliser, copied over."""
-    vae_dir, ldm_dir = tmp_path / "vae", tmp_path / "ldm"
-    shutil.copytree(tiny_runs["vae_dir"], vae_dir)
-    shutil.copytree(tiny_runs["ldm_dir"], ldm_dir)
-    cfg = tiny_runs["vae_cfg"].copy_and_resolve_references()
-    cfg.model.equaliser = True
-    train_vae.train_and_evaluate(cfg, str(vae_dir))
-    ldm_cfg = tiny_runs["ldm_cfg"].copy_and_resolve_references()
-    ldm_cfg.vae_workdir = str(vae_dir)
+    vae_dir, ldm_dir, ldm_cfg = equalised_copies(tiny_runs, tmp_path)
     ldm_cfg.decoder.equaliser = "on"  # decode through the copy (the check: test_decoder_check)
     train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))
     return vae_dir, ldm_dir

@@ -67,8 +67,7 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "run length": ("train.num_epochs", "train.num_steps", "train.builtin_min_steps"),
     "locations": ("data.cache_dir", "vae_workdir"),
     "split rules": ("data.split.near_duplicate_threshold",),  # a saved split.json is reused
-    # fitted after the last update (train_vae.py), judged on samples after it (train_ldm.py)
-    "decoder equaliser": ("model.equaliser", "decoder.*"),
+    "decoder equaliser": ("model.equaliser", "decoder.*"),  # fitted, judged after the last update
 }
 
 # Settings added to the configs after runs were trained with them absent, and the value their
