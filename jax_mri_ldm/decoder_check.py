@@ -34,7 +34,9 @@ def deviation(values: np.ndarray, real: np.ndarray) -> float:
     return float(abs(np.median(values) - q50) / max(q75 - q25, 1e-12))
 
 
-def scores(images: np.ndarray, reference: np.ndarray, real: np.ndarray) -> dict[str, Any]:
+def scores(
+    images: np.ndarray, reference: np.ndarray, real: np.ndarray, period: int | None
+) -> dict[str, Any]:
     """Median spectrum distance and grid score of `images` next to `real`'s quartiles, and
     their summed deviation (`deviation`) from the real medians.
 
@@ -42,23 +44,38 @@ def scores(images: np.ndarray, reference: np.ndarray, real: np.ndarray) -> dict[
       images: (N, H, W, 1) in [0, 1], the set judged.
       reference: (M, H, W, 1) real images whose mean log spectrum the distances are taken to.
       real: (K, H, W, 1) real images whose per-image scores give the real spread.
+      period: the latent grid's period in pixels (None: the image size has no grid score).
     """
     spec, real_spec = (spectrum.spectrum_distance(x, reference) for x in (images, real))
-    grid, real_grid = spectrum.grid_score(images), spectrum.grid_score(real)
-    return {
-        "spectrum": spectrum.summary_vs_real(spec, real_spec),
-        "grid": spectrum.summary_vs_real(grid, real_grid),
-        "deviation": deviation(spec, real_spec) + deviation(grid, real_grid),
-    }
+    out = {"spectrum": spectrum.summary_vs_real(spec, real_spec), "grid": None}
+    out["deviation"] = deviation(spec, real_spec)
+    if period is not None:
+        grid, real_grid = (spectrum.grid_score(x, period) for x in (images, real))
+        out["grid"] = spectrum.summary_vs_real(grid, real_grid)
+        out["deviation"] += deviation(grid, real_grid)
+    return out
+
+
+def grid_period(image_size: int, latent_size: int) -> int | None:
+    """The decoder's upsampling factor, where `spectrum.grid_score` can score that period."""
+    period = image_size // latent_size
+    return period if image_size % period == 0 and image_size >= 2 * period else None
 
 
 def judge(
-    raw: np.ndarray, gains: np.ndarray, reference: np.ndarray, real: np.ndarray
+    raw: np.ndarray,
+    gains: np.ndarray,
+    reference: np.ndarray,
+    real: np.ndarray,
+    period: int | None = spectrum.LATENT_PERIOD,
 ) -> dict[str, Any]:
     """Scores decoded samples as trained (`raw`, (N, H, W, 1)) and equalised by `gains`;
     'equalise' is True when the equalised set deviates no more from the real images."""
     eq = equaliser.apply_chunked(raw, gains)
-    rec = {"as_trained": scores(raw, reference, real), "equalised": scores(eq, reference, real)}
+    rec = {
+        "as_trained": scores(raw, reference, real, period),
+        "equalised": scores(eq, reference, real, period),
+    }
     rec["equalise"] = bool(rec["equalised"]["deviation"] <= rec["as_trained"]["deviation"])
     return rec
 
@@ -73,7 +90,8 @@ def check(
     spec = run.default_spec()
     labels = np.repeat(np.arange(len(run.class_names)), per_class)
     raw_run = dataclasses.replace(run, vae=run.vae.without_equaliser())
-    rec = judge(raw_run.sample_images(labels, seed, spec), gains, reference, real)
+    period = grid_period(run.image_size, run.latent_shape[0])
+    rec = judge(raw_run.sample_images(labels, seed, spec), gains, reference, real, period)
     rec.update(
         sampler=spec.name(run.schedule.num_timesteps),
         guidance_scale=float(spec.guidance_scale),

@@ -141,3 +141,17 @@ def test_the_report_names_the_verdict_and_both_arms():
     assert vae_section._render_check({"mode": "off", "equalise": False})[0].startswith(
         "The decoder equaliser is off by config"
     )
+
+
+def test_the_grid_period_is_the_decoders_upsampling_where_it_can_be_scored():
+    assert decoder_check.grid_period(128, 16) == 8 and decoder_check.grid_period(256, 32) == 8
+    assert decoder_check.grid_period(100, 16) is None  # 100 px is no multiple of period 6
+    assert decoder_check.grid_period(8, 1) is None  # one period fits: no harmonic to score
+    real, reference = _textured(24, 1), _textured(24, 2)
+    gains = equaliser.fit_gains(_textured(24, 3), _blur(_textured(24, 3)))
+    spec_only = decoder_check.judge(_blur(_textured(16, 4)), gains, reference, real, period=None)
+    both = decoder_check.judge(_blur(_textured(16, 4)), gains, reference, real, period=8)
+    assert spec_only["as_trained"]["grid"] is None and spec_only["equalise"]
+    for arm in ("as_trained", "equalised"):  # the grid adds its own deviation to the spectrum's
+        assert both[arm]["spectrum"] == spec_only[arm]["spectrum"]
+        assert both[arm]["deviation"] >= spec_only[arm]["deviation"]

@@ -179,9 +179,10 @@ def _render_check(c: dict | None) -> list[str]:
     parts = []
     for arm in ("as_trained", "equalised"):
         a = c[arm]
+        grid = f", grid {f(a['grid']['median'])}" if a.get("grid") else ""
         parts.append(
-            f"{arm.replace('_', ' ')}: spectrum distance {f(a['spectrum']['median'])}, grid "
-            f"{f(a['grid']['median'])}, deviation {f(a['deviation'], 2)}"
+            f"{arm.replace('_', ' ')}: spectrum distance {f(a['spectrum']['median'])}{grid}, "
+            f"deviation {f(a['deviation'], 2)}"
         )
     sp = c["as_trained"]["spectrum"]
     return [
