@@ -15,7 +15,8 @@ paired within each seed (same half split, classifier initialisation, evaluation 
 * with `--pretrain`, ``syn filtered -> half``: a classifier trained on the filtered synthetic
   images alone for the study's steps, then fine-tuned on the half for as many; and its control
   ``half 2x steps`` (the half alone for twice the steps), so that a gain of pretraining is not
-  only the extra updates.
+  only the extra updates; `--longer` adds that control alone. `--study_steps` overrides the
+  report's classifier steps for every arm; `--shares_only` skips the mixes without a share.
 
 Every run is scored on the validation split and the test split apart and together (the
 report's evaluation set), so a recipe can be chosen on validation and confirmed on test.
@@ -110,12 +111,14 @@ def one_seed(seed, train, syn, sets, args, kw) -> dict:
     out["kept_per_class"] = np.bincount(syn[1][keep], minlength=2).tolist()
     if args.pretrain:
         out.update(pretrain_arms(seed, (hx, hy), (syn[0][keep], syn[1][keep]), sets, kw))
+    elif args.longer:
+        out["half 2x steps"] = longer_arm(seed, (hx, hy), sets, kw)
     mixes = (("", np.ones_like(keep)), (" filtered", keep))
     for tag, sel in mixes[1:] if args.filtered_only else mixes:
         x = np.concatenate([hx, syn[0][sel]])
         y = np.concatenate([hy, syn[1][sel]])
         is_syn = np.r_[np.zeros(hy.size, bool), np.ones(int(sel.sum()), bool)]
-        for share in (None, *args.shares):
+        for share in (*(() if args.shares_only else (None,)), *args.shares):
             name = f"half+syn{tag}" + ("" if share is None else f" share {share:g}")
             w = share_weights(y, is_syn, share)
             clf, _ = train_classifier(x, y, seed=seed, sample_weights=w, **kw)
@@ -131,13 +134,21 @@ def pretrain_arms(seed, half, syn, sets, kw) -> dict:
     its control ``half 2x steps``: {arm: {set: metrics}}."""
     pre, _ = train_classifier(*syn, seed=seed, **kw)
     tuned, _ = train_classifier(*half, seed=seed, init_params=pre.params, **kw)
-    longer, _ = train_classifier(*half, seed=seed, **{**kw, "steps": 2 * kw["steps"]})
-    out = {"syn filtered -> half": scores(tuned, sets), "half 2x steps": scores(longer, sets)}
+    out = {
+        "syn filtered -> half": scores(tuned, sets),
+        "half 2x steps": longer_arm(seed, half, sets, kw),
+    }
     for name, r in out.items():
         print(f"seed {seed} {name}: " + ", ".join(
             f"{k} acc {v['accuracy']:.3f} auc {v['auc']:.3f}" for k, v in r.items()
         ), flush=True)  # fmt: skip
     return out
+
+
+def longer_arm(seed, half, sets, kw) -> dict:
+    """The control ``half 2x steps``: the half alone for twice the steps, {set: metrics}."""
+    longer, _ = train_classifier(*half, seed=seed, **{**kw, "steps": 2 * kw["steps"]})
+    return scores(longer, sets)
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -166,7 +177,7 @@ def main(args: argparse.Namespace) -> None:
     sets = {k: (metrics.resize_images(x, size), y) for k, (x, y) in sets.items()}
     train_r = (metrics.resize_images(train.images, size), train.labels)
     syn_r = (metrics.resize_images(syn[0], size), syn[1])
-    kw = dict(steps=cfg.study_steps, batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr,
+    kw = dict(steps=args.study_steps or cfg.study_steps, batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr,
               input_size=size, widths=tuple(cfg.classifier_widths))  # fmt: skip
     per_seed = []
     for seed in range(args.seeds):
@@ -188,4 +199,7 @@ if __name__ == "__main__":
     p.add_argument("--figure", default="", help="PNG: seed 0's kept and rejected images")
     p.add_argument("--pretrain", action="store_true", help="add the pretrain/fine-tune arms")
     p.add_argument("--filtered_only", action="store_true", help="skip the unfiltered mixes")
+    p.add_argument("--shares_only", action="store_true", help="skip the mixes without a share")
+    p.add_argument("--longer", action="store_true", help="add the 'half 2x steps' control")
+    p.add_argument("--study_steps", type=int, default=0, help="classifier steps; 0 = report's")
     main(p.parse_args())
