@@ -157,3 +157,19 @@ def test_sampler_rows_the_schedule_cannot_scale_are_left_out_with_the_reason():
         assert samplers._usable(ctx) == list(entries[:kept])
         assert ("samplers.left_out" in ctx.nulls.reasons) == zero_snr
     assert "ε/0.99" in ctx.nulls.reasons["samplers.left_out"]
+
+
+def test_fastest_ranks_by_steps_then_the_default_not_by_timing_noise():
+    """Two 10-step rows differ in seconds per image by timing noise alone: the run's default
+    wins among them whatever the timings say, and fewer steps beat a faster timing."""
+
+    def row(name, steps, sec):
+        return {"name": name, "steps": steps, "seconds_per_image": sec}
+
+    rows = [row("DDPM", 1000, 6.0), row("DDIM 50", 50, 0.3), row("DPM 10", 10, 0.069),
+            row("DPM 10 eps", 10, 0.072), row("DPM 25", 25, None)]  # fmt: skip
+    names = {r["name"] for r in rows[1:]}
+    assert samplers._fastest(rows, names, "DPM 10 eps")["name"] == "DPM 10 eps"
+    assert samplers._fastest(rows, names, "DDIM 50")["name"] == "DPM 10"  # default not cheapest
+    assert samplers._fastest(rows, names - {"DPM 10", "DPM 10 eps"}, None)["name"] == "DPM 25"
+    assert samplers._fastest(rows, set(), "DPM 10") is None
