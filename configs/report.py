@@ -78,7 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.classifier_input_size = 64  # its working resolution (also the study's)
     c.classifier_widths = (16, 32, 64, 128)  # its channels per block
     c.seeds = 5  # seeds of the downstream study (0..seeds-1)
-    c.study_steps = 300  # classifier steps per (arm, seed) in the study
+    # classifier steps per (arm, seed) in the study: where the half-alone arm stops gaining on
+    # the validation split when its steps double (docs/results.md, session 39)
+    c.study_steps = 600
     # Held-out splits that score the study (never trained on by the VAE/LDM); empty val -> test.
     c.downstream_eval_splits = ("val", "test")
     # Synthetic-amount sweep: half+syn at these multiples of the half real set's per-class size.
