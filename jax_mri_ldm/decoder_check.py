@@ -34,25 +34,30 @@ def deviation(values: np.ndarray, real: np.ndarray) -> float:
     return float(abs(np.median(values) - q50) / max(q75 - q25, 1e-12))
 
 
-def scores(
-    images: np.ndarray, reference: np.ndarray, real: np.ndarray, period: int | None
-) -> dict[str, Any]:
-    """Median spectrum distance and grid score of `images` next to `real`'s quartiles, and
-    their summed deviation (`deviation`) from the real medians.
+def per_image(images: np.ndarray, reference: np.ndarray, period: int | None) -> dict:
+    """Per-image spectrum distances to `reference`'s mean log spectrum and, where `period` is
+    set, grid scores at that period, of (N, H, W, 1) images in [0, 1]."""
+    out = {"spectrum": spectrum.spectrum_distance(images, reference)}
+    if period is not None:
+        out["grid"] = spectrum.grid_score(images, period)
+    return out
+
+
+def scores(images: np.ndarray, reference: np.ndarray, real: dict, period: int | None) -> dict:
+    """Median spectrum distance and grid score of `images` next to the real images' quartiles,
+    and their summed deviation (`deviation`) from the real medians.
 
     Args:
       images: (N, H, W, 1) in [0, 1], the set judged.
       reference: (M, H, W, 1) real images whose mean log spectrum the distances are taken to.
-      real: (K, H, W, 1) real images whose per-image scores give the real spread.
+      real: `per_image` of the real images whose scores give the real spread.
       period: the latent grid's period in pixels (None: the image size has no grid score).
     """
-    spec, real_spec = (spectrum.spectrum_distance(x, reference) for x in (images, real))
-    out = {"spectrum": spectrum.summary_vs_real(spec, real_spec), "grid": None}
-    out["deviation"] = deviation(spec, real_spec)
-    if period is not None:
-        grid, real_grid = (spectrum.grid_score(x, period) for x in (images, real))
-        out["grid"] = spectrum.summary_vs_real(grid, real_grid)
-        out["deviation"] += deviation(grid, real_grid)
+    mine = per_image(images, reference, period)
+    out: dict[str, Any] = {"grid": None, "deviation": 0.0}
+    for key, values in mine.items():
+        out[key] = spectrum.summary_vs_real(values, real[key])
+        out["deviation"] += deviation(values, real[key])
     return out
 
 
@@ -72,9 +77,10 @@ def judge(
     """Scores decoded samples as trained (`raw`, (N, H, W, 1)) and equalised by `gains`;
     'equalise' is True when the equalised set deviates no more from the real images."""
     eq = equaliser.apply_chunked(raw, gains)
+    real_scores = per_image(real, reference, period)  # once for both arms
     rec = {
-        "as_trained": scores(raw, reference, real, period),
-        "equalised": scores(eq, reference, real, period),
+        "as_trained": scores(raw, reference, real_scores, period),
+        "equalised": scores(eq, reference, real_scores, period),
     }
     rec["equalise"] = bool(rec["equalised"]["deviation"] <= rec["as_trained"]["deviation"])
     return rec
