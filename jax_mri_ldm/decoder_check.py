@@ -25,7 +25,7 @@ import numpy as np
 
 from jax_mri_ldm import atomic, equaliser
 from jax_mri_ldm.evaluation import spectrum
-from jax_mri_ldm.pipeline import load_ldm
+from jax_mri_ldm.pipeline import LDMPipeline, load_ldm
 
 
 def deviation(values: np.ndarray, real: np.ndarray) -> float:
@@ -89,11 +89,27 @@ def judge(
 def check(
     workdir: str, reference: np.ndarray, real: np.ndarray, per_class: int, seed: int
 ) -> dict[str, Any]:
-    """Samples `per_class` images of each class from the finished run in `workdir` with its
-    default sampler, decodes them without the equaliser, and `judge`s the equaliser on them."""
+    """`check_run` of the finished run in `workdir` with its equaliser copy, at its default
+    guidance (the caller removes an old verdict first, so the copy loads)."""
     run = load_ldm(workdir)
-    gains = run.vae.equaliser
+    return check_run(run, run.vae.equaliser, reference, real, per_class, seed)
+
+
+def check_run(
+    run: LDMPipeline,
+    gains: np.ndarray,
+    reference: np.ndarray,
+    real: np.ndarray,
+    per_class: int,
+    seed: int,
+    guidance_scale: float | None = None,
+) -> dict[str, Any]:
+    """Samples `per_class` images of each class from `run` with its default sampler (at
+    `guidance_scale` where given), decodes them without the equaliser, and `judge`s `gains`
+    on them."""
     spec = run.default_spec()
+    if guidance_scale is not None:
+        spec = dataclasses.replace(spec, guidance_scale=float(guidance_scale))
     labels = np.repeat(np.arange(len(run.class_names)), per_class)
     raw_run = dataclasses.replace(run, vae=run.vae.without_equaliser())
     period = grid_period(run.image_size, run.latent_shape[0])

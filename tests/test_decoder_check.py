@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -93,6 +94,25 @@ def test_a_finished_run_judges_its_equaliser_on_samples(equalised):
     mtime = (ldm_dir / equaliser.CHOICE_FILE_NAME).stat().st_mtime_ns
     train_ldm.train_and_evaluate(cfg, str(ldm_dir))  # same settings: the verdict is kept
     assert (ldm_dir / equaliser.CHOICE_FILE_NAME).stat().st_mtime_ns == mtime
+
+
+def test_the_check_can_be_redone_at_another_guidance(equalised):
+    ldm_dir, cfg = equalised["ldm_dir"], equalised["ldm_cfg"].copy_and_resolve_references()
+    cfg.decoder.equaliser = "auto"
+    train_ldm.train_and_evaluate(cfg, str(ldm_dir))
+    run = pipeline.load_ldm(str(ldm_dir))
+    vae = pipeline.load_vae(cfg.vae_workdir)  # its equaliser is the run's copy
+    gains, vae_cfg = vae.equaliser, ml_collections.ConfigDict(vae.meta["config"])
+    ds, split = train_ldm._vae_training_split(cfg, vae, vae_cfg, str(ldm_dir))
+    real = train_ldm._decoder_check_reals(ds, split)
+    per_class, seed = int(cfg.decoder.check_per_class), int(cfg.seed)
+    same = decoder_check.check_run(run, gains, *real, per_class, seed)
+    for arm in ("as_trained", "equalised"):  # the default w redoes the run's own verdict
+        assert same[arm]["deviation"] == pytest.approx(_verdict(ldm_dir)[arm]["deviation"])
+    w = run.default_spec().guidance_scale + 2.0
+    other = decoder_check.check_run(run, gains, *real, per_class, seed, guidance_scale=w)
+    assert other["guidance_scale"] == w and same["guidance_scale"] != w
+    assert other["as_trained"]["deviation"] != same["as_trained"]["deviation"]
 
 
 def test_on_and_off_override_the_check(equalised):
