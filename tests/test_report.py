@@ -35,6 +35,7 @@ from jax_mri_ldm.evaluation.sections import (
     memorisation,
     samplers,
 )
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 HEADLINE_FIELDS = (
@@ -127,6 +128,34 @@ def test_report_has_every_section_and_figure(tiny_report):
         assert key in result["figures"]
     # The markdown is a function of report.json alone.
     assert report.render_markdown(result) == md
+
+
+def test_the_reports_sample_command_draws_with_the_main_sets_setting(tiny_report, tmp_path):
+    out, r = tiny_report
+    cmd = r["commands"]["sample"]
+    assert cmd in (out / "report.md").read_text()
+    args = [a for a in cmd.split()[2:] if not a.startswith("--num_samples")]
+    proc = subprocess.run(
+        [sys.executable, "sample.py", *args, "--num_samples=2", f"--out={tmp_path / 's'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env_for_subprocess(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "s" / "manifest.jsonl").read_text().splitlines()[0])
+    spec = SamplerSpec(
+        sampler=row["sampler"],
+        steps=row["steps"],
+        eta=row["eta"] or 0.0,
+        guidance_scale=row["guidance"],
+        spacing=row["spacing"],
+        eps_scale=row["eps_scale"],
+    )
+    T = r["run"]["ldm_config"]["diffusion"]["num_timesteps"]
+    assert spec.name(T) == r["main_set"]["sampler"] and row["spacing"] == r["main_set"]["spacing"]
+    assert row["guidance"] == r["main_set"]["guidance"] and row["use_ema"]
 
 
 def test_report_json_numbers_are_finite_or_explained(tiny_report):
@@ -392,7 +421,6 @@ def test_each_metric_ranks_noise_below_real_held_out(tiny_runs):
 def test_synthetic_images_share_batches_and_do_not_depend_on_count(tiny_runs):
     from jax_mri_ldm import pipeline
     from jax_mri_ldm.evaluation.generator import SyntheticImages
-    from jax_mri_ldm.sampler_settings import SamplerSpec
 
     run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
     spec = SamplerSpec("ddim", 5, 0.0, 2.0, "uniform")

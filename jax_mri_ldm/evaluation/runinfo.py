@@ -13,6 +13,7 @@ import ml_collections
 
 from jax_mri_ldm import config_loader
 from jax_mri_ldm.engine import checkpoint as ckpt_lib
+from jax_mri_ldm.sampler_settings import SamplerSpec
 
 
 def _repo_config(name: str, preset: str) -> ml_collections.ConfigDict | None:
@@ -79,6 +80,20 @@ def evaluate_command(ldm_workdir: str, out_dir: str, cfg: ml_collections.ConfigD
     cmd += [f"--out={shlex.quote(out_dir)}", f"--config=configs/report.py:{cfg.preset}"]
     cmd += config_overrides("report", cfg.to_dict())
     return " ".join(cmd)
+
+
+def sample_command(ldm_workdir: str, spec: SamplerSpec, num_timesteps: int, n: int) -> str:
+    """The `python sample.py ...` command that draws `n` images, every class in turn, with
+    `spec`: every field spelled out, so it keeps its meaning if the run's default changes."""
+    r = spec.resolved(num_timesteps)
+    cmd = ["python sample.py", f"--workdir={shlex.quote(ldm_workdir)}", "--label=all"]
+    cmd += [f"--num_samples={n}", f"--sampler={r.sampler}"]
+    if r.sampler != "ddpm":  # DDPM takes every step of the schedule
+        cmd += [f"--steps={r.steps}", f"--spacing={r.spacing}"]
+    if r.sampler == "ddim":
+        cmd.append(f"--eta={r.eta:g}")
+    cmd += [f"--eps_scale={r.eps_scale:g}", f"--guidance_scale={r.guidance_scale:g}"]
+    return " ".join(cmd + ([] if r.use_ema else ["--nouse_ema"]))
 
 
 def default_out_dir(ldm_workdir: str) -> str:

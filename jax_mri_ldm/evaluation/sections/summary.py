@@ -12,6 +12,7 @@ import numpy as np
 from jax_mri_ldm.evaluation import runinfo
 from jax_mri_ldm.evaluation.context import Context
 from jax_mri_ldm.evaluation.markdown import f, table
+from jax_mri_ldm.evaluation.sections import common
 
 HEADERS = ("## Commands", "## Run summary")
 
@@ -24,11 +25,14 @@ def _commands(ctx: Context, command: str | None) -> dict[str, Any]:
         with open(vae_cfg_path) as fh:
             vae_cfg = json.load(fh)
     eval_cmd = runinfo.evaluate_command(ctx.workdir, ctx.out_dir, ctx.cfg)
+    spec, T = common.main_spec(ctx, ctx.shared["main_w"]), ctx.run.schedule.num_timesteps
+    n = ctx.cfg.num_synthetic_per_class * len(ctx.class_names)
     out = {
         "evaluate": command or eval_cmd,
         "evaluate_equivalent": eval_cmd,
         "train_vae": runinfo.train_command("vae", vae_cfg, src) if vae_cfg else None,
         "train_ldm": runinfo.train_command("ldm", ctx.run.config.to_dict(), ctx.workdir),
+        "sample": runinfo.sample_command(ctx.workdir, spec, T, n),  # the main set's setting
     }
     if out["train_vae"] is None:
         ctx.nulls.null("commands.train_vae", f"{vae_cfg_path} not found")
@@ -168,6 +172,16 @@ def render(r: dict) -> str:
     L += [c["train_ldm"], c["evaluate"], "```", ""]
     if c["evaluate"] != c["evaluate_equivalent"]:
         L += [f"Equivalent: `{c['evaluate_equivalent']}`", ""]
+    if c.get("sample"):  # reports older than this field have none
+        L += [
+            "Synthetic slices like the main set (its sampler and w, the guidance sweep's choice; "
+            "other seeds, so other images):",
+            "",
+            "```bash",
+            c["sample"],
+            "```",
+            "",
+        ]
     L += ["## Run summary", ""] + _run_lines(r)
     split = run["data"]["split"]
     rows = [
