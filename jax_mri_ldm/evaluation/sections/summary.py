@@ -174,8 +174,8 @@ def render(r: dict) -> str:
         L += [f"Equivalent: `{c['evaluate_equivalent']}`", ""]
     if c.get("sample"):  # reports older than this field have none
         L += [
-            "Synthetic slices like the main set (its sampler and w, the guidance sweep's choice; "
-            "other seeds, so other images):",
+            "Synthetic slices drawn as the main set was (its sampler and w; `sample.py`'s own "
+            "seeds, so other images):",
             "",
             "```bash",
             c["sample"],
