@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -351,6 +352,16 @@ def _decoder_check_reals(
     train = ds.subset(split["train"]).images
     val = ds.subset(split["val"]).images if len(split.get("val", ())) >= 8 else train
     return train, val  # (N, H, W, 1), (M, H, W, 1)
+
+
+def decoder_check_reals(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """The real images the decoder check of a diffusion run with `config` judges against
+    (`_decoder_check_reals`), rebuilt from the VAE run; writes nothing (for probes)."""
+    vae = load_vae(config.vae_workdir)
+    vae_config = ml_collections.ConfigDict(vae.meta["config"])
+    with tempfile.TemporaryDirectory() as scratch:  # the split is saved there, not in a run
+        ds, split = _vae_training_split(config, vae, vae_config, scratch)
+    return _decoder_check_reals(ds, split)
 
 
 def _sync_decoder_check(config, workdir: str, vae: VAEPipeline, step: int, real) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -101,10 +100,8 @@ def test_the_check_can_be_redone_at_another_guidance(equalised):
     cfg.decoder.equaliser = "auto"
     train_ldm.train_and_evaluate(cfg, str(ldm_dir))
     run = pipeline.load_ldm(str(ldm_dir))
-    vae = pipeline.load_vae(cfg.vae_workdir)  # its equaliser is the run's copy
-    gains, vae_cfg = vae.equaliser, ml_collections.ConfigDict(vae.meta["config"])
-    ds, split = train_ldm._vae_training_split(cfg, vae, vae_cfg, str(ldm_dir))
-    real = train_ldm._decoder_check_reals(ds, split)
+    gains = pipeline.load_vae(cfg.vae_workdir).equaliser  # the run's copy
+    real = train_ldm.decoder_check_reals(cfg)
     per_class, seed = int(cfg.decoder.check_per_class), int(cfg.seed)
     same = decoder_check.check_run(run, gains, *real, per_class, seed)
     for arm in ("as_trained", "equalised"):  # the default w redoes the run's own verdict

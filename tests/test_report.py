@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -134,7 +135,7 @@ def test_the_reports_sample_command_draws_with_the_main_sets_setting(tiny_report
     out, r = tiny_report
     cmd = r["commands"]["sample"]
     assert cmd in (out / "report.md").read_text()
-    args = [a for a in cmd.split()[2:] if not a.startswith("--num_samples")]
+    args = [a for a in shlex.split(cmd)[2:] if not a.startswith("--num_samples")]
     proc = subprocess.run(
         [sys.executable, "sample.py", *args, "--num_samples=2", f"--out={tmp_path / 's'}"],
         cwd=REPO,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -41,14 +40,10 @@ def reals(workdir: str):
     from jax_mri_ldm import pipeline, train_ldm
 
     run = pipeline.load_ldm(workdir)
-    config = ml_collections.ConfigDict(run.meta["config"])
-    vae = pipeline.load_vae(config.vae_workdir)  # the VAE run, with its own metadata
-    vae_config = ml_collections.ConfigDict(vae.meta["config"])
-    with tempfile.TemporaryDirectory() as scratch:  # the split is re-saved there, not in the run
-        ds, split = train_ldm._vae_training_split(config, vae, vae_config, scratch)
+    real = train_ldm.decoder_check_reals(ml_collections.ConfigDict(run.meta["config"]))
     copy = os.path.join(workdir, equaliser.LDM_FILE_NAME)  # judged even where it was left out
     gains = equaliser.load(copy, run.meta["vae"]["sha256"], run.image_size)
-    return train_ldm._decoder_check_reals(ds, split), run, gains
+    return real, run, gains
 
 
 def main(argv) -> None:
