@@ -1,7 +1,9 @@
 """Samples labelled synthetic slices: `python sample.py --label=1` (or --label=tumour / all).
 
 Reads a finished diffusion run (default runs/ldm) and writes `<out>/<class_name>/*.png`, a grid
-PNG and manifest.jsonl. Bad flags print one message and exit with status 2.
+PNG and manifest.jsonl. `--report=<an evaluate.py report of the run>` samples with the setting
+that report measured (its sampler and chosen guidance w). Bad flags print one message and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from jax_mri_ldm.sampler_settings import (
 )
 from jax_mri_ldm.sampling import SAMPLERS, SPACINGS
 
-DEFAULT = SamplerSpec()  # --use_ema reads it; sampler flags default to the run's own
+DEFAULT = SamplerSpec()  # --use_ema's help reads it; sampler flags default to the run's own
 FAST = SamplerSpec(**FAST_DETERMINISTIC)  # the v-prediction runs' default
 RUN_DEFAULT = "default: the run's own (sampler_settings.default_sampler_spec)"
 
@@ -70,8 +72,19 @@ flags.DEFINE_float(
 flags.DEFINE_integer("seed", 0, "Random seed; same flags and seed give identical images.")
 flags.DEFINE_string("out", "samples", "Output directory (refused if non-empty, see --overwrite).")
 flags.DEFINE_enum("format", "png", ["png", "npy", "nii"], "Per-image file format.")
-flags.DEFINE_bool("use_ema", DEFAULT.use_ema, "Sample with the EMA weights (paper), not the raw.")
+flags.DEFINE_bool(
+    "use_ema",
+    None,
+    f"Sample with the EMA weights (paper), not the raw ({RUN_DEFAULT}: {DEFAULT.use_ema}).",
+)
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+flags.DEFINE_string(
+    "report",
+    "",
+    "An evaluate.py report of this --workdir's checkpoint (its report.json or folder): sample "
+    "with the setting its main synthetic set was measured with (sampler, steps, spacing, eta, "
+    "eps_scale, the guidance w its sweep chose, EMA); sampler flags given beside it override it.",
+)
 flags.DEFINE_bool(
     "equalise",
     True,
@@ -99,6 +112,7 @@ def main(argv):
         format=FLAGS.format,
         overwrite=FLAGS.overwrite,
         equalise=FLAGS.equalise,
+        report=FLAGS.report,
     )
     try:
         summary = run_sampling(req)

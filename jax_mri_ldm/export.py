@@ -40,8 +40,9 @@ _GRID_IMAGES = 64  # images in grid.png
 class SampleRequest:
     """What to sample (the flags of sample.py).
 
-    The sampler setting is `spec` (None: the run's default, `LDMPipeline.default_spec`) with
-    the fields of `overrides` that are not None (the sampler flags a user gave).
+    The sampler setting is `spec`, or the setting of the report at `report` (`report_spec`;
+    give one of the two), or else the run's default (`LDMPipeline.default_spec`), with the
+    fields of `overrides` that are not None (the sampler flags a user gave).
     """
 
     workdir: str = "runs/ldm"
@@ -56,6 +57,7 @@ class SampleRequest:
     overwrite: bool = False
     progress: bool = True
     equalise: bool = True  # decode through the run's decoder equaliser when it has one
+    report: str = ""  # an evaluate.py report.json (or its folder) of this run: its setting
 
 
 def to_uint8(image01: np.ndarray) -> np.ndarray:
@@ -153,6 +155,51 @@ def resolve_labels(label: str, class_names: tuple[str, ...], num_samples: int) -
     return np.full((num_samples,), idx, np.int32)
 
 
+def read_report_spec(path: str) -> tuple[SamplerSpec, tuple[Any, Any]]:
+    """The setting a report's main synthetic set was sampled with (`main_set.spec` of an
+    `evaluate.py` report.json, or of the report.json in the folder `path`) and the
+    (checkpoint step, config fingerprint) of the run it was made on."""
+    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    try:
+        with open(file) as fh:
+            r = json.load(fh)
+        spec = (r.get("main_set") or {}).get("spec")
+        run = r.get("run") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(
+            f"--report={path}: {file} is not a readable report.json ({e}); pass the report.json "
+            "that evaluate.py wrote, or its folder."
+        ) from e
+    if not isinstance(spec, dict):
+        raise UserError(
+            f"--report={path}: {file} records no sampler setting (main_set.spec; older reports "
+            "lack it). Regenerate the report with evaluate.py, or pass the flags of its "
+            "commands.sample instead of --report."
+        )
+    try:
+        setting = SamplerSpec(**spec)
+    except TypeError as e:  # fields this version does not know
+        raise UserError(
+            f"--report={path}: main_set.spec of {file} is not a sampler setting of this version "
+            f"({e}); regenerate the report with this version's evaluate.py."
+        ) from e
+    return setting.validate(), (run.get("checkpoint_step"), run.get("config_fingerprint"))
+
+
+def report_spec(path: str, step: int, fingerprint: str) -> SamplerSpec:
+    """`read_report_spec`'s setting, refused unless the report was made on checkpoint `step`
+    of a run whose config fingerprint is `fingerprint`: a report's choice of sampler and w
+    holds for the checkpoint it measured."""
+    spec, made_on = read_report_spec(path)
+    if made_on != (step, fingerprint):
+        raise UserError(
+            f"--report={path} is a report of checkpoint step {made_on[0]} of the run with config "
+            f"{made_on[1]}, but --workdir is at step {step} with config {fingerprint}. Pass "
+            "the report of this run (evaluate.py --workdir=<this run>), or drop --report."
+        )
+    return spec
+
+
 def _check_request(req: SampleRequest) -> None:
     """Raises ValueError naming the bad flag; cheap checks before loading the run."""
     if req.num_samples <= 0:
@@ -161,7 +208,10 @@ def _check_request(req: SampleRequest) -> None:
         raise UserError(f"--batch_size={req.batch_size} must be positive.")
     if req.format not in FORMATS:
         raise UserError(f"--format={req.format} is not one of {', '.join(FORMATS)}.")
-    spec_with(req.spec or SamplerSpec(), req.overrides)  # bad flags fail before loading
+    if req.report and req.spec is not None:
+        raise UserError("SampleRequest: give spec or report, not both.")
+    base = read_report_spec(req.report)[0] if req.report else req.spec
+    spec_with(base or SamplerSpec(), req.overrides)  # bad flags or report fail before loading
     _check_out(req.out, req.overwrite)
 
 
@@ -197,10 +247,11 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
     if not req.equalise:
         run = dataclasses.replace(run, vae=run.vae.without_equaliser())
     labels = resolve_labels(req.label, run.class_names, req.num_samples)
+    base = req.spec or run.default_spec()
+    if req.report:
+        base = report_spec(req.report, run.step, run.config_fingerprint)
     try:
-        sampler = run.image_sampler(
-            spec_with(req.spec or run.default_spec(), req.overrides), req.batch_size
-        )
+        sampler = run.image_sampler(spec_with(base, req.overrides), req.batch_size)
     except ValueError as e:  # a setting the flags allow but this run does not (--steps > T)
         raise UserError(f"the sampler settings do not fit {req.workdir}: {e}") from e
     spec = sampler.spec  # every default filled in
@@ -218,6 +269,7 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
         "config_fingerprint": run.config_fingerprint,
         "workdir": os.path.abspath(req.workdir),
         "batch_size": sampler.batch_size,
+        "report": os.path.abspath(req.report) if req.report else None,
     }
     num_batches = int(np.ceil(req.num_samples / sampler.batch_size))
     bar = tqdm.tqdm(

@@ -157,6 +157,22 @@ def test_the_reports_sample_command_draws_with_the_main_sets_setting(tiny_report
     T = r["run"]["ldm_config"]["diffusion"]["num_timesteps"]
     assert spec.name(T) == r["main_set"]["sampler"] and row["spacing"] == r["main_set"]["spacing"]
     assert row["guidance"] == r["main_set"]["guidance"] and row["use_ema"]
+    # Its `--report=<this report>` form samples the same setting: the same images at a seed.
+    cmd = r["commands"]["sample_from_report"]
+    assert cmd in (out / "report.md").read_text()
+    args = [a for a in shlex.split(cmd)[2:] if not a.startswith("--num_samples")]
+    proc = subprocess.run(
+        [sys.executable, "sample.py", *args, "--num_samples=2", f"--out={tmp_path / 'r'}"],
+        cwd=REPO, capture_output=True, text=True, env=env_for_subprocess(), timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_report = json.loads((tmp_path / "r" / "manifest.jsonl").read_text().splitlines()[0])
+    fields = ("sampler", "steps", "spacing", "eta", "eps_scale", "guidance", "use_ema")
+    assert {k: by_report[k] for k in fields} == {k: row[k] for k in fields}
+    assert by_report["report"] == str(out)
+    for name in ("normal", "tumour"):
+        a, b = (sorted((tmp_path / d / name).glob("*.png")) for d in ("s", "r"))
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b], name
 
 
 def test_report_json_numbers_are_finite_or_explained(tiny_report):

@@ -310,3 +310,58 @@ def test_eps_scale_flag_reaches_the_images_and_the_manifest(tiny_runs, tmp_path)
     assert rows["off"][0]["eps_scale"] == 1.0 and rows["on"][0]["eps_scale"] == 0.998
     assert np.all(np.isfinite(images["on"]))
     assert not np.array_equal(images["on"], images["off"])
+
+
+def _write_report(path, spec: SamplerSpec, step, fingerprint) -> None:
+    """A report.json as evaluate.py writes it, with only the fields `--report` reads."""
+    run = {"checkpoint_step": step, "config_fingerprint": fingerprint}
+    path.write_text(json.dumps({"main_set": {"spec": dataclasses.asdict(spec)}, "run": run}))
+
+
+def test_report_setting_is_sampled_and_flags_override_it(tiny_runs, tmp_path):
+    """--report samples with the report's main-set setting (every field, EMA included) and says
+    so in the manifest; a flag given beside it changes only its own field."""
+    from jax_mri_ldm import pipeline
+
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    spec = SamplerSpec("ddim", steps=4, eta=0.0, guidance_scale=2.0, use_ema=False)
+    (tmp_path / "rep").mkdir()
+    _write_report(tmp_path / "rep" / "report.json", spec, run.step, run.config_fingerprint)
+    run_sampling(_request(tiny_runs, tmp_path / "a", spec=None, report=str(tmp_path / "rep")))
+    row = export.read_manifest(str(tmp_path / "a"))[0]
+    got = (row["sampler"], row["steps"], row["eta"], row["guidance"], row["use_ema"])
+    assert got == ("ddim", 4, 0.0, 2.0, False)
+    assert row["report"] == str(tmp_path / "rep")
+    req = _request(tiny_runs, tmp_path / "b", spec=None, report=str(tmp_path / "rep"))
+    run_sampling(dataclasses.replace(req, overrides={"guidance_scale": 1.0}))
+    row = export.read_manifest(str(tmp_path / "b"))[0]
+    got = (row["sampler"], row["steps"], row["guidance"], row["use_ema"])
+    assert got == ("ddim", 4, 1.0, False)
+
+
+def test_report_of_another_checkpoint_or_without_a_setting_is_refused(tiny_runs, tmp_path):
+    """A report's sampler and w were chosen on one checkpoint: another step or config, a report
+    without `main_set.spec` or a file that is not a report fails before sampling, naming
+    --report and what to do."""
+    from jax_mri_ldm import pipeline
+    from jax_mri_ldm.errors import UserError
+
+    run = pipeline.load_ldm(str(tiny_runs["ldm_dir"]))
+    spec = SamplerSpec("ddim", steps=4)
+    cases = {
+        "step.json": (lambda p: _write_report(p, spec, run.step + 1, run.config_fingerprint),
+                      r"--report=.*step\.json is a report of checkpoint step .*drop --report"),
+        "config.json": (lambda p: _write_report(p, spec, run.step, "0" * 12),
+                        r"config 000000000000, but --workdir"),
+        "old.json": (lambda p: p.write_text(json.dumps({"main_set": {}, "run": {}})),
+                     r"records no sampler setting .*Regenerate"),
+        "bad.json": (lambda p: p.write_text("not json"), r"not a readable report\.json"),
+    }  # fmt: skip
+    for name, (write, message) in cases.items():
+        write(tmp_path / name)
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(UserError, match=message):
+            run_sampling(_request(tiny_runs, out, spec=None, report=str(tmp_path / name)))
+        assert not out.exists(), name
+    with pytest.raises(UserError, match="spec or report, not both"):
+        run_sampling(_request(tiny_runs, tmp_path / "both", report=str(tmp_path / "step.json")))

@@ -86,14 +86,22 @@ def sample_command(ldm_workdir: str, spec: SamplerSpec, num_timesteps: int, n: i
     """The `python sample.py ...` command that draws `n` images, every class in turn, with
     `spec`: every field spelled out, so it keeps its meaning if the run's default changes."""
     r = spec.resolved(num_timesteps)
-    cmd = ["python sample.py", f"--workdir={shlex.quote(ldm_workdir)}", "--label=all"]
-    cmd += [f"--num_samples={n}", f"--sampler={r.sampler}"]
+    cmd = [_sample_head(ldm_workdir, n), f"--sampler={r.sampler}"]
     if r.sampler != "ddpm":  # DDPM takes every step of the schedule
         cmd += [f"--steps={r.steps}", f"--spacing={r.spacing}"]
     if r.sampler == "ddim":
         cmd.append(f"--eta={r.eta:g}")
     cmd += [f"--eps_scale={r.eps_scale:g}", f"--guidance_scale={r.guidance_scale:g}"]
     return " ".join(cmd + ([] if r.use_ema else ["--nouse_ema"]))
+
+
+def report_sample_command(ldm_workdir: str, report_dir: str, n: int) -> str:
+    """`sample_command`'s setting read from the report in `report_dir` (`sample.py --report`)."""
+    return f"{_sample_head(ldm_workdir, n)} --report={shlex.quote(report_dir)}"
+
+
+def _sample_head(ldm_workdir: str, n: int) -> str:
+    return f"python sample.py --workdir={shlex.quote(ldm_workdir)} --label=all --num_samples={n}"
 
 
 def default_out_dir(ldm_workdir: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from jax_mri_ldm import plots
@@ -108,6 +109,7 @@ def compute_main_set(ctx: Context) -> dict[str, Any]:
             "spacing": r.spacing,
             "guidance": ctx.shared["main_w"],
             "images_per_class": n,
+            "spec": dataclasses.asdict(r),  # what `sample.py --report=<this report>` samples with
             **timing,
         }
     }

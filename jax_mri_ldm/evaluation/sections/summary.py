@@ -33,6 +33,7 @@ def _commands(ctx: Context, command: str | None) -> dict[str, Any]:
         "train_vae": runinfo.train_command("vae", vae_cfg, src) if vae_cfg else None,
         "train_ldm": runinfo.train_command("ldm", ctx.run.config.to_dict(), ctx.workdir),
         "sample": runinfo.sample_command(ctx.workdir, spec, T, n),  # the main set's setting
+        "sample_from_report": runinfo.report_sample_command(ctx.workdir, ctx.out_dir, n),
     }
     if out["train_vae"] is None:
         ctx.nulls.null("commands.train_vae", f"{vae_cfg_path} not found")
@@ -47,6 +48,7 @@ def _run(ctx: Context) -> dict[str, Any]:
         "ldm_workdir": os.path.abspath(ctx.workdir),
         "vae_workdir": ctx.vae_workdir,
         "checkpoint_step": run.step,
+        "config_fingerprint": run.config_fingerprint,  # with the step: which run this report is of
         "epochs_trained": run.step / spe if spe else None,
         "final": run.final,
         "params": "EMA" if ctx.cfg.use_ema else "raw",
@@ -182,6 +184,9 @@ def render(r: dict) -> str:
             "```",
             "",
         ]
+    if c.get("sample_from_report"):
+        L += ["The same setting, read from this report:", "", "```bash"]
+        L += [c["sample_from_report"], "```", ""]
     L += ["## Run summary", ""] + _run_lines(r)
     split = run["data"]["split"]
     rows = [
