@@ -22,7 +22,9 @@ with the report's own code (`evaluation.scoring.score_set`) against the real tes
   validation split vs the test split, both at the same number of images per class
   (``fid_ratio_train`` is the report headline's form: a real-train subset at equal n instead);
 * per-class class fidelity under the domain classifier (trained once per curve on the real
-  training split) next to that classifier's recall per class on the real test images;
+  training split), with its 95 % Wilson interval, next to that classifier's recall per class on
+  the real test images (at 64 images per class the interval is about +-0.08, too wide to
+  decide a bar a few hundredths away: docs/results.md, "LDM at 4,750 updates");
 * ``grid_ratio``: median latent-grid score of the samples / that of the real test images;
 * ``nn_ssim_ratio``: median nearest-training-image SSIM of the samples / that of the real test
   images; ``memorised``: the fraction flagged as copies.
@@ -375,6 +377,7 @@ def step_numbers(row: dict, per: dict, images, labels, real: RealData, nulls: Nu
     out: dict[str, Any] = fid_ratios(nulls, path, real.ref.embed(images), labels, real)
     out["fid"] = row["fid"]
     out["fidelity"] = row.get("fidelity_detail", {}).get("per_class")
+    out["fidelity_interval"] = fidelity_intervals(per, labels, real.ref.class_names)
     grid = None
     if real.test_grid is not None and "grid" in per:
         grid = spectrum.summary_vs_real(per["grid"], real.test_grid)
@@ -384,6 +387,18 @@ def step_numbers(row: dict, per: dict, images, labels, real: RealData, nulls: Nu
     out["nn_ssim_ratio"] = row["nn_ssim"] / real_nn if real_nn > 0 else None
     for k in ("nn_ssim", "memorised", "spectrum", "precision", "recall", "density", "coverage"):
         out[k] = row.get(k)
+    return out
+
+
+def fidelity_intervals(per: dict, labels: np.ndarray, names: Sequence[str]) -> dict | None:
+    """Per class, the 95 % Wilson interval of class fidelity (the report's, section 10): a
+    curve of 32-64 images per class cannot separate steps closer than this."""
+    if "correct" not in per:
+        return None
+    out = {}
+    for c, name in enumerate(names):
+        sel = labels == c
+        out[name] = list(scoring.proportion_interval(per["correct"][sel])) if sel.any() else None
     return out
 
 
@@ -401,6 +416,13 @@ def save_step_grid(
 # ----------------------------------------------------------------------------- outputs
 
 
+def _with_interval(value: float | None, interval: Sequence[float] | None) -> str:
+    """`0.81 [0.75, 0.86]`, or the value alone when there is no interval."""
+    if interval is None or value is None:
+        return f(value, 2)
+    return f"{f(value, 2)} [{f(interval[0], 2)}, {f(interval[1], 2)}]"
+
+
 def render_markdown(curve: dict) -> str:
     """curve.md: settings in one paragraph, then one table row per step."""
     names = list(curve["real_recall"])
@@ -408,11 +430,11 @@ def render_markdown(curve: dict) -> str:
     head += [f"fidelity {n}" for n in names] + ["grid ratio", "nn_ssim ratio", "memorised"]
     rows = []
     for r in curve["rows"]:
-        fid = r["fidelity"] or {}
+        fid, ci = r["fidelity"] or {}, r.get("fidelity_interval") or {}
         rows.append(
             [str(r["step"]), f(r["percent_of_run"], 1), f(r["cpu_minutes"], 2)]
             + [f(r["fid_ratio"], 2), f(r["fid_ratio_train"], 2)]
-            + [f(fid.get(n), 2) for n in names]
+            + [_with_interval(fid.get(n), ci.get(n)) for n in names]
             + [f(r["grid_ratio"], 2), f(r["nn_ssim_ratio"], 2), f(r["memorised"], 3)]
         )
     recall = ", ".join(f"{n} {f(v, 2)}" for n, v in curve["real_recall"].items())
@@ -425,7 +447,8 @@ def render_markdown(curve: dict) -> str:
         f"images: {recall}. Ratios are synthetic / real (1 = as real): fid_ratio = FID of "
         "the samples vs the real test split over that of the real val split, at equal n per "
         "class; fid_ratio (train) = the same with a real-train subset (the report headline's "
-        "form); grid and nn_ssim = medians over the real test images' medians.",
+        "form); fidelity [95 % Wilson interval]; grid and nn_ssim = medians over the real "
+        "test images' medians.",
         "",
     ]
     return "\n".join(L + table(head, rows))

@@ -66,6 +66,24 @@ def test_curve_samples_with_the_configs_main_sampler():
     assert (spec.eps_scale, spec.guidance_scale) == (0.99, 3.0)
 
 
+def test_fidelity_intervals_are_per_class_wilson_intervals():
+    import numpy as np
+
+    from jax_mri_ldm.evaluation import scoring
+
+    qc = _load()
+    labels = np.array([0] * 64 + [1] * 64)
+    correct = np.r_[np.ones(52), np.zeros(12), np.ones(64)]  # normal 52/64, tumour 64/64
+    ci = qc.fidelity_intervals({"correct": correct}, labels, ("normal", "tumour"))
+    assert ci["normal"] == list(scoring.proportion_interval(correct[:64]))
+    lo, hi = ci["normal"]
+    assert lo < 52 / 64 < hi and 0.12 < hi - lo < 0.22  # 64 images: about +-0.09
+    assert ci["tumour"][1] == 1.0 and ci["tumour"][0] < 0.95  # 64 of 64 is not certainty
+    assert qc.fidelity_intervals({}, labels, ("normal", "tumour")) is None  # no classifier
+    assert qc._with_interval(0.8125, [0.7, 0.9]) == "0.81 [0.70, 0.90]"
+    assert qc._with_interval(None, None) == qc.f(None, 2)
+
+
 @pytest.mark.slow
 def test_curve_of_a_tiny_run(tiny_runs, tmp_path):
     from jax_mri_ldm.evaluation import report
@@ -89,6 +107,9 @@ def test_curve_of_a_tiny_run(tiny_runs, tmp_path):
     for r in rows:
         assert r["fid_ratio"] is not None and math.isfinite(r["fid_ratio"]) and r["fid_ratio"] > 0
         assert sorted(r["fidelity"]) == sorted(names)
+        for n in names:  # the Wilson interval of 3 images brackets the fidelity, and is wide
+            lo, hi = r["fidelity_interval"][n]
+            assert 0 <= lo <= r["fidelity"][n] <= hi <= 1 and hi - lo > 0.3
         assert r["nn_ssim_ratio"] is not None and r["nn_ssim_ratio"] > 0
         assert (out / f"grid_step{r['step']}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
