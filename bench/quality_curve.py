@@ -23,7 +23,7 @@ with the report's own code (`evaluation.scoring.score_set`) against the real tes
   (``fid_ratio_train`` is the report headline's form: a real-train subset at equal n instead);
 * per-class class fidelity under the domain classifier (trained once per curve on the real
   training split), with its 95 % Wilson interval, next to that classifier's recall per class on
-  the real test images (at 64 images per class the interval is about +-0.08, too wide to
+  the real test images (at 64 images per class it is about +-0.07 to +-0.10, too wide to
   decide a bar a few hundredths away: docs/results.md, "LDM at 4,750 updates");
 * ``grid_ratio``: median latent-grid score of the samples / that of the real test images;
 * ``nn_ssim_ratio``: median nearest-training-image SSIM of the samples / that of the real test

@@ -59,11 +59,10 @@ def per_image(
 ) -> dict[str, np.ndarray]:
     """(N,) nearest-train SSIM, grid score and spectrum distance of each image (to the test
     split's mean log radial spectrum), as the report scores them (scoring.per_image_scores)."""
-    rs = spectrum.radial_spectrum(images)  # (N, R)
     return {
         "nn_ssim": scoring.nearest_train(train, images, SEARCH_SIZE),
         "grid": spectrum.grid_score(images, period),
-        "spectrum": np.sqrt(np.mean((rs - spectrum_mean[None]) ** 2, axis=1)),
+        "spectrum": scoring.spectrum_distance(images, spectrum_mean),
     }
 
 
@@ -103,7 +102,7 @@ def load(workdir: str, out: str, guidance: float) -> dict:
         "spectrum": None,  # judged on its "lower" side: no real target
     }
     os.makedirs(out, exist_ok=True)
-    spectrum_mean = spectrum.radial_spectrum(te.images).mean(axis=0)  # (R,)
+    spectrum_mean = scoring.rs_mean(te.images)  # (R,)
     return {"run": run, "train": seen.images, "period": period, "out": out,
             "spectrum_mean": spectrum_mean,
             "guidance": guidance, "real": real, "gen": SyntheticImages(run, 16, 0)}  # fmt: skip

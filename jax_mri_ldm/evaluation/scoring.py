@@ -183,12 +183,17 @@ def rs_mean(images: np.ndarray) -> np.ndarray:
     return spectrum.radial_spectrum(images).mean(axis=0)
 
 
+def spectrum_distance(images: np.ndarray, spectrum_mean: np.ndarray) -> np.ndarray:
+    """(N,) RMS distance of each image's log radial spectrum to `spectrum_mean` (R,)."""
+    rs = spectrum.radial_spectrum(images)  # (N, R)
+    return np.sqrt(np.mean((rs - spectrum_mean[None]) ** 2, axis=1))
+
+
 def per_image_scores(ref: Reference, images: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image spectrum distance, grid score, nearest-train SSIM and relative distance."""
     match = nearest_train_match(ref.train_images, images, ref.search_size)
     out = {"nn_ssim": np.asarray(match["score"]), "nn_relative": relative_to_train(ref, match)}
-    rs = spectrum.radial_spectrum(images)
-    out["spectrum"] = np.sqrt(np.mean((rs - ref.spectrum_mean[None]) ** 2, axis=1))
+    out["spectrum"] = spectrum_distance(images, ref.spectrum_mean)
     if ref.period is not None:
         out["grid"] = spectrum.grid_score(images, ref.period)
     return out
