@@ -247,38 +247,25 @@ def _sync_equaliser(config, hooks: _Hooks, state: TrainState, workdir: str) -> N
 
 
 def with_builtin_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` with the built-in set's own budget: `train.builtin_min_steps`, `_batch_size`.
+    """`config` with `train.num_steps` raised to `train.builtin_min_steps` on the built-in set.
 
-    The phantoms need more VAE updates than the real sets for the same test SSIM, and their
-    report was measured with 16-image batches (docs/results.md, "Built-in VAE: what more
-    updates buy", "VAE batches of 8"): on the built-in set `train.num_steps` is raised to
-    `builtin_min_steps` (a budget counted in epochs, `num_steps` = 0, is left as it is) and
-    `train.batch_size` becomes `builtin_batch_size` (0 = keep). Other data keeps both. The
-    saved config.json holds the resolved budget.
+    The phantoms need more VAE updates than the real sets for the same test SSIM
+    (docs/results.md, "Built-in VAE: what more updates buy"); other data keeps `num_steps`, and
+    a budget counted in epochs (`num_steps` = 0) is left as it is. The saved config.json
+    holds the resolved budget.
     """
-    if data_lib.resolve_source(config.data) != "builtin":
+    floor = int(config.train.get("builtin_min_steps", 0))
+    steps = int(config.train.num_steps)
+    if floor <= steps or steps <= 0 or data_lib.resolve_source(config.data) != "builtin":
         return config
-    out = copy.deepcopy(config)
-    floor, steps = int(config.train.get("builtin_min_steps", 0)), int(config.train.num_steps)
-    if floor > steps > 0:
-        out.train.num_steps = floor
-        what = f"at least {floor} updates (num_steps {steps} -> {floor})"
-        _announce(what, "min_steps", "num_steps")
-    batch = int(config.train.get("builtin_batch_size", 0))
-    if batch > 0 and batch != int(config.train.batch_size):
-        out.train.batch_size = batch
-        old = int(config.train.batch_size)
-        _announce(f"batches of {batch} (batch_size {old} -> {batch})", "batch_size", "batch_size")
-    return out
-
-
-def _announce(what: str, builtin_field: str, kept: str) -> None:
-    """Says on stderr what the built-in budget changed and which flag keeps the setting."""
+    config = copy.deepcopy(config)
+    config.train.num_steps = floor
     print(
-        f"vae: the built-in set trains with {what}; --config.train.builtin_{builtin_field}=0 "
-        f"keeps {kept}.",
+        f"vae: the built-in set trains at least {floor} updates (num_steps {steps} -> {floor}; "
+        "--config.train.builtin_min_steps=0 keeps num_steps).",
         file=sys.stderr,
     )
+    return config
 
 
 def inference_params_key(config: ml_collections.ConfigDict) -> str:

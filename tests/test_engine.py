@@ -287,7 +287,6 @@ def test_resumable_settings_cover_logging_evaluation_grids_and_length():
         "train.num_epochs",
         "train.num_steps",
         "train.builtin_min_steps",  # raises num_steps on the built-in set: run length too
-        "train.builtin_batch_size",  # sets batch_size on the built-in set, which is checked
         "data.cache_dir",
         "vae_workdir",
         "data.split.near_duplicate_threshold",  # trainers reuse the saved split.json

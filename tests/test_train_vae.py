@@ -298,19 +298,3 @@ def test_builtin_budget_raises_num_steps_on_the_builtin_set_only(tmp_path, capsy
     epochs = vae_cfg.get_config("recommended")
     epochs.train.num_steps = 0  # an epoch budget is left alone even with a floor
     assert train_vae.with_builtin_budget(epochs).train.num_steps == 0
-
-
-def test_builtin_budget_sets_the_builtin_batch_on_the_builtin_set_only(tmp_path, capsys):
-    from configs import vae as vae_cfg
-
-    config = vae_cfg.get_config("recommended")
-    assert 0 < config.train.batch_size != config.train.builtin_batch_size > 0
-    resolved = train_vae.with_builtin_budget(config)
-    assert resolved.train.batch_size == config.train.builtin_batch_size
-    assert "builtin_batch_size=0 keeps batch_size" in capsys.readouterr().err
-    config.train.builtin_batch_size = 0  # 0 keeps the batch
-    assert train_vae.with_builtin_budget(config).train.batch_size == config.train.batch_size
-    folder = vae_cfg.get_config("recommended")
-    (tmp_path / "no").mkdir()
-    folder.data.path = str(tmp_path)  # a folder data set keeps the preset's batch
-    assert train_vae.with_builtin_budget(folder).train.batch_size == folder.train.batch_size

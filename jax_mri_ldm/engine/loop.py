@@ -65,9 +65,6 @@ RESUMABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "evaluation and sample grids": ("train.eval_*",),
     "checkpoints": ("train.checkpoint_every_epochs", "train.keep_checkpoints"),
     "run length": ("train.num_epochs", "train.num_steps", "train.builtin_min_steps"),
-    # resolved into train.batch_size on the built-in set (train_vae.with_builtin_budget),
-    # which the checkpoint must match
-    "built-in batch": ("train.builtin_batch_size",),
     "locations": ("data.cache_dir", "vae_workdir"),
     "split rules": ("data.split.near_duplicate_threshold",),  # a saved split.json is reused
     "decoder equaliser": ("model.equaliser", "decoder.*"),  # fitted, judged after the last update
