@@ -62,7 +62,7 @@ def per_image(
     return {
         "nn_ssim": scoring.nearest_train(train, images, SEARCH_SIZE),
         "grid": spectrum.grid_score(images, period),
-        "spectrum": scoring.spectrum_distance(images, spectrum_mean),
+        "spectrum": spectrum.distance_to_mean(images, spectrum_mean),
     }
 
 

@@ -168,7 +168,7 @@ def build_reference(
         threshold=float(np.max(match["score"])),
         train_own=own,
         relative_threshold=float(rel.min()),
-        spectrum_mean=spectrum.radial_spectrum(test_images).mean(axis=0),
+        spectrum_mean=rs_mean(test_images),
         period=period,
         search_size=search,
         kid_subsets=kid_subsets,
@@ -183,17 +183,11 @@ def rs_mean(images: np.ndarray) -> np.ndarray:
     return spectrum.radial_spectrum(images).mean(axis=0)
 
 
-def spectrum_distance(images: np.ndarray, spectrum_mean: np.ndarray) -> np.ndarray:
-    """(N,) RMS distance of each image's log radial spectrum to `spectrum_mean` (R,)."""
-    rs = spectrum.radial_spectrum(images)  # (N, R)
-    return np.sqrt(np.mean((rs - spectrum_mean[None]) ** 2, axis=1))
-
-
 def per_image_scores(ref: Reference, images: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image spectrum distance, grid score, nearest-train SSIM and relative distance."""
     match = nearest_train_match(ref.train_images, images, ref.search_size)
     out = {"nn_ssim": np.asarray(match["score"]), "nn_relative": relative_to_train(ref, match)}
-    out["spectrum"] = spectrum_distance(images, ref.spectrum_mean)
+    out["spectrum"] = spectrum.distance_to_mean(images, ref.spectrum_mean)
     if ref.period is not None:
         out["grid"] = spectrum.grid_score(images, ref.period)
     return out

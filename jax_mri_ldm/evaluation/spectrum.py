@@ -68,8 +68,13 @@ def spectrum_distance(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     Returns:
       (N,) distances in log10 power units (0 = the reference's mean curve).
     """
-    ref = radial_spectrum(reference).mean(axis=0)  # (R,)
-    return np.sqrt(np.mean((radial_spectrum(images) - ref[None]) ** 2, axis=1))
+    return distance_to_mean(images, radial_spectrum(reference).mean(axis=0))
+
+
+def distance_to_mean(images: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(N,) RMS distance of each image's log radial spectrum to a mean curve `mean` (R,)."""
+    rs = radial_spectrum(images)  # (N, R)
+    return np.sqrt(np.mean((rs - mean[None]) ** 2, axis=1))
 
 
 def set_spectrum_distance(images: np.ndarray, reference: np.ndarray) -> float:
