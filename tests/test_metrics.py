@@ -193,6 +193,16 @@ def test_nearest_neighbours_ssim_matches_direct_ssim():
     np.testing.assert_allclose(out["score"], full.max(1), atol=1e-5)
 
 
+def test_matmul_filter_equals_the_shifted_sum_and_scipy_on_non_square_images():
+    x = np.random.default_rng(3).random((2, 3, 17, 29)).astype(np.float32)  # (..., H, W)
+    a = np.asarray(M.filter_valid(x, 11, 1.5))
+    b = np.asarray(M.filter_valid_matmul(x, 11, 1.5))
+    assert a.shape == b.shape == (2, 3, 7, 19)
+    np.testing.assert_allclose(b, a, atol=1e-6)
+    ref = gaussian_filter(x[1, 2].astype(np.float64), sigma=1.5, truncate=3.5)[5:-5, 5:-5]
+    np.testing.assert_allclose(b[1, 2], ref, atol=1e-6)
+
+
 def test_memorisation_report_flags_planted_copy():
     train = blobs(12, 48, seed=12)
     test_real = blobs(6, 48, seed=13)

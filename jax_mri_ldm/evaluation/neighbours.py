@@ -2,7 +2,8 @@
 
 The SSIM search compares images downsampled to ``search_size`` (64 px by default) to keep an
 all-pairs SSIM affordable on CPU: 1000 x 400 pairs at 256 px would be ~16x the work. The SSIM
-matrix uses the same kernel as `metrics.ssim`.
+matrix uses the same Gaussian window as `metrics.ssim` (applied as banded matmuls,
+`metrics.filter_valid_matmul`, which is the faster form for the pair blocks).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_mri_ldm.evaluation.metrics import check_images, filter_valid, pad_to, resize_images
+from jax_mri_ldm.evaluation.metrics import (
+    check_images,
+    filter_valid_matmul,
+    pad_to,
+    resize_images,
+)
 
 _METRICS = ("ssim", "l2", "feature")
 
@@ -26,11 +32,11 @@ def _ssim_matrix_block(q, r, max_val, win_size, sigma, k1, k2):
     oq = jnp.mean(q, axis=(1, 2, 3), keepdims=True)  # (A, 1, 1, 1)
     orf = jnp.mean(r, axis=(1, 2, 3), keepdims=True)  # (B, 1, 1, 1)
     q, r = q - oq, r - orf
-    mu_q, e_qq = filter_valid(jnp.stack([q, q * q]), win_size, sigma)  # (A, C, H', W') each
-    mu_r, e_rr = filter_valid(jnp.stack([r, r * r]), win_size, sigma)  # (B, C, H', W') each
+    mu_q, e_qq = filter_valid_matmul(jnp.stack([q, q * q]), win_size, sigma)  # (A, C, H', W') each
+    mu_r, e_rr = filter_valid_matmul(jnp.stack([r, r * r]), win_size, sigma)  # (B, C, H', W') each
     var_q, var_r = e_qq - mu_q**2, e_rr - mu_r**2
     # Only E[qr] needs a filter per pair; everything else is per image.
-    e_qr = filter_valid(q[:, None] * r[None, :], win_size, sigma)  # (A, B, C, H', W')
+    e_qr = filter_valid_matmul(q[:, None] * r[None, :], win_size, sigma)  # (A, B, C, H', W')
     mu_q, var_q = mu_q[:, None], var_q[:, None]  # (A, 1, C, H', W')
     mu_r, var_r = mu_r[None], var_r[None]  # (1, B, C, H', W')
     cov = e_qr - mu_q * mu_r
