@@ -657,11 +657,16 @@ def test_report_with_four_classes(tmp_path):
     train_ldm.train_and_evaluate(tiny_ldm_config(tmp_path / "vae"), str(tmp_path / "ldm"))
     r = report.write_report(str(tmp_path / "ldm"), str(tmp_path / "out"), "tiny", verbose=False)
     names = r["run"]["class_names"]
-    assert len(names) == 4 and set(r["headline"]["fidelity"]) == set(names)
+    assert names == ["normal", "glioma", "meningioma", "pituitary"]
+    # Every per-class number is keyed by the run's classes, in the run's order.
+    assert list(r["headline"]["fidelity"]) == names == list(r["headline"]["real_recall"])
     assert set(r["fidelity"]["synthetic"]["per_class"]) == set(names)
     assert set(r["fid_kid"]["n_per_class"]) == set(names)
     assert set(r["prdc"]["synthetic"]["per_class"]) == set(names)
-    assert r["downstream"]["config"]["metric_names"][2:] == [f"recall_{n}" for n in names]
+    study = r["downstream"]["config"]
+    assert study["num_classes"] == 4
+    assert study["metric_names"] == ["accuracy", "auc", *(f"recall_{n}" for n in names)]
+    assert set(r["downstream"]["data"]["real_test"]) == set(names)
     assert r["downstream"]["arms"]["syn"]["train_counts"]["synthetic"] == {n: 8 for n in names}
     md = (tmp_path / "out" / "report.md").read_text()
     assert all(f"| {n} |" in md or f" {n} " in md for n in names)
