@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -173,3 +176,42 @@ def test_fastest_ranks_by_steps_then_the_default_not_by_timing_noise():
     assert samplers._fastest(rows, names, "DDIM 50")["name"] == "DPM 10"  # default not cheapest
     assert samplers._fastest(rows, names - {"DPM 10", "DPM 10 eps"}, None)["name"] == "DPM 25"
     assert samplers._fastest(rows, set(), "DPM 10") is None
+
+
+def _paired_match():
+    from conftest import REPO, load_script
+
+    return load_script(REPO / "bench" / "ablations" / "paired_match.py", "paired_match")
+
+
+def test_paired_difference_passes_equal_draws_and_flags_a_worse_one():
+    pm = _paired_match()
+    rng = np.random.default_rng(0)
+    ddpm = 1.0 + 0.05 * rng.standard_normal(64)
+    same = pm.paired_check("grid", ddpm.copy(), ddpm, real=1.0)
+    assert same["d"] == 0.0 and same["not_worse"]
+    assert same["interval"][0] <= 0.0 <= same["interval"][1]
+    worse = pm.paired_check("grid", ddpm + 0.2, ddpm, real=1.0)  # farther from the real median
+    assert worse["d"] > 0.1 and worse["interval"][0] > 0 and not worse["not_worse"]
+    nearer = pm.paired_check("grid", 1.0 + 0.2 * (ddpm - 1.0), ddpm + 0.1, real=1.0)
+    assert nearer["d"] < 0 and nearer["not_worse"]
+    lower = pm.paired_check("spectrum", ddpm - 0.2, ddpm, real=None)  # lower distance: better
+    assert lower["d"] == pytest.approx(-0.2) and lower["not_worse"]
+    with pytest.raises(ValueError, match="real median"):
+        pm.paired_check("nn_ssim", ddpm, ddpm, real=None)
+
+
+def test_paired_match_reads_the_draws_of_a_sampler_match_folder(tmp_path):
+    pm = _paired_match()
+    rng = np.random.default_rng(1)
+    arrays = {m: rng.random(8) for m in pm.METRICS}
+    for stem in ("ddpm", "dpmpp_2m_10_logSNR_0__0.99"):
+        np.savez(tmp_path / f"{stem}_s3_n4.npz", **arrays)
+    np.savez(tmp_path / "ddim_50_uniform_1_s4_n4.npz", **arrays)  # no DDPM draw at seed 4
+    real = {"nn_ssim": 0.5, "grid": 0.5, "spectrum": None}
+    (tmp_path / "summary_paired.json").write_text(json.dumps({"real": real, "rows": []}))
+    assert [p[:2] for p in pm.pairs(str(tmp_path))] == [("dpmpp_2m_10_logSNR_0__0.99", 3)]
+    out = tmp_path / "paired.json"
+    pm.main(argparse.Namespace(dir=str(tmp_path), out=str(out)))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert all(c["d"] == 0.0 and c["not_worse"] for c in row["checks"].values())
