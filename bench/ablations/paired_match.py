@@ -24,8 +24,14 @@ import argparse
 import glob
 import json
 import os
+import sys
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from jax_mri_ldm.evaluation import scoring  # noqa: E402
 
 METRICS = ("nn_ssim", "grid", "spectrum")
 REAL_SIDED = ("nn_ssim", "grid")  # judged by the distance to the real test images' median
@@ -54,10 +60,10 @@ def paired_check(
         )
     if metric in REAL_SIDED and real is None:
         raise ValueError(f"{metric} needs the real median")
-    idx = np.random.default_rng(seed).integers(0, len(fast), (resamples, len(fast)))  # (B, N)
-    boot = [paired_statistic(metric, fast[i], ddpm[i], real) for i in idx]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    d = float(paired_statistic(metric, fast, ddpm, real))
+    pairs_ = np.stack([fast, ddpm], axis=1)  # (N, 2): resampled together, row by row
+    stat = lambda p: paired_statistic(metric, p[:, 0], p[:, 1], real)  # noqa: E731
+    lo, hi = scoring.bootstrap_interval(pairs_, stat, n=resamples, seed=seed)
+    d = float(stat(pairs_))
     return {"d": d, "interval": [float(lo), float(hi)], "not_worse": bool(lo <= 0.0)}
 
 
