@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 ## Test suite (what CI runs). pytest exits 5 when no test is collected, which fails the target.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist=loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -35,6 +35,37 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+# The slowest test modules, slowest first (worker seconds of a fresh-clone `make test`, listed
+# in docs/performance.md). `make test` hands whole modules to its two workers in collection
+# order (--dist=loadfile --no-loadscope-reorder); starting with the longest lets both workers
+# finish together. Only the order depends on this list: a stale entry costs time, not a result.
+SLOWEST_MODULES_FIRST = (
+    "test_eval_real.py",
+    "test_report.py",
+    "test_robustness.py",
+    "test_sample.py",
+    "test_phantom.py",
+    "test_latent_stats.py",
+    "test_train_vae.py",
+    "test_bench.py",
+    "test_multihost.py",
+    "test_scale.py",
+    "test_kclass.py",
+    "test_equaliser.py",
+    "test_decoder_check.py",
+    "test_sampling.py",
+    "test_resume.py",
+    "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Runs the modules of SLOWEST_MODULES_FIRST first, in that order; each module's tests stay
+    together and in file order (a stable sort), so module-scoped fixtures are built once."""
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def tiny_vae_config(tmp: Path):
     c = load_config("vae", "tiny")
     c.data.cache_dir = str(tmp / "cache")
@@ -49,25 +80,56 @@ def tiny_ldm_config(vae_dir: Path):
     return c
 
 
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    """A finished tiny VAE run and a finished tiny LDM run on the built-in data."""
+@pytest.fixture(scope="session")
+def _tiny_runs_built(tmp_path_factory):
+    """A finished tiny VAE run and a finished tiny LDM run on the built-in data, trained once
+    per worker; tests get copies (`tiny_runs`), never these directories."""
     from jax_mri_ldm import train_ldm, train_vae
 
-    root = tmp_path_factory.mktemp("tiny_runs")
-    vae_dir, ldm_dir = root / "vae", root / "ldm"
+    root = tmp_path_factory.mktemp("tiny_runs_built")
     vae_cfg = tiny_vae_config(root)
-    vae_result = train_vae.train_and_evaluate(vae_cfg, str(vae_dir))
-    ldm_cfg = tiny_ldm_config(vae_dir)
-    ldm_result = train_ldm.train_and_evaluate(ldm_cfg, str(ldm_dir))
+    vae_result = train_vae.train_and_evaluate(vae_cfg, str(root / "vae"))
+    ldm_cfg = tiny_ldm_config(root / "vae")
+    ldm_result = train_ldm.train_and_evaluate(ldm_cfg, str(root / "ldm"))
+    return root, vae_result, ldm_result
+
+
+def _relocate_json(path: Path, old: str, new: str) -> None:
+    """Rewrites every string of the JSON file `path` that starts with `old` to start with `new`
+    (the runs record their own and their VAE's absolute directories)."""
+    import json
+
+    def fix(v):
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return new + v[len(old) :] if isinstance(v, str) and v.startswith(old) else v
+
+    path.write_text(json.dumps(fix(json.loads(path.read_text())), indent=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(_tiny_runs_built, tmp_path_factory):
+    """A module's own copy of the tiny runs (a module may resume, report into or re-run them),
+    with every recorded path moved to the copy."""
+    import copy
+    import shutil
+
+    built, vae_result, ldm_result = _tiny_runs_built
+    root = tmp_path_factory.mktemp("tiny_runs") / "runs"
+    shutil.copytree(built, root, symlinks=True)
+    for run in ("vae", "ldm"):
+        for name in ("run.json", "config.json"):
+            _relocate_json(root / run / name, str(built), str(root))
     return {
         "root": root,
-        "vae_dir": vae_dir,
-        "ldm_dir": ldm_dir,
-        "vae_cfg": vae_cfg,
-        "ldm_cfg": ldm_cfg,
-        "vae_result": vae_result,
-        "ldm_result": ldm_result,
+        "vae_dir": root / "vae",
+        "ldm_dir": root / "ldm",
+        "vae_cfg": tiny_vae_config(root),
+        "ldm_cfg": tiny_ldm_config(root / "vae"),
+        "vae_result": copy.deepcopy(vae_result),
+        "ldm_result": copy.deepcopy(ldm_result),
     }
 
 
