@@ -96,8 +96,11 @@ def _tiny_runs_built(tmp_path_factory):
 
 def _relocate_json(path: Path, old: str, new: str) -> None:
     """Rewrites every string of the JSON file `path` that starts with `old` to start with `new`
-    (the runs record their own and their VAE's absolute directories)."""
+    (the runs record their own and their VAE's absolute directories), written as the runs write
+    it."""
     import json
+
+    from jax_mri_ldm import atomic
 
     def fix(v):
         if isinstance(v, dict):
@@ -106,7 +109,7 @@ def _relocate_json(path: Path, old: str, new: str) -> None:
             return [fix(x) for x in v]
         return new + v[len(old) :] if isinstance(v, str) and v.startswith(old) else v
 
-    path.write_text(json.dumps(fix(json.loads(path.read_text())), indent=2))
+    atomic.write_json(str(path), fix(json.loads(path.read_text())))
 
 
 @pytest.fixture(scope="module")
