@@ -59,7 +59,7 @@ SLOWEST_MODULES_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(config, items) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Runs the modules of SLOWEST_MODULES_FIRST first, in that order; each module's tests stay
     together and in file order (a stable sort), so module-scoped fixtures are built once."""
     rank = {name: i for i, name in enumerate(SLOWEST_MODULES_FIRST)}
