@@ -260,6 +260,13 @@ def test_report_metrics_have_sane_values(tiny_report):
     assert isinstance(sweep["threshold"], float)
     assert set(sweep["threshold_per_class"]) == {"normal", "tumour"}
     assert "fidelity tumour (real " in guidance.render(r)
+    # the tiny preset sweeps at the main set's size, so the chosen w's row is the main set
+    assert (
+        sweep["images_per_class"] == r["main_set"]["images_per_class"] == s.num_synthetic_per_class
+    )
+    assert sweep["is_main_set_size"] and "the row of its w holds the images" in guidance.render(r)
+    chosen = next(row for row in sweep["rows"] if row["guidance"] == sweep["chosen"])
+    assert chosen["fidelity_detail"]["per_class"] == r["fidelity"]["synthetic"]["per_class"]
     rows = r["samplers"]["rows"]
     want = ["ddpm", "ddim", "ddim", "dpmpp_2m", "dpmpp_2m", "dpmpp_2m"]
     assert [row["sampler"] for row in rows] == want
@@ -532,6 +539,11 @@ def test_resolve_settings_presets_and_errors():
         report.resolve_settings("tiny", num_images=3)
     with pytest.raises(ValueError, match="--config.seeds=0"):
         report.resolve_settings("tiny", seeds=0)
+    with pytest.raises(ValueError, match="--config.sweep_per_class=-1"):
+        report.resolve_settings("tiny", sweep_per_class=-1)
+    paper = report.resolve_settings("paper")
+    assert guidance.sweep_size(paper) == paper.num_synthetic_per_class  # 0: the main set's size
+    assert guidance.sweep_size(report.resolve_settings("paper", sweep_per_class=32)) == 32
     with pytest.raises(ValueError, match="--config.memorisation_calibration_per_class=-1"):
         report.resolve_settings("tiny", memorisation_calibration_per_class=-1)
     bad = {

@@ -106,7 +106,6 @@ _POSITIVE = (
     "classifier_steps",
     "seeds",
     "study_steps",
-    "sweep_per_class",
 )
 
 
@@ -145,6 +144,11 @@ def resolve_settings(
     for key in _POSITIVE:
         if int(c[key]) < 1:
             raise UserError(f"--config.{key}={c[key]} must be >= 1.")
+    if int(c.sweep_per_class) < 0:
+        raise UserError(
+            f"--config.sweep_per_class={c.sweep_per_class} must be >= 0 (0 = the main set's "
+            "num_synthetic_per_class)."
+        )
     if c.num_synthetic_per_class < 2:
         raise UserError("--config.num_synthetic_per_class must be >= 2 (diversity needs pairs).")
     if int(c.memorisation_calibration_per_class) < 0:

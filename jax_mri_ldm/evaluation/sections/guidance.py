@@ -15,10 +15,20 @@ HEADER = "## 9. Guidance sweep"
 ROW_DETAIL = (".fid_kid.", ".diversity_detail.", ".fidelity_detail.", ".prdc")
 
 
+def sweep_size(cfg: Any) -> int:
+    """Images per class per w: `sweep_per_class`, or the main set's size when that is 0.
+
+    At the main set's size the chosen w's row is the main set itself (image i of a setting is
+    the same for every n, evaluation/generator.py), so the w is judged on the images the report
+    then scores, not on a smaller draw whose class fidelity can cross the bar by one image.
+    """
+    return int(cfg.sweep_per_class) or int(cfg.num_synthetic_per_class)
+
+
 def _sweep_rows(ctx: Context) -> list[dict]:
     rows = []
     for w in ctx.cfg.guidance_scales:
-        x, y = ctx.shared["gen"].generate(common.main_spec(ctx, w), ctx.cfg.sweep_per_class)
+        x, y = ctx.shared["gen"].generate(common.main_spec(ctx, w), sweep_size(ctx.cfg))
         row, _ = common.score_row(ctx, x, y, f"guidance_sweep.rows.{len(rows)}")
         rows.append({"guidance": float(w), **row})
     return rows
@@ -38,7 +48,7 @@ def _choose(ctx: Context, sweep: dict) -> float:
                 c.fidelity_tolerance,
                 use,
                 real_recall=ctx.shared.get("real_recall"),
-                images_per_class=c.sweep_per_class,
+                images_per_class=sweep_size(c),
             )
         )
     if sweep.get("chosen") is None:
@@ -53,10 +63,10 @@ def _figures(ctx: Context, sweep: dict) -> None:
     ctx.figures["guidance_sweep"] = plots.save_guidance_figure(
         sweep, ctx.figure_path("guidance_sweep")
     )
-    n_show = min(4, ctx.cfg.sweep_per_class)
+    n_show = min(4, sweep_size(ctx.cfg))
     rows = []
     for w in ctx.cfg.guidance_scales:
-        x, y = ctx.shared["gen"].generate(common.main_spec(ctx, w), ctx.cfg.sweep_per_class)
+        x, y = ctx.shared["gen"].generate(common.main_spec(ctx, w), sweep_size(ctx.cfg))
         rows.append((f"w={w:g}", common.first_per_class(x, y, ctx.num_classes, n_show)))
     order = ", ".join(ctx.class_names)
     ctx.figures["guidance_samples"] = plots.save_rows_figure(
@@ -69,13 +79,14 @@ def _figures(ctx: Context, sweep: dict) -> None:
 def compute(ctx: Context) -> dict[str, Any]:
     T = ctx.run.schedule.num_timesteps
     rows = _sweep_rows(ctx)
-    n = [ctx.cfg.sweep_per_class] * ctx.num_classes
+    n = [sweep_size(ctx.cfg)] * ctx.num_classes
     spec = common.main_spec(ctx, 0).resolved(T)
     test_div = common.test_diversity(ctx)
     sweep: dict[str, Any] = {
         "sampler": spec.name(T),
         "spacing": spec.spacing,
-        "images_per_class": ctx.cfg.sweep_per_class,
+        "images_per_class": sweep_size(ctx.cfg),
+        "is_main_set_size": sweep_size(ctx.cfg) == int(ctx.cfg.num_synthetic_per_class),
         "rows": rows,
         "real_fidelity": ctx.shared["real_fidelity"],
         "real_recall": ctx.shared.get("real_recall"),
@@ -115,6 +126,11 @@ def compute_main_set(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _is_main(sweep: dict) -> bool:
+    """Whether the sweep ran at the main set's size (reports before this field: False)."""
+    return bool(sweep.get("is_main_set_size"))
+
+
 def _per_class(row: dict, name: str) -> float | None:
     return ((row.get("fidelity_detail") or {}).get("per_class") or {}).get(name)
 
@@ -127,7 +143,13 @@ def render(r: dict) -> str:
         return "\n".join(L + nulls_note(r["null_reasons"], ["guidance_sweep."], hide=ROW_DETAIL))
     L += [
         f"{gs['sampler']} ({gs['spacing']} spacing), {gs['images_per_class']} images per "
-        "class per w, the same starting noise for every w. FID is overall vs the test split "
+        "class per w, the same starting noise for every w"
+        + (
+            " (the main set's size: the row of its w holds the images of sections 4-8)"
+            if _is_main(gs)
+            else ""
+        )
+        + ". FID is overall vs the test split "
         f"(real train vs test at the same n: {f(gs['real_fid'])}); diversity is the mean "
         f"over classes (real test: {f(gs['real_diversity'])}); real test fidelity "
         f"(classifier accuracy): {f(gs['real_fidelity'])}.",
