@@ -541,9 +541,9 @@ def test_resolve_settings_presets_and_errors():
         report.resolve_settings("tiny", seeds=0)
     with pytest.raises(ValueError, match="--config.sweep_per_class=-1"):
         report.resolve_settings("tiny", sweep_per_class=-1)
-    paper = report.resolve_settings("paper")
+    paper = report.resolve_settings("paper", sweep_per_class=0)
     assert guidance.sweep_size(paper) == paper.num_synthetic_per_class  # 0: the main set's size
-    assert guidance.sweep_size(report.resolve_settings("paper", sweep_per_class=32)) == 32
+    assert guidance.sweep_size(report.resolve_settings("paper")) == 32
     with pytest.raises(ValueError, match="--config.memorisation_calibration_per_class=-1"):
         report.resolve_settings("tiny", memorisation_calibration_per_class=-1)
     bad = {
