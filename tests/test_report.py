@@ -23,6 +23,7 @@ from jax_mri_ldm.evaluation import (
     control_study,
     controls,
     report,
+    runinfo,
     scoring,
     setmetrics,
     study,
@@ -35,6 +36,7 @@ from jax_mri_ldm.evaluation.sections import (
     headline,
     memorisation,
     samplers,
+    summary,
 )
 from jax_mri_ldm.sampler_settings import SamplerSpec
 
@@ -695,3 +697,17 @@ def test_sampler_rows_take_an_optional_eps_scale():
     assert (ddpm.steps, ddpm.eps_scale) == (100, 1.0)
     with pytest.raises(ValueError, match="eps_scale"):
         samplers.row_spec(("dpmpp_2m", 10, "logSNR", 0.0, 0.0), 3.0, True)
+
+
+def test_machine_record_names_the_cpu_family_that_timings_depend_on():
+    zen5 = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    zen5 += "flags\t\t: fpu sse4_2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\ncpu family\t: 25\n"
+    info = runinfo.parse_cpuinfo(zen5)
+    assert info == {"cpu": "AMD EPYC", "cpu_family": 26, "cpu_model": 2, "cpu_simd": "avx512f"}
+    avx2 = runinfo.parse_cpuinfo("model name : Intel(R) Core(TM)\nflags : sse4_2 avx2 fma\n")
+    assert avx2["cpu_simd"] == "avx2" and avx2["cpu_family"] is None
+    assert runinfo.parse_cpuinfo("") == dict.fromkeys(info)  # not Linux: all unknown
+    m = runinfo.machine_info()
+    assert m["cpu"] and m["cpu_count"] >= 1
+    assert summary._cpu_detail(info | {"cpu_count": 2}) == "family 26, model 2, avx512f; "
+    assert summary._cpu_detail({"cpu": "x", "cpu_count": 2}) == ""  # reports before the fields

@@ -109,24 +109,44 @@ def default_out_dir(ldm_workdir: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(ldm_workdir)), "report")
 
 
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """Model name, x86 family / model and widest SIMD set of the first CPU in /proc/cpuinfo text.
+
+    The family tells hosts with the same model name apart ("AMD EPYC": 25 is Zen 4, 26 Zen 5),
+    and their train steps differ in speed (docs/performance.md), so timings name it.
+    """
+    first: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in first:
+            first[key.strip()] = value.strip()
+    flags = set(first.get("flags", "").split())
+    simd = next((f for f in ("avx512f", "avx2", "sse4_2") if f in flags), None)
+    family, model = first.get("cpu family"), first.get("model")
+    return {
+        "cpu": first.get("model name"),
+        "cpu_family": int(family) if family and family.isdigit() else None,
+        "cpu_model": int(model) if model and model.isdigit() else None,
+        "cpu_simd": simd,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """Describes this machine for the report.
 
     Returns:
-      dict with 'cpu' (model name from /proc/cpuinfo), 'cpu_count', 'platform', 'backend',
-      'devices' and 'versions' (python, jax, jaxlib, flax, optax, orbax, numpy).
+      dict with 'cpu' (model name from /proc/cpuinfo), 'cpu_family', 'cpu_model', 'cpu_simd'
+      (`parse_cpuinfo`; None where unknown), 'cpu_count', 'platform', 'backend', 'devices' and
+      'versions' (python, jax, jaxlib, flax, optax, orbax, numpy).
     """
-    cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            info = parse_cpuinfo(f.read())
     except OSError:
-        pass
+        info = parse_cpuinfo("")
+    info["cpu"] = info["cpu"] or platform.processor() or "unknown"
     return {
-        "cpu": cpu,
+        **info,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "backend": jax.default_backend(),

@@ -135,6 +135,13 @@ def compute(ctx: Context, command: str | None = None) -> dict[str, Any]:
     }
 
 
+def _cpu_detail(m: dict) -> str:
+    """'family 26, model 2, avx512f; ' where the report knows them (older reports: '')."""
+    parts = [f"{k} {m[f'cpu_{k}']}" for k in ("family", "model") if m.get(f"cpu_{k}") is not None]
+    parts += [m["cpu_simd"]] if m.get("cpu_simd") else []
+    return f"{', '.join(parts)}; " if parts else ""
+
+
 def _run_lines(r: dict) -> list[str]:
     run, m = r["run"], r["machine"]
     lc, d = run["ldm_config"], run["data"]
@@ -156,7 +163,8 @@ def _run_lines(r: dict) -> list[str]:
         f"- Data: {d['path']} (source `{d['source']}`), {d['image_size']} px, "
         f"{sum(d['counts'].values())} images {d['counts']}, fingerprint `{d['fingerprint'][:12]}`.",
         *_extra_line(run.get("extra_train")),
-        f"- Machine: {m['cpu']} ({m['cpu_count']} logical cores), backend {m['backend']}, "
+        f"- Machine: {m['cpu']} ({_cpu_detail(m)}{m['cpu_count']} logical cores), backend "
+        f"{m['backend']}, "
         f"jax {m['versions'].get('jax')}, flax {m['versions'].get('flax')}, Python "
         f"{m['versions'].get('python')}.",
         f"- Report preset `{r['preset']}`; total time {r['timings_seconds']['total']:.0f} s "
