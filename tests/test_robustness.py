@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,10 @@ from jax_mri_ldm.engine import checkpoint as ckpt_lib
 from jax_mri_ldm.engine import lock as lock_lib
 from jax_mri_ldm.engine import logging as log_lib
 from jax_mri_ldm.errors import CheckpointError, UserError, check_plain_name, resolve_inside
+
+# A damaged read's late tensorstore callbacks once reached pytest as "Event loop is closed"
+# warnings (engine/checkpoint.py, _drop_abandoned_read_callbacks); here they fail the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
 def _run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -106,6 +111,29 @@ def test_checksums_survive_a_raw_restore_and_catch_flipped_bytes(tmp_path):
         ck.restore(_items())
     items, _ = ck.restore_raw(1)  # the earlier one is intact
     ck.close()
+
+
+def test_only_closed_loop_callbacks_of_damaged_reads_are_dropped(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    ckpt_lib._drop_abandoned_read_callbacks()
+    ckpt_lib._drop_abandoned_read_callbacks()  # once per process: no second wrapper
+    hook = sys.unraisablehook
+    assert hook is not seen.append and hook.drops_closed_loop_callbacks
+
+    def unraisable(exc, obj=None):
+        return SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, object=obj)
+
+    hook(unraisable(RuntimeError("Event loop is closed")))  # tensorstore's late callback
+    assert seen == []
+    others = [
+        unraisable(RuntimeError("Event loop is closed"), obj=object()),  # a __del__ of ours
+        unraisable(RuntimeError("something else")),
+        unraisable(ValueError("Event loop is closed")),
+    ]
+    for u in others:
+        hook(u)
+    assert seen == others
 
 
 def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path, capsys):

@@ -176,6 +176,37 @@ def verify_items(
         )
 
 
+def _closed_loop_callback(unraisable: Any) -> bool:
+    """Whether `unraisable` is a callback from C that found its asyncio loop already closed."""
+    exc = unraisable.exc_value
+    return (
+        unraisable.object is None
+        and isinstance(exc, RuntimeError)
+        and (str(exc) == "Event loop is closed")
+    )
+
+
+def _drop_abandoned_read_callbacks() -> None:
+    """Keeps a damaged read's late callbacks off stderr, once per process.
+
+    orbax stops at the first unreadable chunk and closes its event loop while tensorstore still
+    reads the step's other chunks on its own threads; as each finishes it hands its result to
+    the closed loop, and Python prints "Exception ignored in: None ... RuntimeError: Event loop
+    is closed" with a traceback, after the clear error. Only exactly those are dropped; every
+    other unraisable exception reaches the hook that was in place.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     """Validates the metadata fields that become paths (class names); returns `meta`."""
     names = meta.get("class_names")
@@ -251,6 +282,7 @@ class Checkpointer:
             # orbax's other read tasks for this step fail too; asyncio would later log each
             # ("Task exception was never retrieved", with a traceback) after the clear error.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            _drop_abandoned_read_callbacks()
             raise CheckpointError(
                 damaged_message(
                     self.directory, step, self.all_steps(), f"orbax cannot read it ({reason})"
