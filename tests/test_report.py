@@ -267,6 +267,8 @@ def test_report_metrics_have_sane_values(tiny_report):
         sweep["images_per_class"] == r["main_set"]["images_per_class"] == s.num_synthetic_per_class
     )
     assert sweep["is_main_set_size"] and "the row of its w holds the images" in guidance.render(r)
+    off_grid = {**r, "guidance_sweep": {**sweep, "chosen": 4.0}}  # a w set by hand, not swept
+    assert "the row of its w holds" not in guidance.render(off_grid)
     chosen = next(row for row in sweep["rows"] if row["guidance"] == sweep["chosen"])
     assert chosen["fidelity_detail"]["per_class"] == r["fidelity"]["synthetic"]["per_class"]
     rows = r["samplers"]["rows"]

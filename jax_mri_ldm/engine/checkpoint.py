@@ -179,15 +179,12 @@ def verify_items(
 def _closed_loop_callback(unraisable: Any) -> bool:
     """Whether `unraisable` is a callback from C that found its asyncio loop already closed."""
     exc = unraisable.exc_value
-    return (
-        unraisable.object is None
-        and isinstance(exc, RuntimeError)
-        and (str(exc) == "Event loop is closed")
-    )
+    closed = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    return unraisable.object is None and closed
 
 
 def _drop_abandoned_read_callbacks() -> None:
-    """Keeps a damaged read's late callbacks off stderr, once per process.
+    """Keeps a damaged read's late callbacks off stderr (installed once per process).
 
     orbax stops at the first unreadable chunk and closes its event loop while tensorstore still
     reads the step's other chunks on its own threads; as each finishes it hands its result to
@@ -269,6 +266,8 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def _restore_verified(self, step: int, state_args: Any) -> tuple[dict, dict]:
+        # before the read: a late callback may come as soon as orbax has closed its loop
+        _drop_abandoned_read_callbacks()
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
@@ -282,7 +281,6 @@ class Checkpointer:
             # orbax's other read tasks for this step fail too; asyncio would later log each
             # ("Task exception was never retrieved", with a traceback) after the clear error.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            _drop_abandoned_read_callbacks()
             raise CheckpointError(
                 damaged_message(
                     self.directory, step, self.all_steps(), f"orbax cannot read it ({reason})"

@@ -127,8 +127,10 @@ def compute_main_set(ctx: Context) -> dict[str, Any]:
 
 
 def _is_main(sweep: dict) -> bool:
-    """Whether the sweep ran at the main set's size (reports before this field: False)."""
-    return bool(sweep.get("is_main_set_size"))
+    """Whether a row of the sweep is the main set: swept at its size (a field reports before
+    it lack) at the w the main set uses (a --config.guidance_scale may be one not swept)."""
+    swept = any(row["guidance"] == sweep["chosen"] for row in sweep["rows"])
+    return bool(sweep.get("is_main_set_size")) and swept
 
 
 def _per_class(row: dict, name: str) -> float | None:
