@@ -34,6 +34,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# Most tests compile a program and run it a few times, so compiling, not running, is where their
+# time goes; XLA:CPU compiles faster with LLVM's backend optimisation off (docs/performance.md,
+# "Test programs compiled without LLVM optimisation"). The semantics are the same; a test whose
+# own loop runs many steps asks for the usual level on its jit (`OPTIMISED`). An
+# optimisation level already in XLA_FLAGS is kept.
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
+OPTIMISED = {"xla_backend_optimization_level": 2}  # XLA:CPU's default, per jit
+if OPT_LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_LEVEL_FLAG}=0".strip()
+
 
 # The slowest test modules, slowest first (worker seconds of a fresh-clone `make test`, listed
 # in docs/performance.md). `make test` hands whole modules to its two workers in collection
@@ -137,11 +147,23 @@ def tiny_runs(_tiny_runs_built, tmp_path_factory):
 
 
 def env_for_subprocess(**extra) -> dict[str, str]:
-    """Environment for CLI subprocesses (repo importable, quiet progress)."""
+    """Environment for CLI subprocesses (repo importable, quiet progress).
+
+    An `XLA_FLAGS` in `extra` is added to this process's flags, replacing those it names.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
+    if "XLA_FLAGS" in extra:
+        env["XLA_FLAGS"] = merge_xla_flags(os.environ.get("XLA_FLAGS", ""), extra["XLA_FLAGS"])
     return env
+
+
+def merge_xla_flags(base: str, added: str) -> str:
+    """`base` XLA flags with `added` ones, a flag in both taking its value from `added`."""
+    names = {flag.split("=", 1)[0] for flag in added.split()}
+    kept = [flag for flag in base.split() if flag.split("=", 1)[0] not in names]
+    return " ".join(kept + added.split())
 
 
 def blobs(n: int, size: int, seed: int) -> np.ndarray:

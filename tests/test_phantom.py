@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import OPTIMISED
 from jax_mri_ldm.data import phantom, phantom_types, sources
 from jax_mri_ldm.data.config import get_data_config
 
@@ -239,7 +241,7 @@ def _train_and_evaluate(
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
     opt_state = tx.init(params)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=OPTIMISED)  # 1,000+ steps: run time counts
     def train_step(params, opt_state, xb, yb):
         def loss_fn(p):
             if binary:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, env_for_subprocess
+from conftest import REPO, env_for_subprocess, merge_xla_flags
 
 SCRIPT = r"""
 import json, sys
@@ -82,3 +82,17 @@ def test_ldm_training_and_sampling_on_eight_devices_equal_one(tiny_runs, tmp_pat
     assert one["files"] == eight["files"]
     assert one["images"].shape[0] == 8
     np.testing.assert_allclose(one["images"], eight["images"], atol=2e-4)
+
+
+def test_subprocess_flags_add_to_the_suites_and_replace_what_they_name(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_a=1")
+    env = env_for_subprocess(XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_a=2")
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_backend_optimization_level=0",
+        "--xla_force_host_platform_device_count=8",
+        "--xla_a=2",
+    ]
+    assert merge_xla_flags("", "--xla_b") == "--xla_b"
+    assert (
+        env_for_subprocess(FOO="1")["XLA_FLAGS"] == "--xla_backend_optimization_level=0 --xla_a=1"
+    )
