@@ -69,6 +69,13 @@ flags.DEFINE_float(
     f"{FAST.eps_scale:g} for v-prediction runs, else 1; another --sampler, --steps or "
     "--spacing turns it off unless given).",
 )
+flags.DEFINE_list(
+    "guidance_interval",
+    None,
+    "lo,hi: guide with --guidance_scale only at steps whose noise level sigma_t = "
+    "sqrt(1 - abar) / sqrt(abar) lies in (lo, hi] (hi may be inf), plain conditional elsewhere "
+    "(Kynkäänniemi et al. 2024); empty = every step (default: the run's, every step).",
+)
 flags.DEFINE_integer("seed", 0, "Random seed; same flags and seed give identical images.")
 flags.DEFINE_string("out", "samples", "Output directory (refused if non-empty, see --overwrite).")
 flags.DEFINE_enum("format", "png", ["png", "npy", "nii"], "Per-image file format.")
@@ -83,7 +90,8 @@ flags.DEFINE_string(
     "",
     "An evaluate.py report of this --workdir's checkpoint (its report.json or folder): sample "
     "with the setting its main synthetic set was measured with (sampler, steps, spacing, eta, "
-    "eps_scale, the guidance w its sweep chose, EMA); sampler flags given beside it override it.",
+    "eps_scale, guidance interval, the guidance w its sweep chose, EMA); sampler flags given "
+    "beside it override it.",
 )
 flags.DEFINE_bool(
     "equalise",
@@ -101,6 +109,7 @@ def main(argv):
     setup_logging()  # orbax INFO lines only with --verbosity=0
 
     names = ("sampler", "steps", "eta", "guidance_scale", "spacing", "use_ema", "eps_scale")
+    names += ("guidance_interval",)
     req = SampleRequest(
         workdir=FLAGS.workdir,
         label=FLAGS.label,

@@ -55,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eta = placeholder(float)  # main DDIM eta; None = the run's default
     c.eps_scale = placeholder(float)  # main sampler's epsilon scaling (1 = off); None = the run's
     c.guidance_scale = placeholder(float)  # main w; None = chosen by the guidance sweep
+    # (lo, hi): every report sampler guides only where sigma_t is in (lo, hi] (hi None = no
+    # bound; SamplerSpec.guidance_interval); None = the run's default (every step)
+    c.guidance_interval = placeholder(tuple)
     c.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # the sweep's w values (empty: no sweep)
     # images per class for each w of the sweep; 0 = num_synthetic_per_class, so the row of the
     # chosen w is the main set itself and w is judged on the images the report scores (the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import resource
 import sys
@@ -155,6 +156,14 @@ def resolve_labels(label: str, class_names: tuple[str, ...], num_samples: int) -
     return np.full((num_samples,), idx, np.int32)
 
 
+def _interval_json(interval: tuple[float, float] | None) -> list | None:
+    """A guidance interval as JSON: [lo, hi], an unbounded hi as null."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    return [lo, hi if math.isfinite(hi) else None]
+
+
 def read_report_spec(path: str) -> tuple[SamplerSpec, tuple[Any, Any]]:
     """The setting a report's main synthetic set was sampled with (`main_set.spec` of an
     `evaluate.py` report.json, or of the report.json in the folder `path`) and the
@@ -264,6 +273,8 @@ def run_sampling(req: SampleRequest) -> dict[str, Any]:
         "guidance": spec.guidance_scale,
         "use_ema": bool(spec.use_ema),
         "eps_scale": spec.eps_scale,
+        # (lo, hi] of guided noise levels, hi null = no bound (JSON has no inf); null = every step
+        "guidance_interval": _interval_json(spec.guidance_interval),
         "equalised": run.vae.equaliser is not None,
         "checkpoint_step": run.step,
         "config_fingerprint": run.config_fingerprint,

@@ -196,6 +196,7 @@ def make_latent_sampler(
         prediction=prediction,
         clip_x0=clip_x0,
         eps_scale=r.eps_scale,
+        guidance_interval=r.guidance_interval,
     )
 
 

@@ -46,6 +46,9 @@ class SamplerSpec:
       spacing: timestep spacing (see `sampling.timesteps_for`); None = `DEFAULT_SPACING`.
       use_ema: sample with the EMA weights (the paper's choice) instead of the raw ones.
       eps_scale: epsilon scaling (Ning et al. 2024): every step uses eps / eps_scale; 1 = off.
+      guidance_interval: None (guide every step) or (lo, hi): guide with w only at steps whose
+        noise level sigma_t lies in (lo, hi], plain conditional elsewhere (`sampling`'s
+        docstring; Kynkäänniemi et al. 2024). An empty sequence means None.
     """
 
     sampler: str = "ddim"
@@ -55,6 +58,21 @@ class SamplerSpec:
     spacing: str | None = None
     use_ema: bool = True
     eps_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        """Stores the interval as hashable floats (flags and configs give lists or strings)."""
+        interval = self.guidance_interval
+        if interval is not None and len(interval) == 0:
+            interval = None
+        try:
+            interval = sampling.normalize_interval(interval)
+        except ValueError as e:
+            raise UserError(
+                f"--guidance_interval={self.guidance_interval}: {e}; give two noise levels "
+                "lo,hi with 0 <= lo < hi (hi may be inf), e.g. --guidance_interval=0.5,30."
+            ) from e
+        object.__setattr__(self, "guidance_interval", interval)
 
     def validate(self) -> SamplerSpec:
         """Returns self, or raises ValueError naming the bad `sample.py` flag."""
@@ -92,7 +110,11 @@ class SamplerSpec:
         r = self.resolved(num_timesteps)
         eta = f" η={r.eta:g}" if r.sampler == "ddim" else ""
         scale = f" ε/{r.eps_scale:g}" if r.eps_scale != 1.0 else ""
-        return f"{_PRETTY[r.sampler]} {r.steps}{eta}{scale}"
+        name = f"{_PRETTY[r.sampler]} {r.steps}{eta}{scale}"
+        if r.guidance_interval is None:
+            return name
+        lo, hi = r.guidance_interval
+        return f"{name} guided σ∈({lo:g}, {hi:g}]"
 
 
 # Prediction targets whose runs sample with `FAST_DETERMINISTIC` (where their schedule allows

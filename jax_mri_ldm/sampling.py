@@ -23,6 +23,10 @@ function of the output at fixed ``x_t`` and the weights ``(1 - w, w)`` sum to on
 identical to guiding the ``eps`` prediction, also for v-prediction, and avoids dividing by
 ``sqrt(alpha_bar)`` at the noisiest step.
 
+Guidance in a limited interval (Kynkäänniemi et al. 2024), ``guidance_interval=(lo, hi)``: a
+step guides with ``w`` only where ``sigma_t = sqrt(1 - abar) / sqrt(abar)`` (data-std units) is
+in ``(lo, hi]``, and is the plain conditional model (``w = 1``, one B-row call) elsewhere.
+
 RNG contract: ``init_rng, step_rng = jax.random.split(rng)``; the starting noise is
 ``jax.random.normal(init_rng, shape)`` and the noise injected after the ``i``-th network call
 (``i = 0`` at ``timesteps[0]``) is ``jax.random.normal(jax.random.fold_in(step_rng, i), shape)``.
@@ -57,6 +61,8 @@ ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 # None, a symmetric bound c, or per-channel (lo, hi) bounds; see `normalize_clip`.
 ClipX0 = float | tuple[tuple[float, ...], tuple[float, ...]] | None
+# None (guide every step) or the (lo, hi] range of sigma_t that is guided; see the docstring.
+Interval = tuple[float, float] | None
 # x, t -> (x0, eps) at one step, and step i -> the noise injected after it; see `_sample_impl`.
 Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 Noise = Callable[[jax.Array], jax.Array]
@@ -69,15 +75,27 @@ def _guided_output(
     labels: jax.Array | None,
     guidance_scale: float,
     null_label: int | None,
+    guide: jax.Array | None = None,
 ) -> jax.Array:
     """One (batched) network call with classifier-free guidance on the raw output. ``(B, ...)``
 
     The output is cast to ``x.dtype`` (e.g. a bfloat16 network still integrates in float32).
+    `guide` (a traced scalar bool, or None = always) picks guided or plain conditional output;
+    `lax.cond` runs only the branch taken, so an unguided step costs one B-row call.
     """
     if labels is None:
         return model_fn(x, t, None).astype(x.dtype)
     if guidance_scale == 1.0:
         return model_fn(x, t, labels).astype(x.dtype)
+    if guide is not None:
+
+        def guided(v: jax.Array) -> jax.Array:
+            return _guided_output(model_fn, v, t, labels, guidance_scale, null_label)
+
+        def plain(v: jax.Array) -> jax.Array:
+            return model_fn(v, t, labels).astype(v.dtype)
+
+        return jax.lax.cond(guide, guided, plain, x)
     null = jnp.full_like(labels, null_label)
     if guidance_scale == 0.0:
         return model_fn(x, t, null).astype(x.dtype)
@@ -137,6 +155,7 @@ def _predict(
     prediction: str,
     clip_x0: ClipX0,
     eps_scale: float = 1.0,
+    guidance_interval: Interval = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The guided ``(x0, eps)`` estimates at ``x: (B, ...)`` and the scalar index `t`.
 
@@ -145,9 +164,14 @@ def _predict(
     consistent split of ``x``; it acts before any clipping.
     """
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)  # (B,)
-    out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label)
-    x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
     a, s = schedule.sqrt_alphas_cumprod[t], schedule.sqrt_one_minus_alphas_cumprod[t]
+    guide = None
+    if guidance_interval is not None:
+        lo, hi = guidance_interval
+        sigma = s / a  # inf where abar = 0 (zero terminal SNR)
+        guide = (sigma > lo) & (sigma <= hi)
+    out = _guided_output(model_fn, x, t_vec, labels, guidance_scale, null_label, guide)
+    x0, eps = x0_eps_from_output(schedule, x, t_vec, out, prediction)
     if eps_scale != 1.0:
         eps = eps / eps_scale
         x0 = (x - s * eps) / a
@@ -269,6 +293,7 @@ def _sample_impl(
     clip_x0: ClipX0,
     variance: str,
     eps_scale: float = 1.0,
+    guidance_interval: Interval = None,
 ) -> jax.Array:
     """Traceable body shared by `sample` and `make_sample_fn` (all config static)."""
     # The state is integrated in the schedule's dtype: float32 normally (float64 only for a
@@ -289,6 +314,7 @@ def _sample_impl(
         prediction=prediction,
         clip_x0=clip_x0,
         eps_scale=eps_scale,
+        guidance_interval=guidance_interval,
     )
     noise = functools.partial(_step_noise, step_rng, shape, dtype)
     if sampler == "ddpm":
@@ -309,6 +335,7 @@ _STATIC = (
     "clip_x0",
     "variance",
     "eps_scale",
+    "guidance_interval",
 )
 _sample_jit = jax.jit(_sample_impl, static_argnums=(0,), static_argnames=_STATIC)
 
@@ -350,6 +377,21 @@ def normalize_clip(clip_x0: Any) -> ClipX0:
         ) from e
     if len(lo) != len(hi) or not lo or any(a >= b for a, b in zip(lo, hi, strict=True)):
         raise ValueError("clip_x0 (lo, hi) must have equal non-zero lengths with lo < hi")
+    return lo, hi
+
+
+def normalize_interval(interval: Any) -> Interval:
+    """None, or the interval as hashable ``(lo, hi)`` floats, ``0 <= lo < hi <= inf`` (``hi``
+    None = inf, as JSON stores it); raises ValueError for a malformed one."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = interval
+        lo, hi = float(lo), float("inf") if hi is None else float(hi)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"guidance_interval must be None or (lo, hi), got {interval!r}") from e
+    if not (0.0 <= lo < hi):
+        raise ValueError(f"guidance_interval (lo, hi) needs 0 <= lo < hi, got {interval!r}")
     return lo, hi
 
 
@@ -397,6 +439,7 @@ def sample(
     clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
     eps_scale: float = 1.0,
+    guidance_interval: Interval = None,
 ) -> jax.Array:
     """Draws samples (latents) from a diffusion model.
 
@@ -433,6 +476,8 @@ def sample(
         (tests/test_sampling.py's toy; docs/results.md, "Epsilon scaling"), and a setting
         whose scaling alone would move a sample by more than `MAX_EPS_SCALE_JUMP` noise
         standard deviations in one step is refused (`eps_scale_jump`).
+      guidance_interval: None (guide at every step) or ``(lo, hi)``: guide with ``w`` only at
+        steps with ``lo < sigma_t <= hi``, plain conditional elsewhere (module docstring).
 
     Returns:
       ``(B, ...)`` float32 samples.
@@ -471,6 +516,7 @@ def sample(
         clip_x0=normalize_clip(clip_x0),
         variance=variance,
         eps_scale=float(eps_scale),
+        guidance_interval=normalize_interval(guidance_interval),
     )
 
 
@@ -489,6 +535,7 @@ def make_sample_fn(
     clip_x0: ClipX0 = None,
     variance: str = "fixed_small",
     eps_scale: float = 1.0,
+    guidance_interval: Interval = None,
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Builds a jitted ``fn(params, labels, rng) -> (B, *latent_shape)`` sampler.
 
@@ -511,6 +558,7 @@ def make_sample_fn(
       clip_x0: see `sample`.
       variance: see `sample`.
       eps_scale: see `sample`.
+      guidance_interval: see `sample`.
 
     Returns:
       ``fn(params, labels, rng)``; ``labels`` is ``(B,)`` int (for an unconditional model pass
@@ -538,6 +586,7 @@ def make_sample_fn(
         clip_x0=normalize_clip(clip_x0),
         variance=variance,
         eps_scale=float(eps_scale),
+        guidance_interval=normalize_interval(guidance_interval),
     )
 
     def fn(params: Any, labels: jax.Array, rng: jax.Array) -> jax.Array:

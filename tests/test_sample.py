@@ -128,10 +128,14 @@ def test_cli_happy_path(tiny_runs, tmp_path):
         "--num_samples=2",
         "--sampler=dpmpp_2m",
         "--steps=4",
+        "--guidance_scale=2",
+        "--guidance_interval=0.5,inf",
         f"--out={out}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((out / "tumour").glob("*.png"))) == 2
+    rows = export.read_manifest(str(out))
+    assert rows[0]["guidance"] == 2.0 and rows[0]["guidance_interval"] == [0.5, None]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["num_images"] == 2
 
 

@@ -25,6 +25,8 @@ def overrides(command: str) -> dict:
         key, value = token[2:].split("=", 1)
         if key in ("sampler", "spacing", *TYPES):
             out[key] = TYPES.get(key, str)(value)
+        elif key == "guidance_interval":  # a list flag
+            out[key] = value.split(",")
     return out
 
 
@@ -36,6 +38,8 @@ def overrides(command: str) -> dict:
         SamplerSpec("ddim", 50, 0.0, 2.0, use_ema=False),
         SamplerSpec("dpmpp_2m", 25, guidance_scale=5.0),
         SamplerSpec("ddpm", None, guidance_scale=7.0),
+        SamplerSpec(**FAST_DETERMINISTIC, guidance_scale=2.0, guidance_interval=(0.5, 30.0)),
+        SamplerSpec("ddpm", None, guidance_scale=3.0, guidance_interval=(0.0, float("inf"))),
     ],
 )
 def test_the_command_reproduces_its_setting_from_any_run_default(spec):

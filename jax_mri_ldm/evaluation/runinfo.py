@@ -92,6 +92,8 @@ def sample_command(ldm_workdir: str, spec: SamplerSpec, num_timesteps: int, n: i
     if r.sampler == "ddim":
         cmd.append(f"--eta={r.eta:g}")
     cmd += [f"--eps_scale={r.eps_scale:g}", f"--guidance_scale={r.guidance_scale:g}"]
+    if r.guidance_interval is not None:
+        cmd.append("--guidance_interval={:g},{:g}".format(*r.guidance_interval))
     return " ".join(cmd + ([] if r.use_ema else ["--nouse_ema"]))
 
 

@@ -13,7 +13,7 @@ from jax_mri_ldm.evaluation.context import FALLBACK_NULL_REASON, Context
 from jax_mri_ldm.sampler_settings import SamplerSpec, spec_with
 
 # The report config's main-sampler fields (None = the run's default); read by `main_spec`.
-SAMPLER_FIELDS = ("sampler", "steps", "spacing", "eta", "eps_scale")
+SAMPLER_FIELDS = ("sampler", "steps", "spacing", "eta", "eps_scale", "guidance_interval")
 
 
 def main_spec(ctx: Context, w: float) -> SamplerSpec:

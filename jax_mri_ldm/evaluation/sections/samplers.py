@@ -47,21 +47,23 @@ def ddpm_interval(metric: str, values: np.ndarray) -> tuple[float, float]:
     return scoring.bootstrap_interval(values, PER_IMAGE[metric][1])
 
 
-def row_spec(entry: Sequence[Any], w: float, use_ema: bool) -> SamplerSpec:
+def row_spec(entry: Sequence[Any], w: float, use_ema: bool, interval: Any = None) -> SamplerSpec:
     """The setting of a `cfg.samplers` entry: (sampler, steps, spacing[, eta[, eps_scale]]),
-    eta 0 and eps_scale 1 (off) when left out, at guidance w."""
+    eta 0 and eps_scale 1 (off) when left out, at guidance w guided in `interval` (the main
+    sampler's; None = every step)."""
     sampler, steps, spacing, *rest = entry
     eta = float(rest[0]) if rest else 0.0
     eps_scale = float(rest[1]) if len(rest) > 1 else 1.0
     fields = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing}
     fields |= {"guidance_scale": float(w), "use_ema": bool(use_ema), "eps_scale": eps_scale}
+    fields["guidance_interval"] = interval or ()  # () = every step (spec_with skips None)
     return spec_with(SamplerSpec(), fields)
 
 
 def _row(ctx: Context, i: int, entry: Sequence[Any]) -> tuple:
     """One table row: the `cfg.samplers` entry `entry` at the main w, scored."""
     w = ctx.shared["main_w"]
-    spec = row_spec(entry, w, ctx.cfg.use_ema)
+    spec = row_spec(entry, w, ctx.cfg.use_ema, ctx.cfg.guidance_interval)
     sampler = spec.sampler
     n = ctx.cfg.ddpm_per_class if sampler == "ddpm" else ctx.cfg.sampler_per_class
     gen, T = ctx.shared["gen"], ctx.run.schedule.num_timesteps
@@ -215,7 +217,7 @@ def _usable(ctx: Context) -> list:
     """The `cfg.samplers` entries this run's schedule can sample; an entry whose epsilon
     scaling it would amplify (`eps_scale_fits`) is left out, with the reason."""
     w, T = ctx.shared["main_w"], ctx.run.schedule.num_timesteps
-    specs = [row_spec(e, w, ctx.cfg.use_ema) for e in ctx.cfg.samplers]
+    specs = [row_spec(e, w, ctx.cfg.use_ema, ctx.cfg.guidance_interval) for e in ctx.cfg.samplers]
     fits = [eps_scale_fits(s, ctx.run.schedule) for s in specs]
     if not all(fits):
         bad = [s.name(T) for s, ok in zip(specs, fits, strict=True) if not ok]
