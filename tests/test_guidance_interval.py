@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from test_sampling import CLASS_MU, NULL, conditional_model
 
+from conftest import REPO, env_for_subprocess
 from jax_mri_ldm import diffusion as D
 from jax_mri_ldm import sampling as S
 from jax_mri_ldm.errors import UserError
@@ -141,3 +144,25 @@ def test_report_sampler_rows_take_the_main_interval() -> None:
     row = row_spec(("dpmpp_2m", 10, "logSNR", 0.0, 0.99), 2.0, True, (0.5, None))
     assert row.guidance_interval == (0.5, math.inf) and row.eps_scale == 0.99
     assert row_spec(("ddpm", None, "uniform"), 2.0, True, None).guidance_interval is None
+
+
+def test_the_probe_runs_the_reports_sweep_per_interval(tiny_runs, tmp_path) -> None:
+    """bench/ablations/guidance_interval.py: one report sweep per interval, every row with the
+    headline's spectrum statistic, the interval recorded, the figure written."""
+    out = tmp_path / "probe"
+    cmd = [sys.executable, str(REPO / "bench" / "ablations" / "guidance_interval.py")]
+    cmd += [f"--workdir={tiny_runs['ldm_dir']}", f"--out={out}", "--preset=tiny"]
+    cmd += ["--per_class=2", "--guidance=1,2", "--intervals=none,0.5:inf"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_for_subprocess())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "guidance_interval.json").read_text())
+    assert [s["interval"] for s in res["sweeps"]] == [None, [0.5, None]]
+    for s in res["sweeps"]:
+        assert [r["guidance"] for r in s["rows"]] == [1.0, 2.0]
+        for row in s["rows"]:
+            assert row["num_images"] == 4 and row["spectrum"]["median"] > 0
+            assert isinstance(row["spectrum"]["within_real_iqr"], bool)
+    # w = 1 ignores the interval: same starting noise, same images, same scores.
+    rows = [s["rows"][0] for s in res["sweeps"]]
+    assert rows[0]["spectrum"]["median"] == rows[1]["spectrum"]["median"]
+    assert (out / "guidance_interval_samples.png").stat().st_size > 0
