@@ -63,7 +63,7 @@ class SamplerSpec:
     def __post_init__(self) -> None:
         """Stores the interval as hashable floats (flags and configs give lists or strings)."""
         interval = self.guidance_interval
-        if interval is not None and len(interval) == 0:
+        if isinstance(interval, list | tuple | str) and len(interval) == 0:
             interval = None
         try:
             interval = sampling.normalize_interval(interval)

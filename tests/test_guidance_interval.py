@@ -115,7 +115,7 @@ def test_partial_range_guides_exactly_the_steps_inside(sch) -> None:
     assert proj[0] < proj[1] < proj[2], proj
 
 
-@pytest.mark.parametrize("bad", [(1.0, 0.5), (-1.0, 2.0), (1.0,), "x", (0.0, 0.0)])
+@pytest.mark.parametrize("bad", [(1.0, 0.5), (-1.0, 2.0), (1.0,), "x", (0.0, 0.0), 3.0])
 def test_bad_intervals_are_refused(sch, bad) -> None:
     with pytest.raises(ValueError, match="guidance_interval"):
         _draw(sch, guidance_scale=3.0, guidance_interval=bad)
