@@ -166,3 +166,16 @@ def test_the_probe_runs_the_reports_sweep_per_interval(tiny_runs, tmp_path) -> N
     rows = [s["rows"][0] for s in res["sweeps"]]
     assert rows[0]["spectrum"]["median"] == rows[1]["spectrum"]["median"]
     assert (out / "guidance_interval_samples.png").stat().st_size > 0
+
+
+def test_the_report_explains_an_interval_s_nulls() -> None:
+    """report.json turns None and an unbounded hi into nulls; each gets its reason."""
+    from types import SimpleNamespace
+
+    from jax_mri_ldm.evaluation import report
+    from jax_mri_ldm.evaluation.context import Nulls
+
+    ctx = SimpleNamespace(nulls=Nulls())
+    for path, interval in (("a", None), ("b", (0.5, None)), ("c", (0.5, math.inf)), ("d", (0, 1))):
+        report._interval_nulls(ctx, path, interval)
+    assert set(ctx.nulls.reasons) == {"a", "b.1", "c.1"}

@@ -153,7 +153,7 @@ def test_sampler_rows_the_schedule_cannot_scale_are_left_out_with_the_reason():
     for zero_snr, kept in ((False, 2), (True, 1)):
         ctx = SimpleNamespace(
             shared={"main_w": 3.0},
-            cfg=SimpleNamespace(samplers=entries, use_ema=True),
+            cfg=SimpleNamespace(samplers=entries, use_ema=True, guidance_interval=None),
             run=SimpleNamespace(schedule=make_schedule("cosine", 100, zero_snr)),
             nulls=Nulls(),
         )

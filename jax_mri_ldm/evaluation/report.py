@@ -266,6 +266,8 @@ def _assemble(ctx: Context, preset: str) -> dict:
     for key in common.SAMPLER_FIELDS:
         if ctx.cfg[key] is None:
             ctx.nulls.null(f"settings.{key}", "None = the run's default sampler's (main_set)")
+    _interval_nulls(ctx, "settings.guidance_interval", ctx.cfg.guidance_interval)
+    _interval_nulls(ctx, "main_set.spec.guidance_interval", ctx.shared["main_interval"])
     for i, (_, steps, *_) in enumerate(ctx.cfg.samplers):
         if steps is None:
             ctx.nulls.null(f"settings.samplers.{i}.1", "None = all T steps of the schedule")
@@ -275,6 +277,14 @@ def _assemble(ctx: Context, preset: str) -> dict:
             ctx.nulls.null(p, FALLBACK_NULL_REASON)
     report["null_reasons"] = dict(sorted(ctx.nulls.reasons.items()))
     return report
+
+
+def _interval_nulls(ctx: Context, path: str, interval: Any) -> None:
+    """Reasons for a guidance interval's nulls: none at all, or an unbounded upper end."""
+    if interval is None:
+        ctx.nulls.null(path, "None = every sampler step guided (no guidance interval)")
+    elif interval[1] is None or not np.isfinite(interval[1]):
+        ctx.nulls.null(f"{path}.1", "None = no upper bound on the guided noise levels")
 
 
 def _render_timings(r: dict) -> str:

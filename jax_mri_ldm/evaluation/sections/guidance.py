@@ -113,6 +113,7 @@ def compute_main_set(ctx: Context) -> dict[str, Any]:
     ctx.shared["syn"] = (x, y)
     T = ctx.run.schedule.num_timesteps
     r = spec.resolved(T)
+    ctx.shared["main_interval"] = r.guidance_interval
     timing = ctx.shared["gen"].timing(spec, n)
     return {
         "main_set": {
