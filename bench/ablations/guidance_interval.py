@@ -41,6 +41,7 @@ _GUIDANCE = flags.DEFINE_list("guidance", ["1", "2", "3"], "Guidance w values of
 _PER_CLASS = flags.DEFINE_integer("per_class", 200, "Images per class per w (the main set's).")
 _FIGURE_W = flags.DEFINE_float("figure_w", 2.0, "w of the figure's samples.")
 _PRESET = flags.DEFINE_string("preset", "paper", "Report preset (configs/report.py).")
+_SEED = flags.DEFINE_integer("seed", 0, "The report's base seed of the synthetic images.")
 
 
 def parse_interval(text: str) -> tuple[float, float] | None:
@@ -60,6 +61,7 @@ def context(workdir: str, out: str):
         num_synthetic_per_class=_PER_CLASS.value,
         guidance_scales=tuple(float(w) for w in _GUIDANCE.value),
         resume=False,
+        seed=_SEED.value,
     )
     cfg = report.resolve_settings(_PRESET.value, None, **overrides)
     ctx = report._context(workdir, out, cfg, print)
