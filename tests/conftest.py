@@ -50,8 +50,8 @@ if OPT_LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
 # order (--dist=loadfile --no-loadscope-reorder); starting with the longest lets both workers
 # finish together. Only the order depends on this list: a stale entry costs time, not a result.
 SLOWEST_MODULES_FIRST = (
-    "test_eval_real.py",
     "test_report.py",
+    "test_eval_real.py",
     "test_robustness.py",
     "test_sample.py",
     "test_phantom.py",

@@ -3,37 +3,42 @@ every corruption under the metrics the report relies on (no trained generator ne
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
-from jax_mri_ldm.evaluation import control_study, controls, features, trust
+from conftest import OPT_LEVEL_FLAG, REPO, SHARED_DATA, env_for_subprocess
+from jax_mri_ldm.evaluation import control_study, controls, trust
+
+JOB = REPO / "tests" / "real_controls_job.py"
 
 # Metrics whose full control ordering is checked on real MRI (each against the controls it is
 # responsible for, `trust.RULES`).
 CHECKED = ("fid", "spectrum", "grid", "nn_ssim", "memorised", "memorised_relative")
 
 
-@pytest.fixture(scope="module")
-def real_controls(tmp_path_factory):
+def _study(name: str, tmp) -> dict:
+    """`real_controls_job`'s study `name`, run at XLA's usual optimisation level."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
-    from jax_mri_ldm import data as data_lib
-
-    cfg = data_lib.get_data_config()
-    cfg.path, cfg.image_size = str(SHARED_DATA), 128
-    cfg.cache_dir = str(tmp_path_factory.mktemp("cache"))
-    ds = data_lib.load_imageset(cfg)
-    split = data_lib.split_indices(ds, **cfg.split)
-    parts = [ds.subset(split[k]) for k in ("train", "val", "test")]
-    ssl = features.SSLSettings(widths=(8, 16, 32, 64), input_size=128, steps=100, batch_size=32)
-    return control_study.run_controls(
-        control_study.RealSplits(*[(p.images, p.labels) for p in parts]),
-        ds.class_names,
-        ssl,
-        classifier_steps=150,
-        search_size=64,
+    out = tmp / "controls.pkl"
+    proc = subprocess.run(
+        [sys.executable, str(JOB), name, str(tmp / "cache"), str(out)],
+        capture_output=True,
+        text=True,
+        env=env_for_subprocess(XLA_FLAGS=f"{OPT_LEVEL_FLAG}=2"),
+        timeout=1800,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pickle.loads(out.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def real_controls(tmp_path_factory):
+    return _study("held_out", tmp_path_factory.mktemp("held_out"))
 
 
 @pytest.mark.slow
@@ -64,31 +69,8 @@ PRDC = ("precision", "recall", "density", "coverage")
 
 @pytest.fixture(scope="module")
 def real_controls_random(tmp_path_factory):
-    """The report's PRDC rule at the real set's 256 px in the untrained space (no encoder
-    training, so this fixture is cheap): the training split as the real manifold."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    from jax_mri_ldm import config_loader
-    from jax_mri_ldm import data as data_lib
-
-    cfg = data_lib.get_data_config()
-    cfg.path, cfg.image_size = str(SHARED_DATA), 256
-    cfg.cache_dir = str(tmp_path_factory.mktemp("cache256"))
-    ds = data_lib.load_imageset(cfg)
-    split = data_lib.split_indices(ds, **cfg.split)
-    parts = [ds.subset(split[k]) for k in ("train", "val", "test")]
-    fc = config_loader.load_config("report", "paper").features
-    ssl = features.SSLSettings(widths=tuple(fc.widths), input_size=128, steps=1, batch_size=32)
-    return control_study.run_controls(
-        control_study.RealSplits(*[(p.images, p.labels) for p in parts]),
-        ds.class_names,
-        ssl,
-        space="random",
-        classifier_steps=20,
-        prdc_split=fc.prdc_reference,
-        prdc_k=fc.prdc_k,
-        prdc_input_size=fc.prdc_input_size,
-    )
+    """The report's PRDC rule at 256 px in the untrained space (cheap: no encoder training)."""
+    return _study("prdc", tmp_path_factory.mktemp("prdc"))
 
 
 @pytest.mark.slow
