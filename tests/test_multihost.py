@@ -50,7 +50,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
+def _start(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
+    """Starts `nproc` processes training the tiny VAE under `root`; `_collect` waits for them."""
     # Build the data cache first, so neither process spends its start building it. (gloo gives
     # a peer 30 s at a collective's rendezvous; `devices.sync_processes` makes the processes meet
     # before the collectives that follow uneven host work, which a busy CI machine stretches.)
@@ -60,7 +61,7 @@ def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}"
     )
     addr = f"127.0.0.1:{_free_port()}"
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-c", script, str(pid), str(nproc), addr],
             stdout=subprocess.PIPE,
@@ -70,6 +71,10 @@ def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
         )
         for pid in range(nproc)
     ]
+
+
+def _collect(procs: list[subprocess.Popen]) -> list[dict]:
+    """Each process's JSON line, once all have exited 0 (else their stderr, in the failure)."""
     results = [p.communicate(timeout=600) for p in procs]
     failed = [
         f"process {pid} exited {p.returncode}:\n{err[:2000]}\n[...]\n{err[-2000:]}"
@@ -83,10 +88,13 @@ def _launch(root, nproc: int, devices_per_process: int, late_s: float = 0.0):
 @pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     # The last process starts its run 40 s late: past gloo's 30 s rendezvous, so the processes
-    # must meet at the coordination service's barrier first (`devices.sync_processes`).
-    two = _launch(tmp_path / "multi", nproc=2, devices_per_process=1, late_s=40.0)
+    # must meet at the coordination service's barrier first (`devices.sync_processes`). The
+    # one-process reference trains meanwhile, on the CPU the waiting processes leave idle.
+    two = _start(tmp_path / "multi", nproc=2, devices_per_process=1, late_s=40.0)
+    one = _start(tmp_path / "single", nproc=1, devices_per_process=2)
+    (single,) = _collect(one)
+    two = _collect(two)
     assert [o["processes"] for o in two] == [2, 2] and two[0]["devices"] == 2
     np.testing.assert_allclose(two[0]["sums"], two[1]["sums"], rtol=0, atol=0)
-    (single,) = _launch(tmp_path / "single", nproc=1, devices_per_process=2)
-    assert single["devices"] == 2
+    assert single["processes"] == 1 and single["devices"] == 2
     np.testing.assert_allclose(two[0]["sums"], single["sums"], rtol=1e-5)

@@ -671,7 +671,12 @@ def test_report_with_four_classes(tmp_path):
     vae_cfg.data.builtin.num_normal, vae_cfg.data.builtin.num_tumour = 12, 36
     train_vae.train_and_evaluate(vae_cfg, str(tmp_path / "vae"))
     train_ldm.train_and_evaluate(tiny_ldm_config(tmp_path / "vae"), str(tmp_path / "ldm"))
-    r = report.write_report(str(tmp_path / "ldm"), str(tmp_path / "out"), "tiny", verbose=False)
+    # Two sampler rows and one w: each is one more compile, and the per-class code is the same.
+    rows = (("ddpm", None, "uniform", 0.0), ("dpmpp_2m", 10, "logSNR", 0.0))
+    r = report.write_report(
+        str(tmp_path / "ldm"), str(tmp_path / "out"), "tiny", verbose=False,
+        samplers=rows, guidance_scales=(3.0,),
+    )  # fmt: skip
     names = r["run"]["class_names"]
     assert names == ["normal", "glioma", "meningioma", "pituitary"]
     # Every per-class number is keyed by the run's classes, in the run's order.
@@ -679,6 +684,9 @@ def test_report_with_four_classes(tmp_path):
     assert set(r["fidelity"]["synthetic"]["per_class"]) == set(names)
     assert set(r["fid_kid"]["n_per_class"]) == set(names)
     assert set(r["prdc"]["synthetic"]["per_class"]) == set(names)
+    assert [row["sampler"] for row in r["samplers"]["rows"]] == ["ddpm", "dpmpp_2m"]
+    for row in r["samplers"]["rows"]:
+        assert list(row["fidelity_detail"]["per_class"]) == names, row["name"]
     study = r["downstream"]["config"]
     assert study["num_classes"] == 4
     assert study["metric_names"] == ["accuracy", "auc", *(f"recall_{n}" for n in names)]
