@@ -2,8 +2,8 @@
 
 Writes report.md, report.json and figures/ (default: `<workdir>/../report`) with every metric
 on the held-out test split; see jax_mri_ldm/evaluation/report.py. `--config` picks the report
-settings, `configs/report.py[:paper|demo|tiny]` (paper: the full report; demo: minutes on a
-laptop CPU; tiny: tests), and any field can be overridden: `--config.seeds=10`. Bad flags or a
+settings, `configs/report.py[:paper|demo|tiny]` (paper: the full report; demo: sized for
+`make demo`; tiny: tests), and any field can be overridden: `--config.seeds=10`. Bad flags or a
 directory that is not a diffusion run print one message and exit with status 2.
 """
 

@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "paper":
         pass
     elif preset == "demo":
-        # 8x16x16 latents of the 128 px demo VAE; 1000 updates (minutes on a laptop CPU).
+        # 8x16x16 latents of the 128 px demo VAE; 1000 updates (timed in docs/results.md).
         c.model.channels = (64, 128, 128)
         c.model.attn_resolutions = ()
         c.train.num_epochs = 50

@@ -1,8 +1,8 @@
 """Evaluation report config: sizes and knobs of `evaluate.py`.
 
 Usage: `python evaluate.py --workdir=runs/ldm --config=configs/report.py[:preset]`, with presets
-`paper` (default: the full report, about 45 minutes on a 2-core CPU for the paper-sized run),
-`demo` (minutes on a laptop CPU) and `tiny` (tests). Any field can be overridden:
+`paper` (default: the full report; each report's Timings section records its wall time),
+`demo` (sized for `make demo`) and `tiny` (tests). Any field can be overridden:
 `--config.seeds=10`, `--config.guidance_scales='(1.0, 3.0)'`, `--config.features.steps=100`.
 The main sampler's fields left as None take the run's default sampler
 (`sampler_settings.default_sampler_spec`, by what the network predicts), as `sample.py` does.
@@ -123,8 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "paper":
         pass
     elif preset == "demo":
-        # A few minutes on a 2-core CPU for the demo run: the sampler compiles (one per w and
-        # per sampler) and DDPM's 2 x 1000 UNet rows per image dominate.
+        # Demo-sized: fewer images, w values, seeds and steps (each sampler and each w is one
+        # more compile; time per stage: docs/report_builtin_demo/report.md, Timings).
         c.num_synthetic_per_class = 32
         c.guidance_scales = (0.0, 1.0, 3.0, 5.0)  # every w is one more sampler compile
         c.sweep_per_class = 8
@@ -139,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.kid_subsets = 50
         c.features.steps = 100
     elif preset == "tiny":
-        # Well under a minute on the tiny test run (32 px, 24 images, T=100): tests only.
+        # Sized for the tiny test run (32 px, 24 images, T=100): tests only.
         c.num_synthetic_per_class = 8
         c.batch_size = 8
         c.guidance_scales = (1.0, 3.0)

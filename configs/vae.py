@@ -1,8 +1,8 @@
 """Stage 1 config: the paper's VAE (256x256 -> 8x32x32 latent, L1 + 1e-3 KL, Adam 1e-3, 50 epochs).
 
 Usage: `python train.py --config=configs/vae.py[:preset] --workdir=runs/vae`, with presets
-`paper` (default), `demo` (the README demo, minutes on a laptop CPU), `recommended` (a
-grid-free decoder and a budget in updates) and `tiny` (tests, smoke runs: about a minute).
+`paper` (default), `demo` (the README's `make demo`), `recommended` (a grid-free decoder and
+a budget in updates) and `tiny` (tests, smoke runs).
 Any field can be overridden: `--config.optim.learning_rate=3e-4`.
 """
 
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "paper":
         pass
     elif preset == "demo":
-        # Whole pipeline in minutes on a 2-core CPU: 128x128 slices -> 8x16x16 latents.
+        # Demo-sized (`make demo`; timed in docs/results.md): 128x128 slices -> 8x16x16 latents.
         c.data.image_size = 128
         c.train.num_epochs = 12
         c.train.eval_every_epochs = 4
@@ -98,15 +98,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the equaliser restores its power (docs/results.md, "Decoder equaliser").
         c.model.equaliser = True
         # With the spectral term, validation PSNR still rises past 3,600 updates, and the
-        # equaliser costs reconstruction PSNR, so the budget leaves room for both while the
-        # real set's VAE + LDM run stays within 90 wall minutes on the 2-core AVX-512 EPYC
-        # (measured there only; docs/results.md, "VAE at 4,800 updates").
+        # equaliser costs reconstruction PSNR, so the budget leaves room for both under the
+        # issue's 90-minute bar for the real set's VAE + LDM run (measured times, at that bar:
+        # docs/results.md, "The recommended real pipeline from a clean checkout, bit for bit").
         c.train.num_steps = 4800
-        # The built-in phantoms reach test SSIM 0.85 as trained only at 8,000 updates (0.830 at
-        # 3,600); equalised they score 0.848 at 8,000 and 0.855 at 10,000; the real yes/no set
-        # reaches 0.88 at 3,600 (docs/results.md, "Built-in VAE: what more updates buy",
-        # "Built-in set, recommended preset with the equaliser"). Set 0 to give the built-in
-        # set num_steps too.
+        # The phantoms need more VAE updates than the real sets for the same test SSIM
+        # (docs/results.md, "Built-in VAE: what more updates buy", "Built-in set, recommended
+        # preset with the equaliser"). Set 0 to give the built-in set num_steps too.
         c.train.builtin_min_steps = 10000
         c.train.eval_every_epochs = 50
         c.train.checkpoint_every_epochs = 25

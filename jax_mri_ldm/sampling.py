@@ -471,7 +471,8 @@ def sample(
       variance: DDPM reverse variance: ``'fixed_small'`` (``beta_tilde``, the posterior
         variance; default) or ``'fixed_large'`` (``beta_t``), Ho et al. sec. 3.2.
       eps_scale: epsilon scaling ``lam``: every step uses ``eps / lam`` (1 = off; see
-        `_predict`); a measured option against exposure bias, not a default. It suits
+        `_predict`); an option against exposure bias (v-prediction runs' default sampler
+        uses 0.99: `sampler_settings.FAST_DETERMINISTIC`). It suits
         logSNR-spaced steps: a time-uniform first jump from t = T-1 multiplies its effect
         (tests/test_sampling.py's toy; docs/results.md, "Epsilon scaling"), and a setting
         whose scaling alone would move a sample by more than `MAX_EPS_SCALE_JUMP` noise

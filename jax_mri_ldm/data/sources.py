@@ -15,7 +15,7 @@ Sources (`config.data.source`):
 Cache: `builtin`, `folder` and `nifti` results are stored as `.npz` in `config.data.cache_dir`
 (default `$XDG_CACHE_HOME/jax_mri_ldm`, else `~/.cache/jax_mri_ldm`), named after a
 fingerprint of the inputs: SHA-256 of every source file's bytes (hashing reads the files but
-decodes none; ~10 MB takes milliseconds) plus the reader/preprocessing versions and every
+decodes none, so it costs little next to decoding) plus the reader/preprocessing versions and every
 setting that changes the arrays. For `builtin` the fingerprint covers the generator's version
 (its output is pinned by a test; see `_PHANTOM_V1_SHA256`), counts, seed and size. A cache
 file is written to a temporary name in the same directory and renamed into place, so an

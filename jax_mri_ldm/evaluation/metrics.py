@@ -74,10 +74,10 @@ def filter_valid(x: jnp.ndarray, win_size: int, sigma: float) -> jnp.ndarray:
     """Separable Gaussian filter over the last two axes (H, W), 'valid' mode.
 
     Written as a weighted sum of shifted slices on a W-minor layout rather than a depthwise
-    convolution on NHWC: XLA fuses the sum into one vectorised pass. On CPU this measured ~20x
-    faster than conv_general_dilated with feature_group_count (0.24 s vs 4.8 s for
-    64 x 256^2 x 5 maps), and keeping W (not a size-1 channel) as the minor axis made a whole
-    SSIM ~3x faster again (0.84 s -> 0.29 s for 64 pairs of 256^2 images).
+    convolution on NHWC: XLA fuses the sum into one vectorised pass, where XLA:CPU's depthwise
+    conv (feature_group_count) was much slower, and keeping W (not a size-1 channel) as the
+    minor axis sped a whole SSIM up again (timings: docs/performance.md, "SSIM's Gaussian
+    filter").
 
     Args:
       x: (..., H, W).

@@ -1,8 +1,9 @@
 """What a stopped report already computed, kept on disk so that rerunning it resumes.
 
-Why: on a 2-core CPU the report of a real run can take hours, most of them in two places, the
-sampled images (DDPM-1000's row alone is about T network calls per image) and the downstream
-study's classifiers. A crash, Ctrl-C or a lost machine would otherwise throw all of it away.
+Why: on a CPU the full report of a real run is long (its Timings section), most of it in two
+places, the sampled images (DDPM-1000's row alone is about T network calls per image) and the
+downstream study's classifiers. A crash, Ctrl-C or a lost machine would otherwise throw all
+of it away.
 The report keeps each finished sample batch and each finished classifier run here, under a
 key that hashes everything its value depends on (weights, the run's metadata, setting, seed,
 batch, data), so a rerun of the same command reads them back and a changed run or setting
